@@ -1,0 +1,413 @@
+//! The budget ledger: one per run, shared by every pattern and step in it.
+//!
+//! * **Calls** are reserved before dispatch, so concurrent samples can never overshoot the call
+//!   limit (retries count as calls).
+//! * **Output tokens** are reserved too: a call reserves `min(max_tokens, output tokens not yet
+//!   spent or reserved)` and sends that as its `max_tokens`; the unused part returns when the
+//!   call finishes. With nothing left and calls in flight, a call waits for their returns; with
+//!   nothing left and nothing in flight it fails. The output limit is never exceeded.
+//! * **Input tokens** are checked before dispatch (spent < limit). A call in flight can overshoot
+//!   by its own prompt: the one soft limit.
+//! * **Money** is tracked when prices are known; its output part is reserved like output tokens
+//!   and its input part checked like input tokens.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::Remaining;
+use crate::provider::Usage;
+use crate::usage::{Budget, CostRates, TokenUsage};
+
+/// The shared spend and limits of one run.
+///
+/// ```
+/// use executionkit::{Budget, engine::BudgetLedger};
+/// # futures::executor::block_on(async {
+/// let ledger = BudgetLedger::new(Budget::new().max_calls(1));
+/// let r = ledger.reserve("m", 100, false).await.unwrap();
+/// r.settle(executionkit::provider::Usage { input_tokens: 5, output_tokens: 3 });
+/// let err = ledger.reserve("m", 100, false).await.unwrap_err();
+/// assert!(err.is_budget_exhausted());
+/// assert_eq!(err.metadata()["exhausted"], "llm_calls");
+/// assert_eq!(ledger.spent().llm_calls, 1);
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct BudgetLedger {
+    budget: Budget,
+    state: Mutex<State>,
+    returned: Notify,
+    next_call: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    spent: TokenUsage,
+    usd: f64,
+    reserved_output: u64,
+    reserved_usd: f64,
+    in_flight: u64,
+}
+
+/// Which dimension of a budget tripped.
+fn exhausted(budget: &Budget, field: &str, label: &str, retry: bool) -> Error {
+    let when = if retry {
+        "before retry dispatch"
+    } else {
+        "before dispatch"
+    };
+    Error::new(
+        ErrorKind::BudgetExhausted,
+        format!("{label} budget exhausted {when}"),
+    )
+    .with_metadata("budget", budget.to_json())
+    .with_metadata("exhausted", field)
+}
+
+impl BudgetLedger {
+    /// A ledger enforcing `budget`.
+    ///
+    /// ```
+    /// let l = executionkit::engine::BudgetLedger::new(executionkit::Budget::new());
+    /// assert!(l.spent().is_zero());
+    /// ```
+    #[must_use]
+    pub fn new(budget: Budget) -> Self {
+        Self {
+            budget,
+            state: Mutex::new(State::default()),
+            returned: Notify::new(),
+            next_call: AtomicU64::new(1),
+        }
+    }
+
+    /// A ledger with no limits.
+    ///
+    /// ```
+    /// assert!(executionkit::engine::BudgetLedger::unlimited().budget().is_unlimited());
+    /// ```
+    #[must_use]
+    pub fn unlimited() -> Self {
+        Self::new(Budget::new())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the counters inconsistent (each update
+        // is a few plain additions), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The limits.
+    ///
+    /// ```
+    /// let l = executionkit::engine::BudgetLedger::new(executionkit::Budget::new().max_calls(2));
+    /// assert_eq!(l.budget().calls_limit(), Some(2));
+    /// ```
+    #[must_use]
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Everything spent so far (calls include those in flight).
+    ///
+    /// ```
+    /// assert_eq!(executionkit::engine::BudgetLedger::unlimited().spent().llm_calls, 0);
+    /// ```
+    #[must_use]
+    pub fn spent(&self) -> TokenUsage {
+        self.lock().spent
+    }
+
+    /// Dollars spent so far, when prices are known.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::engine::BudgetLedger::unlimited().spent_usd(), None);
+    /// ```
+    #[must_use]
+    pub fn spent_usd(&self) -> Option<f64> {
+        self.budget.has_prices().then(|| self.lock().usd)
+    }
+
+    /// What is left of each limit.
+    ///
+    /// ```
+    /// let l = executionkit::engine::BudgetLedger::new(executionkit::Budget::new().max_calls(4));
+    /// assert_eq!(l.remaining().llm_calls, Some(4));
+    /// assert_eq!(l.remaining().input_tokens, None);
+    /// ```
+    #[must_use]
+    pub fn remaining(&self) -> Remaining {
+        let s = self.lock();
+        let b = &self.budget;
+        Remaining {
+            input_tokens: b
+                .input_tokens_limit()
+                .map(|l| l.saturating_sub(s.spent.input_tokens)),
+            output_tokens: b
+                .output_tokens_limit()
+                .map(|l| l.saturating_sub(s.spent.output_tokens + s.reserved_output)),
+            llm_calls: b
+                .calls_limit()
+                .map(|l| l.saturating_sub(s.spent.llm_calls)),
+            usd: b
+                .usd_limit()
+                .map(|l| (l - s.usd - s.reserved_usd).max(0.0)),
+        }
+    }
+
+    /// Reserves one call for `model` that wants up to `max_tokens` output tokens.
+    ///
+    /// Returns the reservation (its [`Reservation::max_tokens`] is what the request may ask
+    /// for), or a `budget_exhausted` error whose metadata names the limits (`budget`) and the
+    /// one that tripped (`exhausted`). `retry` only changes the message. Waits while output
+    /// tokens (or dollars) are all reserved by calls in flight.
+    pub async fn reserve(
+        self: &Arc<Self>,
+        model: &str,
+        max_tokens: u64,
+        retry: bool,
+    ) -> Result<Reservation> {
+        let rates = self.rates(model)?;
+        loop {
+            let notified = self.returned.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_reserve(rates, max_tokens, retry)? {
+                Some(r) => return Ok(r),
+                None => notified.await,
+            }
+        }
+    }
+
+    fn rates(&self, model: &str) -> Result<Option<CostRates>> {
+        let rates = self.budget.rates_for(model);
+        if rates.is_none() && self.budget.usd_limit().is_some() {
+            return Err(Error::invalid_argument(
+                "max_usd",
+                format!("the budget has a USD limit but no price for model '{model}'"),
+            ));
+        }
+        Ok(rates)
+    }
+
+    /// One attempt under the lock: `Ok(None)` means "wait for a return".
+    fn try_reserve(
+        self: &Arc<Self>,
+        rates: Option<CostRates>,
+        max_tokens: u64,
+        retry: bool,
+    ) -> Result<Option<Reservation>> {
+        let b = &self.budget;
+        let mut s = self.lock();
+        if let Some(limit) = b.calls_limit() {
+            if s.spent.llm_calls >= limit {
+                return Err(exhausted(b, "llm_calls", "LLM call", retry));
+            }
+        }
+        if !retry {
+            if let Some(limit) = b.input_tokens_limit() {
+                if s.spent.input_tokens >= limit {
+                    return Err(exhausted(b, "input_tokens", "Input token", false));
+                }
+            }
+        }
+        let mut grant = max_tokens.max(1);
+        if let Some(limit) = b.output_tokens_limit() {
+            let free = limit.saturating_sub(s.spent.output_tokens + s.reserved_output);
+            if free == 0 {
+                return if s.in_flight > 0 {
+                    Ok(None)
+                } else {
+                    Err(exhausted(b, "output_tokens", "Output token", retry))
+                };
+            }
+            grant = grant.min(free);
+        }
+        let mut usd_reserved = 0.0;
+        if let (Some(limit), Some(r)) = (b.usd_limit(), rates) {
+            let free = limit - s.usd - s.reserved_usd;
+            if free <= 0.0 {
+                return if s.in_flight > 0 {
+                    Ok(None)
+                } else {
+                    Err(exhausted(b, "usd", "USD", retry))
+                };
+            }
+            if r.output_per_million > 0.0 {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let affordable = (free * 1e6 / r.output_per_million).floor() as u64;
+                if affordable == 0 {
+                    return if s.in_flight > 0 {
+                        Ok(None)
+                    } else {
+                        Err(exhausted(b, "usd", "USD", retry))
+                    };
+                }
+                grant = grant.min(affordable);
+            }
+            usd_reserved = r.output_usd(grant);
+        }
+        s.spent.llm_calls += 1;
+        s.in_flight += 1;
+        s.reserved_output += if b.output_tokens_limit().is_some() {
+            grant
+        } else {
+            0
+        };
+        s.reserved_usd += usd_reserved;
+        drop(s);
+        Ok(Some(Reservation {
+            ledger: Arc::clone(self),
+            call: self.next_call.fetch_add(1, Ordering::Relaxed),
+            max_tokens: grant,
+            counted_output: b.output_tokens_limit().is_some(),
+            usd_reserved,
+            rates,
+            settled: false,
+        }))
+    }
+
+    fn release(&self, r: &Reservation, usage: Option<Usage>) -> f64 {
+        let mut s = self.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if r.counted_output {
+            s.reserved_output = s.reserved_output.saturating_sub(r.max_tokens);
+        }
+        s.reserved_usd = (s.reserved_usd - r.usd_reserved).max(0.0);
+        let mut usd = 0.0;
+        if let Some(u) = usage {
+            s.spent.input_tokens += u.input_tokens;
+            s.spent.output_tokens += u.output_tokens;
+            if let Some(rates) = r.rates {
+                usd = rates.input_usd(u.input_tokens) + rates.output_usd(u.output_tokens);
+                s.usd += usd;
+            }
+        }
+        drop(s);
+        self.returned.notify_waiters();
+        usd
+    }
+}
+
+/// One reserved call. Settle it with the usage the server reported; dropping it unsettled
+/// (failure, cancellation) returns the reservation and records no tokens (the call still counts).
+#[derive(Debug)]
+#[must_use = "a reservation is returned when dropped"]
+pub struct Reservation {
+    ledger: Arc<BudgetLedger>,
+    call: u64,
+    max_tokens: u64,
+    counted_output: bool,
+    usd_reserved: f64,
+    rates: Option<CostRates>,
+    settled: bool,
+}
+
+impl Reservation {
+    /// The output tokens this call may ask for.
+    #[must_use]
+    pub fn max_tokens(&self) -> u64 {
+        self.max_tokens
+    }
+
+    /// The run-unique number of this call.
+    #[must_use]
+    pub fn call(&self) -> u64 {
+        self.call
+    }
+
+    /// Records the usage and returns what was not used; returns the call's cost in USD (0 without
+    /// prices).
+    pub fn settle(mut self, usage: Usage) -> f64 {
+        self.settled = true;
+        self.ledger.release(&self, Some(usage))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.ledger.release(self, None);
+        }
+    }
+}
+
+/// The spend of one pattern invocation (the ledger keeps the run's). Cheap to clone; clones share
+/// the counters.
+///
+/// ```
+/// let t = executionkit::engine::CostTracker::new();
+/// t.add_call();
+/// t.add_tokens(executionkit::provider::Usage { input_tokens: 2, output_tokens: 1 }, 0.0);
+/// assert_eq!(t.usage(), executionkit::TokenUsage::new(2, 1, 1));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CostTracker(Arc<TrackerInner>);
+
+#[derive(Debug, Default)]
+struct TrackerInner {
+    input: AtomicU64,
+    output: AtomicU64,
+    calls: AtomicU64,
+    /// Micro-dollars ×1e6 (pico-dollars) to keep an atomic integer.
+    pico_usd: AtomicU64,
+}
+
+impl CostTracker {
+    /// A tracker at zero.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one call.
+    pub fn add_call(&self) {
+        self.0.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds tokens (no call) and dollars.
+    pub fn add_tokens(&self, usage: Usage, usd: f64) {
+        self.0.input.fetch_add(usage.input_tokens, Ordering::Relaxed);
+        self.0
+            .output
+            .fetch_add(usage.output_tokens, Ordering::Relaxed);
+        if usd > 0.0 {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            self.0
+                .pico_usd
+                .fetch_add((usd * 1e12).round() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds a whole usage (calls included).
+    pub fn add_usage(&self, usage: TokenUsage, usd: Option<f64>) {
+        self.0.calls.fetch_add(usage.llm_calls, Ordering::Relaxed);
+        self.add_tokens(
+            Usage {
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+            },
+            usd.unwrap_or(0.0),
+        );
+    }
+
+    /// The spend so far.
+    #[must_use]
+    pub fn usage(&self) -> TokenUsage {
+        TokenUsage {
+            input_tokens: self.0.input.load(Ordering::Relaxed),
+            output_tokens: self.0.output.load(Ordering::Relaxed),
+            llm_calls: self.0.calls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Dollars so far.
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub fn usd(&self) -> f64 {
+        self.0.pico_usd.load(Ordering::Relaxed) as f64 / 1e12
+    }
+}

@@ -1,0 +1,10 @@
+//! The machinery under the patterns: the budget ledger, retries, the checked call path, voting
+//! and convergence. Nothing here knows a pattern.
+
+pub mod budget;
+pub mod call;
+pub mod retry;
+
+pub use budget::{BudgetLedger, CostTracker, Reservation};
+pub use call::RunContext;
+pub use retry::RetryPolicy;

@@ -1,0 +1,101 @@
+//! Typed events of a run: calls started, finished, retried and failed, with tokens and the
+//! budget left. Subscribe with [`RunContext::on_event`](crate::RunContext::on_event); the `ek`
+//! progress bar is one such subscriber. Events never carry a secret: no key, no message text.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::ErrorKind;
+use crate::usage::TokenUsage;
+
+/// What remains of the run's budget (`None` for an absent limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Remaining {
+    /// Input tokens left.
+    pub input_tokens: Option<u64>,
+    /// Output tokens left (not yet spent or reserved).
+    pub output_tokens: Option<u64>,
+    /// Calls left.
+    pub llm_calls: Option<u64>,
+    /// Dollars left.
+    pub usd: Option<f64>,
+}
+
+/// One event of a run.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A call was reserved and is about to be sent.
+    CallStarted {
+        /// Run-unique call number (1-based; every attempt is a call).
+        call: u64,
+        /// 1 for the first attempt, 2 for the first retry, …
+        attempt: u32,
+        /// The model asked.
+        model: String,
+    },
+    /// A call succeeded.
+    CallFinished {
+        /// The call number.
+        call: u64,
+        /// Its usage.
+        usage: TokenUsage,
+        /// Its first choice's finish reason.
+        finish_reason: Option<String>,
+        /// Everything the run spent so far.
+        spent: TokenUsage,
+        /// What the budget has left.
+        remaining: Remaining,
+    },
+    /// A call failed and will be retried after `delay`.
+    CallRetried {
+        /// The call number that failed.
+        call: u64,
+        /// The attempt that failed.
+        attempt: u32,
+        /// The wait before the next attempt.
+        delay: Duration,
+        /// Why it failed.
+        kind: ErrorKind,
+    },
+    /// A call failed for good (no retry left, or not retryable).
+    CallFailed {
+        /// The call number.
+        call: u64,
+        /// Why.
+        kind: ErrorKind,
+    },
+}
+
+/// A subscriber to [`Event`]s; cheap to clone.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use executionkit::events::{Event, EventSink};
+/// let seen = Arc::new(Mutex::new(0));
+/// let s = seen.clone();
+/// let sink = EventSink::new(move |_e: &Event| *s.lock().unwrap() += 1);
+/// sink.emit(&Event::CallFailed { call: 1, kind: executionkit::ErrorKind::Timeout });
+/// assert_eq!(*seen.lock().unwrap(), 1);
+/// ```
+#[derive(Clone)]
+pub struct EventSink(Arc<dyn Fn(&Event) + Send + Sync>);
+
+impl EventSink {
+    /// Wraps a callback. It runs on the task that made the call: keep it short.
+    pub fn new(f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// Delivers one event.
+    pub fn emit(&self, event: &Event) {
+        (self.0)(event);
+    }
+}
+
+impl fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EventSink")
+    }
+}

@@ -1,0 +1,32 @@
+//! # executionkit
+//!
+//! Composable LLM reasoning patterns over any OpenAI-compatible endpoint: consensus voting,
+//! iterative refinement, tool loops, structured output, map-reduce, and `pipe` composition,
+//! all under **one shared budget**.
+//!
+//! ```
+//! use executionkit::{Budget, TokenUsage};
+//! let budget: Budget = TokenUsage::new(20_000, 10_000, 20).into();
+//! assert_eq!(budget.calls_limit(), Some(20));
+//! ```
+
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod provider;
+pub mod redact;
+pub mod result;
+pub mod telemetry;
+pub mod usage;
+
+pub use engine::{RetryPolicy, RunContext};
+pub use error::{Error, ErrorKind, Result};
+pub use provider::{
+    ChatRequest, Choice, LlmProvider, LlmResponse, Message, MockProvider, OfflineModel, Provider,
+    ProviderBuilder, Role, StreamEvent, ToolCall, ToolChoice, ToolSpec,
+};
+pub use result::{Metadata, PatternResult};
+pub use usage::{Budget, CostRates, TokenUsage};
+
+/// The crate version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,746 @@
+//! The provider seam: [`LlmProvider`], the request and response types, and the providers
+//! that ship with the crate ([`Provider`] over HTTP, [`MockProvider`], [`OfflineModel`]).
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, ErrorKind, Result};
+
+mod mock;
+mod offline;
+mod openai;
+pub mod parse;
+pub mod sse;
+
+pub use mock::{MockCall, MockProvider};
+pub use offline::OfflineModel;
+pub use openai::{Provider, ProviderBuilder};
+
+/// The default `max_tokens` of every pattern and of [`Provider`].
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// A chat-completions endpoint: anything that can answer a [`ChatRequest`].
+///
+/// The trait is object-safe: patterns take `&dyn LlmProvider` and pipes hold
+/// `Arc<dyn LlmProvider>`. Retry, budget and events are applied around it by the engine, so an
+/// implementation only speaks its protocol.
+///
+/// ```
+/// use std::sync::Arc;
+/// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider};
+/// # futures::executor::block_on(async {
+/// let p: Arc<dyn LlmProvider> = Arc::new(MockProvider::new(["hi"]));
+/// let r = p.complete(&ChatRequest::new(vec![Message::user("hello")])).await.unwrap();
+/// assert_eq!(r.content(), "hi");
+/// # });
+/// ```
+#[async_trait]
+pub trait LlmProvider: Send + Sync + fmt::Debug {
+    /// The model requests go to when [`ChatRequest::model`] is unset.
+    fn model(&self) -> &str;
+
+    /// Sends one request and returns every choice.
+    async fn complete(&self, request: &ChatRequest) -> Result<LlmResponse>;
+
+    /// Streams one request. Nothing is sent until the stream is first polled. The stream yields
+    /// text deltas and tool-call deltas, and ends with exactly one [`StreamEvent::Finished`]
+    /// carrying the accumulated response and its usage.
+    ///
+    /// The default implementation fails with a `provider` error: the provider cannot stream.
+    fn stream(&self, request: ChatRequest) -> ChatStream {
+        let _ = request;
+        Box::pin(futures::stream::once(async {
+            Err(Error::new(
+                ErrorKind::Provider,
+                "this provider does not support streaming",
+            ))
+        }))
+    }
+
+    /// `true` when the provider sends tools to the model.
+    fn supports_tools(&self) -> bool {
+        false
+    }
+
+    /// `true` when [`LlmProvider::stream`] really streams.
+    fn supports_streaming(&self) -> bool {
+        false
+    }
+
+    /// `true` when the provider honours `n` (several choices in one request).
+    fn supports_n(&self) -> bool {
+        false
+    }
+
+    /// An API key whose text must never appear in output (redacted from errors by the engine).
+    fn secret(&self) -> Option<&str> {
+        None
+    }
+}
+
+#[async_trait]
+impl<P: LlmProvider + ?Sized> LlmProvider for Arc<P> {
+    fn model(&self) -> &str {
+        (**self).model()
+    }
+    async fn complete(&self, request: &ChatRequest) -> Result<LlmResponse> {
+        (**self).complete(request).await
+    }
+    fn stream(&self, request: ChatRequest) -> ChatStream {
+        (**self).stream(request)
+    }
+    fn supports_tools(&self) -> bool {
+        (**self).supports_tools()
+    }
+    fn supports_streaming(&self) -> bool {
+        (**self).supports_streaming()
+    }
+    fn supports_n(&self) -> bool {
+        (**self).supports_n()
+    }
+    fn secret(&self) -> Option<&str> {
+        (**self).secret()
+    }
+}
+
+/// A stream of [`StreamEvent`]s from [`LlmProvider::stream`].
+pub type ChatStream = BoxStream<'static, Result<StreamEvent>>;
+
+/// One item of a streamed completion.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum StreamEvent {
+    /// A piece of text of the first choice.
+    TextDelta(String),
+    /// A piece of a tool call of the first choice (accumulated by `index`).
+    ToolCallDelta {
+        /// The tool call's position.
+        index: u32,
+        /// The call id, when this delta carries it.
+        id: Option<String>,
+        /// The function name, when this delta carries it.
+        name: Option<String>,
+        /// A fragment of the JSON arguments string.
+        arguments: String,
+    },
+    /// The end: the accumulated response with its usage (the last item of every stream).
+    Finished(LlmResponse),
+}
+
+/// Who speaks a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions.
+    System,
+    /// The user.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool's result.
+    Tool,
+}
+
+/// One chat message, serialised in the OpenAI wire shape.
+///
+/// ```
+/// use executionkit::{Message, ToolCall};
+/// let m = Message::user("hi");
+/// assert_eq!(serde_json::to_value(&m).unwrap(), serde_json::json!({"role": "user", "content": "hi"}));
+/// let t = Message::tool_result("tc1", "42");
+/// assert_eq!(serde_json::to_value(&t).unwrap(),
+///            serde_json::json!({"role": "tool", "tool_call_id": "tc1", "content": "42"}));
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Message {
+    /// The speaker.
+    pub role: Role,
+    /// The text (empty for an assistant turn that only calls tools).
+    #[serde(default, deserialize_with = "parse::null_as_empty")]
+    pub content: String,
+    /// Tool calls of an assistant turn.
+    #[serde(default, deserialize_with = "parse::wire_tool_calls")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool message answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    fn plain(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// A system message.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Message::system("be brief").role, executionkit::Role::System);
+    /// ```
+    #[must_use]
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::plain(Role::System, content)
+    }
+
+    /// A user message.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Message::user("q").content, "q");
+    /// ```
+    #[must_use]
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::plain(Role::User, content)
+    }
+
+    /// An assistant message.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Message::assistant("a").role, executionkit::Role::Assistant);
+    /// ```
+    #[must_use]
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::plain(Role::Assistant, content)
+    }
+
+    /// An assistant turn that calls tools. On the wire its `content` is `""` (never `null`):
+    /// some servers reject `null` there.
+    ///
+    /// ```
+    /// use executionkit::{Message, ToolCall};
+    /// let call = ToolCall::new("tc1", "search", serde_json::json!({"query": "hi"}));
+    /// let v = serde_json::to_value(Message::assistant_tool_calls("", vec![call])).unwrap();
+    /// assert_eq!(v["content"], "");
+    /// assert_eq!(v["tool_calls"][0]["function"]["arguments"], r#"{"query":"hi"}"#);
+    /// ```
+    #[must_use]
+    pub fn assistant_tool_calls(content: impl Into<String>, tool_calls: Vec<ToolCall>) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+            tool_calls,
+            tool_call_id: None,
+        }
+    }
+
+    /// A tool result answering `tool_call_id`.
+    ///
+    /// ```
+    /// let m = executionkit::Message::tool_result("id1", "ok");
+    /// assert_eq!(m.tool_call_id.as_deref(), Some("id1"));
+    /// ```
+    #[must_use]
+    pub fn tool_result(tool_call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: Role::Tool,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(tool_call_id.into()),
+        }
+    }
+}
+
+impl Serialize for Message {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("role", &self.role)?;
+        if self.role == Role::Tool {
+            m.serialize_entry("tool_call_id", self.tool_call_id.as_deref().unwrap_or(""))?;
+        }
+        m.serialize_entry("content", &self.content)?;
+        if !self.tool_calls.is_empty() {
+            m.serialize_entry("tool_calls", &self.tool_calls)?;
+        }
+        m.end()
+    }
+}
+
+/// A tool call made by the model: `id`, function `name` and decoded JSON `arguments`.
+///
+/// Serialises to the wire shape `{"id", "type": "function", "function": {"name", "arguments":
+/// "<JSON string>"}}`.
+///
+/// ```
+/// let c = executionkit::ToolCall::new("tc1", "echo", serde_json::json!({"text": "hi"}));
+/// assert_eq!(c.arguments["text"], "hi");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// The call's id (may be empty when the server sends none).
+    pub id: String,
+    /// The function to call.
+    pub name: String,
+    /// Its arguments, a JSON object.
+    pub arguments: Map<String, Value>,
+}
+
+impl ToolCall {
+    /// A tool call; `arguments` that are not an object become `{}`.
+    ///
+    /// ```
+    /// let c = executionkit::ToolCall::new("", "f", serde_json::json!(3));
+    /// assert!(c.arguments.is_empty());
+    /// ```
+    #[must_use]
+    pub fn new(id: impl Into<String>, name: impl Into<String>, arguments: Value) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            arguments: match arguments {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
+        }
+    }
+}
+
+impl Serialize for ToolCall {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        struct Function<'a>(&'a ToolCall);
+        impl Serialize for Function<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                let mut f = s.serialize_struct("function", 2)?;
+                f.serialize_field("name", &self.0.name)?;
+                let args = serde_json::to_string(&self.0.arguments)
+                    .map_err(serde::ser::Error::custom)?;
+                f.serialize_field("arguments", &args)?;
+                f.end()
+            }
+        }
+        let mut m = s.serialize_struct("tool_call", 3)?;
+        m.serialize_field("id", &self.id)?;
+        m.serialize_field("type", "function")?;
+        m.serialize_field("function", &Function(self))?;
+        m.end()
+    }
+}
+
+/// A tool offered to the model: name, description and JSON-Schema parameters.
+///
+/// ```
+/// let t = executionkit::ToolSpec::new("echo", "Echo text", serde_json::json!({"type": "object"}));
+/// assert_eq!(serde_json::to_value(&t).unwrap()["function"]["name"], "echo");
+/// assert_eq!(serde_json::to_value(&t).unwrap()["type"], "function");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    /// The function name.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// A JSON Schema object for its arguments.
+    pub parameters: Value,
+}
+
+impl ToolSpec {
+    /// A tool spec.
+    ///
+    /// ```
+    /// let t = executionkit::ToolSpec::new("f", "d", serde_json::json!({}));
+    /// assert_eq!(t.name, "f");
+    /// ```
+    #[must_use]
+    pub fn new(name: impl Into<String>, description: impl Into<String>, parameters: Value) -> Self {
+        Self {
+            name: name.into(),
+            description: description.into(),
+            parameters,
+        }
+    }
+}
+
+impl Serialize for ToolSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        serde_json::json!({
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            }
+        })
+        .serialize(s)
+    }
+}
+
+/// How the model may use tools.
+///
+/// ```
+/// use executionkit::ToolChoice;
+/// assert_eq!(serde_json::to_value(ToolChoice::Required).unwrap(), "required");
+/// assert_eq!(serde_json::to_value(ToolChoice::Function("calc".into())).unwrap()["function"]["name"], "calc");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The model decides.
+    Auto,
+    /// The model must call a tool.
+    Required,
+    /// The model must not call a tool.
+    None,
+    /// The model must call this function.
+    Function(String),
+}
+
+impl Serialize for ToolChoice {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::Required => s.serialize_str("required"),
+            Self::None => s.serialize_str("none"),
+            Self::Function(name) => {
+                serde_json::json!({"type": "function", "function": {"name": name}}).serialize(s)
+            }
+        }
+    }
+}
+
+/// One chat-completions request. Unset fields are left to the provider's defaults.
+///
+/// ```
+/// use executionkit::{ChatRequest, Message};
+/// let r = ChatRequest::new(vec![Message::user("hi")]).temperature(0.2).max_tokens(64).seed(7);
+/// assert_eq!(r.max_tokens, Some(64));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[must_use]
+pub struct ChatRequest {
+    /// Another model than the provider's default.
+    pub model: Option<String>,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Completion token limit.
+    pub max_tokens: Option<u32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f64>,
+    /// Stop sequences.
+    pub stop: Vec<String>,
+    /// Sampling seed.
+    pub seed: Option<u64>,
+    /// Number of choices.
+    pub n: Option<u32>,
+    /// Tools offered.
+    pub tools: Vec<ToolSpec>,
+    /// Tool choice.
+    pub tool_choice: Option<ToolChoice>,
+    /// `response_format` (e.g. a JSON schema).
+    pub response_format: Option<Value>,
+    /// Any other body keys, merged last (they override the keys above).
+    pub extra: Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// A request with these messages.
+    ///
+    /// ```
+    /// let r = executionkit::ChatRequest::new(vec![]);
+    /// assert!(r.messages.is_empty());
+    /// ```
+    pub fn new(messages: Vec<Message>) -> Self {
+        Self {
+            messages,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the model.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::ChatRequest::new(vec![]).model("m").model.as_deref(), Some("m"));
+    /// ```
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// Sets the temperature.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::ChatRequest::new(vec![]).temperature(0.5).temperature, Some(0.5));
+    /// ```
+    pub fn temperature(mut self, t: f64) -> Self {
+        self.temperature = Some(t);
+        self
+    }
+
+    /// Sets `max_tokens`.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::ChatRequest::new(vec![]).max_tokens(9).max_tokens, Some(9));
+    /// ```
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = Some(n);
+        self
+    }
+
+    /// Sets the seed.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::ChatRequest::new(vec![]).seed(3).seed, Some(3));
+    /// ```
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Sets `n`.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::ChatRequest::new(vec![]).n(3).n, Some(3));
+    /// ```
+    pub fn n(mut self, n: u32) -> Self {
+        self.n = Some(n);
+        self
+    }
+
+    /// Sets `top_p`.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::ChatRequest::new(vec![]).top_p(0.8).top_p, Some(0.8));
+    /// ```
+    pub fn top_p(mut self, p: f64) -> Self {
+        self.top_p = Some(p);
+        self
+    }
+
+    /// Sets the stop sequences.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::ChatRequest::new(vec![]).stop(["\n"]).stop, vec!["\n"]);
+    /// ```
+    pub fn stop<I, S>(mut self, stop: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.stop = stop.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the tools.
+    ///
+    /// ```
+    /// let t = executionkit::ToolSpec::new("f", "d", serde_json::json!({}));
+    /// assert_eq!(executionkit::ChatRequest::new(vec![]).tools(vec![t]).tools.len(), 1);
+    /// ```
+    pub fn tools(mut self, tools: Vec<ToolSpec>) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// Sets the tool choice.
+    ///
+    /// ```
+    /// use executionkit::{ChatRequest, ToolChoice};
+    /// assert_eq!(ChatRequest::new(vec![]).tool_choice(ToolChoice::Auto).tool_choice, Some(ToolChoice::Auto));
+    /// ```
+    pub fn tool_choice(mut self, choice: ToolChoice) -> Self {
+        self.tool_choice = Some(choice);
+        self
+    }
+
+    /// Sets `response_format`.
+    ///
+    /// ```
+    /// let r = executionkit::ChatRequest::new(vec![]).response_format(serde_json::json!({"type": "json_object"}));
+    /// assert!(r.response_format.is_some());
+    /// ```
+    pub fn response_format(mut self, format: Value) -> Self {
+        self.response_format = Some(format);
+        self
+    }
+
+    /// Adds an extra body key (merged last).
+    ///
+    /// ```
+    /// let r = executionkit::ChatRequest::new(vec![]).extra("user", "me");
+    /// assert_eq!(r.extra["user"], "me");
+    /// ```
+    pub fn extra(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.into(), value.into());
+        self
+    }
+
+    /// Checks the arguments a caller controls: finite, non-negative temperature; `max_tokens`
+    /// and `n` at least 1; `top_p` in [0, 1]; at least one message.
+    ///
+    /// ```
+    /// use executionkit::{ChatRequest, Message};
+    /// let bad = ChatRequest::new(vec![Message::user("x")]).temperature(f64::NAN);
+    /// assert!(bad.validate().unwrap_err().is_invalid_argument());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        if self.messages.is_empty() {
+            return Err(Error::invalid_argument(
+                "messages",
+                "messages must not be empty",
+            ));
+        }
+        if let Some(t) = self.temperature {
+            check_temperature(t)?;
+        }
+        if self.max_tokens == Some(0) {
+            return Err(Error::invalid_argument(
+                "max_tokens",
+                "max_tokens must be >= 1, got 0",
+            ));
+        }
+        if self.n == Some(0) {
+            return Err(Error::invalid_argument("n", "n must be >= 1, got 0"));
+        }
+        if let Some(p) = self.top_p {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(Error::invalid_argument(
+                    "top_p",
+                    format!("top_p must be in [0, 1], got {p}"),
+                ));
+            }
+        }
+        if matches!(&self.model, Some(m) if m.trim().is_empty()) {
+            return Err(Error::invalid_argument("model", "model must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a temperature: finite and ≥ 0.
+///
+/// ```
+/// assert!(executionkit::provider::check_temperature(0.7).is_ok());
+/// assert!(executionkit::provider::check_temperature(-0.1).is_err());
+/// ```
+pub fn check_temperature(t: f64) -> Result<()> {
+    if !t.is_finite() || t < 0.0 {
+        return Err(Error::invalid_argument(
+            "temperature",
+            format!("temperature must be a finite number >= 0, got {t}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Token counts a server reported for one response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+}
+
+/// One choice of a response.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Choice {
+    /// Its text (`""` when the server sent `null`).
+    pub content: String,
+    /// Its tool calls.
+    pub tool_calls: Vec<ToolCall>,
+    /// Why generation stopped, as the server said (`None` when absent or `null`).
+    pub finish_reason: Option<String>,
+}
+
+/// A provider's answer: every choice, the usage, and the server's id and model.
+///
+/// ```
+/// let r = executionkit::LlmResponse::text("hello");
+/// assert_eq!(r.content(), "hello");
+/// assert!(!r.was_truncated());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LlmResponse {
+    /// The choices, in server order (at least one).
+    pub choices: Vec<Choice>,
+    /// Reported usage.
+    pub usage: Usage,
+    /// The response id, if sent.
+    pub id: Option<String>,
+    /// The model that answered, if sent.
+    pub model: Option<String>,
+}
+
+impl LlmResponse {
+    /// A one-choice response with `content`, finish reason `stop` and zero usage.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::LlmResponse::text("x").choices.len(), 1);
+    /// ```
+    #[must_use]
+    pub fn text(content: impl Into<String>) -> Self {
+        Self {
+            choices: vec![Choice {
+                content: content.into(),
+                tool_calls: Vec::new(),
+                finish_reason: Some("stop".to_owned()),
+            }],
+            ..Self::default()
+        }
+    }
+
+    /// Sets the usage.
+    ///
+    /// ```
+    /// let r = executionkit::LlmResponse::text("x").with_usage(3, 1);
+    /// assert_eq!(r.usage.input_tokens, 3);
+    /// ```
+    #[must_use]
+    pub fn with_usage(mut self, input_tokens: u64, output_tokens: u64) -> Self {
+        self.usage = Usage {
+            input_tokens,
+            output_tokens,
+        };
+        self
+    }
+
+    /// The first choice's text (`""` when there is none).
+    ///
+    /// ```
+    /// assert_eq!(executionkit::LlmResponse::default().content(), "");
+    /// ```
+    #[must_use]
+    pub fn content(&self) -> &str {
+        self.choices.first().map_or("", |c| c.content.as_str())
+    }
+
+    /// The first choice's tool calls.
+    ///
+    /// ```
+    /// assert!(executionkit::LlmResponse::text("x").tool_calls().is_empty());
+    /// ```
+    #[must_use]
+    pub fn tool_calls(&self) -> &[ToolCall] {
+        self.choices.first().map_or(&[], |c| c.tool_calls.as_slice())
+    }
+
+    /// The first choice's finish reason.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::LlmResponse::text("x").finish_reason(), Some("stop"));
+    /// ```
+    #[must_use]
+    pub fn finish_reason(&self) -> Option<&str> {
+        self.choices.first().and_then(|c| c.finish_reason.as_deref())
+    }
+
+    /// `true` when the first choice stopped at the token limit (`length` or `max_tokens`).
+    ///
+    /// ```
+    /// let mut r = executionkit::LlmResponse::text("x");
+    /// r.choices[0].finish_reason = Some("length".into());
+    /// assert!(r.was_truncated());
+    /// ```
+    #[must_use]
+    pub fn was_truncated(&self) -> bool {
+        matches!(self.finish_reason(), Some("length" | "max_tokens"))
+    }
+}

@@ -1,0 +1,26 @@
+//! Names of tracing span fields, following the OpenTelemetry GenAI semantic conventions.
+//!
+//! Defined once here so every span uses the same spelling.
+//!
+//! ```
+//! assert_eq!(executionkit::telemetry::GEN_AI_REQUEST_MODEL, "gen_ai.request.model");
+//! ```
+
+/// Span name of one LLM call.
+pub const SPAN_LLM_CALL: &str = "llm.call";
+/// `gen_ai.operation.name` (always `"chat"` here).
+pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
+/// `gen_ai.request.model`.
+pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
+/// `gen_ai.request.temperature`.
+pub const GEN_AI_REQUEST_TEMPERATURE: &str = "gen_ai.request.temperature";
+/// `gen_ai.request.max_tokens`.
+pub const GEN_AI_REQUEST_MAX_TOKENS: &str = "gen_ai.request.max_tokens";
+/// `gen_ai.response.finish_reasons`.
+pub const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
+/// `gen_ai.usage.input_tokens`.
+pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
+/// `gen_ai.usage.output_tokens`.
+pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+/// The value of `gen_ai.operation.name` for chat completions.
+pub const OPERATION_CHAT: &str = "chat";

@@ -1,0 +1,448 @@
+//! Token usage, budgets and money.
+//!
+//! [`TokenUsage`] counts what a run spent; [`Budget`] says how much it may spend;
+//! [`CostRates`] turns tokens into US dollars for a model.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::{Add, AddAssign};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Tokens and calls spent by a call, a pattern or a whole run.
+///
+/// All fields are unsigned: there is no subtraction that can go negative, only
+/// [`checked_sub`](TokenUsage::checked_sub) and [`saturating_sub`](TokenUsage::saturating_sub).
+///
+/// ```
+/// use executionkit::TokenUsage;
+/// let a = TokenUsage::new(10, 5, 1);
+/// let b = TokenUsage::new(20, 8, 2);
+/// assert_eq!(a + b, TokenUsage::new(30, 13, 3));
+/// assert_eq!(a.checked_sub(b), None);
+/// assert_eq!(a.saturating_sub(b), TokenUsage::default());
+/// assert_eq!(a.to_string(), "TokenUsage(input_tokens=10, output_tokens=5, llm_calls=1)");
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Prompt tokens, as reported by the server.
+    pub input_tokens: u64,
+    /// Completion tokens, as reported by the server.
+    pub output_tokens: u64,
+    /// LLM calls dispatched (every wire attempt counts, retries included).
+    pub llm_calls: u64,
+}
+
+impl TokenUsage {
+    /// A usage of `input_tokens`, `output_tokens` and `llm_calls`.
+    ///
+    /// ```
+    /// let u = executionkit::TokenUsage::new(1, 2, 3);
+    /// assert_eq!((u.input_tokens, u.output_tokens, u.llm_calls), (1, 2, 3));
+    /// ```
+    #[must_use]
+    pub const fn new(input_tokens: u64, output_tokens: u64, llm_calls: u64) -> Self {
+        Self {
+            input_tokens,
+            output_tokens,
+            llm_calls,
+        }
+    }
+
+    /// Field-wise difference, or `None` when any field would go below zero.
+    ///
+    /// ```
+    /// use executionkit::TokenUsage;
+    /// assert_eq!(
+    ///     TokenUsage::new(10, 7, 3).checked_sub(TokenUsage::new(4, 2, 1)),
+    ///     Some(TokenUsage::new(6, 5, 2))
+    /// );
+    /// ```
+    #[must_use]
+    pub fn checked_sub(self, other: Self) -> Option<Self> {
+        Some(Self {
+            input_tokens: self.input_tokens.checked_sub(other.input_tokens)?,
+            output_tokens: self.output_tokens.checked_sub(other.output_tokens)?,
+            llm_calls: self.llm_calls.checked_sub(other.llm_calls)?,
+        })
+    }
+
+    /// Field-wise difference clamped at zero.
+    ///
+    /// ```
+    /// use executionkit::TokenUsage;
+    /// assert_eq!(
+    ///     TokenUsage::new(4, 2, 1).saturating_sub(TokenUsage::new(10, 1, 3)),
+    ///     TokenUsage::new(0, 1, 0)
+    /// );
+    /// ```
+    #[must_use]
+    pub fn saturating_sub(self, other: Self) -> Self {
+        Self {
+            input_tokens: self.input_tokens.saturating_sub(other.input_tokens),
+            output_tokens: self.output_tokens.saturating_sub(other.output_tokens),
+            llm_calls: self.llm_calls.saturating_sub(other.llm_calls),
+        }
+    }
+
+    /// `input_tokens + output_tokens`.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::TokenUsage::new(30, 15, 1).total_tokens(), 45);
+    /// ```
+    #[must_use]
+    pub const fn total_tokens(&self) -> u64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+
+    /// `true` when every field is zero.
+    ///
+    /// ```
+    /// assert!(executionkit::TokenUsage::default().is_zero());
+    /// ```
+    #[must_use]
+    pub const fn is_zero(&self) -> bool {
+        self.input_tokens == 0 && self.output_tokens == 0 && self.llm_calls == 0
+    }
+}
+
+impl Add for TokenUsage {
+    type Output = Self;
+    fn add(self, rhs: Self) -> Self {
+        Self {
+            input_tokens: self.input_tokens.saturating_add(rhs.input_tokens),
+            output_tokens: self.output_tokens.saturating_add(rhs.output_tokens),
+            llm_calls: self.llm_calls.saturating_add(rhs.llm_calls),
+        }
+    }
+}
+
+impl AddAssign for TokenUsage {
+    fn add_assign(&mut self, rhs: Self) {
+        *self = *self + rhs;
+    }
+}
+
+impl std::iter::Sum for TokenUsage {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), Add::add)
+    }
+}
+
+impl fmt::Display for TokenUsage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "TokenUsage(input_tokens={}, output_tokens={}, llm_calls={})",
+            self.input_tokens, self.output_tokens, self.llm_calls
+        )
+    }
+}
+
+/// Prices of one model, in US dollars per million tokens.
+///
+/// ```
+/// use executionkit::{CostRates, TokenUsage};
+/// let rates = CostRates::new(3.0, 15.0).unwrap();
+/// let usd = rates.usd(&TokenUsage::new(1000, 500, 1));
+/// assert!((usd - 0.0105).abs() < 1e-12);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CostRates {
+    /// USD per million input (prompt) tokens.
+    pub input_per_million: f64,
+    /// USD per million output (completion) tokens.
+    pub output_per_million: f64,
+}
+
+impl CostRates {
+    /// Rates in USD per million input and output tokens; both must be finite and ≥ 0.
+    ///
+    /// ```
+    /// assert!(executionkit::CostRates::new(-1.0, 2.0).unwrap_err().is_invalid_argument());
+    /// ```
+    pub fn new(input_per_million: f64, output_per_million: f64) -> Result<Self> {
+        for (name, v) in [
+            ("price_in", input_per_million),
+            ("price_out", output_per_million),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(Error::invalid_argument(
+                    name,
+                    format!("{name} must be a finite number >= 0, got {v}"),
+                ));
+            }
+        }
+        Ok(Self {
+            input_per_million,
+            output_per_million,
+        })
+    }
+
+    /// Dollars for `usage` (calls are free).
+    ///
+    /// ```
+    /// use executionkit::{CostRates, TokenUsage};
+    /// let r = CostRates::new(1.0, 2.0).unwrap();
+    /// assert_eq!(r.usd(&TokenUsage::new(1_000_000, 1_000_000, 9)), 3.0);
+    /// ```
+    #[must_use]
+    pub fn usd(&self, usage: &TokenUsage) -> f64 {
+        self.input_usd(usage.input_tokens) + self.output_usd(usage.output_tokens)
+    }
+
+    /// Dollars for `tokens` input tokens.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::CostRates::new(2.0, 0.0).unwrap().input_usd(500_000), 1.0);
+    /// ```
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub fn input_usd(&self, tokens: u64) -> f64 {
+        tokens as f64 * self.input_per_million / 1e6
+    }
+
+    /// Dollars for `tokens` output tokens.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::CostRates::new(0.0, 4.0).unwrap().output_usd(250_000), 1.0);
+    /// ```
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub fn output_usd(&self, tokens: u64) -> f64 {
+        tokens as f64 * self.output_per_million / 1e6
+    }
+}
+
+/// The limits of one run: input tokens, output tokens, calls and money, each optional.
+///
+/// An absent limit is unlimited; there are no sentinel values. Money needs prices: set them per
+/// model with [`Budget::price`] or for every model with [`Budget::default_price`].
+///
+/// ```
+/// use executionkit::{Budget, TokenUsage};
+/// let b = Budget::new().max_calls(20).max_output_tokens(10_000);
+/// assert_eq!(b.calls_limit(), Some(20));
+/// assert_eq!(b.input_tokens_limit(), None);
+/// // The seed's `max_budget=TokenUsage(...)` becomes a budget with all three limits:
+/// let b: Budget = TokenUsage::new(20_000, 10_000, 20).into();
+/// assert_eq!(b.input_tokens_limit(), Some(20_000));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[must_use]
+pub struct Budget {
+    max_input_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
+    max_calls: Option<u64>,
+    max_usd: Option<f64>,
+    default_rates: Option<CostRates>,
+    rates: HashMap<String, CostRates>,
+}
+
+impl Budget {
+    /// A budget with no limits.
+    ///
+    /// ```
+    /// assert!(executionkit::Budget::new().is_unlimited());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Limit the prompt tokens of the run (checked before each call; see the guide).
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Budget::new().max_input_tokens(5).input_tokens_limit(), Some(5));
+    /// ```
+    pub fn max_input_tokens(mut self, n: u64) -> Self {
+        self.max_input_tokens = Some(n);
+        self
+    }
+
+    /// Limit the completion tokens of the run (reserved before each call: never exceeded).
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Budget::new().max_output_tokens(5).output_tokens_limit(), Some(5));
+    /// ```
+    pub fn max_output_tokens(mut self, n: u64) -> Self {
+        self.max_output_tokens = Some(n);
+        self
+    }
+
+    /// Limit the number of LLM calls (reserved before dispatch; retries count).
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Budget::new().max_calls(3).calls_limit(), Some(3));
+    /// ```
+    pub fn max_calls(mut self, n: u64) -> Self {
+        self.max_calls = Some(n);
+        self
+    }
+
+    /// Limit the money spent, in US dollars. Needs prices ([`Budget::price`] or
+    /// [`Budget::default_price`]); [`Budget::validate`] rejects a money limit without them.
+    ///
+    /// ```
+    /// use executionkit::{Budget, CostRates};
+    /// let b = Budget::new().max_usd(0.5).default_price(CostRates::new(1.0, 2.0).unwrap());
+    /// assert_eq!(b.usd_limit(), Some(0.5));
+    /// assert!(b.validate().is_ok());
+    /// assert!(Budget::new().max_usd(0.5).validate().is_err());
+    /// ```
+    pub fn max_usd(mut self, usd: f64) -> Self {
+        self.max_usd = Some(usd);
+        self
+    }
+
+    /// Prices for one model name.
+    ///
+    /// ```
+    /// use executionkit::{Budget, CostRates};
+    /// let r = CostRates::new(0.15, 0.6).unwrap();
+    /// let b = Budget::new().price("gpt-4o-mini", r);
+    /// assert_eq!(b.rates_for("gpt-4o-mini"), Some(r));
+    /// assert_eq!(b.rates_for("other"), None);
+    /// ```
+    pub fn price(mut self, model: impl Into<String>, rates: CostRates) -> Self {
+        self.rates.insert(model.into(), rates);
+        self
+    }
+
+    /// Prices for every model without its own entry.
+    ///
+    /// ```
+    /// use executionkit::{Budget, CostRates};
+    /// let r = CostRates::new(1.0, 1.0).unwrap();
+    /// assert_eq!(Budget::new().default_price(r).rates_for("anything"), Some(r));
+    /// ```
+    pub fn default_price(mut self, rates: CostRates) -> Self {
+        self.default_rates = Some(rates);
+        self
+    }
+
+    /// The input-token limit, if any.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Budget::new().input_tokens_limit(), None);
+    /// ```
+    #[must_use]
+    pub fn input_tokens_limit(&self) -> Option<u64> {
+        self.max_input_tokens
+    }
+
+    /// The output-token limit, if any.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Budget::new().output_tokens_limit(), None);
+    /// ```
+    #[must_use]
+    pub fn output_tokens_limit(&self) -> Option<u64> {
+        self.max_output_tokens
+    }
+
+    /// The call limit, if any.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Budget::new().calls_limit(), None);
+    /// ```
+    #[must_use]
+    pub fn calls_limit(&self) -> Option<u64> {
+        self.max_calls
+    }
+
+    /// The money limit in USD, if any.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Budget::new().usd_limit(), None);
+    /// ```
+    #[must_use]
+    pub fn usd_limit(&self) -> Option<f64> {
+        self.max_usd
+    }
+
+    /// The prices that apply to `model`, if known.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Budget::new().rates_for("m"), None);
+    /// ```
+    #[must_use]
+    pub fn rates_for(&self, model: &str) -> Option<CostRates> {
+        self.rates.get(model).copied().or(self.default_rates)
+    }
+
+    /// `true` when any prices are known (so spend in USD is tracked).
+    ///
+    /// ```
+    /// assert!(!executionkit::Budget::new().has_prices());
+    /// ```
+    #[must_use]
+    pub fn has_prices(&self) -> bool {
+        self.default_rates.is_some() || !self.rates.is_empty()
+    }
+
+    /// `true` when no limit is set.
+    ///
+    /// ```
+    /// assert!(!executionkit::Budget::new().max_calls(1).is_unlimited());
+    /// ```
+    #[must_use]
+    pub fn is_unlimited(&self) -> bool {
+        self.max_input_tokens.is_none()
+            && self.max_output_tokens.is_none()
+            && self.max_calls.is_none()
+            && self.max_usd.is_none()
+    }
+
+    /// Checks the budget: a money limit must be finite, ≥ 0 and come with prices.
+    ///
+    /// ```
+    /// let err = executionkit::Budget::new().max_usd(f64::NAN).validate().unwrap_err();
+    /// assert!(err.is_invalid_argument());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        if let Some(usd) = self.max_usd {
+            if !usd.is_finite() || usd < 0.0 {
+                return Err(Error::invalid_argument(
+                    "max_usd",
+                    format!("max_usd must be a finite number >= 0, got {usd}"),
+                ));
+            }
+            if !self.has_prices() {
+                return Err(Error::invalid_argument(
+                    "max_usd",
+                    "max_usd needs prices (USD per million input/output tokens): set Budget::price or Budget::default_price",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The limits as JSON, `null` for an absent limit: the `metadata.budget` of a
+    /// `budget_exhausted` error.
+    ///
+    /// ```
+    /// let j = executionkit::Budget::new().max_calls(5).to_json();
+    /// assert_eq!(j, serde_json::json!({"input_tokens": null, "output_tokens": null, "llm_calls": 5, "usd": null}));
+    /// ```
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "input_tokens": self.max_input_tokens,
+            "output_tokens": self.max_output_tokens,
+            "llm_calls": self.max_calls,
+            "usd": self.max_usd,
+        })
+    }
+}
+
+impl From<TokenUsage> for Budget {
+    /// Every field becomes a limit (a zero field is a limit of zero, not "unlimited").
+    fn from(u: TokenUsage) -> Self {
+        Self::new()
+            .max_input_tokens(u.input_tokens)
+            .max_output_tokens(u.output_tokens)
+            .max_calls(u.llm_calls)
+    }
+}
