@@ -13,6 +13,8 @@
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod patterns;
+pub mod pipe;
 pub mod provider;
 pub mod redact;
 pub mod result;
@@ -25,6 +27,10 @@ pub use provider::{
     ChatRequest, Choice, LlmProvider, LlmResponse, Message, MockProvider, OfflineModel, Provider,
     ProviderBuilder, Role, StreamEvent, ToolCall, ToolChoice, ToolSpec,
 };
+pub use patterns::{
+    Consensus, Pattern, RefineCheckpoint, RefineLoop, StepInput, TerminationReason, VotingStrategy,
+};
+pub use pipe::Pipe;
 pub use result::{Metadata, PatternResult};
 pub use usage::{Budget, CostRates, TokenUsage};
 

@@ -3,8 +3,11 @@
 
 pub mod budget;
 pub mod call;
+pub mod convergence;
 pub mod retry;
+pub mod voting;
 
 pub use budget::{BudgetLedger, CostTracker, Reservation};
 pub use call::RunContext;
 pub use retry::RetryPolicy;
+pub use voting::VotingStrategy;

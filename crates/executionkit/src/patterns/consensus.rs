@@ -1,0 +1,375 @@
+//! [`Consensus`]: sample the same prompt N times and vote.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use super::{Pattern, StepInput, check_max_tokens, check_model};
+use crate::engine::voting::{VotingStrategy, normalize, tally_keys};
+use crate::engine::{CostTracker, RunContext};
+use crate::error::{Error, Result};
+use crate::provider::{ChatRequest, LlmProvider, Message, check_temperature};
+use crate::result::PatternResult;
+
+/// The function a vote is taken on: maps a sample's text to the value voted on.
+pub type VoteKey = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// Consensus voting: N samples of one prompt, sent concurrently (up to `max_concurrency`),
+/// tallied by majority or unanimity.
+///
+/// * The vote is on a **key** of each sample: by default its whitespace-normalised text; any
+///   function of the text with [`Consensus::vote_key`] (e.g. the final number of an answer).
+///   The value returned is the **original text** of the first sample with the winning key.
+/// * `score` = `metadata.agreement_ratio` (winning votes / samples); metadata also holds
+///   `unique_responses` (distinct keys) and `tie_count` (keys sharing the top count; 1 is a
+///   clean win, 0 a unanimous vote).
+/// * All or nothing: the first failing sample cancels the others, and the run fails with that
+///   one error carrying the whole fan-out's spend. A budget that trips mid fan-out gives one
+///   `budget_exhausted` error the same way. A failed unanimous vote is `consensus_failed`,
+///   carrying the cost of its calls.
+/// * Dropping the future cancels every request in flight.
+///
+/// ```
+/// use executionkit::{Consensus, MockProvider, RunContext};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["A", "A", "B", "A", "C"]);
+/// let r = Consensus::new().run(&p, "Pick a letter", &RunContext::new()).await.unwrap();
+/// assert_eq!(r.value, "A");
+/// assert_eq!(r.score, Some(0.6));
+/// assert_eq!(r.metadata["unique_responses"], 3);
+/// assert_eq!(r.cost.llm_calls, 5);
+/// # });
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct Consensus {
+    samples: usize,
+    temperature: f64,
+    max_concurrency: usize,
+    strategy: VotingStrategy,
+    max_tokens: u32,
+    seed: Option<u64>,
+    system: Option<String>,
+    model: Option<String>,
+    vote_key: Option<VoteKey>,
+    use_n: bool,
+}
+
+impl Default for Consensus {
+    fn default() -> Self {
+        Self {
+            samples: 5,
+            temperature: 0.9,
+            max_concurrency: 5,
+            strategy: VotingStrategy::Majority,
+            max_tokens: crate::provider::DEFAULT_MAX_TOKENS,
+            seed: None,
+            system: None,
+            model: None,
+            vote_key: None,
+            use_n: false,
+        }
+    }
+}
+
+impl fmt::Debug for Consensus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consensus")
+            .field("samples", &self.samples)
+            .field("temperature", &self.temperature)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("strategy", &self.strategy)
+            .field("max_tokens", &self.max_tokens)
+            .field("seed", &self.seed)
+            .field("system", &self.system)
+            .field("model", &self.model)
+            .field("vote_key", &self.vote_key.as_ref().map(|_| "<fn>"))
+            .field("use_n", &self.use_n)
+            .finish()
+    }
+}
+
+impl Consensus {
+    /// The defaults: 5 samples, temperature 0.9, 5 at a time, majority, 4096 max tokens.
+    ///
+    /// ```
+    /// let c = executionkit::Consensus::new();
+    /// assert_eq!(c.samples_value(), 5);
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many samples to draw (≥ 1).
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Consensus::new().samples(3).samples_value(), 3);
+    /// ```
+    pub fn samples(mut self, n: usize) -> Self {
+        self.samples = n;
+        self
+    }
+
+    /// The sampling temperature (finite, ≥ 0).
+    ///
+    /// ```
+    /// let c = executionkit::Consensus::new().temperature(0.0);
+    /// # let _ = c;
+    /// ```
+    pub fn temperature(mut self, t: f64) -> Self {
+        self.temperature = t;
+        self
+    }
+
+    /// At most this many samples in flight (≥ 1).
+    ///
+    /// ```
+    /// let c = executionkit::Consensus::new().max_concurrency(2);
+    /// # let _ = c;
+    /// ```
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n;
+        self
+    }
+
+    /// Majority (default) or unanimous.
+    ///
+    /// ```
+    /// let c = executionkit::Consensus::new().strategy(executionkit::VotingStrategy::Unanimous);
+    /// # let _ = c;
+    /// ```
+    pub fn strategy(mut self, s: VotingStrategy) -> Self {
+        self.strategy = s;
+        self
+    }
+
+    /// `max_tokens` of each sample (≥ 1).
+    ///
+    /// ```
+    /// let c = executionkit::Consensus::new().max_tokens(256);
+    /// # let _ = c;
+    /// ```
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = n;
+        self
+    }
+
+    /// Sends `seed + i` as the seed of sample `i` (0-based).
+    ///
+    /// ```
+    /// let c = executionkit::Consensus::new().seed(42);
+    /// # let _ = c;
+    /// ```
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// A system message before the prompt.
+    ///
+    /// ```
+    /// let c = executionkit::Consensus::new().system("Answer in one word.");
+    /// # let _ = c;
+    /// ```
+    pub fn system(mut self, system: impl Into<String>) -> Self {
+        self.system = Some(system.into());
+        self
+    }
+
+    /// The model every sample asks for (default: the provider's).
+    ///
+    /// ```
+    /// let c = executionkit::Consensus::new().model("gpt-4o-mini");
+    /// # let _ = c;
+    /// ```
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// Votes on `key(text)` instead of the normalised text (e.g. an extracted final answer).
+    ///
+    /// ```
+    /// use executionkit::{Consensus, MockProvider, RunContext};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["So it is 4", "Answer: 4", "5"]);
+    /// let last_word = |t: &str| t.split_whitespace().last().unwrap_or("").to_owned();
+    /// let r = Consensus::new().samples(3).vote_key(last_word)
+    ///     .run(&p, "2+2?", &RunContext::new()).await.unwrap();
+    /// assert_eq!(r.value, "So it is 4");
+    /// # });
+    /// ```
+    pub fn vote_key(mut self, key: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        self.vote_key = Some(Arc::new(key));
+        self
+    }
+
+    /// Asks for all samples in one request with `n` when the provider honours it; any choices
+    /// the server did not return are then drawn by separate requests.
+    ///
+    /// ```
+    /// use executionkit::{Consensus, MockProvider, RunContext};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["x", "x", "y"]).with_n_support();
+    /// let r = Consensus::new().samples(3).use_n(true).run(&p, "q", &RunContext::new()).await.unwrap();
+    /// assert_eq!((r.value.as_str(), p.call_count()), ("x", 1));
+    /// # });
+    /// ```
+    pub fn use_n(mut self, yes: bool) -> Self {
+        self.use_n = yes;
+        self
+    }
+
+    /// The number of samples configured.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Consensus::new().samples_value(), 5);
+    /// ```
+    #[must_use]
+    pub fn samples_value(&self) -> usize {
+        self.samples
+    }
+
+    /// Checks every option (see [`Pattern::validate`]).
+    ///
+    /// ```
+    /// let e = executionkit::Consensus::new().samples(0).check().unwrap_err();
+    /// assert!(e.to_string().contains("samples must be >= 1, got 0"));
+    /// ```
+    ///
+    /// # Errors
+    /// `invalid_argument` naming the first bad option and its value.
+    pub fn check(&self) -> Result<()> {
+        if self.samples < 1 {
+            return Err(Error::invalid_argument(
+                "samples",
+                format!("samples must be >= 1, got {}", self.samples),
+            ));
+        }
+        if self.max_concurrency < 1 {
+            return Err(Error::invalid_argument(
+                "max_concurrency",
+                format!("max_concurrency must be >= 1, got {}", self.max_concurrency),
+            ));
+        }
+        check_max_tokens(self.max_tokens)?;
+        check_temperature(self.temperature)?;
+        check_model(self.model.as_deref())?;
+        Ok(())
+    }
+
+    fn request(&self, messages: &[Message], sample: usize) -> ChatRequest {
+        let mut req = ChatRequest::new(messages.to_vec())
+            .temperature(self.temperature)
+            .max_tokens(self.max_tokens);
+        if let Some(seed) = self.seed {
+            req = req.seed(seed.wrapping_add(sample as u64));
+        }
+        if let Some(m) = &self.model {
+            req = req.model(m.clone());
+        }
+        req
+    }
+
+    /// Runs the vote on `prompt`.
+    ///
+    /// # Errors
+    /// `invalid_argument` before any call; `consensus_failed` when a unanimous vote splits;
+    /// `budget_exhausted` or the first provider failure otherwise. Every error carries the spend.
+    pub async fn run(
+        &self,
+        provider: &dyn LlmProvider,
+        prompt: &str,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>> {
+        self.check()?;
+        let tracker = CostTracker::new();
+        let fail = |e: Error, tracker: &CostTracker| {
+            e.with_cost(tracker.usage())
+                .with_usd(ctx.tracker_usd(tracker))
+        };
+        let mut messages = Vec::with_capacity(2);
+        if let Some(s) = &self.system {
+            messages.push(Message::system(s.clone()));
+        }
+        messages.push(Message::user(prompt));
+
+        let mut texts: Vec<Option<String>> = vec![None; self.samples];
+
+        if self.use_n && self.samples > 1 && provider.supports_n() {
+            if let Ok(n) = u32::try_from(self.samples) {
+                let req = self.request(&messages, 0).n(n);
+                match ctx.complete(provider, req, &tracker).await {
+                    Ok(resp) => {
+                        for (slot, choice) in texts.iter_mut().zip(resp.choices) {
+                            *slot = Some(choice.content);
+                        }
+                    }
+                    Err(e) => return Err(fail(e, &tracker)),
+                }
+            }
+        }
+
+        let missing: Vec<usize> = (0..self.samples).filter(|&i| texts[i].is_none()).collect();
+        {
+            let tracker = &tracker;
+            let messages = &messages;
+            let mut in_flight = futures::stream::iter(missing)
+                .map(|i| {
+                    let req = self.request(messages, i);
+                    async move { (i, ctx.complete(provider, req, tracker).await) }
+                })
+                .buffer_unordered(self.max_concurrency);
+            while let Some((i, r)) = in_flight.next().await {
+                match r {
+                    Ok(resp) => texts[i] = Some(resp.content().to_owned()),
+                    Err(e) => {
+                        // Dropping the stream cancels the samples still in flight; their
+                        // reserved calls stay counted in the tracker.
+                        drop(in_flight);
+                        return Err(fail(e, tracker));
+                    }
+                }
+            }
+        }
+
+        let texts: Vec<String> = texts.into_iter().map(Option::unwrap_or_default).collect();
+        let keys: Vec<String> = match &self.vote_key {
+            Some(key) => texts.iter().map(|t| key(t)).collect(),
+            None => texts.iter().map(|t| normalize(t)).collect(),
+        };
+        let t = tally_keys(&keys, self.strategy).map_err(|e| fail(e, &tracker))?;
+        let value = texts.into_iter().nth(t.winner_index).unwrap_or_default();
+        let mut result = PatternResult::new(value)
+            .with_score(t.agreement_ratio)
+            .with_cost(tracker.usage())
+            .with_metadata("agreement_ratio", t.agreement_ratio)
+            .with_metadata("unique_responses", t.unique_responses)
+            .with_metadata("tie_count", t.tie_count);
+        result.usd = ctx.tracker_usd(&tracker);
+        Ok(result)
+    }
+}
+
+#[async_trait]
+impl Pattern for Consensus {
+    fn name(&self) -> &'static str {
+        "consensus"
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.check()
+    }
+
+    /// Votes on the previous step's value (or the task for a first step).
+    async fn run_step(
+        &self,
+        provider: &dyn LlmProvider,
+        input: StepInput<'_>,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>> {
+        self.run(provider, input.prompt(), ctx).await
+    }
+}

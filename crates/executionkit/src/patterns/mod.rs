@@ -1,0 +1,173 @@
+//! The reasoning patterns: [`Consensus`] and [`RefineLoop`], each a typed builder that runs on
+//! its own or as a step of a [`Pipe`](crate::Pipe) through the [`Pattern`] trait.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::engine::RunContext;
+use crate::error::Result;
+use crate::provider::LlmProvider;
+use crate::result::PatternResult;
+
+pub mod consensus;
+pub mod judge;
+pub mod react;
+pub mod refine;
+
+pub use crate::engine::voting::VotingStrategy;
+pub use consensus::Consensus;
+pub use refine::{RefineCheckpoint, RefineLoop};
+
+/// What a pattern receives as one step of a pipe.
+///
+/// ```
+/// let input = executionkit::StepInput { task: "Summarise X", previous: Some("draft") };
+/// assert_eq!(input.prompt(), "draft");
+/// assert_eq!(executionkit::StepInput::new("task").prompt(), "task");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepInput<'a> {
+    /// The pipe's original prompt.
+    pub task: &'a str,
+    /// The previous step's value (`None` for the first step or a standalone run).
+    pub previous: Option<&'a str>,
+}
+
+impl<'a> StepInput<'a> {
+    /// A standalone input: the task and no previous value.
+    ///
+    /// ```
+    /// assert!(executionkit::StepInput::new("p").previous.is_none());
+    /// ```
+    #[must_use]
+    pub const fn new(task: &'a str) -> Self {
+        Self {
+            task,
+            previous: None,
+        }
+    }
+
+    /// The text a prompt-driven step works on: the previous value, else the task.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::StepInput { task: "t", previous: None }.prompt(), "t");
+    /// ```
+    #[must_use]
+    pub fn prompt(&self) -> &'a str {
+        self.previous.unwrap_or(self.task)
+    }
+}
+
+/// A pattern that can run as a step of a [`Pipe`](crate::Pipe).
+///
+/// Implement it to put your own step in a pipe; the value is passed on as text.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use executionkit::{LlmProvider, Pattern, PatternResult, Pipe, MockProvider, Result, RunContext, StepInput};
+///
+/// #[derive(Debug)]
+/// struct Upper;
+///
+/// #[async_trait]
+/// impl Pattern for Upper {
+///     fn name(&self) -> &'static str { "upper" }
+///     fn validate(&self) -> Result<()> { Ok(()) }
+///     async fn run_step(&self, _p: &dyn LlmProvider, input: StepInput<'_>, _ctx: &RunContext)
+///         -> Result<PatternResult<String>> {
+///         Ok(PatternResult::new(input.prompt().to_uppercase()))
+///     }
+/// }
+///
+/// # futures::executor::block_on(async {
+/// let r = Pipe::new().step(Upper).run(&MockProvider::default(), "hi", &RunContext::new()).await.unwrap();
+/// assert_eq!(r.value, "HI");
+/// # });
+/// ```
+#[async_trait]
+pub trait Pattern: Send + Sync + fmt::Debug {
+    /// The pattern's name (`"consensus"`, `"refine"`, …).
+    fn name(&self) -> &'static str;
+
+    /// Checks every option; an `invalid_argument` error names the argument and its bad value.
+    /// Called before any request is sent.
+    ///
+    /// # Errors
+    /// `invalid_argument` for the first bad option.
+    fn validate(&self) -> Result<()>;
+
+    /// Runs the pattern as one step: `input.task` is the pipe's prompt, `input.previous` the
+    /// previous step's value.
+    ///
+    /// # Errors
+    /// Any error of the run; it carries the step's own spend.
+    async fn run_step(
+        &self,
+        provider: &dyn LlmProvider,
+        input: StepInput<'_>,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>>;
+}
+
+/// Why a refine loop stopped (`metadata.termination_reason`).
+///
+/// ```
+/// assert_eq!(executionkit::TerminationReason::BudgetExhausted.as_str(), "budget_exhausted");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TerminationReason {
+    /// The score reached `target_score`.
+    TargetReached,
+    /// The score stopped moving (more than `patience` changes of at most `delta_threshold`).
+    Converged,
+    /// `max_iterations` refinements ran without reaching the target.
+    MaxIterations,
+    /// The budget ran out; the best answer so far was returned.
+    BudgetExhausted,
+}
+
+impl TerminationReason {
+    /// `"target_reached"`, `"converged"`, `"max_iterations"` or `"budget_exhausted"`.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::TerminationReason::TargetReached.as_str(), "target_reached");
+    /// ```
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::TargetReached => "target_reached",
+            Self::Converged => "converged",
+            Self::MaxIterations => "max_iterations",
+            Self::BudgetExhausted => "budget_exhausted",
+        }
+    }
+}
+
+impl fmt::Display for TerminationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `max_tokens` must be ≥ 1.
+pub(crate) fn check_max_tokens(n: u32) -> Result<()> {
+    if n < 1 {
+        return Err(crate::Error::invalid_argument(
+            "max_tokens",
+            format!("max_tokens must be >= 1, got {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A model name, when set, must not be blank.
+pub(crate) fn check_model(model: Option<&str>) -> Result<()> {
+    if matches!(model, Some(m) if m.trim().is_empty()) {
+        return Err(crate::Error::invalid_argument(
+            "model",
+            "model must not be empty, got ''",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! [`Pipe`]: run patterns one after another under one budget, each step working on the
+//! previous step's value.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::engine::RunContext;
+use crate::error::Result;
+use crate::patterns::{Pattern, StepInput};
+use crate::provider::LlmProvider;
+use crate::result::{Metadata, PatternResult, cost_json};
+use crate::usage::{Budget, TokenUsage};
+
+/// A predicate deciding whether a conditional step runs.
+pub type StepPredicate = Arc<dyn Fn(&PatternResult<String>) -> bool + Send + Sync>;
+
+#[derive(Clone)]
+struct PipeStep {
+    pattern: Arc<dyn Pattern>,
+    predicate: Option<StepPredicate>,
+    provider: Option<Arc<dyn LlmProvider>>,
+}
+
+/// A chain of patterns sharing one budget ledger.
+///
+/// * Step k+1 receives step k's value as [`StepInput::previous`] and the pipe's prompt as
+///   [`StepInput::task`]; a consensus step votes on the previous value, a refine step improves it.
+/// * Every step uses the run's ledger: the context's, or a fresh one from
+///   [`Pipe::max_budget`]. The limits are a ceiling for the whole chain, not per step.
+/// * The result's value and score are the last run step's; `cost` is the sum of the steps';
+///   metadata holds the last run step's keys plus `step_count`, `step_metadata` (one map per
+///   step) and `step_costs` (one `{input_tokens, output_tokens, llm_calls}` per step).
+/// * A conditional step ([`Pipe::step_if`]) whose predicate says no is skipped: it shows as
+///   `{"skipped": true}` with zero cost and passes its input on unchanged.
+/// * An error in step k carries the spend of steps 1..k and `metadata.step_costs` (the failing
+///   step's own spend last).
+/// * An empty pipe returns the prompt at zero cost with empty metadata.
+///
+/// ```
+/// use executionkit::{Consensus, MockProvider, Pipe, RefineLoop, RunContext, TokenUsage};
+/// # futures::executor::block_on(async {
+/// // 3 consensus samples, then the judge scores the winner 9/10: the target is reached.
+/// let p = MockProvider::new(["Paris", "Paris", "Lyon", "9"]);
+/// let r = Pipe::new()
+///     .step(Consensus::new().samples(3))
+///     .step(RefineLoop::new().target_score(0.9))
+///     .max_budget(TokenUsage::new(20_000, 10_000, 20))
+///     .run(&p, "Capital of France?", &RunContext::new())
+///     .await
+///     .unwrap();
+/// assert_eq!(r.value, "Paris");
+/// assert_eq!(r.metadata["step_count"], 2);
+/// assert_eq!(r.cost.llm_calls, 4);
+/// # });
+/// ```
+#[derive(Clone, Default)]
+#[must_use]
+pub struct Pipe {
+    steps: Vec<PipeStep>,
+    max_budget: Option<Budget>,
+}
+
+impl fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|s| {
+                let mut d = format!("{:?}", s.pattern);
+                if s.predicate.is_some() {
+                    d.push_str(" if <predicate>");
+                }
+                if let Some(p) = &s.provider {
+                    d.push_str(&format!(" on {}", p.model()));
+                }
+                d
+            })
+            .collect();
+        f.debug_struct("Pipe")
+            .field("steps", &steps)
+            .field("max_budget", &self.max_budget)
+            .finish()
+    }
+}
+
+impl Pipe {
+    /// An empty pipe.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::Pipe::new().len(), 0);
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a step.
+    ///
+    /// ```
+    /// let p = executionkit::Pipe::new().step(executionkit::Consensus::new());
+    /// assert_eq!(p.len(), 1);
+    /// ```
+    pub fn step(mut self, pattern: impl Pattern + 'static) -> Self {
+        self.steps.push(PipeStep {
+            pattern: Arc::new(pattern),
+            predicate: None,
+            provider: None,
+        });
+        self
+    }
+
+    /// Appends a step that runs only when `predicate` holds for the previous result (the last
+    /// step that ran; for a first step, the prompt with no score).
+    ///
+    /// ```
+    /// use executionkit::{Consensus, MockProvider, Pipe, RefineLoop, RunContext};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["A"]);
+    /// let r = Pipe::new()
+    ///     .step(Consensus::new().samples(2))
+    ///     .step_if(|prev| prev.score.is_none_or(|s| s < 0.95), RefineLoop::new())
+    ///     .run(&p, "q", &RunContext::new()).await.unwrap();
+    /// assert_eq!(r.metadata["step_metadata"][1]["skipped"], true);
+    /// assert_eq!(r.cost.llm_calls, 2);
+    /// # });
+    /// ```
+    pub fn step_if(
+        mut self,
+        predicate: impl Fn(&PatternResult<String>) -> bool + Send + Sync + 'static,
+        pattern: impl Pattern + 'static,
+    ) -> Self {
+        self.steps.push(PipeStep {
+            pattern: Arc::new(pattern),
+            predicate: Some(Arc::new(predicate)),
+            provider: None,
+        });
+        self
+    }
+
+    /// Appends a step that runs on its own provider (e.g. a cheaper model for drafts).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use executionkit::{Consensus, MockProvider, Pipe, RunContext};
+    /// # futures::executor::block_on(async {
+    /// let cheap = Arc::new(MockProvider::new(["x"]));
+    /// let main = MockProvider::new(["y"]);
+    /// let r = Pipe::new().step_with_provider(cheap.clone(), Consensus::new().samples(1))
+    ///     .run(&main, "q", &RunContext::new()).await.unwrap();
+    /// assert_eq!((r.value.as_str(), cheap.call_count(), main.call_count()), ("x", 1, 0));
+    /// # });
+    /// ```
+    pub fn step_with_provider(
+        mut self,
+        provider: Arc<dyn LlmProvider>,
+        pattern: impl Pattern + 'static,
+    ) -> Self {
+        self.steps.push(PipeStep {
+            pattern: Arc::new(pattern),
+            predicate: None,
+            provider: Some(provider),
+        });
+        self
+    }
+
+    /// Appends a conditional step on its own provider.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use executionkit::{Consensus, MockProvider, Pipe};
+    /// let p = Pipe::new().step_if_with_provider(|_| true, Arc::new(MockProvider::default()), Consensus::new());
+    /// assert_eq!(p.len(), 1);
+    /// ```
+    pub fn step_if_with_provider(
+        mut self,
+        predicate: impl Fn(&PatternResult<String>) -> bool + Send + Sync + 'static,
+        provider: Arc<dyn LlmProvider>,
+        pattern: impl Pattern + 'static,
+    ) -> Self {
+        self.steps.push(PipeStep {
+            pattern: Arc::new(pattern),
+            predicate: Some(Arc::new(predicate)),
+            provider: Some(provider),
+        });
+        self
+    }
+
+    /// Runs the pipe on a fresh ledger with these limits, shared by all steps (instead of the
+    /// context's ledger).
+    ///
+    /// ```
+    /// let p = executionkit::Pipe::new().max_budget(executionkit::Budget::new().max_calls(20));
+    /// # let _ = p;
+    /// ```
+    pub fn max_budget(mut self, budget: impl Into<Budget>) -> Self {
+        self.max_budget = Some(budget.into());
+        self
+    }
+
+    /// The number of steps.
+    ///
+    /// ```
+    /// assert!(executionkit::Pipe::new().is_empty());
+    /// ```
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// `true` with no steps.
+    ///
+    /// ```
+    /// assert!(executionkit::Pipe::new().is_empty());
+    /// ```
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Validates the budget and every step, in order, before anything runs.
+    ///
+    /// ```
+    /// let p = executionkit::Pipe::new().step(executionkit::Consensus::new().samples(0));
+    /// assert!(p.check().unwrap_err().is_invalid_argument());
+    /// ```
+    ///
+    /// # Errors
+    /// The first step's `invalid_argument`, with `metadata.step` (0-based) added.
+    pub fn check(&self) -> Result<()> {
+        if let Some(b) = &self.max_budget {
+            b.validate()?;
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            s.pattern
+                .validate()
+                .map_err(|e| e.with_metadata("step", i))?;
+        }
+        Ok(())
+    }
+
+    /// Runs every step on `prompt`.
+    ///
+    /// # Errors
+    /// `invalid_argument` before any call; otherwise the failing step's error, carrying the
+    /// spend of all steps so far and `metadata.step_costs`.
+    pub async fn run(
+        &self,
+        provider: &dyn LlmProvider,
+        prompt: &str,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>> {
+        self.check()?;
+        if self.steps.is_empty() {
+            return Ok(PatternResult::new(prompt.to_owned()));
+        }
+        let ctx = match &self.max_budget {
+            Some(b) => ctx.clone().budget(b.clone()),
+            None => ctx.clone(),
+        };
+        let mut total = TokenUsage::default();
+        let mut total_usd: Option<f64> = None;
+        let mut current: Option<String> = None;
+        let mut last: Option<PatternResult<String>> = None;
+        let mut step_metadata: Vec<Value> = Vec::with_capacity(self.steps.len());
+        let mut step_costs: Vec<Value> = Vec::with_capacity(self.steps.len());
+        let start = PatternResult::new(prompt.to_owned());
+
+        for (i, step) in self.steps.iter().enumerate() {
+            if let Some(pred) = &step.predicate {
+                if !pred(last.as_ref().unwrap_or(&start)) {
+                    let mut skipped = Metadata::new();
+                    skipped.insert("skipped".into(), Value::Bool(true));
+                    step_metadata.push(Value::Object(skipped));
+                    step_costs.push(cost_json(&TokenUsage::default(), None));
+                    continue;
+                }
+            }
+            let p: &dyn LlmProvider = match &step.provider {
+                Some(p) => p.as_ref(),
+                None => provider,
+            };
+            let input = StepInput {
+                task: prompt,
+                previous: current.as_deref(),
+            };
+            match step.pattern.run_step(p, input, &ctx).await {
+                Ok(r) => {
+                    total += r.cost;
+                    total_usd = add_usd(total_usd, r.usd);
+                    step_costs.push(cost_json(&r.cost, r.usd));
+                    step_metadata.push(Value::Object(r.metadata.clone()));
+                    current = Some(r.value.clone());
+                    last = Some(r);
+                }
+                Err(e) => {
+                    step_costs.push(cost_json(&e.cost(), e.usd()));
+                    return Err(e
+                        .add_cost(total, total_usd)
+                        .with_metadata("step_costs", Value::Array(step_costs))
+                        .with_metadata("failed_step", i));
+                }
+            }
+        }
+
+        let (value, score, mut metadata) = match last {
+            Some(r) => (r.value, r.score, r.metadata),
+            None => (prompt.to_owned(), None, Metadata::new()),
+        };
+        metadata.insert("step_count".into(), Value::from(self.steps.len()));
+        metadata.insert("step_metadata".into(), Value::Array(step_metadata));
+        metadata.insert("step_costs".into(), Value::Array(step_costs));
+        Ok(PatternResult {
+            value,
+            score,
+            cost: total,
+            usd: total_usd,
+            metadata,
+        })
+    }
+}
+
+fn add_usd(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+    }
+}
+
+#[async_trait]
+impl Pattern for Pipe {
+    fn name(&self) -> &'static str {
+        "pipe"
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.check()
+    }
+
+    /// Runs the nested pipe on the previous value (or the task for a first step).
+    async fn run_step(
+        &self,
+        provider: &dyn LlmProvider,
+        input: StepInput<'_>,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>> {
+        self.run(provider, input.prompt(), ctx).await
+    }
+}
