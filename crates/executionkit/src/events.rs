@@ -66,6 +66,24 @@ pub enum Event {
         /// Why.
         kind: ErrorKind,
     },
+    /// A tool loop is about to run (or ask approval for) one tool call.
+    ToolCallStarted {
+        /// The tool the model named.
+        tool_name: String,
+        /// The call's id.
+        tool_call_id: String,
+        /// The arguments, each value `"[redacted]"` unless the loop was told otherwise.
+        arguments: serde_json::Map<String, serde_json::Value>,
+    },
+    /// A tool call was answered (executed, failed, or blocked).
+    ToolCallFinished {
+        /// The tool the model named.
+        tool_name: String,
+        /// The call's id.
+        tool_call_id: String,
+        /// `true` when an approval gate denied it.
+        blocked: bool,
+    },
 }
 
 /// A subscriber to [`Event`]s; cheap to clone.

@@ -1,0 +1,307 @@
+//! Approval gates (reference §17): a callback asked before an action (a tool call, a workflow
+//! step) that approves or denies it, optionally under a timeout.
+//!
+//! ```
+//! use executionkit::approval::{ApprovalGate, ApprovalRequest};
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let gate = ApprovalGate::new(|req: ApprovalRequest| async move {
+//!     Ok(req.subject != "rm")
+//! });
+//! assert!(gate.request(ApprovalRequest::new("tool_call", "ls")).await.unwrap().approved);
+//! let err = gate.require(ApprovalRequest::new("tool_call", "rm")).await.unwrap_err();
+//! assert!(err.is_approval_denied());
+//! # });
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// What is asked: an action (`"tool_call"`, `"workflow_step"`), its subject (a tool name, a
+/// step name) and details as JSON.
+///
+/// ```
+/// let r = executionkit::approval::ApprovalRequest::new("tool_call", "search")
+///     .with_metadata("tool_call_id", "tc1");
+/// assert_eq!(r.metadata["tool_call_id"], "tc1");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct ApprovalRequest {
+    /// The kind of action.
+    pub action: String,
+    /// What it acts on.
+    pub subject: String,
+    /// Details (for a tool call: `tool_call_id` and `arguments`).
+    pub metadata: Map<String, Value>,
+}
+
+impl ApprovalRequest {
+    /// A request with empty metadata.
+    pub fn new(action: impl Into<String>, subject: impl Into<String>) -> Self {
+        Self {
+            action: action.into(),
+            subject: subject.into(),
+            metadata: Map::new(),
+        }
+    }
+
+    /// Adds one metadata entry.
+    pub fn with_metadata(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+/// The answer: approved or not, and why.
+///
+/// ```
+/// use executionkit::approval::ApprovalDecision;
+/// assert!(ApprovalDecision::approve().approved);
+/// assert_eq!(ApprovalDecision::deny("no").reason, "no");
+/// let d: ApprovalDecision = false.into();
+/// assert!(!d.approved && d.reason.is_empty());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalDecision {
+    /// `true` to let the action run.
+    pub approved: bool,
+    /// Why (may be empty).
+    pub reason: String,
+}
+
+impl ApprovalDecision {
+    /// Approved, no reason.
+    #[must_use]
+    pub fn approve() -> Self {
+        Self {
+            approved: true,
+            reason: String::new(),
+        }
+    }
+
+    /// Denied with `reason`.
+    #[must_use]
+    pub fn deny(reason: impl Into<String>) -> Self {
+        Self {
+            approved: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<bool> for ApprovalDecision {
+    fn from(approved: bool) -> Self {
+        Self {
+            approved,
+            reason: String::new(),
+        }
+    }
+}
+
+/// What a gate does when its callback outlives the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnTimeout {
+    /// Fail with a `timeout` error naming the action and subject (the default).
+    #[default]
+    Raise,
+    /// Deny the action.
+    Deny,
+    /// Approve the action: **fail-open**, a privilege-escalation risk; a warning is logged when
+    /// a gate is built with it.
+    Approve,
+}
+
+type Callback = dyn Fn(ApprovalRequest) -> BoxFuture<'static, Result<ApprovalDecision>> + Send + Sync;
+
+/// Asks a callback whether an action may run. Cheap to clone.
+///
+/// ```
+/// use std::time::Duration;
+/// use executionkit::approval::{ApprovalGate, ApprovalRequest, OnTimeout};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let slow = ApprovalGate::new(|_req| async {
+///     tokio::time::sleep(Duration::from_secs(5)).await;
+///     Ok(true)
+/// })
+/// .timeout(Duration::from_millis(10), OnTimeout::Deny);
+/// let d = slow.request(ApprovalRequest::new("delete", "file.txt")).await.unwrap();
+/// assert!(!d.approved && d.reason.contains("timed out"));
+/// # });
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct ApprovalGate {
+    callback: Arc<Callback>,
+    timeout: Option<Duration>,
+    on_timeout: OnTimeout,
+}
+
+impl fmt::Debug for ApprovalGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApprovalGate")
+            .field("timeout", &self.timeout)
+            .field("on_timeout", &self.on_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApprovalGate {
+    /// A gate asking the async callback `f`, which returns a decision or a `bool` (or fails:
+    /// the error propagates to whoever asked).
+    ///
+    /// ```
+    /// let g = executionkit::approval::ApprovalGate::new(|_r| async { Ok(true) });
+    /// # let _ = g;
+    /// ```
+    pub fn new<F, Fut, D>(f: F) -> Self
+    where
+        F: Fn(ApprovalRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<D>> + Send + 'static,
+        D: Into<ApprovalDecision>,
+    {
+        Self {
+            callback: Arc::new(move |req| f(req).map(|r| r.map(Into::into)).boxed()),
+            timeout: None,
+            on_timeout: OnTimeout::Raise,
+        }
+    }
+
+    /// A gate whose callback is blocking (e.g. a prompt on a terminal): it runs on Tokio's
+    /// blocking pool, so it cannot stall the run nor defeat the timeout. A callback abandoned
+    /// by a timeout keeps running on its thread.
+    ///
+    /// ```
+    /// use executionkit::approval::{ApprovalGate, ApprovalRequest};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let g = ApprovalGate::blocking(|r: ApprovalRequest| Ok(r.subject == "ok"));
+    /// assert!(g.request(ApprovalRequest::new("tool_call", "ok")).await.unwrap().approved);
+    /// # });
+    /// ```
+    pub fn blocking<F, D>(f: F) -> Self
+    where
+        F: Fn(ApprovalRequest) -> Result<D> + Send + Sync + 'static,
+        D: Into<ApprovalDecision> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        Self::new(move |req| {
+            let f = Arc::clone(&f);
+            async move {
+                match tokio::task::spawn_blocking(move || f(req).map(Into::into)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::new(
+                        ErrorKind::ApprovalDenied,
+                        "the approval callback panicked",
+                    )),
+                }
+            }
+        })
+    }
+
+    /// A gate that approves everything.
+    ///
+    /// ```
+    /// # use executionkit::approval::{ApprovalGate, ApprovalRequest};
+    /// let d = futures::executor::block_on(ApprovalGate::allow_all().request(ApprovalRequest::new("a", "b")));
+    /// assert!(d.unwrap().approved);
+    /// ```
+    pub fn allow_all() -> Self {
+        Self::new(|_| async { Ok(ApprovalDecision::approve()) })
+    }
+
+    /// A gate that denies everything with `reason`.
+    ///
+    /// ```
+    /// # use executionkit::approval::{ApprovalGate, ApprovalRequest};
+    /// let d = futures::executor::block_on(ApprovalGate::deny_all("not permitted").request(ApprovalRequest::new("a", "b")));
+    /// assert_eq!(d.unwrap().reason, "not permitted");
+    /// ```
+    pub fn deny_all(reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Self::new(move |_| {
+            let d = ApprovalDecision::deny(reason.clone());
+            async move { Ok(d) }
+        })
+    }
+
+    /// Bounds the wait for the callback; `on_timeout` says what an expired wait means.
+    /// [`OnTimeout::Approve`] is fail-open and logs a warning.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use executionkit::approval::{ApprovalGate, OnTimeout};
+    /// let g = ApprovalGate::allow_all().timeout(Duration::from_secs(5), OnTimeout::Raise);
+    /// # let _ = g;
+    /// ```
+    pub fn timeout(mut self, timeout: Duration, on_timeout: OnTimeout) -> Self {
+        if on_timeout == OnTimeout::Approve {
+            tracing::warn!(
+                target: "executionkit",
+                "approval gate with on_timeout = approve is fail-open: an unanswered request is \
+                 approved (privilege-escalation risk)"
+            );
+        }
+        self.timeout = Some(timeout);
+        self.on_timeout = on_timeout;
+        self
+    }
+
+    /// Asks the callback. Its errors propagate; an expired timeout is handled per
+    /// [`OnTimeout`] (a `timeout` error whose message names the timeout, action and subject,
+    /// for [`OnTimeout::Raise`]). Needs a Tokio runtime when a timeout is set.
+    pub async fn request(&self, req: ApprovalRequest) -> Result<ApprovalDecision> {
+        let Some(limit) = self.timeout else {
+            return (self.callback)(req).await;
+        };
+        let (action, subject) = (req.action.clone(), req.subject.clone());
+        match tokio::time::timeout(limit, (self.callback)(req)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let secs = limit.as_secs_f64();
+                match self.on_timeout {
+                    OnTimeout::Approve => Ok(ApprovalDecision {
+                        approved: true,
+                        reason: format!("approval timed out after {secs}s and was auto-approved"),
+                    }),
+                    OnTimeout::Deny => Ok(ApprovalDecision::deny(format!(
+                        "approval timed out after {secs}s and was auto-denied"
+                    ))),
+                    OnTimeout::Raise => Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("approval for {action} {subject} timed out after {secs}s"),
+                    )
+                    .with_metadata("approval_timeout", true)),
+                }
+            }
+        }
+    }
+
+    /// Asks, and fails with `approval_denied` (`Approval denied for <action> <subject>[:
+    /// <reason>]`) unless approved. Timeout errors pass through unchanged.
+    ///
+    /// ```
+    /// # use executionkit::approval::{ApprovalGate, ApprovalRequest};
+    /// let e = futures::executor::block_on(ApprovalGate::deny_all("nope").require(ApprovalRequest::new("delete", "f"))).unwrap_err();
+    /// assert_eq!(e.message(), "Approval denied for delete f: nope");
+    /// ```
+    pub async fn require(&self, req: ApprovalRequest) -> Result<()> {
+        let (action, subject) = (req.action.clone(), req.subject.clone());
+        let d = self.request(req).await?;
+        if d.approved {
+            return Ok(());
+        }
+        let mut msg = format!("Approval denied for {action} {subject}");
+        if !d.reason.is_empty() {
+            msg.push_str(": ");
+            msg.push_str(&d.reason);
+        }
+        Err(Error::new(ErrorKind::ApprovalDenied, msg))
+    }
+}

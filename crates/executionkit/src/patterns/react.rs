@@ -1,0 +1,815 @@
+//! [`ReactLoop`]: the ReAct tool loop (reference §12.5–§12.8).
+//!
+//! Each round sends the conversation and the tool descriptions to the model. A reply without
+//! tool calls is the answer. A reply with tool calls is executed: the calls of one round run
+//! concurrently (up to [`ReactLoop::tool_concurrency`]), each checked against its schema, asked
+//! of an optional [`ApprovalGate`], run on its own task under a timeout; every outcome, good or
+//! bad, goes back to the model as a `tool` message, and the next round starts.
+//!
+//! ```
+//! use executionkit::patterns::react::ReactLoop;
+//! use executionkit::tools::Tool;
+//! use executionkit::{Choice, LlmResponse, MockProvider, RunContext, ToolCall};
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let call = LlmResponse {
+//!     choices: vec![Choice {
+//!         content: String::new(),
+//!         tool_calls: vec![ToolCall::new("tc1", "add", serde_json::json!({"a": 2, "b": 3}))],
+//!         finish_reason: Some("tool_calls".into()),
+//!     }],
+//!     ..LlmResponse::default()
+//! };
+//! let provider = MockProvider::new([call, LlmResponse::text("2 + 3 = 5")]);
+//!
+//! #[derive(serde::Deserialize, schemars::JsonSchema)]
+//! struct Add { a: i64, b: i64 }
+//! let add = Tool::typed("add", "Adds two integers", |x: Add| async move { Ok((x.a + x.b).to_string()) });
+//!
+//! let r = ReactLoop::new().run(&provider, "What is 2 + 3?", &[add], &RunContext::new()).await.unwrap();
+//! assert_eq!(r.value, "2 + 3 = 5");
+//! assert_eq!(r.metadata["rounds"], 2);
+//! assert_eq!(r.metadata["tool_calls_made"], 1);
+//! assert_eq!(r.metadata["messages"][2]["content"], "5");
+//! # });
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use serde_json::{Map, Value};
+
+use crate::approval::{ApprovalGate, ApprovalRequest};
+use crate::engine::{CostTracker, RunContext};
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::Event;
+use crate::provider::{
+    ChatRequest, LlmProvider, Message, Role, ToolCall, ToolChoice, check_temperature,
+};
+use crate::result::{Metadata, PatternResult};
+use crate::tools::{Observation, ObservationKind, TRUNCATION_MARKER, Tool};
+use crate::usage::TokenUsage;
+
+/// The prefix of the system message that carries a summary of trimmed history.
+pub const SUMMARY_PREFIX: &str = "Summary of earlier conversation: ";
+
+/// Why a tool loop stopped (`metadata.termination_reason`).
+///
+/// ```
+/// use executionkit::patterns::react::ReactTermination;
+/// assert_eq!(ReactTermination::Natural.as_str(), "natural");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReactTermination {
+    /// The model answered without calling a tool.
+    Natural,
+    /// `max_rounds` rounds ran without an answer (the run fails with `max_iterations`).
+    MaxIterations,
+}
+
+impl ReactTermination {
+    /// `"natural"` or `"max_iterations"`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Natural => "natural",
+            Self::MaxIterations => "max_iterations",
+        }
+    }
+}
+
+impl fmt::Display for ReactTermination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a summarizer returns: the summary text and, optionally, what producing it cost
+/// (added to the loop's cost).
+///
+/// ```
+/// use executionkit::{TokenUsage, patterns::react::Summary};
+/// let s: Summary = "two messages about weather".into();
+/// assert!(s.usage.is_none());
+/// let s: Summary = ("short".to_owned(), TokenUsage::new(100, 40, 1)).into();
+/// assert_eq!(s.usage.unwrap().llm_calls, 1);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The summary.
+    pub text: String,
+    /// Its cost, if it made calls.
+    pub usage: Option<TokenUsage>,
+}
+
+impl From<String> for Summary {
+    fn from(text: String) -> Self {
+        Self { text, usage: None }
+    }
+}
+
+impl From<&str> for Summary {
+    fn from(text: &str) -> Self {
+        Self::from(text.to_owned())
+    }
+}
+
+impl From<(String, TokenUsage)> for Summary {
+    fn from((text, usage): (String, TokenUsage)) -> Self {
+        Self {
+            text,
+            usage: Some(usage),
+        }
+    }
+}
+
+impl From<(&str, TokenUsage)> for Summary {
+    fn from((text, usage): (&str, TokenUsage)) -> Self {
+        Self::from((text.to_owned(), usage))
+    }
+}
+
+type SummarizerFn = dyn Fn(Vec<Message>) -> BoxFuture<'static, Result<Summary>> + Send + Sync;
+
+/// The ReAct tool loop as a typed builder. Defaults: 8 rounds, observations of at most 12 000
+/// characters, at most 32 tool calls per round of which 10 run at once, temperature 0.3,
+/// `max_tokens` 4096, no history limit, no approval gate.
+///
+/// Metadata of the result (and of a `max_iterations` error): `rounds`, `tool_calls_made`,
+/// `rejected_tool_calls`, `truncated_responses`, `truncated_observations`, `messages_trimmed`,
+/// `summarized`, `termination_reason` (`"natural"` / `"max_iterations"`) and `messages` (the
+/// whole transcript as JSON, never including injected summaries).
+///
+/// ```
+/// use std::time::Duration;
+/// use executionkit::{ToolChoice, patterns::react::ReactLoop};
+/// let r = ReactLoop::new()
+///     .max_rounds(4)
+///     .tool_timeout(Duration::from_secs(5))
+///     .tool_choice(ToolChoice::Auto)
+///     .max_history_messages(20);
+/// # let _ = r;
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct ReactLoop {
+    max_rounds: usize,
+    max_observation_chars: usize,
+    tool_timeout: Option<Duration>,
+    max_tool_calls_per_round: usize,
+    tool_concurrency: usize,
+    temperature: f64,
+    max_tokens: u32,
+    max_history_messages: Option<usize>,
+    summarizer: Option<Arc<SummarizerFn>>,
+    approval_gate: Option<ApprovalGate>,
+    tool_choice: Option<ToolChoice>,
+    seed: Option<u64>,
+    system: Option<String>,
+    model: Option<String>,
+    redact_tool_args: bool,
+}
+
+impl fmt::Debug for ReactLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReactLoop")
+            .field("max_rounds", &self.max_rounds)
+            .field("max_observation_chars", &self.max_observation_chars)
+            .field("tool_timeout", &self.tool_timeout)
+            .field("max_tool_calls_per_round", &self.max_tool_calls_per_round)
+            .field("tool_concurrency", &self.tool_concurrency)
+            .field("temperature", &self.temperature)
+            .field("max_tokens", &self.max_tokens)
+            .field("max_history_messages", &self.max_history_messages)
+            .field("summarizer", &self.summarizer.is_some())
+            .field("approval_gate", &self.approval_gate)
+            .field("tool_choice", &self.tool_choice)
+            .field("seed", &self.seed)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ReactLoop {
+    fn default() -> Self {
+        Self {
+            max_rounds: 8,
+            max_observation_chars: 12_000,
+            tool_timeout: None,
+            max_tool_calls_per_round: 32,
+            tool_concurrency: 10,
+            temperature: 0.3,
+            max_tokens: crate::provider::DEFAULT_MAX_TOKENS,
+            max_history_messages: None,
+            summarizer: None,
+            approval_gate: None,
+            tool_choice: None,
+            seed: None,
+            system: None,
+            model: None,
+            redact_tool_args: true,
+        }
+    }
+}
+
+/// Counters reported in metadata.
+#[derive(Debug, Default)]
+struct Counters {
+    rounds: usize,
+    tool_calls_made: usize,
+    rejected_tool_calls: usize,
+    truncated_responses: usize,
+    truncated_observations: usize,
+    messages_trimmed: usize,
+    summarized: usize,
+}
+
+impl ReactLoop {
+    /// The defaults (see the type's docs).
+    ///
+    /// ```
+    /// let r = executionkit::patterns::react::ReactLoop::new();
+    /// # let _ = r;
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The most LLM rounds (≥ 1; default 8). With no answer after them the run fails with
+    /// `max_iterations`.
+    pub fn max_rounds(mut self, n: usize) -> Self {
+        self.max_rounds = n;
+        self
+    }
+
+    /// The longest tool result shown to the model, in characters (≥ 1; default 12 000).
+    /// Longer results end with `"\n[truncated]"`.
+    pub fn max_observation_chars(mut self, n: usize) -> Self {
+        self.max_observation_chars = n;
+        self
+    }
+
+    /// One timeout for every tool, overriding each tool's own (must be > 0).
+    pub fn tool_timeout(mut self, timeout: Duration) -> Self {
+        self.tool_timeout = Some(timeout);
+        self
+    }
+
+    /// The most tool calls executed per round (≥ 1; default 32); the others are answered with
+    /// a rejection the model can act on.
+    pub fn max_tool_calls_per_round(mut self, n: usize) -> Self {
+        self.max_tool_calls_per_round = n;
+        self
+    }
+
+    /// How many tool calls of one round run at once (≥ 1; default 10).
+    pub fn tool_concurrency(mut self, n: usize) -> Self {
+        self.tool_concurrency = n;
+        self
+    }
+
+    /// The sampling temperature (default 0.3).
+    pub fn temperature(mut self, t: f64) -> Self {
+        self.temperature = t;
+        self
+    }
+
+    /// `max_tokens` of each call (≥ 1; default 4096).
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = n;
+        self
+    }
+
+    /// Sends at most about `n` messages per call (≥ 1): the first message, then the newest
+    /// whole blocks that fit (see [`trim_history`]). The transcript itself keeps everything.
+    pub fn max_history_messages(mut self, n: usize) -> Self {
+        self.max_history_messages = Some(n);
+        self
+    }
+
+    /// Summarises the messages trimming dropped; the summary is sent as a system message after
+    /// the first message. Its reported usage is added to the loop's cost. (To count its calls
+    /// against the run's budget, make them through the same [`RunContext`].)
+    ///
+    /// ```
+    /// use executionkit::{Result, patterns::react::{ReactLoop, Summary}};
+    /// let r = ReactLoop::new().max_history_messages(6).summarizer(|dropped| async move {
+    ///     Ok::<_, executionkit::Error>(format!("{} earlier messages", dropped.len()))
+    /// });
+    /// # let _ = r;
+    /// ```
+    pub fn summarizer<F, Fut, S>(mut self, f: F) -> Self
+    where
+        F: Fn(Vec<Message>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S>> + Send + 'static,
+        S: Into<Summary>,
+    {
+        self.summarizer = Some(Arc::new(move |m| f(m).map(|r| r.map(Into::into)).boxed()));
+        self
+    }
+
+    /// Asks `gate` before every tool call (action `"tool_call"`, subject the tool's name,
+    /// metadata `tool_call_id` and `arguments`). A denial becomes the observation
+    /// `Tool '<name>' blocked by approval[: <reason>]`; the tool does not run.
+    pub fn approval_gate(mut self, gate: ApprovalGate) -> Self {
+        self.approval_gate = Some(gate);
+        self
+    }
+
+    /// How the model may use the tools (sent only when there are tools).
+    pub fn tool_choice(mut self, choice: ToolChoice) -> Self {
+        self.tool_choice = Some(choice);
+        self
+    }
+
+    /// The sampling seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// A system message put before the prompt (with [`run_messages`](Self::run_messages): only
+    /// when the transcript does not start with one).
+    pub fn system(mut self, text: impl Into<String>) -> Self {
+        self.system = Some(text.into());
+        self
+    }
+
+    /// Another model than the provider's default.
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// Whether tool-call events carry `"[redacted]"` for every argument value (default true).
+    pub fn redact_tool_args(mut self, redact: bool) -> Self {
+        self.redact_tool_args = redact;
+        self
+    }
+
+    /// Checks the options and the tools (reference §12.5, in that order): the provider must
+    /// call tools; every number in range; tool names unique; every tool schema valid.
+    ///
+    /// # Errors
+    /// `invalid_argument` naming the first problem.
+    pub fn validate(&self, provider: &dyn LlmProvider, tools: &[Tool]) -> Result<()> {
+        if !provider.supports_tools() {
+            return Err(Error::invalid_argument(
+                "provider",
+                "react_loop needs a tool-calling provider (ToolCallingProvider): this provider \
+                 does not support tools",
+            ));
+        }
+        let at_least_one = |name: &str, v: usize| {
+            if v < 1 {
+                Err(Error::invalid_argument(
+                    name,
+                    format!("{name} must be >= 1, got {v}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        at_least_one("max_rounds", self.max_rounds)?;
+        at_least_one("max_tool_calls_per_round", self.max_tool_calls_per_round)?;
+        at_least_one("max_observation_chars", self.max_observation_chars)?;
+        if let Some(t) = self.tool_timeout {
+            if t.is_zero() {
+                return Err(Error::invalid_argument(
+                    "tool_timeout",
+                    "tool_timeout must be > 0, got 0s",
+                ));
+            }
+        }
+        super::check_max_tokens(self.max_tokens)?;
+        if let Some(n) = self.max_history_messages {
+            at_least_one("max_history_messages", n)?;
+        }
+        at_least_one("tool_concurrency", self.tool_concurrency)?;
+        check_temperature(self.temperature)?;
+        super::check_model(self.model.as_deref())?;
+        let mut seen = HashSet::new();
+        let mut dups: Vec<&str> = Vec::new();
+        for t in tools {
+            if !seen.insert(t.name()) && !dups.contains(&t.name()) {
+                dups.push(t.name());
+            }
+        }
+        if !dups.is_empty() {
+            let list: Vec<String> = dups.iter().map(|d| format!("'{d}'")).collect();
+            return Err(Error::invalid_argument(
+                "tools",
+                format!("tool names must be unique; duplicated: {}", list.join(", ")),
+            ));
+        }
+        for t in tools {
+            if t.name().is_empty() {
+                return Err(Error::invalid_argument(
+                    "tools",
+                    "a tool name must not be empty",
+                ));
+            }
+            t.check_schema()?;
+        }
+        Ok(())
+    }
+
+    /// Runs the loop on a new conversation `[system?, user(prompt)]`.
+    ///
+    /// # Errors
+    /// `invalid_argument` before any call; budget, provider and summarizer errors as they
+    /// happen; `max_iterations` when no answer came within `max_rounds` (its metadata holds
+    /// the transcript). Every error carries the spend so far. Tool failures never fail the run.
+    pub async fn run(
+        &self,
+        provider: &dyn LlmProvider,
+        prompt: &str,
+        tools: &[Tool],
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>> {
+        let mut history = Vec::with_capacity(2);
+        if let Some(s) = &self.system {
+            history.push(Message::system(s.clone()));
+        }
+        history.push(Message::user(prompt));
+        self.run_messages(provider, history, tools, ctx).await
+    }
+
+    /// Continues a transcript (`messages` must not be empty); the final transcript is in
+    /// `metadata.messages`.
+    ///
+    /// ```
+    /// use executionkit::{Message, MockProvider, RunContext, patterns::react::ReactLoop};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let p = MockProvider::new(["Hi again"]);
+    /// let history = vec![Message::user("hi"), Message::assistant("hello"), Message::user("hi?")];
+    /// let r = ReactLoop::new().run_messages(&p, history, &[], &RunContext::new()).await.unwrap();
+    /// assert_eq!(r.metadata["messages"].as_array().unwrap().len(), 4);
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub async fn run_messages(
+        &self,
+        provider: &dyn LlmProvider,
+        messages: Vec<Message>,
+        tools: &[Tool],
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>> {
+        self.run_transcript(provider, messages, tools, ctx)
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// [`run_messages`](Self::run_messages), also returning the final transcript.
+    pub(crate) async fn run_transcript(
+        &self,
+        provider: &dyn LlmProvider,
+        messages: Vec<Message>,
+        tools: &[Tool],
+        ctx: &RunContext,
+    ) -> Result<(PatternResult<String>, Vec<Message>)> {
+        self.validate(provider, tools)?;
+        if messages.is_empty() {
+            return Err(Error::invalid_argument(
+                "messages",
+                "messages must be non-empty",
+            ));
+        }
+        let mut history = messages;
+        if let Some(s) = &self.system {
+            if history.first().map(|m| m.role) != Some(Role::System) {
+                history.insert(0, Message::system(s.clone()));
+            }
+        }
+        let tracker = CostTracker::new();
+        let by_name: HashMap<&str, &Tool> = tools.iter().map(|t| (t.name(), t)).collect();
+        let specs: Vec<_> = tools.iter().map(Tool::spec).collect();
+        let mut counters = Counters::default();
+        let mut summaries: HashMap<usize, String> = HashMap::new();
+
+        for round in 1..=self.max_rounds {
+            let window = self
+                .window(&history, &tracker, &mut counters, &mut summaries)
+                .await?;
+            let mut request = ChatRequest::new(window)
+                .temperature(self.temperature)
+                .max_tokens(self.max_tokens)
+                .tools(specs.clone());
+            if !specs.is_empty() {
+                if let Some(c) = &self.tool_choice {
+                    request = request.tool_choice(c.clone());
+                }
+            }
+            if let Some(s) = self.seed {
+                request = request.seed(s);
+            }
+            if let Some(m) = &self.model {
+                request = request.model(m.clone());
+            }
+            let resp = ctx.complete(provider, request, &tracker).await?;
+            if resp.was_truncated() {
+                counters.truncated_responses += 1;
+                tracing::warn!(
+                    target: "executionkit",
+                    round,
+                    finish_reason = resp.finish_reason().unwrap_or(""),
+                    "react_loop: the model's reply was cut at max_tokens"
+                );
+            }
+            counters.rounds = round;
+            let calls = resp.tool_calls().to_vec();
+            if calls.is_empty() {
+                let content = resp.content().to_owned();
+                history.push(Message::assistant(content.clone()));
+                let metadata = self.metadata(&counters, ReactTermination::Natural, &history);
+                let mut result = PatternResult::new(content).with_cost(tracker.usage());
+                result.usd = ctx.tracker_usd(&tracker);
+                result.metadata = metadata;
+                return Ok((result, history));
+            }
+            history.push(Message::assistant_tool_calls(resp.content(), calls.clone()));
+            let replies = self.run_round(&calls, &by_name, ctx).await.map_err(|e| {
+                e.with_cost(tracker.usage())
+                    .with_usd(ctx.tracker_usd(&tracker))
+            })?;
+            for (obs, counted) in replies {
+                if counted {
+                    counters.tool_calls_made += 1;
+                    if obs.1.ends_with(TRUNCATION_MARKER) {
+                        counters.truncated_observations += 1;
+                    }
+                } else {
+                    counters.rejected_tool_calls += 1;
+                }
+                history.push(Message::tool_result(obs.0, obs.1));
+            }
+        }
+        let metadata = self.metadata(&counters, ReactTermination::MaxIterations, &history);
+        let mut err = Error::new(
+            ErrorKind::MaxIterations,
+            format!(
+                "react_loop reached max_rounds ({}) without a final answer",
+                self.max_rounds
+            ),
+        )
+        .with_cost(tracker.usage())
+        .with_usd(ctx.tracker_usd(&tracker));
+        for (k, v) in metadata {
+            err = err.with_metadata(&k, v);
+        }
+        Err(err)
+    }
+
+    fn metadata(&self, c: &Counters, reason: ReactTermination, history: &[Message]) -> Metadata {
+        let mut m = Metadata::new();
+        m.insert("rounds".into(), c.rounds.into());
+        m.insert("tool_calls_made".into(), c.tool_calls_made.into());
+        m.insert("rejected_tool_calls".into(), c.rejected_tool_calls.into());
+        m.insert("truncated_responses".into(), c.truncated_responses.into());
+        m.insert(
+            "truncated_observations".into(),
+            c.truncated_observations.into(),
+        );
+        m.insert("messages_trimmed".into(), c.messages_trimmed.into());
+        m.insert("summarized".into(), c.summarized.into());
+        m.insert("termination_reason".into(), reason.as_str().into());
+        m.insert(
+            "messages".into(),
+            serde_json::to_value(history).unwrap_or(Value::Array(Vec::new())),
+        );
+        m
+    }
+
+    /// The messages sent this round: trimmed, with a summary of what was dropped.
+    async fn window(
+        &self,
+        history: &[Message],
+        tracker: &CostTracker,
+        counters: &mut Counters,
+        summaries: &mut HashMap<usize, String>,
+    ) -> Result<Vec<Message>> {
+        let Some(max) = self.max_history_messages else {
+            return Ok(history.to_vec());
+        };
+        let mut window = trim_history(history, max)?;
+        if window.len() >= history.len() {
+            return Ok(window);
+        }
+        counters.messages_trimmed += 1;
+        let Some(summarizer) = &self.summarizer else {
+            return Ok(window);
+        };
+        let boundary = history.len() - (window.len() - 1);
+        let text = if let Some(t) = summaries.get(&boundary) {
+            t.clone()
+        } else {
+            let dropped = history[1..boundary].to_vec();
+            let summary = summarizer(dropped)
+                .await
+                .map_err(|e| e.add_cost(tracker.usage(), None))?;
+            if let Some(u) = summary.usage {
+                tracker.add_usage(u, None);
+            }
+            summaries.insert(boundary, summary.text.clone());
+            summary.text
+        };
+        counters.summarized += 1;
+        window.insert(1, Message::system(format!("{SUMMARY_PREFIX}{text}")));
+        Ok(window)
+    }
+
+    /// Executes one round; returns `((tool_call_id, text), counted)` in request order
+    /// (`counted` is false for calls over the cap). Fails only when cancelled.
+    async fn run_round(
+        &self,
+        calls: &[ToolCall],
+        tools: &HashMap<&str, &Tool>,
+        ctx: &RunContext,
+    ) -> Result<Vec<((String, String), bool)>> {
+        let cap = self.max_tool_calls_per_round.min(calls.len());
+        let (executed, rejected) = calls.split_at(cap);
+        let outcomes: Vec<Result<Observation>> = futures::stream::iter(
+            executed
+                .iter()
+                .map(|c| self.execute_call(c, tools.get(c.name.as_str()).copied(), ctx)),
+        )
+        .buffered(self.tool_concurrency)
+        .collect()
+        .await;
+        let mut out = Vec::with_capacity(calls.len());
+        for (call, obs) in executed.iter().zip(outcomes) {
+            out.push(((call.id.clone(), obs?.text), true));
+        }
+        for call in rejected {
+            out.push((
+                (
+                    call.id.clone(),
+                    format!(
+                        "Tool call rejected: this round requested {} tool calls, over the limit \
+                         of {} per round. Call at most {} tools per round and retry the rest.",
+                        calls.len(),
+                        self.max_tool_calls_per_round,
+                        self.max_tool_calls_per_round
+                    ),
+                ),
+                false,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// One call: event, approval, execution, event. Fails only when cancelled.
+    async fn execute_call(
+        &self,
+        call: &ToolCall,
+        tool: Option<&Tool>,
+        ctx: &RunContext,
+    ) -> Result<Observation> {
+        let name = quoted(&call.name);
+        if let Some(sink) = ctx.events() {
+            let arguments: Map<String, Value> = if self.redact_tool_args {
+                call.arguments
+                    .keys()
+                    .map(|k| (k.clone(), Value::from("[redacted]")))
+                    .collect()
+            } else {
+                call.arguments.clone()
+            };
+            sink.emit(&Event::ToolCallStarted {
+                tool_name: call.name.clone(),
+                tool_call_id: call.id.clone(),
+                arguments,
+            });
+        }
+        let mut blocked = false;
+        let mut obs = None;
+        if let Some(gate) = &self.approval_gate {
+            let req = ApprovalRequest::new("tool_call", call.name.clone())
+                .with_metadata("tool_call_id", call.id.clone())
+                .with_metadata("arguments", Value::Object(call.arguments.clone()));
+            match gate.request(req).await {
+                Ok(d) if d.approved => {}
+                Ok(d) => {
+                    blocked = true;
+                    let mut text = format!("Tool '{name}' blocked by approval");
+                    if !d.reason.is_empty() {
+                        text.push_str(": ");
+                        text.push_str(&d.reason);
+                    }
+                    obs = Some(Observation::new(ObservationKind::Blocked, text));
+                }
+                Err(e) if e.is_cancelled() => return Err(e),
+                Err(e) => {
+                    tracing::debug!(target: "executionkit", tool = %name, kind = %e.kind(), "approval gate failed");
+                    obs = Some(Observation::new(
+                        ObservationKind::Failed,
+                        format!("Tool '{name}' failed: approval {}", e.kind()),
+                    ));
+                }
+            }
+        }
+        let obs = match (obs, tool) {
+            (Some(o), _) => o,
+            (None, None) => Observation::new(
+                ObservationKind::UnknownTool,
+                format!("Error: Unknown tool '{name}'"),
+            ),
+            (None, Some(t)) => {
+                t.observe(
+                    &call.arguments,
+                    self.tool_timeout,
+                    self.max_observation_chars,
+                )
+                .await
+            }
+        };
+        if let Some(sink) = ctx.events() {
+            sink.emit(&Event::ToolCallFinished {
+                tool_name: call.name.clone(),
+                tool_call_id: call.id.clone(),
+                blocked,
+            });
+        }
+        Ok(obs)
+    }
+}
+
+/// A model-supplied name, cut to 100 characters before it is quoted back.
+fn quoted(name: &str) -> String {
+    match name.char_indices().nth(100) {
+        Some((i, _)) => format!("{}…", &name[..i]),
+        None => name.to_owned(),
+    }
+}
+
+/// Trims a transcript to about `max` messages, keeping `history[0]` and the newest whole
+/// blocks: an assistant turn with tool calls and the tool messages after it form one block,
+/// which is never split; every other message is a block of its own.
+///
+/// Walking from the newest block back, blocks are kept while they fit in `max − 1`; the newest
+/// block is **always** kept, even when it alone is larger (so the model never loses the results
+/// it just asked for). A history of at most `max` messages is returned unchanged.
+///
+/// ```
+/// use executionkit::{Message, ToolCall, patterns::react::trim_history};
+/// let call = |id: &str| ToolCall::new(id, "f", serde_json::json!({}));
+/// let h = vec![
+///     Message::user("q"),
+///     Message::assistant_tool_calls("", vec![call("a"), call("b"), call("c")]),
+///     Message::tool_result("a", "1"),
+///     Message::tool_result("b", "2"),
+///     Message::tool_result("c", "3"),
+/// ];
+/// assert_eq!(trim_history(&h, 3).unwrap().len(), 5); // the newest block is never dropped
+/// let plain: Vec<Message> = (0..6).map(|i| Message::user(i.to_string())).collect();
+/// let t = trim_history(&plain, 3).unwrap();
+/// assert_eq!(t.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["0", "4", "5"]);
+/// ```
+///
+/// # Errors
+/// `invalid_argument` when `max` is 0.
+pub fn trim_history(history: &[Message], max: usize) -> Result<Vec<Message>> {
+    if max < 1 {
+        return Err(Error::invalid_argument(
+            "max_messages",
+            "max_messages must be >= 1, got 0",
+        ));
+    }
+    if history.len() <= max {
+        return Ok(history.to_vec());
+    }
+    // Block boundaries over history[1..], as (start, end) index pairs.
+    let mut blocks: Vec<(usize, usize)> = Vec::new();
+    let mut i = 1;
+    while i < history.len() {
+        let start = i;
+        i += 1;
+        if history[start].role == Role::Assistant && !history[start].tool_calls.is_empty() {
+            while i < history.len() && history[i].role == Role::Tool {
+                i += 1;
+            }
+        }
+        blocks.push((start, i));
+    }
+    let budget = max - 1;
+    let mut kept = 0;
+    let mut first_kept = history.len();
+    for (n, &(start, end)) in blocks.iter().rev().enumerate() {
+        let size = end - start;
+        if n > 0 && kept + size > budget {
+            break;
+        }
+        kept += size;
+        first_kept = start;
+    }
+    let mut out = Vec::with_capacity(1 + kept);
+    out.push(history[0].clone());
+    out.extend_from_slice(&history[first_kept..]);
+    Ok(out)
+}

@@ -1,0 +1,559 @@
+//! [`Tool`]: a function the model may call in a [`ReactLoop`](crate::patterns::react::ReactLoop),
+//! with its JSON-Schema parameters, an async body and a timeout.
+//!
+//! Tools are values. Describe one by a Rust argument type (its schema is derived with
+//! [`schemars`]) or by a JSON schema. Before a body runs, the model's arguments are checked
+//! against the schema by a full JSON Schema implementation ([`jsonschema`]); the body then runs
+//! on its own task under a timeout, so an error, a panic or a hang becomes a short
+//! [`Observation`] for the model and never fails the loop.
+//!
+//! ```
+//! use executionkit::tools::Tool;
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! #[derive(serde::Deserialize, schemars::JsonSchema)]
+//! struct Add { a: i64, b: i64 }
+//! let add = Tool::typed("add", "Adds two integers", |x: Add| async move { Ok((x.a + x.b).to_string()) });
+//! let args = serde_json::json!({"a": 2, "b": 3});
+//! let obs = add.observe(args.as_object().unwrap(), None, 100).await;
+//! assert_eq!(obs.text, "5");
+//! let bad = serde_json::json!({"a": "two"});
+//! let obs = add.observe(bad.as_object().unwrap(), None, 100).await;
+//! assert!(obs.text.contains("argument error"));
+//! # });
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::provider::ToolSpec;
+
+/// The default time a tool body may run.
+pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The marker that ends a truncated observation.
+pub const TRUNCATION_MARKER: &str = "\n[truncated]";
+
+/// The longest tool name (or argument-error detail) quoted back to the model.
+const MAX_QUOTED_CHARS: usize = 100;
+const MAX_DETAIL_CHARS: usize = 500;
+
+type ExecuteFn = dyn Fn(Map<String, Value>) -> BoxFuture<'static, std::result::Result<String, String>>
+    + Send
+    + Sync;
+
+/// A tool the model may call: name, description, JSON-Schema parameters, an async body and a
+/// timeout (default 30 s). Cheap to clone.
+///
+/// The body returns `Ok(text)` (shown to the model, truncated to the loop's
+/// `max_observation_chars`) or `Err(detail)`. The detail of an error is **never** shown to the
+/// model nor logged (it may hold argument values or secrets): the model sees only
+/// `Tool '<name>' failed: error`. To tell the model something, return it as `Ok`.
+///
+/// ```
+/// use executionkit::tools::Tool;
+/// let echo = Tool::new(
+///     "echo",
+///     "Repeats text",
+///     serde_json::json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
+///     |args| async move { Ok(args["text"].as_str().unwrap_or_default().to_owned()) },
+/// );
+/// assert_eq!(echo.name(), "echo");
+/// assert_eq!(echo.timeout(), std::time::Duration::from_secs(30));
+/// assert_eq!(serde_json::to_value(echo.spec()).unwrap()["function"]["name"], "echo");
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct Tool {
+    name: String,
+    description: String,
+    parameters: Value,
+    timeout: Duration,
+    validator: std::result::Result<Arc<jsonschema::Validator>, String>,
+    execute: Arc<ExecuteFn>,
+}
+
+impl fmt::Debug for Tool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tool")
+            .field("name", &self.name)
+            .field("description", &self.description)
+            .field("parameters", &self.parameters)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tool {
+    /// A tool whose parameters are given as a JSON schema; the body receives the model's
+    /// arguments as a JSON object (already validated against `parameters`).
+    ///
+    /// ```
+    /// let t = executionkit::tools::Tool::new("now", "The time", serde_json::json!({"type": "object"}),
+    ///     |_args| async { Ok("12:00".to_owned()) });
+    /// assert!(t.check_schema().is_ok());
+    /// ```
+    pub fn new<F, Fut>(
+        name: impl Into<String>,
+        description: impl Into<String>,
+        parameters: Value,
+        body: F,
+    ) -> Self
+    where
+        F: Fn(Map<String, Value>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<String, String>> + Send + 'static,
+    {
+        let validator = jsonschema::validator_for(&parameters)
+            .map(Arc::new)
+            .map_err(|e| truncate_chars(&e.to_string(), MAX_DETAIL_CHARS));
+        Self {
+            name: name.into(),
+            description: description.into(),
+            parameters,
+            timeout: DEFAULT_TOOL_TIMEOUT,
+            validator,
+            execute: Arc::new(move |args| body(args).boxed()),
+        }
+    }
+
+    /// A tool whose parameters are the fields of `A`: the schema is derived from the type, and
+    /// the body receives the arguments deserialised into an `A`.
+    ///
+    /// ```
+    /// #[derive(serde::Deserialize, schemars::JsonSchema)]
+    /// struct Query {
+    ///     /// What to look up.
+    ///     query: String,
+    /// }
+    /// let t = executionkit::tools::Tool::typed("search", "Searches", |q: Query| async move { Ok(q.query) });
+    /// assert_eq!(t.parameters()["properties"]["query"]["type"], "string");
+    /// assert_eq!(t.parameters()["required"][0], "query");
+    /// ```
+    pub fn typed<A, F, Fut>(name: impl Into<String>, description: impl Into<String>, body: F) -> Self
+    where
+        A: DeserializeOwned + JsonSchema + Send + 'static,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<String, String>> + Send + 'static,
+    {
+        let mut schema = schemars::schema_for!(A).to_value();
+        if let Value::Object(m) = &mut schema {
+            m.remove("$schema");
+            m.remove("title");
+        }
+        let body = Arc::new(body);
+        Self::new(name, description, schema, move |args| {
+            let body = Arc::clone(&body);
+            async move {
+                // The arguments passed the schema; a value that still does not fit the type is
+                // reported without the value (serde's message would quote it).
+                match serde_json::from_value::<A>(Value::Object(args)) {
+                    Ok(a) => body(a).await,
+                    Err(_) => Err(ARGS_DO_NOT_FIT.to_owned()),
+                }
+            }
+        })
+    }
+
+    /// Sets how long the body may run (default 30 s). A loop's `tool_timeout` overrides it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let t = executionkit::tools::Tool::new("f", "d", serde_json::json!({}), |_| async { Ok(String::new()) })
+    ///     .with_timeout(Duration::from_millis(500));
+    /// assert_eq!(t.timeout(), Duration::from_millis(500));
+    /// ```
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The tool's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the tool does, for the model.
+    #[must_use]
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The JSON schema of the arguments.
+    #[must_use]
+    pub fn parameters(&self) -> &Value {
+        &self.parameters
+    }
+
+    /// How long the body may run.
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The wire description sent to the model.
+    ///
+    /// ```
+    /// let t = executionkit::tools::Tool::new("f", "d", serde_json::json!({"type": "object"}), |_| async { Ok(String::new()) });
+    /// assert_eq!(t.spec().description, "d");
+    /// ```
+    #[must_use]
+    pub fn spec(&self) -> ToolSpec {
+        ToolSpec::new(
+            self.name.clone(),
+            self.description.clone(),
+            self.parameters.clone(),
+        )
+    }
+
+    /// Checks that the parameters are a schema the validator accepts (an `invalid_argument`
+    /// error naming the tool otherwise). [`ReactLoop`](crate::patterns::react::ReactLoop) checks
+    /// every tool this way before its first call.
+    ///
+    /// ```
+    /// let bad = executionkit::tools::Tool::new("f", "d", serde_json::json!({"type": 12}), |_| async { Ok(String::new()) });
+    /// assert!(bad.check_schema().unwrap_err().is_invalid_argument());
+    /// ```
+    pub fn check_schema(&self) -> Result<()> {
+        match &self.validator {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::invalid_argument(
+                "tools",
+                format!(
+                    "the parameters of tool '{}' are not a valid JSON schema: {e}",
+                    self.name
+                ),
+            )),
+        }
+    }
+
+    /// Checks `args` against the parameters: first the common checks with the reference's
+    /// messages (a missing required key, an unexpected key when `additionalProperties` is
+    /// false, a top-level type mismatch), then the whole schema with the full validator. The
+    /// message never quotes an argument value.
+    ///
+    /// ```
+    /// let t = executionkit::tools::Tool::new("f", "d",
+    ///     serde_json::json!({"type": "object", "properties": {"n": {"type": "integer", "maximum": 5}}, "required": ["n"]}),
+    ///     |_| async { Ok(String::new()) });
+    /// let check = |v: serde_json::Value| t.validate_arguments(v.as_object().unwrap());
+    /// assert_eq!(check(serde_json::json!({})).unwrap_err(), "Missing required argument: 'n'");
+    /// assert!(check(serde_json::json!({"n": "five"})).unwrap_err().contains("expected type 'integer', got string"));
+    /// assert!(check(serde_json::json!({"n": 9})).is_err());
+    /// assert!(check(serde_json::json!({"n": 3})).is_ok());
+    /// ```
+    pub fn validate_arguments(&self, args: &Map<String, Value>) -> std::result::Result<(), String> {
+        tier_a(&self.parameters, args)?;
+        let validator = match &self.validator {
+            Ok(v) => v,
+            Err(e) => return Err(format!("the tool's schema is invalid: {e}")),
+        };
+        let instance = Value::Object(args.clone());
+        if let Some(err) = validator.iter_errors(&instance).next() {
+            let path = err.instance_path().to_string();
+            let detail = err.masked_with("the argument").to_string();
+            let detail = truncate_chars(&detail, MAX_DETAIL_CHARS);
+            return Err(if path.is_empty() {
+                detail
+            } else {
+                format!("{detail} (at {})", truncate_chars(&path, MAX_QUOTED_CHARS))
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the body directly: no validation, no timeout, no panic guard.
+    ///
+    /// ```
+    /// let t = executionkit::tools::Tool::new("f", "d", serde_json::json!({}), |_| async { Ok("x".to_owned()) });
+    /// assert_eq!(futures::executor::block_on(t.call(Default::default())), Ok("x".to_owned()));
+    /// ```
+    pub fn call(
+        &self,
+        args: Map<String, Value>,
+    ) -> impl Future<Output = std::result::Result<String, String>> + Send + 'static {
+        (self.execute)(args)
+    }
+
+    /// Runs one call the way a tool loop does and never fails: validates `args`, runs the body
+    /// on its own task under `timeout` (or the tool's own), and turns the outcome into an
+    /// [`Observation`]. A successful result is truncated to `max_chars` (see [`truncate`]);
+    /// errors, panics and timeouts give short fixed texts that name the kind and never quote
+    /// the arguments or the error's detail. Needs a Tokio runtime (for the task and the timer).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use executionkit::tools::{ObservationKind, Tool};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let hang = Tool::new("hang", "never ends", serde_json::json!({}),
+    ///     |_| async { futures::future::pending::<Result<String, String>>().await });
+    /// let obs = hang.observe(&Default::default(), Some(Duration::from_millis(10)), 100).await;
+    /// assert_eq!(obs.kind, ObservationKind::TimedOut);
+    /// assert_eq!(obs.text, "Tool execution timed out after 0.01s");
+    /// # });
+    /// ```
+    pub async fn observe(
+        &self,
+        args: &Map<String, Value>,
+        timeout: Option<Duration>,
+        max_chars: usize,
+    ) -> Observation {
+        if let Err(detail) = self.validate_arguments(args) {
+            return Observation::new(
+                ObservationKind::ArgumentError,
+                format!(
+                    "Tool '{}' argument error: {detail}",
+                    truncate_chars(&self.name, MAX_QUOTED_CHARS)
+                ),
+            );
+        }
+        let timeout = timeout.unwrap_or(self.timeout);
+        let body = AssertUnwindSafe(self.call(args.clone())).catch_unwind();
+        let task = AbortOnDrop(tokio::spawn(body));
+        let name = truncate_chars(&self.name, MAX_QUOTED_CHARS);
+        match tokio::time::timeout(timeout, task).await {
+            Err(_elapsed) => Observation::new(
+                ObservationKind::TimedOut,
+                format!(
+                    "Tool execution timed out after {}s",
+                    timeout.as_secs_f64()
+                ),
+            ),
+            Ok(Ok(Ok(Ok(text)))) => {
+                let text = truncate(&text, max_chars);
+                Observation::new(ObservationKind::Ok, text)
+            }
+            Ok(Ok(Ok(Err(detail)))) => {
+                if detail == ARGS_DO_NOT_FIT {
+                    Observation::new(
+                        ObservationKind::ArgumentError,
+                        format!("Tool '{name}' argument error: {ARGS_DO_NOT_FIT}"),
+                    )
+                } else {
+                    tracing::debug!(target: "executionkit", tool = %name, "tool returned an error");
+                    Observation::new(
+                        ObservationKind::Failed,
+                        format!("Tool '{name}' failed: error"),
+                    )
+                }
+            }
+            Ok(Ok(Err(_)) | Err(_)) => {
+                tracing::debug!(target: "executionkit", tool = %name, "tool panicked");
+                Observation::new(
+                    ObservationKind::Panicked,
+                    format!("Tool '{name}' failed: panic"),
+                )
+            }
+        }
+    }
+}
+
+const ARGS_DO_NOT_FIT: &str = "the arguments do not fit the tool's parameter type";
+
+/// Aborts a spawned task when dropped, so a cancelled loop or a timeout stops the tool.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// How a tool call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ObservationKind {
+    /// The body returned text.
+    Ok,
+    /// The arguments did not match the schema (the body did not run).
+    ArgumentError,
+    /// The body returned an error.
+    Failed,
+    /// The body panicked.
+    Panicked,
+    /// The body ran past its timeout and was stopped.
+    TimedOut,
+    /// The model named a tool that does not exist.
+    UnknownTool,
+    /// An approval gate refused the call (the body did not run).
+    Blocked,
+    /// The call was over the per-round limit (the body did not run).
+    Rejected,
+}
+
+/// What the model is told about one tool call.
+///
+/// ```
+/// use executionkit::tools::{Observation, ObservationKind};
+/// let o = Observation::new(ObservationKind::Ok, "42");
+/// assert_eq!(o.text, "42");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// How the call ended.
+    pub kind: ObservationKind,
+    /// The text sent back as the tool message.
+    pub text: String,
+}
+
+impl Observation {
+    /// An observation.
+    #[must_use]
+    pub fn new(kind: ObservationKind, text: impl Into<String>) -> Self {
+        Self {
+            kind,
+            text: text.into(),
+        }
+    }
+}
+
+/// Cuts `text` to at most `max` characters: unchanged when it fits; the first `max` characters
+/// when `max` ≤ the marker's length (12); otherwise the first `max − 12` characters followed by
+/// `"\n[truncated]"`.
+///
+/// ```
+/// use executionkit::tools::truncate;
+/// let abc = "abcdefghijklmnopqrstuvwxyz";
+/// assert_eq!(truncate(abc, 12), "abcdefghijkl");
+/// assert_eq!(truncate(abc, 13), "a\n[truncated]");
+/// assert_eq!(truncate(abc, 26), abc);
+/// ```
+#[must_use]
+pub fn truncate(text: &str, max: usize) -> String {
+    let marker = TRUNCATION_MARKER.chars().count();
+    if text.chars().nth(max).is_none() {
+        return text.to_owned();
+    }
+    if max <= marker {
+        return truncate_chars(text, max);
+    }
+    let mut out = truncate_chars(text, max - marker);
+    out.push_str(TRUNCATION_MARKER);
+    out
+}
+
+/// The first `max` characters of `s`.
+fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => s[..i].to_owned(),
+        None => s.to_owned(),
+    }
+}
+
+/// The checks every schema gets, with the reference's messages.
+fn tier_a(schema: &Value, args: &Map<String, Value>) -> std::result::Result<(), String> {
+    let Value::Object(schema) = schema else {
+        return Ok(());
+    };
+    let empty = Map::new();
+    let props = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    if let Some(Value::Array(required)) = schema.get("required") {
+        for key in required.iter().filter_map(Value::as_str) {
+            if !args.contains_key(key) {
+                return Err(format!(
+                    "Missing required argument: '{}'",
+                    truncate_chars(key, MAX_QUOTED_CHARS)
+                ));
+            }
+        }
+    }
+    if schema.get("additionalProperties") == Some(&Value::Bool(false)) {
+        if let Some(key) = args.keys().find(|k| !props.contains_key(*k)) {
+            return Err(format!(
+                "Unexpected argument: '{}' (additionalProperties is false)",
+                truncate_chars(key, MAX_QUOTED_CHARS)
+            ));
+        }
+    }
+    for (key, value) in args {
+        let Some(expected) = props
+            .get(key)
+            .and_then(|p| p.get("type"))
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let ok = match expected {
+            "string" => value.is_string(),
+            "number" => value.is_number(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "boolean" => value.is_boolean(),
+            "array" => value.is_array(),
+            "object" => value.is_object(),
+            _ => true,
+        };
+        if !ok {
+            return Err(format!(
+                "Argument '{}' expected type '{expected}', got {}",
+                truncate_chars(key, MAX_QUOTED_CHARS),
+                json_kind(value)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_f64() => "number",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_follows_the_reference() {
+        let abc = "abcdefghijklmnopqrstuvwxyz";
+        assert_eq!(truncate(abc, 15), "abc\n[truncated]");
+        assert_eq!(truncate("abcdef", 1), "a");
+        assert_eq!(truncate("", 1), "");
+        assert_eq!(truncate("héllo wörld, héllo wörld", 14), "hé\n[truncated]");
+    }
+
+    #[test]
+    fn tier_a_messages() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"n": {"type": "integer"}, "x": {"type": "number"}},
+            "additionalProperties": false
+        });
+        let a = |v: Value| tier_a(&schema, v.as_object().unwrap_or(&Map::new()));
+        assert!(a(serde_json::json!({"n": 5.0})).unwrap_err().contains("got number"));
+        assert!(a(serde_json::json!({"n": true})).unwrap_err().contains("got boolean"));
+        assert!(a(serde_json::json!({"x": 5})).is_ok());
+        assert_eq!(
+            a(serde_json::json!({"z": 1})).unwrap_err(),
+            "Unexpected argument: 'z' (additionalProperties is false)"
+        );
+    }
+}
