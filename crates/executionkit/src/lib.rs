@@ -10,6 +10,7 @@
 //! assert_eq!(budget.calls_limit(), Some(20));
 //! ```
 
+pub mod approval;
 pub mod engine;
 pub mod error;
 pub mod events;
@@ -19,6 +20,7 @@ pub mod provider;
 pub mod redact;
 pub mod result;
 pub mod telemetry;
+pub mod tools;
 pub mod usage;
 
 pub use engine::{RetryPolicy, RunContext};
