@@ -1,56 +1,977 @@
-//! The OpenAI-compatible HTTP provider (placeholder until implemented).
+//! The OpenAI-compatible HTTP provider: one pooled `reqwest` client (rustls, keep-alive,
+//! redirects disabled) speaking the chat-completions dialect in JSON and SSE.
+//!
+//! ```
+//! use std::time::Duration;
+//! use executionkit::Provider;
+//! let p = Provider::builder("http://127.0.0.1:8080/v1", "smollm2")
+//!     .api_key("sk-local-secret")
+//!     .timeout(Duration::from_secs(30))
+//!     .default_temperature(0.2)
+//!     .build()
+//!     .unwrap();
+//! let shown = format!("{p:?}");
+//! assert!(shown.contains("***") && !shown.contains("sk-local-secret"));
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, stream};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, Url};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
 
-use super::{ChatRequest, LlmProvider, LlmResponse};
+use super::parse::{error_detail, is_insufficient_quota, parse_completion, parse_retry_after};
+use super::sse::{IdleError, IdleTimeout, StreamAccumulator};
+use super::{ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent};
 use crate::error::{Error, ErrorKind, Result};
+use crate::redact::{REDACTED, redact};
+
+/// The default per-request timeout (120 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The default stream idle timeout (60 s): a stream that sends nothing for this long fails.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default temperature of requests that set none (0.7).
+pub const DEFAULT_TEMPERATURE: f64 = 0.7;
+
+/// The longest error-body prefix read to classify a failed reply.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// The longest server-supplied detail kept in an error message.
+const MAX_DETAIL_CHARS: usize = 1000;
 
 /// The OpenAI-compatible HTTP provider.
+///
+/// Cheap to clone: clones share one pooled HTTP client (keep-alive, rustls, no redirects).
+/// `complete` posts to `<base_url>/chat/completions`; `stream` does the same with
+/// `"stream": true` and `"stream_options": {"include_usage": true}`, lazily (nothing is sent
+/// until the stream is first polled). The API key is masked in `Debug` and removed from every
+/// error message.
+///
+/// ```
+/// use executionkit::{LlmProvider, Provider};
+/// let p = Provider::new("https://api.example.com/v1/", "gpt-4o-mini").unwrap();
+/// assert_eq!(p.model(), "gpt-4o-mini");
+/// assert_eq!(p.base_url(), "https://api.example.com/v1/");
+/// assert!(p.supports_streaming() && p.supports_tools());
+/// ```
 #[derive(Clone)]
 pub struct Provider {
-    model: String,
+    inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Provider").field("model", &self.model).finish()
+struct Inner {
+    client: reqwest::Client,
+    base_url: String,
+    url: Url,
+    model: String,
+    api_key: String,
+    timeout: Duration,
+    stream_idle_timeout: Duration,
+    default_temperature: f64,
+    default_max_tokens: u32,
+    supports_n: bool,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("base_url", &redact(&self.inner.base_url))
+            .field("model", &self.inner.model)
+            .field("api_key", &mask(&self.inner.api_key))
+            .finish_non_exhaustive()
     }
 }
 
-/// Builds a [`Provider`].
-#[derive(Debug, Clone)]
+fn mask(key: &str) -> &'static str {
+    if key.is_empty() { "" } else { "***" }
+}
+
+/// Builds a [`Provider`]; every argument is checked by [`ProviderBuilder::build`] before any
+/// request is sent.
+///
+/// ```
+/// use executionkit::Provider;
+/// let p = Provider::builder("https://my-azure.openai.azure.com/openai/deployments/gpt4o", "gpt-4o")
+///     .header("api-key", "azure-key")
+///     .query("api-version", "2024-10-21")
+///     .supports_n(false)
+///     .build()
+///     .unwrap();
+/// # let _ = p;
+/// let e = Provider::builder("file:///etc/passwd", "m").build().unwrap_err();
+/// assert!(e.message().contains("scheme must be 'http' or 'https'"));
+/// ```
+#[derive(Clone)]
+#[must_use]
 pub struct ProviderBuilder {
+    base_url: String,
     model: String,
+    api_key: String,
     timeout: Duration,
+    stream_idle_timeout: Duration,
+    connect_timeout: Option<Duration>,
+    headers: Vec<(String, String)>,
+    query: Vec<(String, String)>,
+    default_temperature: f64,
+    default_max_tokens: u32,
+    supports_n: bool,
+}
+
+impl fmt::Debug for ProviderBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ProviderBuilder")
+            .field("base_url", &redact(&self.base_url))
+            .field("model", &self.model)
+            .field("api_key", &mask(&self.api_key))
+            .field("timeout", &self.timeout)
+            .field("stream_idle_timeout", &self.stream_idle_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("headers", &header_names)
+            .field("default_temperature", &self.default_temperature)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("supports_n", &self.supports_n)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Provider {
-    /// Starts a builder.
-    #[must_use]
+    /// Starts a builder for `model` at `base_url` (e.g. `http://127.0.0.1:8080/v1`).
+    ///
+    /// ```
+    /// let b = executionkit::Provider::builder("http://localhost:11434/v1", "llama3");
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn builder(base_url: impl Into<String>, model: impl Into<String>) -> ProviderBuilder {
-        let _ = base_url.into();
         ProviderBuilder {
+            base_url: base_url.into(),
             model: model.into(),
-            timeout: Duration::from_secs(120),
+            api_key: String::new(),
+            timeout: DEFAULT_TIMEOUT,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+            connect_timeout: None,
+            headers: Vec::new(),
+            query: Vec::new(),
+            default_temperature: DEFAULT_TEMPERATURE,
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+            supports_n: true,
         }
+    }
+
+    /// A provider with every default and no API key.
+    ///
+    /// ```
+    /// let e = executionkit::Provider::new("http://127.0.0.1:8080/v1", " ").unwrap_err();
+    /// assert!(e.is_invalid_argument());
+    /// ```
+    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Result<Self> {
+        Self::builder(base_url, model).build()
+    }
+
+    /// The base URL, as given.
+    ///
+    /// ```
+    /// let p = executionkit::Provider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// assert_eq!(p.base_url(), "http://127.0.0.1:8080/v1");
+    /// ```
+    #[must_use]
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    /// The per-request timeout.
+    ///
+    /// ```
+    /// let p = executionkit::Provider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// assert_eq!(p.timeout().as_secs(), 120);
+    /// ```
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// The stream idle timeout.
+    ///
+    /// ```
+    /// let p = executionkit::Provider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// assert_eq!(p.stream_idle_timeout().as_secs(), 60);
+    /// ```
+    #[must_use]
+    pub fn stream_idle_timeout(&self) -> Duration {
+        self.inner.stream_idle_timeout
+    }
+
+    /// The temperature sent when a request sets none.
+    ///
+    /// ```
+    /// let p = executionkit::Provider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// assert_eq!(p.default_temperature(), 0.7);
+    /// ```
+    #[must_use]
+    pub fn default_temperature(&self) -> f64 {
+        self.inner.default_temperature
+    }
+
+    /// The `max_tokens` sent when a request sets none.
+    ///
+    /// ```
+    /// let p = executionkit::Provider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// assert_eq!(p.default_max_tokens(), 4096);
+    /// ```
+    #[must_use]
+    pub fn default_max_tokens(&self) -> u32 {
+        self.inner.default_max_tokens
+    }
+
+    /// The JSON body [`LlmProvider::complete`] (or, with `stream`, [`LlmProvider::stream`])
+    /// sends for `request`, serialised straight to bytes.
+    ///
+    /// ```
+    /// use executionkit::{ChatRequest, Message, Provider};
+    /// let p = Provider::builder("http://127.0.0.1:8080/v1", "test-model")
+    ///     .default_temperature(0.25)
+    ///     .default_max_tokens(321)
+    ///     .build()
+    ///     .unwrap();
+    /// let body = p.request_body(&ChatRequest::new(vec![Message::user("hi")]), false).unwrap();
+    /// assert_eq!(
+    ///     std::str::from_utf8(&body).unwrap(),
+    ///     r#"{"model":"test-model","messages":[{"role":"user","content":"hi"}],"temperature":0.25,"max_tokens":321}"#
+    /// );
+    /// ```
+    pub fn request_body(&self, request: &ChatRequest, stream: bool) -> Result<Bytes> {
+        self.inner.body(request, stream)
     }
 }
 
 impl ProviderBuilder {
-    /// Builds the provider.
-    pub fn build(self) -> Result<Provider> {
-        let _ = self.timeout;
-        Ok(Provider { model: self.model })
+    /// Sets the API key, sent as `Authorization: Bearer <key>` (nothing when empty).
+    ///
+    /// ```
+    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").api_key("k-1234").build().unwrap();
+    /// assert!(format!("{p:?}").contains("***"));
+    /// ```
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = key.into();
+        self
     }
+
+    /// Sets the per-request timeout (default 120 s): connecting, sending and reading the whole
+    /// reply of `complete`, and receiving the response head of `stream`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").timeout(Duration::from_secs(5)).build().unwrap();
+    /// assert_eq!(p.timeout(), Duration::from_secs(5));
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the stream idle timeout (default 60 s): a stream that sends no byte for this long
+    /// fails with a `timeout` error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m")
+    ///     .stream_idle_timeout(Duration::from_millis(300)).build().unwrap();
+    /// assert_eq!(p.stream_idle_timeout(), Duration::from_millis(300));
+    /// ```
+    pub fn stream_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.stream_idle_timeout = timeout;
+        self
+    }
+
+    /// Sets a connect timeout (default: none beyond the request timeout).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").connect_timeout(Duration::from_secs(2));
+    /// assert!(b.build().is_ok());
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Adds a header sent with every request (it replaces a default header of the same name).
+    /// Header values are treated as sensitive and never shown.
+    ///
+    /// ```
+    /// let e = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").header("bad name", "x").build().unwrap_err();
+    /// assert_eq!(e.metadata()["argument"], "header");
+    /// ```
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Adds a query parameter to the endpoint URL (e.g. Azure's `api-version`).
+    ///
+    /// ```
+    /// let b = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").query("api-version", "2024-10-21");
+    /// assert!(b.build().is_ok());
+    /// ```
+    pub fn query(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.query.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the temperature sent when a request sets none (default 0.7).
+    ///
+    /// ```
+    /// let e = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").default_temperature(f64::NAN).build().unwrap_err();
+    /// assert_eq!(e.metadata()["argument"], "default_temperature");
+    /// ```
+    pub fn default_temperature(mut self, t: f64) -> Self {
+        self.default_temperature = t;
+        self
+    }
+
+    /// Sets the `max_tokens` sent when a request sets none (default 4096).
+    ///
+    /// ```
+    /// let e = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").default_max_tokens(0).build().unwrap_err();
+    /// assert!(e.is_invalid_argument());
+    /// ```
+    pub fn default_max_tokens(mut self, n: u32) -> Self {
+        self.default_max_tokens = n;
+        self
+    }
+
+    /// Declares whether the server honours `n` (several choices per request; default `true`).
+    ///
+    /// ```
+    /// use executionkit::LlmProvider;
+    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").supports_n(false).build().unwrap();
+    /// assert!(!p.supports_n());
+    /// ```
+    pub fn supports_n(mut self, yes: bool) -> Self {
+        self.supports_n = yes;
+        self
+    }
+
+    /// Checks every argument and creates the pooled client. Fails with `invalid_argument`
+    /// naming the argument: empty model, a scheme other than http/https, an unparsable URL, a
+    /// non-finite or negative default temperature, zero default `max_tokens`, a zero timeout,
+    /// or a header name/value (or API key) that cannot be sent.
+    ///
+    /// ```
+    /// let e = executionkit::Provider::builder("ftp://host/v1", "m").build().unwrap_err();
+    /// assert!(e.message().contains("ftp://"));
+    /// ```
+    pub fn build(self) -> Result<Provider> {
+        if self.model.trim().is_empty() {
+            return Err(Error::invalid_argument("model", "model must not be empty"));
+        }
+        let scheme = scheme_of(&self.base_url);
+        if scheme != "http" && scheme != "https" {
+            return Err(Error::invalid_argument(
+                "base_url",
+                format!("base_url scheme must be 'http' or 'https', got '{scheme}://'"),
+            ));
+        }
+        let mut url = Url::parse(self.base_url.trim()).map_err(|e| {
+            Error::invalid_argument("base_url", format!("base_url is not a valid URL: {e}"))
+        })?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(Error::invalid_argument(
+                "base_url",
+                "base_url is not a valid URL: it has no host",
+            ));
+        }
+        let path = format!("{}/chat/completions", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        if !self.query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in &self.query {
+                pairs.append_pair(k, v);
+            }
+        }
+        if !self.default_temperature.is_finite() || self.default_temperature < 0.0 {
+            return Err(Error::invalid_argument(
+                "default_temperature",
+                format!(
+                    "default_temperature must be a finite number >= 0, got {}",
+                    self.default_temperature
+                ),
+            ));
+        }
+        if self.default_max_tokens == 0 {
+            return Err(Error::invalid_argument(
+                "default_max_tokens",
+                "default_max_tokens must be >= 1, got 0",
+            ));
+        }
+        for (name, d) in [
+            ("timeout", Some(self.timeout)),
+            ("stream_idle_timeout", Some(self.stream_idle_timeout)),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if d.is_some_and(|d| d.is_zero()) {
+                return Err(Error::invalid_argument(
+                    name,
+                    format!("{name} must be greater than zero"),
+                ));
+            }
+        }
+
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if !self.api_key.is_empty() {
+            let mut v =
+                HeaderValue::from_str(&format!("Bearer {}", self.api_key)).map_err(|_| {
+                    Error::invalid_argument(
+                        "api_key",
+                        "api_key contains characters that cannot be sent in an HTTP header",
+                    )
+                })?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        for (name, value) in &self.headers {
+            let n = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                Error::invalid_argument(
+                    "header",
+                    format!(
+                        "header name {:?} is not a valid HTTP header name",
+                        redact(name)
+                    ),
+                )
+            })?;
+            let mut v = HeaderValue::from_str(value).map_err(|_| {
+                Error::invalid_argument(
+                    "header",
+                    format!("the value of header '{n}' cannot be sent in an HTTP header"),
+                )
+            })?;
+            v.set_sensitive(true);
+            headers.insert(n, v);
+        }
+
+        let mut client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .redirect(reqwest::redirect::Policy::none())
+            .default_headers(headers)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90));
+        if let Some(d) = self.connect_timeout {
+            client = client.connect_timeout(d);
+        }
+        let client = client.build().map_err(|e| {
+            Error::new(
+                ErrorKind::Transport,
+                format!(
+                    "Transport failure: could not create the HTTP client: {}",
+                    redact(&error_chain(&e))
+                ),
+            )
+        })?;
+        Ok(Provider {
+            inner: Arc::new(Inner {
+                client,
+                base_url: self.base_url,
+                url,
+                model: self.model,
+                api_key: self.api_key,
+                timeout: self.timeout,
+                stream_idle_timeout: self.stream_idle_timeout,
+                default_temperature: self.default_temperature,
+                default_max_tokens: self.default_max_tokens,
+                supports_n: self.supports_n,
+            }),
+        })
+    }
+}
+
+/// The text before the first `://` (or the first `:`), lower-cased.
+fn scheme_of(url: &str) -> String {
+    let url = url.trim();
+    let end = url
+        .find("://")
+        .or_else(|| url.find(':'))
+        .unwrap_or(url.len());
+    url[..end].to_ascii_lowercase()
+}
+
+/// The JSON body: model, messages, temperature, max_tokens, tools, tool_choice,
+/// response_format, top_p, stop, seed, n, (stream, stream_options), then `extra` merged last:
+/// an extra key that names one of these replaces its value in place; the others follow.
+struct WireBody<'a> {
+    model: &'a str,
+    request: &'a ChatRequest,
+    temperature: f64,
+    max_tokens: u32,
+    stream: bool,
+}
+
+impl WireBody<'_> {
+    /// `true` when the body already holds `key` (so an extra with that name replaced it).
+    fn has_key(&self, key: &str) -> bool {
+        let r = self.request;
+        match key {
+            "model" | "messages" | "temperature" | "max_tokens" => true,
+            "tools" => !r.tools.is_empty(),
+            "tool_choice" => r.tool_choice.is_some(),
+            "response_format" => r.response_format.is_some(),
+            "top_p" => r.top_p.is_some(),
+            "stop" => !r.stop.is_empty(),
+            "seed" => r.seed.is_some(),
+            "n" => r.n.is_some(),
+            "stream" | "stream_options" => self.stream,
+            _ => false,
+        }
+    }
+}
+
+fn put<M: SerializeMap, T: Serialize + ?Sized>(
+    m: &mut M,
+    extra: &Map<String, Value>,
+    key: &'static str,
+    value: &T,
+) -> std::result::Result<(), M::Error> {
+    match extra.get(key) {
+        Some(v) => m.serialize_entry(key, v),
+        None => m.serialize_entry(key, value),
+    }
+}
+
+struct StreamOptions;
+
+impl Serialize for StreamOptions {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("include_usage", &true)?;
+        m.end()
+    }
+}
+
+impl Serialize for WireBody<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let r = self.request;
+        let x = &r.extra;
+        let mut m = s.serialize_map(None)?;
+        put(&mut m, x, "model", self.model)?;
+        put(&mut m, x, "messages", &r.messages)?;
+        put(&mut m, x, "temperature", &self.temperature)?;
+        put(&mut m, x, "max_tokens", &self.max_tokens)?;
+        if !r.tools.is_empty() {
+            put(&mut m, x, "tools", &r.tools)?;
+        }
+        if let Some(tc) = &r.tool_choice {
+            put(&mut m, x, "tool_choice", tc)?;
+        }
+        if let Some(rf) = &r.response_format {
+            put(&mut m, x, "response_format", rf)?;
+        }
+        if let Some(p) = r.top_p {
+            put(&mut m, x, "top_p", &p)?;
+        }
+        if !r.stop.is_empty() {
+            put(&mut m, x, "stop", &r.stop)?;
+        }
+        if let Some(seed) = r.seed {
+            put(&mut m, x, "seed", &seed)?;
+        }
+        if let Some(n) = r.n {
+            put(&mut m, x, "n", &n)?;
+        }
+        if self.stream {
+            put(&mut m, x, "stream", &true)?;
+            put(&mut m, x, "stream_options", &StreamOptions)?;
+        }
+        for (k, v) in x {
+            if !self.has_key(k) {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+impl Inner {
+    fn body(&self, request: &ChatRequest, stream: bool) -> Result<Bytes> {
+        let body = WireBody {
+            model: request.model.as_deref().unwrap_or(&self.model),
+            request,
+            temperature: request.temperature.unwrap_or(self.default_temperature),
+            max_tokens: request.max_tokens.unwrap_or(self.default_max_tokens),
+            stream,
+        };
+        let estimate = 192
+            + request
+                .messages
+                .iter()
+                .map(|m| m.content.len() + 32)
+                .sum::<usize>();
+        let mut buf = Vec::with_capacity(estimate);
+        serde_json::to_writer(&mut buf, &body).map_err(|e| {
+            Error::invalid_argument(
+                "request",
+                format!("the request could not be encoded as JSON: {e}"),
+            )
+        })?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn http_request(&self, body: Bytes, timeout: Option<Duration>) -> reqwest::Request {
+        let mut req = reqwest::Request::new(Method::POST, self.url.clone());
+        *req.body_mut() = Some(body.into());
+        *req.timeout_mut() = timeout;
+        req
+    }
+
+    fn secret(&self) -> Option<&str> {
+        (!self.api_key.is_empty()).then_some(self.api_key.as_str())
+    }
+
+    /// Redacts credential shapes and the key itself from server or transport text.
+    fn clean(&self, text: &str) -> String {
+        let out = redact(text);
+        match self.secret() {
+            Some(k) if out.contains(k) => out.replace(k, REDACTED),
+            _ => out,
+        }
+    }
+
+    /// Makes sure the key appears nowhere in an error's message.
+    fn scrub(&self, e: Error) -> Error {
+        match self.secret() {
+            Some(k) if e.message().contains(k) => {
+                let mut out = Error::new(e.kind(), e.message().replace(k, REDACTED));
+                for (name, v) in e.metadata() {
+                    out = out.with_metadata(name, v.clone());
+                }
+                if let Some(s) = e.http_status() {
+                    out = out.with_http_status(s);
+                }
+                if let Some(ra) = e.retry_after() {
+                    out = out.with_retry_after(ra);
+                }
+                out
+            }
+            _ => e,
+        }
+    }
+
+    /// A `transport` (or, for a timeout, `timeout`) error: "Transport failure: <reason>".
+    fn transport_error(&self, e: reqwest::Error) -> Error {
+        let e = e.without_url();
+        let kind = if e.is_timeout() {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Transport
+        };
+        let msg = format!("Transport failure: {}", self.clean(&error_chain(&e)));
+        Error::new(kind, msg).with_source(e)
+    }
+
+    /// Reads (a bounded prefix of) a failed reply and classifies it (§3.1).
+    async fn status_error(&self, mut resp: reqwest::Response) -> Error {
+        let status = resp.status().as_u16();
+        let retry_after = (status == 429).then(|| retry_after_of(resp.headers()));
+        let cause = resp
+            .error_for_status_ref()
+            .err()
+            .map(reqwest::Error::without_url);
+        let mut body = Vec::new();
+        let read = async {
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                body.extend_from_slice(&chunk);
+                if body.len() >= MAX_ERROR_BODY {
+                    break;
+                }
+            }
+        };
+        // An unreadable or slow error body is treated as `{}`.
+        if tokio::time::timeout(self.timeout, read).await.is_err() {
+            body.clear();
+        }
+        let mut e = classify_status(status, &body, retry_after, |d| self.clean(d));
+        if let Some(cause) = cause {
+            e = e.with_source(cause);
+        }
+        e
+    }
+
+    async fn complete(&self, request: &ChatRequest) -> Result<LlmResponse> {
+        request.validate()?;
+        let body = self.body(request, false)?;
+        let req = self.http_request(body, Some(self.timeout));
+        let resp = self
+            .client
+            .execute(req)
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp).await);
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        parse_completion(&bytes).map_err(|e| self.scrub(e))
+    }
+
+    async fn open_stream(
+        self: Arc<Self>,
+        request: ChatRequest,
+    ) -> Result<impl Stream<Item = Result<StreamEvent>> + Send + 'static> {
+        request.validate()?;
+        let body = self.body(&request, true)?;
+        drop(request);
+        let req = self.http_request(body, None);
+        let resp = match tokio::time::timeout(self.timeout, self.client.execute(req)).await {
+            Ok(r) => r.map_err(|e| self.transport_error(e))?,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "Transport failure: no response within {:.1} s (request timeout)",
+                        self.timeout.as_secs_f64()
+                    ),
+                ));
+            }
+        };
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp).await);
+        }
+        let bytes = IdleTimeout::new(resp.bytes_stream(), self.stream_idle_timeout);
+        let decoder = Decoder {
+            events: eventsource_stream::EventStream::new(bytes).boxed(),
+            acc: StreamAccumulator::new(),
+            pending: VecDeque::new(),
+            scratch: Vec::new(),
+            provider: self,
+        };
+        Ok(stream::unfold(Some(decoder), |state| async move {
+            let mut d = state?;
+            match d.next_item().await {
+                Step::Item(ev) => Some((Ok(ev), Some(d))),
+                Step::Last(r) => Some((r, None)),
+            }
+        }))
+    }
+}
+
+/// The SSE decoding state of one open stream.
+struct Decoder {
+    events: stream::BoxStream<'static, std::result::Result<eventsource_stream::Event, SseError>>,
+    acc: StreamAccumulator,
+    pending: VecDeque<StreamEvent>,
+    scratch: Vec<StreamEvent>,
+    provider: Arc<Inner>,
+}
+
+enum Step {
+    Item(StreamEvent),
+    Last(Result<StreamEvent>),
+}
+
+type SseError = eventsource_stream::EventStreamError<IdleError<reqwest::Error>>;
+
+impl Decoder {
+    async fn next_item(&mut self) -> Step {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Step::Item(ev);
+            }
+            if self.acc.saw_done() {
+                return Step::Last(self.finish());
+            }
+            match self.events.next().await {
+                None => return Step::Last(self.finish()),
+                Some(Ok(event)) => {
+                    if let Err(e) = self.acc.push_data(&event.data, &mut self.scratch) {
+                        return Step::Last(Err(self.provider.scrub(e)));
+                    }
+                    self.pending.extend(self.scratch.drain(..));
+                }
+                Some(Err(e)) => return Step::Last(Err(self.stream_error(e))),
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<StreamEvent> {
+        std::mem::take(&mut self.acc)
+            .finish()
+            .map(StreamEvent::Finished)
+            .map_err(|e| self.provider.scrub(e))
+    }
+
+    fn stream_error(&self, e: SseError) -> Error {
+        use eventsource_stream::EventStreamError as E;
+        match e {
+            E::Transport(IdleError::Inner(e)) => self.provider.transport_error(e),
+            E::Transport(IdleError::Idle(d)) => Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "Transport failure: the stream sent nothing for {:.1} s (stream idle timeout)",
+                    d.as_secs_f64()
+                ),
+            ),
+            E::Utf8(_) => Error::new(ErrorKind::Provider, "Provider stream is not valid UTF-8"),
+            E::Parser(_) => Error::new(
+                ErrorKind::Provider,
+                "Provider stream is not valid server-sent events",
+            ),
+        }
+    }
+}
+
+/// The wait a 429 asks for: `retry-after-ms` when present and valid, else `Retry-After`
+/// (§3.2; an absent header counts as "1").
+fn retry_after_of(headers: &HeaderMap) -> Duration {
+    let ms = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|x| x.is_finite());
+    let secs = match ms {
+        Some(ms) => (ms / 1000.0).max(0.0),
+        None => match headers.get(reqwest::header::RETRY_AFTER) {
+            Some(v) => parse_retry_after(v.to_str().unwrap_or(""), 1.0),
+            None => 1.0,
+        },
+    };
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(u64::from(u32::MAX)))
+}
+
+/// Classifies a non-2xx reply (reference §3.1 and OVERRIDES): 429 → `rate_limited` (unless
+/// the body says `insufficient_quota`, then `permanent`); 400, 401, 403, 404, 405, 413, 422 →
+/// `permanent`; anything else → `provider`. `clean` redacts the server's detail.
+fn classify_status(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    clean: impl Fn(&str) -> String,
+) -> Error {
+    let detail = error_detail(body)
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| clean(&super::parse::truncate_chars(&d, MAX_DETAIL_CHARS)));
+    let with_detail = |head: String| match &detail {
+        Some(d) => format!("{head}: {d}"),
+        None => head,
+    };
+    let e = match status {
+        429 if is_insufficient_quota(body) => Error::new(
+            ErrorKind::Permanent,
+            with_detail("Provider request failed with HTTP 429 (insufficient quota)".to_owned()),
+        ),
+        429 => Error::new(
+            ErrorKind::RateLimited,
+            "Provider rate limited the request (HTTP 429)",
+        )
+        .with_retry_after(retry_after.unwrap_or(Duration::from_secs(1))),
+        400 | 401 | 403 | 404 | 405 | 413 | 422 => Error::new(
+            ErrorKind::Permanent,
+            with_detail(format!("Provider request failed with HTTP {status}")),
+        ),
+        _ => Error::new(
+            ErrorKind::Provider,
+            with_detail(format!("Provider request failed with HTTP {status}")),
+        ),
+    };
+    e.with_http_status(status)
+}
+
+/// An error and its causes, joined by ": ", skipping repeats.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 #[async_trait]
 impl LlmProvider for Provider {
     fn model(&self) -> &str {
-        &self.model
+        &self.inner.model
     }
-    async fn complete(&self, _request: &ChatRequest) -> Result<LlmResponse> {
-        Err(Error::new(ErrorKind::Provider, "not implemented"))
+
+    async fn complete(&self, request: &ChatRequest) -> Result<LlmResponse> {
+        self.inner.complete(request).await
+    }
+
+    fn stream(&self, request: ChatRequest) -> ChatStream {
+        let inner = Arc::clone(&self.inner);
+        stream::once(inner.open_stream(request))
+            .flat_map(|opened| match opened {
+                Ok(events) => events.boxed(),
+                Err(e) => stream::iter([Err(e)]).boxed(),
+            })
+            .boxed()
+    }
+
+    fn supports_tools(&self) -> bool {
+        true
+    }
+
+    fn supports_streaming(&self) -> bool {
+        true
+    }
+
+    fn supports_n(&self) -> bool {
+        self.inner.supports_n
+    }
+
+    fn secret(&self) -> Option<&str> {
+        self.inner.secret()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheme_is_text_before_separator() {
+        assert_eq!(scheme_of("FILE:///etc/passwd"), "file");
+        assert_eq!(scheme_of("data:text/plain,hello"), "data");
+        assert_eq!(scheme_of("javascript:alert(1)"), "javascript");
+        assert_eq!(scheme_of("localhost"), "localhost");
+    }
+
+    #[test]
+    fn extra_keys_replace_in_place_and_append() {
+        let p = Provider::builder("http://127.0.0.1:1/v1", "m")
+            .build()
+            .unwrap();
+        let r = ChatRequest::new(vec![super::super::Message::user("x")])
+            .extra("zeta", 1)
+            .extra("temperature", 0.1)
+            .extra("model", "other");
+        let body = p.request_body(&r, true).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"model":"other","messages":[{"role":"user","content":"x"}],"temperature":0.1,"max_tokens":4096,"stream":true,"stream_options":{"include_usage":true},"zeta":1}"#
+        );
+    }
+
+    #[test]
+    fn classify_every_status() {
+        let id = |s: &str| s.to_owned();
+        for s in [400, 401, 403, 404, 405, 413, 422] {
+            assert!(classify_status(s, b"{}", None, id).is_permanent(), "{s}");
+        }
+        for s in [300, 302, 408, 409, 500, 502, 503] {
+            assert!(classify_status(s, b"{}", None, id).is_provider(), "{s}");
+        }
+        let e = classify_status(429, b"{}", Some(Duration::from_secs(3)), id);
+        assert!(e.is_rate_limited());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        let q = br#"{"error":{"code":"insufficient_quota","message":"out of credit"}}"#;
+        assert!(classify_status(429, q, None, id).is_permanent());
     }
 }

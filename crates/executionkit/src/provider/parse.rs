@@ -161,9 +161,7 @@ pub fn parse_tool_calls(v: Option<&Value>) -> Result<Vec<ToolCall>> {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(a)) => a,
         Some(_) => {
-            return Err(provider_err(
-                "Provider tool_calls payload was not a list",
-            ));
+            return Err(provider_err("Provider tool_calls payload was not a list"));
         }
     };
     let mut calls = Vec::with_capacity(items.len());
@@ -331,6 +329,33 @@ pub fn is_insufficient_quota(body: &[u8]) -> bool {
         .any(|k| e.get(*k).and_then(Value::as_str) == Some("insufficient_quota"))
 }
 
+/// Parses a `Retry-After` value into seconds (reference §3.2): a finite decimal number
+/// (negative → 0), else an HTTP date (seconds from now, at least 0), else `default`.
+///
+/// ```
+/// use executionkit::provider::parse::parse_retry_after;
+/// assert_eq!(parse_retry_after("30", 1.0), 30.0);
+/// assert_eq!(parse_retry_after("2.5", 1.0), 2.5);
+/// assert_eq!(parse_retry_after("-5", 1.0), 0.0);
+/// assert_eq!(parse_retry_after("inf", 1.0), 1.0);
+/// assert_eq!(parse_retry_after("??", 5.0), 5.0);
+/// assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1.0), 0.0); // in the past
+/// ```
+#[must_use]
+pub fn parse_retry_after(value: &str, default: f64) -> f64 {
+    let value = value.trim();
+    if let Ok(x) = value.parse::<f64>() {
+        return if x.is_finite() { x.max(0.0) } else { default };
+    }
+    match httpdate::parse_http_date(value) {
+        Ok(when) => match when.duration_since(std::time::SystemTime::now()) {
+            Ok(ahead) => ahead.as_secs_f64(),
+            Err(_) => 0.0,
+        },
+        Err(_) => default,
+    }
+}
+
 /// The first `max` characters of `s`.
 pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
@@ -346,9 +371,7 @@ pub(crate) fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D
 }
 
 /// serde helper: wire-shaped tool calls.
-pub(crate) fn wire_tool_calls<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Vec<ToolCall>, D::Error> {
+pub(crate) fn wire_tool_calls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ToolCall>, D::Error> {
     let v = Option::<Value>::deserialize(d)?;
     parse_tool_calls(v.as_ref()).map_err(serde::de::Error::custom)
 }
