@@ -1,3 +1,304 @@
-fn main() {
-    println!("Hello, world!");
+//! `ek`: executionkit's patterns from the shell. The interface is fixed in `docs/cli.md`
+//! (the CLI contract): endpoint and key rules, common flags, the `--step` grammar, `--json`
+//! shapes and exit codes 0 (success), 1 (failure after the run started), 2 (invalid usage, before
+//! any request) and 130 (interrupted).
+
+mod cli;
+mod endpoint;
+mod output;
+mod progress;
+mod step;
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Read};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use executionkit::{
+    Budget, Consensus, CostRates, Error, ErrorKind, LlmProvider, Pattern, PatternResult, Pipe,
+    RefineLoop, RetryPolicy, RunContext, VotingStrategy,
+};
+
+use crate::cli::{Cli, Command, Common, ConsensusArgs, RefineArgs};
+use crate::output::Shape;
+use crate::progress::Progress;
+use crate::step::{Globals, StepPattern, parse_step};
+
+/// Exit code: the run failed after it started.
+const EXIT_FAILURE: u8 = 1;
+/// Exit code: invalid usage or argument, before any request.
+const EXIT_USAGE: u8 = 2;
+/// Exit code: interrupted (Ctrl-C).
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let json_requested = args.iter().any(|a| a == "--json");
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            if json_requested && e.use_stderr() {
+                let msg = e.render().to_string();
+                let msg = msg.trim();
+                let msg = msg.strip_prefix("error: ").unwrap_or(msg);
+                let err = Error::invalid_argument("arguments", msg.to_owned());
+                output::print_json(&output::error_json(&err));
+                return ExitCode::from(EXIT_USAGE);
+            }
+            e.exit();
+        }
+    };
+    let json = cli.command.common().json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let err = Error::new(
+                ErrorKind::Provider,
+                format!("cannot start the runtime: {e}"),
+            );
+            output::print_error(&err, json);
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let code = runtime.block_on(run(cli.command, json));
+    // In-flight requests of an interrupted run are dropped with the runtime, not awaited.
+    runtime.shutdown_background();
+    ExitCode::from(code)
+}
+
+/// What a command runs, fully built and validated.
+enum Job {
+    Consensus(Consensus),
+    Refine(RefineLoop),
+    Pipe(Pipe),
+}
+
+/// Everything prepared before the first request.
+struct Prepared {
+    job: Job,
+    provider: Arc<dyn LlmProvider>,
+    prompt: String,
+    ctx: RunContext,
+    progress: Option<Progress>,
+}
+
+async fn run(command: Command, json: bool) -> u8 {
+    let shape = match command {
+        Command::Pipe(_) => Shape::Pipe,
+        _ => Shape::Single,
+    };
+    let prepared = match prepare(&command) {
+        Ok(p) => p,
+        Err(e) => {
+            output::print_error(&e, json);
+            return EXIT_USAGE;
+        }
+    };
+    let Prepared {
+        job,
+        provider,
+        prompt,
+        ctx,
+        progress,
+    } = prepared;
+    let work = async {
+        match &job {
+            Job::Consensus(c) => c.run(provider.as_ref(), &prompt, &ctx).await,
+            Job::Refine(r) => r.run(provider.as_ref(), &prompt, &ctx).await,
+            Job::Pipe(p) => p.run(provider.as_ref(), &prompt, &ctx).await,
+        }
+    };
+    let outcome: Result<PatternResult<String>, (Error, u8)> = tokio::select! {
+        r = work => r.map_err(|e| {
+            // An argument rejected before anything was spent is a usage error.
+            let code = if e.is_invalid_argument() && e.cost().is_zero() { EXIT_USAGE } else { EXIT_FAILURE };
+            (e, code)
+        }),
+        _ = tokio::signal::ctrl_c() => {
+            // Dropping `work` (the select's other branch) cancels every in-flight request.
+            let ledger = ctx.ledger();
+            let e = Error::cancelled()
+                .with_cost(ledger.spent())
+                .with_usd(ledger.spent_usd());
+            Err((e, EXIT_INTERRUPTED))
+        }
+    };
+    if let Some(p) = &progress {
+        p.finish();
+    }
+    match outcome {
+        Ok(result) => {
+            output::print_success(&result, json, shape);
+            0
+        }
+        Err((e, code)) => {
+            output::print_error(&e, json);
+            code
+        }
+    }
+}
+
+/// Reads and validates everything; no request is sent here.
+fn prepare(command: &Command) -> Result<Prepared, Error> {
+    let common = command.common();
+    let env = endpoint::Env::from_process();
+    let prompt = read_prompt(&common.prompt)?;
+    let selected = endpoint::select(common, &env)?;
+    if selected.offline {
+        eprintln!("{}", endpoint::OFFLINE_NOTICE);
+    }
+    let retry = RetryPolicy::new().try_max_retries(common.max_retries)?;
+    let budget = budget(common)?;
+    let globals = Globals {
+        seed: common.seed.or(selected.offline.then_some(0)),
+        system: common.system.clone(),
+    };
+    let job = match command {
+        Command::Consensus(a) => Job::Consensus(consensus(a, &globals)?),
+        Command::Refine(a) => Job::Refine(refine(a, &globals)?),
+        Command::Pipe(a) => Job::Pipe(pipe(&a.steps, &globals)?),
+    };
+    let mut ctx = RunContext::new().budget(budget.clone()).retry(retry);
+    // The bar exists only on a terminal; otherwise no event callback is registered at all.
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(|| Progress::new(&budget));
+    if let Some(p) = &progress {
+        let p = p.clone();
+        ctx = ctx.on_event(move |e| p.on_event(e));
+    }
+    Ok(Prepared {
+        job,
+        provider: selected.provider,
+        prompt,
+        ctx,
+        progress,
+    })
+}
+
+/// The prompt, or stdin for `-`.
+fn read_prompt(arg: &str) -> Result<String, Error> {
+    let prompt = if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| {
+            Error::invalid_argument("prompt", format!("cannot read the prompt from stdin: {e}"))
+        })?;
+        s.strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&s)
+            .to_owned()
+    } else {
+        arg.to_owned()
+    };
+    if prompt.trim().is_empty() {
+        return Err(Error::invalid_argument(
+            "prompt",
+            "PROMPT is empty (pass the prompt, or `-` to read it from stdin)",
+        ));
+    }
+    Ok(prompt)
+}
+
+/// The run's budget from the budget flags.
+fn budget(common: &Common) -> Result<Budget, Error> {
+    let mut b = Budget::new();
+    if let Some(n) = common.max_input_tokens {
+        b = b.max_input_tokens(n);
+    }
+    if let Some(n) = common.max_output_tokens {
+        b = b.max_output_tokens(n);
+    }
+    if let Some(n) = common.max_calls {
+        b = b.max_calls(n);
+    }
+    match (common.price_in, common.price_out) {
+        (Some(p_in), Some(p_out)) => b = b.default_price(CostRates::new(p_in, p_out)?),
+        (None, None) => {
+            if common.max_usd.is_some() {
+                return Err(Error::invalid_argument(
+                    "max_usd",
+                    "--max-usd needs --price-in and --price-out (USD per million input / output tokens)",
+                ));
+            }
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(Error::invalid_argument(
+                "price",
+                "--price-in and --price-out go together (USD per million input / output tokens)",
+            ));
+        }
+    }
+    if let Some(usd) = common.max_usd {
+        b = b.max_usd(usd);
+    }
+    b.validate()?;
+    Ok(b)
+}
+
+fn consensus(a: &ConsensusArgs, g: &Globals) -> Result<Consensus, Error> {
+    let strategy: VotingStrategy = a.strategy.parse().map_err(|_| {
+        Error::invalid_argument(
+            "strategy",
+            format!(
+                "--strategy must be one of: majority, unanimous; got `{}`",
+                a.strategy
+            ),
+        )
+    })?;
+    let mut c = Consensus::default()
+        .samples(a.samples)
+        .temperature(a.temperature)
+        .max_concurrency(a.max_concurrency)
+        .strategy(strategy)
+        .max_tokens(a.max_tokens);
+    if let Some(s) = g.seed {
+        c = c.seed(s);
+    }
+    if let Some(sys) = &g.system {
+        c = c.system(sys.clone());
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn refine(a: &RefineArgs, g: &Globals) -> Result<RefineLoop, Error> {
+    let mut r = RefineLoop::default()
+        .target_score(a.target_score)
+        .max_iterations(a.max_iterations)
+        .patience(a.patience)
+        .delta_threshold(a.delta_threshold)
+        .temperature(a.temperature)
+        .max_tokens(a.max_tokens)
+        .max_eval_chars(a.max_eval_chars);
+    if let Some(s) = g.seed {
+        r = r.seed(s);
+    }
+    if let Some(sys) = &g.system {
+        r = r.system(sys.clone());
+    }
+    r.validate()?;
+    Ok(r)
+}
+
+fn pipe(steps: &[String], g: &Globals) -> Result<Pipe, Error> {
+    let mut pipe = Pipe::new();
+    for (i, spec) in steps.iter().enumerate() {
+        let step = parse_step(i + 1, spec, g)?;
+        pipe = match (step.pattern, step.if_score_below) {
+            (StepPattern::Consensus(c), None) => pipe.step(c),
+            (StepPattern::Refine(r), None) => pipe.step(r),
+            (StepPattern::Consensus(c), Some(x)) => pipe.step_if(below(x), c),
+            (StepPattern::Refine(r), Some(x)) => pipe.step_if(below(x), r),
+        };
+    }
+    Ok(pipe)
+}
+
+/// `if_score_below=X`: the previous score is below X, or there is none.
+fn below(x: f64) -> impl Fn(&PatternResult<String>) -> bool + Send + Sync + 'static {
+    move |prev| prev.score.is_none_or(|s| s < x)
 }

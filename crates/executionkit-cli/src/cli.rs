@@ -1,0 +1,196 @@
+//! The command line, as clap sees it. Defaults are the reference's (CLI-CONTRACT.md).
+
+use clap::{Args, Parser, Subcommand};
+
+/// `ek`: run executionkit's LLM reasoning patterns from the shell.
+///
+/// With no endpoint configured (`--base-url` / `EXECUTIONKIT_BASE_URL`) every command runs on the
+/// embedded offline model, a deterministic stand-in for demos and tests.
+#[derive(Debug, Parser)]
+#[command(name = "ek", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// One pattern (or a pipe of them).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// N samples in parallel, majority (or unanimous) vote on the normalised text.
+    Consensus(ConsensusArgs),
+    /// Generate, score with an LLM judge, improve until the target score is reached.
+    Refine(RefineArgs),
+    /// Chain steps (`--step "consensus samples=5"`, `--step "refine target_score=0.9"`) under
+    /// one budget; each step's value is the next step's input.
+    Pipe(PipeArgs),
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The prompt; `-` reads it from stdin.
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
+
+    /// The OpenAI-compatible endpoint (default: `EXECUTIONKIT_BASE_URL`; none: the offline model).
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+
+    /// The model (default: `EXECUTIONKIT_MODEL`); required with an endpoint.
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+
+    /// The API key (default: `EXECUTIONKIT_API_KEY`; `OPENAI_API_KEY` only for api.openai.com).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+
+    /// A system message before the prompt.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+
+    /// Sent as `seed` on every request; consensus sample i sends N + i (offline model: 0).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Per-request timeout in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 120.0,
+        allow_negative_numbers = true
+    )]
+    pub timeout: f64,
+
+    /// HTTP retries after the first attempt (retryable errors only).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 3,
+        allow_negative_numbers = true
+    )]
+    pub max_retries: i64,
+
+    /// Budget: input tokens for the whole run.
+    #[arg(long, value_name = "N")]
+    pub max_input_tokens: Option<u64>,
+
+    /// Budget: output tokens for the whole run.
+    #[arg(long, value_name = "N")]
+    pub max_output_tokens: Option<u64>,
+
+    /// Budget: LLM calls for the whole run (retries count).
+    #[arg(long, value_name = "N")]
+    pub max_calls: Option<u64>,
+
+    /// Budget: US dollars for the whole run; needs --price-in and --price-out.
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub max_usd: Option<f64>,
+
+    /// Price of input tokens, USD per million.
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub price_in: Option<f64>,
+
+    /// Price of output tokens, USD per million.
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub price_out: Option<f64>,
+
+    /// Print exactly one JSON object on stdout (success or error).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ek consensus`.
+#[derive(Debug, Args)]
+pub struct ConsensusArgs {
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub common: Common,
+    /// Number of samples.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub samples: usize,
+    /// Sampling temperature.
+    #[arg(
+        long,
+        default_value_t = 0.9,
+        value_name = "T",
+        allow_negative_numbers = true
+    )]
+    pub temperature: f64,
+    /// Samples in flight at once.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub max_concurrency: usize,
+    /// `majority` or `unanimous`.
+    #[arg(long, default_value = "majority", value_name = "STRATEGY")]
+    pub strategy: String,
+    /// Output tokens per sample.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_tokens: u32,
+}
+
+/// `ek refine`.
+#[derive(Debug, Args)]
+pub struct RefineArgs {
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub common: Common,
+    /// Stop once a draft scores at least this (0..=1).
+    #[arg(
+        long,
+        default_value_t = 0.9,
+        value_name = "X",
+        allow_negative_numbers = true
+    )]
+    pub target_score: f64,
+    /// Improvement rounds after the first draft.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub max_iterations: usize,
+    /// Stop after this many rounds without a score change above --delta-threshold.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub patience: usize,
+    /// The score change that counts as progress.
+    #[arg(
+        long,
+        default_value_t = 0.01,
+        value_name = "X",
+        allow_negative_numbers = true
+    )]
+    pub delta_threshold: f64,
+    /// Sampling temperature of the writer.
+    #[arg(
+        long,
+        default_value_t = 0.7,
+        value_name = "T",
+        allow_negative_numbers = true
+    )]
+    pub temperature: f64,
+    /// Output tokens per draft.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_tokens: u32,
+    /// The judge sees at most this many characters of a draft.
+    #[arg(long, default_value_t = 32768, value_name = "N")]
+    pub max_eval_chars: usize,
+}
+
+/// `ek pipe`.
+#[derive(Debug, Args)]
+pub struct PipeArgs {
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub common: Common,
+    /// A step: `NAME KEY=VALUE …` with NAME `consensus` or `refine`; keys are that command's
+    /// options with `_` for `-`, plus `model=NAME` and `if_score_below=X`. Repeat for more steps.
+    #[arg(long = "step", value_name = "SPEC", required = true)]
+    pub steps: Vec<String>,
+}
+
+impl Command {
+    /// The flags every command takes.
+    pub fn common(&self) -> &Common {
+        match self {
+            Self::Consensus(a) => &a.common,
+            Self::Refine(a) => &a.common,
+            Self::Pipe(a) => &a.common,
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Which provider `ek` talks to, and with which key (CLI-CONTRACT.md "Endpoint and model").
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use executionkit::{Error, LlmProvider, OfflineModel, Provider};
+
+use crate::cli::Common;
+
+/// The one line `ek` prints on stderr when it falls back to the offline model.
+pub const OFFLINE_NOTICE: &str = "ek: no endpoint configured; using the embedded offline model (set EXECUTIONKIT_BASE_URL to use a real one)";
+
+/// The environment, read once (so tests and callers can pass their own).
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    /// `EXECUTIONKIT_BASE_URL`.
+    pub base_url: Option<String>,
+    /// `EXECUTIONKIT_MODEL`.
+    pub model: Option<String>,
+    /// `EXECUTIONKIT_API_KEY`.
+    pub api_key: Option<String>,
+    /// `OPENAI_API_KEY`.
+    pub openai_api_key: Option<String>,
+}
+
+impl Env {
+    /// Reads the process environment; empty values count as unset.
+    pub fn from_process() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            base_url: var("EXECUTIONKIT_BASE_URL"),
+            model: var("EXECUTIONKIT_MODEL"),
+            api_key: var("EXECUTIONKIT_API_KEY"),
+            openai_api_key: var("OPENAI_API_KEY"),
+        }
+    }
+}
+
+/// The provider a run uses.
+pub struct Selected {
+    /// The provider.
+    pub provider: Arc<dyn LlmProvider>,
+    /// Whether it is the embedded offline model.
+    pub offline: bool,
+}
+
+/// Picks the provider: the endpoint from `--base-url` or the environment, else the offline model.
+///
+/// # Errors
+/// `invalid_argument` when an endpoint has no model, the URL is not valid http(s), or the
+/// provider rejects its settings.
+pub fn select(common: &Common, env: &Env) -> Result<Selected, Error> {
+    let base_url = common
+        .base_url
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .or_else(|| env.base_url.clone());
+    let Some(base_url) = base_url else {
+        return Ok(Selected {
+            provider: Arc::new(OfflineModel::new()),
+            offline: true,
+        });
+    };
+    let model = common
+        .model
+        .clone()
+        .filter(|m| !m.trim().is_empty())
+        .or_else(|| env.model.clone())
+        .ok_or_else(|| {
+            Error::invalid_argument(
+                "model",
+                format!(
+                    "an endpoint ({base_url}) needs a model: pass --model NAME or set EXECUTIONKIT_MODEL"
+                ),
+            )
+        })?;
+    let url = url::Url::parse(&base_url).map_err(|e| {
+        Error::invalid_argument(
+            "base_url",
+            format!("--base-url / EXECUTIONKIT_BASE_URL is not a valid URL ({e}): {base_url}"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::invalid_argument(
+            "base_url",
+            format!(
+                "--base-url / EXECUTIONKIT_BASE_URL must be http:// or https://, got {}://",
+                url.scheme()
+            ),
+        ));
+    }
+    let key = api_key_for(&url, common.api_key.as_deref(), env);
+    let timeout = timeout(common.timeout)?;
+    let mut builder = Provider::builder(base_url.clone(), model).timeout(timeout);
+    if let Some(key) = key {
+        builder = builder.api_key(key);
+    }
+    let provider = builder.build()?;
+    Ok(Selected {
+        provider: Arc::new(provider),
+        offline: false,
+    })
+}
+
+/// The key for `url`: `--api-key`, else `EXECUTIONKIT_API_KEY`, else `OPENAI_API_KEY` only when
+/// the host is `api.openai.com` (a key is never sent to a host it was not meant for).
+pub fn api_key_for(url: &url::Url, flag: Option<&str>, env: &Env) -> Option<String> {
+    if let Some(k) = flag.filter(|k| !k.is_empty()) {
+        return Some(k.to_owned());
+    }
+    if let Some(k) = &env.api_key {
+        return Some(k.clone());
+    }
+    if url
+        .host_str()
+        .is_some_and(|h| h.eq_ignore_ascii_case("api.openai.com"))
+    {
+        return env.openai_api_key.clone();
+    }
+    None
+}
+
+/// Validates `--timeout` (seconds, finite, > 0).
+///
+/// # Errors
+/// `invalid_argument` naming `timeout`.
+pub fn timeout(secs: f64) -> Result<Duration, Error> {
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(Error::invalid_argument(
+            "timeout",
+            format!("--timeout must be a finite number of seconds > 0, got {secs}"),
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        Error::invalid_argument("timeout", format!("--timeout is out of range: {secs}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(api: Option<&str>, openai: Option<&str>) -> Env {
+        Env {
+            api_key: api.map(str::to_owned),
+            openai_api_key: openai.map(str::to_owned),
+            ..Env::default()
+        }
+    }
+
+    #[test]
+    fn openai_key_only_goes_to_openai() {
+        let openai = url::Url::parse("https://api.openai.com/v1").unwrap();
+        let other = url::Url::parse("http://127.0.0.1:8080/v1").unwrap();
+        let e = env(None, Some("sk-o"));
+        assert_eq!(api_key_for(&openai, None, &e).as_deref(), Some("sk-o"));
+        assert_eq!(api_key_for(&other, None, &e), None);
+    }
+
+    #[test]
+    fn flag_then_executionkit_key_win() {
+        let other = url::Url::parse("http://127.0.0.1:8080/v1").unwrap();
+        let e = env(Some("ek-key"), Some("sk-o"));
+        assert_eq!(
+            api_key_for(&other, Some("flag"), &e).as_deref(),
+            Some("flag")
+        );
+        assert_eq!(api_key_for(&other, None, &e).as_deref(), Some("ek-key"));
+    }
+
+    #[test]
+    fn timeout_must_be_positive() {
+        assert!(timeout(0.0).is_err());
+        assert!(timeout(f64::NAN).is_err());
+        assert!(timeout(-1.0).is_err());
+        assert_eq!(timeout(1.5).unwrap(), Duration::from_millis(1500));
+    }
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, the way CI does:
+#   1. starts llmock (fault injection, TESTING.md §2) via scripts/start-llmock.sh,
+#   2. starts llama-server + SmolLM2-135M (a real model, TESTING.md §1) via scripts/start-llama.sh
+#      (the first run builds llama.cpp: ~7 minutes on 2 cores; later runs reuse .cache/ek),
+#   3. `cargo test --workspace --all-targets` and `cargo test --workspace --doc` with
+#      EK_LLMOCK_URL, EK_LLAMA_URL, EK_LLAMA_KEY and EK_REQUIRE_SERVERS=1 exported (so tests that
+#      need a server fail instead of skipping),
+#   4. runs every example and the README's first command on the embedded offline model,
+# and stops the servers it started, whatever happens.
+#
+# Environment: EK_CACHE (default .cache/ek); EK_NO_SERVERS=1 runs without the servers (tests that
+# need one skip themselves); extra arguments go to both `cargo test` runs.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export EK_CACHE=${EK_CACHE:-$root/.cache/ek}
+mkdir -p "$EK_CACHE"
+
+stage_start=$SECONDS
+stage() {
+  local now=$SECONDS
+  [ -n "${stage_name:-}" ] && printf '== %s: %ds\n' "$stage_name" $((now - stage_start)) >&2
+  stage_name=$1
+  stage_start=$now
+  printf '== %s\n' "$1" >&2
+}
+
+# Pid files of servers this run started (a server that was already up is left alone).
+started_pidfiles=()
+cleanup() {
+  local f
+  for f in "${started_pidfiles[@]}"; do
+    if [ -f "$f" ]; then
+      kill "$(cat "$f")" 2>/dev/null || true
+      rm -f "$f"
+    fi
+  done
+}
+trap cleanup EXIT INT TERM
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# start NAME SCRIPT PIDFILE: runs the start script, exports every EK_*=VALUE line it prints.
+start() {
+  local name=$1 script=$2 pidfile=$3 out line
+  local was_up=0
+  alive "$pidfile" && was_up=1
+  out=$("$script") || { echo "test.sh: $name failed to start" >&2; return 1; }
+  while IFS= read -r line; do
+    if [[ $line =~ ^EK_[A-Z0-9_]+= ]]; then
+      export "${line?}"
+      echo "   ${line%%=*} set" >&2
+    fi
+  done <<<"$out"
+  if [ "$was_up" = 0 ]; then
+    started_pidfiles+=("$pidfile")
+  fi
+}
+
+if [ "${EK_NO_SERVERS:-0}" != 1 ]; then
+  stage "start llmock"
+  start llmock scripts/start-llmock.sh "$EK_CACHE/llmock.pid"
+  stage "start llama-server (builds llama.cpp on the first run)"
+  start llama-server scripts/start-llama.sh "$EK_CACHE/llama.pid"
+  export EK_REQUIRE_SERVERS=1
+else
+  echo "test.sh: EK_NO_SERVERS=1: tests that need llmock or llama-server skip" >&2
+fi
+
+stage "cargo test --workspace --all-targets"
+cargo test --workspace --all-targets "$@"
+
+stage "cargo test --workspace --doc"
+cargo test --workspace --doc "$@"
+
+# The examples and the README's first command run on the offline model: no endpoint in the env.
+offline_env=(env -u EXECUTIONKIT_BASE_URL -u EXECUTIONKIT_MODEL -u EXECUTIONKIT_API_KEY -u OPENAI_API_KEY)
+
+stage "examples on the offline model"
+for f in crates/executionkit/examples/*.rs; do
+  name=$(basename "$f" .rs)
+  echo "-- example $name" >&2
+  "${offline_env[@]}" cargo run -q -p executionkit --example "$name" >/dev/null
+done
+
+stage "README's first command (ek pipe on the offline model)"
+"${offline_env[@]}" cargo run -q -p executionkit-cli --bin ek -- pipe \
+  "Write a one-paragraph executive summary of the Turing test for an audience of non-technical board members." \
+  --step "consensus samples=5 temperature=0.9" --step "refine target_score=0.9 max_iterations=3" \
+  --max-input-tokens 20000 --max-output-tokens 10000 --max-calls 20 >/dev/null
+
+stage "done"
+echo "test.sh: all tests passed" >&2
