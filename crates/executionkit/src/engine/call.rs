@@ -16,7 +16,7 @@ use crate::events::{Event, EventSink};
 use crate::provider::{ChatRequest, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse};
 use crate::redact::redact_with;
 use crate::telemetry::{
-    GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,
+    ERROR_TYPE, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,
     GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS, GEN_AI_USAGE_INPUT_TOKENS,
     GEN_AI_USAGE_OUTPUT_TOKENS, OPERATION_CHAT,
 };
@@ -112,7 +112,11 @@ impl RunContext {
     }
 
     /// The retry policy.
-    #[must_use]
+    ///
+    /// ```
+    /// let ctx = executionkit::RunContext::new();
+    /// assert_eq!(ctx.retry_policy().max_retries(), 3);
+    /// ```
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
     }
@@ -148,6 +152,11 @@ impl RunContext {
         request: ChatRequest,
         tracker: &CostTracker,
     ) -> Result<LlmResponse> {
+        if let Err(e) = request.validate() {
+            return Err(e
+                .with_cost(tracker.usage())
+                .with_usd(self.tracker_usd(tracker)));
+        }
         let attempt = AtomicU32::new(0);
         let last_call = std::sync::atomic::AtomicU64::new(0);
         let request = &request;
@@ -191,7 +200,9 @@ impl RunContext {
                 } else {
                     redact_error(e, provider.secret())
                 };
-                Err(e.with_cost(tracker.usage()).with_usd(self.tracker_usd(tracker)))
+                Err(e
+                    .with_cost(tracker.usage())
+                    .with_usd(self.tracker_usd(tracker)))
             }
         }
     }
@@ -214,15 +225,15 @@ impl RunContext {
         let wanted = u64::from(request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
         let reservation = self
             .ledger
-            .reserve(model, wanted.saturating_mul(n), attempt > 1)
+            .reserve_choices(model, wanted, n, attempt > 1)
             .await
             .map_err(|e| (0, e))?;
         let call = reservation.call();
         tracker.add_call();
-        let granted = u32::try_from(reservation.max_tokens() / n).unwrap_or(u32::MAX);
-        let req: Cow<'_, ChatRequest> = if u64::from(granted) < wanted {
+        let granted = reservation.max_tokens_per_choice();
+        let req: Cow<'_, ChatRequest> = if granted < wanted {
             let mut r = request.clone();
-            r.max_tokens = Some(granted.max(1));
+            r.max_tokens = Some(u32::try_from(granted).unwrap_or(u32::MAX).max(1));
             Cow::Owned(r)
         } else {
             Cow::Borrowed(request)
@@ -245,12 +256,15 @@ impl RunContext {
             { GEN_AI_USAGE_INPUT_TOKENS } = tracing::field::Empty,
             { GEN_AI_USAGE_OUTPUT_TOKENS } = tracing::field::Empty,
             attempt = attempt,
+            { ERROR_TYPE } = tracing::field::Empty,
         );
-        let resp = provider
-            .complete(&req)
-            .instrument(span.clone())
-            .await
-            .map_err(|e| (call, e))?;
+        let resp = match provider.complete(&req).instrument(span.clone()).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                span.record(ERROR_TYPE, e.kind().as_str());
+                return Err((call, e));
+            }
+        };
         let usd = reservation.settle(resp.usage);
         tracker.add_tokens(resp.usage, usd);
         if !span.is_disabled() {

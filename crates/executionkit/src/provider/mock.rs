@@ -46,6 +46,21 @@ struct Inner {
     calls: Mutex<Vec<MockCall>>,
     model: String,
     supports_n: bool,
+    secret: Masked,
+}
+
+/// A secret that never shows in `Debug`.
+#[derive(Clone, Default)]
+struct Masked(Option<String>);
+
+impl std::fmt::Debug for Masked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(***)"
+        } else {
+            "None"
+        })
+    }
 }
 
 impl From<&str> for LlmResponse {
@@ -125,6 +140,21 @@ impl MockProvider {
         self.rebuild(|i| i.model = model)
     }
 
+    /// Gives the mock an API key, as [`LlmProvider::secret`] reports it, so tests can check that
+    /// the key never reaches an error, an event or a log line. It is masked in `Debug`.
+    ///
+    /// ```
+    /// # use executionkit::LlmProvider;
+    /// let p = executionkit::MockProvider::new(["a"]).with_secret("sk-test-1234567890");
+    /// assert_eq!(p.secret(), Some("sk-test-1234567890"));
+    /// assert!(!format!("{p:?}").contains("sk-test"));
+    /// ```
+    #[must_use]
+    pub fn with_secret(self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        self.rebuild(|i| i.secret = Masked(Some(key)))
+    }
+
     fn rebuild(self, f: impl FnOnce(&mut Inner)) -> Self {
         let mut inner = Inner {
             responses: self.inner.responses.clone(),
@@ -133,6 +163,7 @@ impl MockProvider {
             calls: Mutex::new(self.calls()),
             model: self.inner.model.clone(),
             supports_n: self.inner.supports_n,
+            secret: self.inner.secret.clone(),
         };
         f(&mut inner);
         Self {
@@ -251,5 +282,9 @@ impl LlmProvider for MockProvider {
 
     fn supports_n(&self) -> bool {
         self.inner.supports_n
+    }
+
+    fn secret(&self) -> Option<&str> {
+        self.inner.secret.0.as_deref()
     }
 }
