@@ -1,0 +1,416 @@
+//! Map-reduce: one call per item (concurrently, under the run's shared budget), then a reduce
+//! call over the joined outputs, hierarchical when they are too long for one prompt.
+//!
+//! Both templates are checked before any call, even for an empty input list: the map
+//! template must contain `{item}`, the reduce template `{mapped_outputs}`. Substitution is
+//! plain text (every occurrence; no other placeholder is interpreted).
+//!
+//! When the joined map outputs exceed [`MapReduce::max_reduce_input_chars`], they are reduced
+//! in groups (each at most that size, and at least two outputs per group so every level
+//! shrinks), the group results are reduced again, and so on until one reduce call sees
+//! everything that is left. Metadata: `map_count`, `reduce_calls` (every reduce call),
+//! `reduce_levels` (1 for a flat reduce), `total_calls` (every call, retries included).
+
+use futures::StreamExt;
+
+use super::{check_max_tokens, check_model};
+use crate::engine::{CostTracker, RunContext};
+use crate::error::{Error, Result};
+use crate::provider::{ChatRequest, DEFAULT_MAX_TOKENS, LlmProvider, Message, check_temperature};
+use crate::result::PatternResult;
+
+/// The map template's placeholder.
+pub const ITEM: &str = "{item}";
+/// The reduce template's placeholder.
+pub const MAPPED_OUTPUTS: &str = "{mapped_outputs}";
+/// The default separator between map outputs in the reduce prompt.
+pub const DEFAULT_SEPARATOR: &str = "\n\n---\n\n";
+
+/// The map-reduce pattern.
+///
+/// ```
+/// use executionkit::{MockProvider, RunContext};
+/// use executionkit::patterns::map_reduce::MapReduce;
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["summary a", "summary b", "final"]);
+/// let items = vec!["doc a".to_owned(), "doc b".to_owned()];
+/// let r = MapReduce::new()
+///     .map_template("Summarise: {item}")
+///     .reduce_template("Combine:\n{mapped_outputs}")
+///     .max_concurrency(1)
+///     .run(&p, &items, &RunContext::new())
+///     .await
+///     .unwrap();
+/// assert_eq!(r.value, "final");
+/// assert_eq!(r.metadata["map_count"], 2);
+/// assert_eq!(r.metadata["total_calls"], 3);
+/// # });
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MapReduce {
+    map_template: String,
+    reduce_template: String,
+    max_concurrency: usize,
+    temperature: f64,
+    max_tokens: u32,
+    separator: String,
+    max_reduce_input_chars: Option<usize>,
+    seed: Option<u64>,
+    system: Option<String>,
+    model: Option<String>,
+}
+
+impl Default for MapReduce {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MapReduce {
+    /// Empty templates (set both), concurrency 10, temperature 0.3, 4096 tokens, separator
+    /// `"\n\n---\n\n"`, no limit on the reduce input.
+    ///
+    /// ```
+    /// let m = executionkit::patterns::map_reduce::MapReduce::new();
+    /// assert!(m.validate().unwrap_err().message().contains("{item}"));
+    /// ```
+    pub fn new() -> Self {
+        Self {
+            map_template: String::new(),
+            reduce_template: String::new(),
+            max_concurrency: 10,
+            temperature: 0.3,
+            max_tokens: DEFAULT_MAX_TOKENS,
+            separator: DEFAULT_SEPARATOR.to_owned(),
+            max_reduce_input_chars: None,
+            seed: None,
+            system: None,
+            model: None,
+        }
+    }
+
+    /// The prompt for each item; every `{item}` is replaced by the item.
+    ///
+    /// ```
+    /// let m = executionkit::patterns::map_reduce::MapReduce::new().map_template("Do {item} {item}");
+    /// assert_eq!(m.map_prompt("a"), "Do a a");
+    /// ```
+    pub fn map_template(mut self, template: impl Into<String>) -> Self {
+        self.map_template = template.into();
+        self
+    }
+
+    /// The reduce prompt; every `{mapped_outputs}` is replaced by the joined map outputs.
+    ///
+    /// ```
+    /// let m = executionkit::patterns::map_reduce::MapReduce::new().reduce_template("Join: {mapped_outputs}");
+    /// # let _ = m;
+    /// ```
+    pub fn reduce_template(mut self, template: impl Into<String>) -> Self {
+        self.reduce_template = template.into();
+        self
+    }
+
+    /// How many calls may be in flight at once (default 10, at least 1).
+    ///
+    /// ```
+    /// let m = executionkit::patterns::map_reduce::MapReduce::new().max_concurrency(0);
+    /// # let m = m.map_template("{item}").reduce_template("{mapped_outputs}");
+    /// assert!(m.validate().unwrap_err().message().contains("max_concurrency"));
+    /// ```
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n;
+        self
+    }
+
+    /// Sampling temperature of every call (default 0.3).
+    ///
+    /// ```
+    /// let m = executionkit::patterns::map_reduce::MapReduce::new().temperature(0.0);
+    /// # let _ = m;
+    /// ```
+    pub fn temperature(mut self, t: f64) -> Self {
+        self.temperature = t;
+        self
+    }
+
+    /// Completion token limit per call (default 4096).
+    ///
+    /// ```
+    /// let m = executionkit::patterns::map_reduce::MapReduce::new().max_tokens(256);
+    /// # let _ = m;
+    /// ```
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = n;
+        self
+    }
+
+    /// What joins the map outputs in the reduce prompt (default `"\n\n---\n\n"`).
+    ///
+    /// ```
+    /// let m = executionkit::patterns::map_reduce::MapReduce::new().separator("\n");
+    /// # let _ = m;
+    /// ```
+    pub fn separator(mut self, separator: impl Into<String>) -> Self {
+        self.separator = separator.into();
+        self
+    }
+
+    /// The most characters of joined outputs one reduce call receives; above it the reduce
+    /// is hierarchical. At least 1; unlimited by default.
+    ///
+    /// ```
+    /// let m = executionkit::patterns::map_reduce::MapReduce::new().max_reduce_input_chars(8_000);
+    /// # let _ = m;
+    /// ```
+    pub fn max_reduce_input_chars(mut self, n: usize) -> Self {
+        self.max_reduce_input_chars = Some(n);
+        self
+    }
+
+    /// A sampling seed sent with every call.
+    ///
+    /// ```
+    /// let m = executionkit::patterns::map_reduce::MapReduce::new().seed(7);
+    /// # let _ = m;
+    /// ```
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// A system message sent first in every call.
+    ///
+    /// ```
+    /// let m = executionkit::patterns::map_reduce::MapReduce::new().system("Be brief.");
+    /// # let _ = m;
+    /// ```
+    pub fn system(mut self, system: impl Into<String>) -> Self {
+        self.system = Some(system.into());
+        self
+    }
+
+    /// Another model than the provider's default.
+    ///
+    /// ```
+    /// let m = executionkit::patterns::map_reduce::MapReduce::new().model("gpt-4o-mini");
+    /// # let _ = m;
+    /// ```
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// The map prompt for `item`.
+    #[must_use]
+    pub fn map_prompt(&self, item: &str) -> String {
+        self.map_template.replace(ITEM, item)
+    }
+
+    /// Checks every option, both templates included (nothing is sent).
+    ///
+    /// # Errors
+    /// `invalid_argument` naming the first bad option: a map template without `{item}`, a
+    /// reduce template without `{mapped_outputs}`, `max_concurrency` 0, `max_tokens` 0,
+    /// `max_reduce_input_chars` 0, a bad temperature or a blank model.
+    ///
+    /// ```
+    /// use executionkit::patterns::map_reduce::MapReduce;
+    /// let m = MapReduce::new().map_template("{item}").reduce_template("no placeholder");
+    /// assert!(m.validate().unwrap_err().message().contains("{mapped_outputs}"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        if !self.map_template.contains(ITEM) {
+            return Err(Error::invalid_argument(
+                "map_template",
+                format!("map_template must contain the placeholder {ITEM}"),
+            ));
+        }
+        if !self.reduce_template.contains(MAPPED_OUTPUTS) {
+            return Err(Error::invalid_argument(
+                "reduce_template",
+                format!("reduce_template must contain the placeholder {MAPPED_OUTPUTS}"),
+            ));
+        }
+        if self.max_concurrency < 1 {
+            return Err(Error::invalid_argument(
+                "max_concurrency",
+                "max_concurrency must be >= 1, got 0",
+            ));
+        }
+        if self.max_reduce_input_chars == Some(0) {
+            return Err(Error::invalid_argument(
+                "max_reduce_input_chars",
+                "max_reduce_input_chars must be >= 1, got 0",
+            ));
+        }
+        check_max_tokens(self.max_tokens)?;
+        check_temperature(self.temperature)?;
+        check_model(self.model.as_deref())
+    }
+
+    /// Maps every item, then reduces. An empty `items` makes one reduce call over `""`.
+    ///
+    /// # Errors
+    /// `invalid_argument` before any call for a bad option; the first failing call aborts the
+    /// run (the calls in flight are cancelled) with one error carrying the whole spend.
+    pub async fn run(
+        &self,
+        provider: &dyn LlmProvider,
+        items: &[String],
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>> {
+        self.validate()?;
+        let tracker = CostTracker::new();
+        let prompts: Vec<String> = items.iter().map(|it| self.map_prompt(it)).collect();
+        let mut outputs = self.fan_out(provider, prompts, ctx, &tracker).await?;
+        let mut reduce_calls = 0usize;
+        let mut levels = 0usize;
+        let value = loop {
+            levels += 1;
+            let groups = self.groups(&outputs);
+            let prompts: Vec<String> = groups
+                .iter()
+                .map(|g| self.reduce_prompt(&outputs[g.clone()]))
+                .collect();
+            reduce_calls += prompts.len();
+            let mut reduced = self.fan_out(provider, prompts, ctx, &tracker).await?;
+            if reduced.len() == 1 {
+                break reduced.pop().unwrap_or_default();
+            }
+            outputs = reduced;
+        };
+        Ok(PatternResult::new(value)
+            .with_cost(tracker.usage())
+            .with_metadata("map_count", items.len())
+            .with_metadata("reduce_calls", reduce_calls)
+            .with_metadata("reduce_levels", levels)
+            .with_metadata("total_calls", tracker.usage().llm_calls)
+            .with_usd(ctx.tracker_usd(&tracker)))
+    }
+
+    fn reduce_prompt(&self, outputs: &[String]) -> String {
+        self.reduce_template
+            .replace(MAPPED_OUTPUTS, &outputs.join(&self.separator))
+    }
+
+    /// Splits `outputs` into consecutive groups whose joined text fits the limit, each with at
+    /// least two outputs (when two are left) so every level shrinks. One group when all fits.
+    fn groups(&self, outputs: &[String]) -> Vec<std::ops::Range<usize>> {
+        let sep = self.separator.chars().count();
+        let lens: Vec<usize> = outputs.iter().map(|o| o.chars().count()).collect();
+        let total = lens.iter().sum::<usize>() + sep * outputs.len().saturating_sub(1);
+        let limit = match self.max_reduce_input_chars {
+            Some(limit) if total > limit && outputs.len() > 2 => limit,
+            _ => return vec![0..outputs.len()],
+        };
+        let mut groups = Vec::new();
+        let (mut start, mut size) = (0, 0);
+        for (i, &len) in lens.iter().enumerate() {
+            let n = i - start;
+            if n >= 2 && size + sep + len > limit {
+                groups.push(start..i);
+                start = i;
+                size = 0;
+            }
+            size += if i == start { len } else { sep + len };
+        }
+        groups.push(start..outputs.len());
+        // A lone last output would not shrink: merge it into the previous group.
+        if groups.len() > 1 && groups.last().is_some_and(|g| g.len() == 1) {
+            let last = groups.pop().unwrap_or(0..0);
+            if let Some(prev) = groups.last_mut() {
+                prev.end = last.end;
+            }
+        }
+        groups
+    }
+
+    fn request(&self, prompt: String) -> ChatRequest {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(s) = &self.system {
+            messages.push(Message::system(s.clone()));
+        }
+        messages.push(Message::user(prompt));
+        let mut req = ChatRequest::new(messages)
+            .temperature(self.temperature)
+            .max_tokens(self.max_tokens);
+        if let Some(seed) = self.seed {
+            req = req.seed(seed);
+        }
+        if let Some(m) = &self.model {
+            req = req.model(m.clone());
+        }
+        req
+    }
+
+    /// One call per prompt, at most `max_concurrency` in flight, outputs in prompt order. The
+    /// first failure drops (cancels) the rest and returns with the tracker's whole spend.
+    async fn fan_out(
+        &self,
+        provider: &dyn LlmProvider,
+        prompts: Vec<String>,
+        ctx: &RunContext,
+        tracker: &CostTracker,
+    ) -> Result<Vec<String>> {
+        let mut out = vec![String::new(); prompts.len()];
+        let mut calls = futures::stream::iter(prompts.into_iter().enumerate().map(|(i, p)| {
+            let req = self.request(p);
+            async move { (i, ctx.complete(provider, req, tracker).await) }
+        }))
+        .buffer_unordered(self.max_concurrency);
+        while let Some((i, r)) = calls.next().await {
+            match r {
+                Ok(resp) => resp.content().clone_into(&mut out[i]),
+                Err(e) => {
+                    drop(calls);
+                    return Err(e
+                        .with_cost(tracker.usage())
+                        .with_usd(ctx.tracker_usd(tracker)));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A `PatternResult` money setter (the result type has none).
+trait WithUsd {
+    fn with_usd(self, usd: Option<f64>) -> Self;
+}
+
+impl<T> WithUsd for PatternResult<T> {
+    fn with_usd(mut self, usd: Option<f64>) -> Self {
+        self.usd = usd;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mr(limit: usize) -> MapReduce {
+        MapReduce::new()
+            .map_template("{item}")
+            .reduce_template("{mapped_outputs}")
+            .separator("|")
+            .max_reduce_input_chars(limit)
+    }
+
+    fn outs(lens: &[usize]) -> Vec<String> {
+        lens.iter().map(|&n| "x".repeat(n)).collect()
+    }
+
+    #[test]
+    fn groups_fit_the_limit_and_shrink() {
+        let m = mr(10);
+        assert_eq!(m.groups(&outs(&[3, 3])), vec![0..2]);
+        assert_eq!(m.groups(&outs(&[4, 4, 4, 4])), vec![0..2, 2..4]);
+        // Oversized outputs still pair up (progress), and a lone tail merges back.
+        assert_eq!(m.groups(&outs(&[20, 20, 20])), vec![0..3]);
+        assert_eq!(m.groups(&outs(&[20, 20, 20, 20])), vec![0..2, 2..4]);
+        assert_eq!(m.groups(&outs(&[1, 1, 1])), vec![0..3]);
+    }
+}
