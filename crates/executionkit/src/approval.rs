@@ -119,7 +119,8 @@ pub enum OnTimeout {
     Approve,
 }
 
-type Callback = dyn Fn(ApprovalRequest) -> BoxFuture<'static, Result<ApprovalDecision>> + Send + Sync;
+type Callback =
+    dyn Fn(ApprovalRequest) -> BoxFuture<'static, Result<ApprovalDecision>> + Send + Sync;
 
 /// Asks a callback whether an action may run. Cheap to clone.
 ///

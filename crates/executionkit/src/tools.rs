@@ -138,7 +138,11 @@ impl Tool {
     /// assert_eq!(t.parameters()["properties"]["query"]["type"], "string");
     /// assert_eq!(t.parameters()["required"][0], "query");
     /// ```
-    pub fn typed<A, F, Fut>(name: impl Into<String>, description: impl Into<String>, body: F) -> Self
+    pub fn typed<A, F, Fut>(
+        name: impl Into<String>,
+        description: impl Into<String>,
+        body: F,
+    ) -> Self
     where
         A: DeserializeOwned + JsonSchema + Send + 'static,
         F: Fn(A) -> Fut + Send + Sync + 'static,
@@ -323,10 +327,7 @@ impl Tool {
         match tokio::time::timeout(timeout, task).await {
             Err(_elapsed) => Observation::new(
                 ObservationKind::TimedOut,
-                format!(
-                    "Tool execution timed out after {}s",
-                    timeout.as_secs_f64()
-                ),
+                format!("Tool execution timed out after {}s", timeout.as_secs_f64()),
             ),
             Ok(Ok(Ok(Ok(text)))) => {
                 let text = truncate(&text, max_chars);
@@ -528,6 +529,7 @@ fn json_kind(v: &Value) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -548,8 +550,16 @@ mod tests {
             "additionalProperties": false
         });
         let a = |v: Value| tier_a(&schema, v.as_object().unwrap_or(&Map::new()));
-        assert!(a(serde_json::json!({"n": 5.0})).unwrap_err().contains("got number"));
-        assert!(a(serde_json::json!({"n": true})).unwrap_err().contains("got boolean"));
+        assert!(
+            a(serde_json::json!({"n": 5.0}))
+                .unwrap_err()
+                .contains("got number")
+        );
+        assert!(
+            a(serde_json::json!({"n": true}))
+                .unwrap_err()
+                .contains("got boolean")
+        );
         assert!(a(serde_json::json!({"x": 5})).is_ok());
         assert_eq!(
             a(serde_json::json!({"z": 1})).unwrap_err(),

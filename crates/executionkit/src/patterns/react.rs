@@ -813,3 +813,44 @@ pub fn trim_history(history: &[Message], max: usize) -> Result<Vec<Message>> {
     out.extend_from_slice(&history[first_kept..]);
     Ok(out)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn summaries_are_memoised_per_boundary() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let r =
+            ReactLoop::new()
+                .max_history_messages(3)
+                .summarizer(move |dropped: Vec<Message>| {
+                    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        Ok::<_, Error>((
+                            format!("{} msgs", dropped.len()),
+                            TokenUsage::new(70, 30, 1),
+                        ))
+                    }
+                });
+        let history: Vec<Message> = (0..6).map(|i| Message::user(i.to_string())).collect();
+        let tracker = CostTracker::new();
+        let mut counters = Counters::default();
+        let mut memo = HashMap::new();
+        let a = r
+            .window(&history, &tracker, &mut counters, &mut memo)
+            .await
+            .unwrap_or_default();
+        let b = r
+            .window(&history, &tracker, &mut counters, &mut memo)
+            .await
+            .unwrap_or_default();
+        assert_eq!(a, b);
+        assert_eq!(a[1].content, "Summary of earlier conversation: 3 msgs");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(tracker.usage(), TokenUsage::new(70, 30, 1));
+        assert_eq!((counters.summarized, counters.messages_trimmed), (2, 2));
+    }
+}
