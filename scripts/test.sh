@@ -62,7 +62,7 @@ if [ "${EK_NO_SERVERS:-0}" != 1 ]; then
   stage "start llmock"
   start llmock scripts/start-llmock.sh "$EK_CACHE/llmock.pid"
   stage "start llama-server (builds llama.cpp on the first run)"
-  start llama-server scripts/start-llama.sh "$EK_CACHE/llama.pid"
+  start llama-server scripts/start-llama.sh "$EK_CACHE/llama-server.pid"
   export EK_REQUIRE_SERVERS=1
 else
   echo "test.sh: EK_NO_SERVERS=1: tests that need llmock or llama-server skip" >&2

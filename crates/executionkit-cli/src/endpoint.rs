@@ -91,7 +91,7 @@ pub fn select(common: &Common, env: &Env) -> Result<Selected, Error> {
     }
     let key = api_key_for(&url, common.api_key.as_deref(), env);
     let timeout = timeout(common.timeout)?;
-    let mut builder = Provider::builder(base_url.clone(), model).timeout(timeout);
+    let mut builder = Provider::builder(base_url, model).timeout(timeout);
     if let Some(key) = key {
         builder = builder.api_key(key);
     }
@@ -137,6 +137,7 @@ pub fn timeout(secs: f64) -> Result<Duration, Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

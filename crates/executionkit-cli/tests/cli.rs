@@ -1,6 +1,8 @@
 //! `ek` as a user runs it: the built binary, its exit codes, its `--json` shapes, the offline
 //! default, and the seed pipeline against scripted responses from a wiremock server on 127.0.0.1.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use std::process::{Output, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -810,24 +812,14 @@ async fn api_key_rules_over_the_wire() {
             ek_env(&["consensus", "q", "--samples", "1", "--json"], &env).await
         }
     };
-    let auth = |s: &MockServer| {
-        let s = s;
-        async move {
-            let reqs = s.received_requests().await.unwrap_or_default();
-            let last = reqs.last().unwrap();
-            last.headers
-                .get("authorization")
-                .map(|h| h.to_str().unwrap().to_owned())
-        }
-    };
     // OPENAI_API_KEY is never sent to a host other than api.openai.com.
     let o = run(vec![("OPENAI_API_KEY", "sk-openai-secret".to_owned())]).await;
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert_eq!(auth(&s).await, None);
+    assert_eq!(last_auth(&s).await, None);
     // EXECUTIONKIT_API_KEY is.
     let o = run(vec![("EXECUTIONKIT_API_KEY", "ek-secret".to_owned())]).await;
     assert_eq!(code(&o), 0);
-    assert_eq!(auth(&s).await.as_deref(), Some("Bearer ek-secret"));
+    assert_eq!(last_auth(&s).await.as_deref(), Some("Bearer ek-secret"));
     // --api-key wins over the environment.
     let env = [
         ("EXECUTIONKIT_BASE_URL", base.as_str()),
@@ -847,7 +839,7 @@ async fn api_key_rules_over_the_wire() {
     )
     .await;
     assert_eq!(code(&o), 0);
-    assert_eq!(auth(&s).await.as_deref(), Some("Bearer flag-secret"));
+    assert_eq!(last_auth(&s).await.as_deref(), Some("Bearer flag-secret"));
     assert!(!stdout(&o).contains("secret") && !stderr(&o).contains("secret"));
 }
 
@@ -973,4 +965,13 @@ async fn help_and_version_exit_0() {
     let o = ek(&["--version"]).await;
     assert_eq!(code(&o), 0);
     assert!(stdout(&o).starts_with("ek "));
+}
+
+/// The `Authorization` header of the last request the server saw.
+async fn last_auth(s: &MockServer) -> Option<String> {
+    let reqs = s.received_requests().await.unwrap_or_default();
+    let last = reqs.last().unwrap();
+    last.headers
+        .get("authorization")
+        .map(|h| h.to_str().unwrap().to_owned())
 }

@@ -40,7 +40,11 @@ async fn main() -> Result<(), executionkit::Error> {
     if let Some(n) = result.metadata.get("step_count") {
         println!("{n}"); // 2
     }
-    if let Some(steps) = result.metadata.get("step_metadata").and_then(|s| s.as_array()) {
+    if let Some(steps) = result
+        .metadata
+        .get("step_metadata")
+        .and_then(|s| s.as_array())
+    {
         for (i, meta) in steps.iter().enumerate() {
             println!("step {i}: {meta}");
         }

@@ -36,7 +36,10 @@ async fn main() -> Result<(), executionkit::Error> {
         .and_then(|s| s.as_array())
         .cloned()
         .unwrap_or_default();
-    let agreement = steps.first().and_then(|m| m.get("agreement_ratio")).cloned();
+    let agreement = steps
+        .first()
+        .and_then(|m| m.get("agreement_ratio"))
+        .cloned();
     let skipped = steps
         .get(1)
         .and_then(|m| m.get("skipped"))

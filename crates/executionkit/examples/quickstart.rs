@@ -30,7 +30,11 @@ async fn main() -> Result<(), executionkit::Error> {
         vote = vote.seed(s);
     }
     let answer = vote
-        .run(provider.as_ref(), "What is the capital of France? One word.", &ctx)
+        .run(
+            provider.as_ref(),
+            "What is the capital of France? One word.",
+            &ctx,
+        )
         .await?;
     println!("consensus: {} (agreement {:?})", answer.value, answer.score);
     println!("  {}", answer.cost);
@@ -40,7 +44,11 @@ async fn main() -> Result<(), executionkit::Error> {
         refine = refine.seed(s);
     }
     let draft = refine
-        .run(provider.as_ref(), "Explain what a hash map is in two sentences.", &ctx)
+        .run(
+            provider.as_ref(),
+            "Explain what a hash map is in two sentences.",
+            &ctx,
+        )
         .await?;
     println!("refine: {}", draft.value);
     println!("  score {:?}, {}", draft.score, draft.cost);

@@ -19,9 +19,9 @@ async fn main() -> Result<(), executionkit::Error> {
         .temperature(0.0)
         .system("Classify the request as one word: billing, technical or other.");
     // 2. answer with voting, interpreting the label it is given.
-    let mut answer = Consensus::new()
-        .samples(5)
-        .system("You receive a support category. Write the first reply a support agent sends for it.");
+    let mut answer = Consensus::new().samples(5).system(
+        "You receive a support category. Write the first reply a support agent sends for it.",
+    );
     // 3. polish.
     let mut polish = RefineLoop::new().target_score(0.9);
     if offline {
