@@ -975,3 +975,135 @@ async fn last_auth(s: &MockServer) -> Option<String> {
         .get("authorization")
         .map(|h| h.to_str().unwrap().to_owned())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Against a real model: llama-server + SmolLM2-135M (scripts/start-llama.sh exports
+// EK_LLAMA_URL and EK_LLAMA_KEY; scripts/test.sh sets EK_REQUIRE_SERVERS=1 so a missing server
+// fails instead of skipping).
+// ---------------------------------------------------------------------------------------------
+
+/// `(base_url, key)` of the llama-server, or `None` (skip) when it is not running.
+fn llama() -> Option<(String, String)> {
+    match std::env::var("EK_LLAMA_URL") {
+        Ok(url) if !url.is_empty() => {
+            Some((url, std::env::var("EK_LLAMA_KEY").unwrap_or_default()))
+        }
+        _ => {
+            assert!(
+                std::env::var("EK_REQUIRE_SERVERS").as_deref() != Ok("1"),
+                "EK_REQUIRE_SERVERS=1 but EK_LLAMA_URL is not set (run scripts/start-llama.sh)"
+            );
+            eprintln!("skipped: EK_LLAMA_URL not set (scripts/start-llama.sh starts llama-server)");
+            None
+        }
+    }
+}
+
+async fn ek_llama(args: &[&str], url: &str, key: &str) -> Output {
+    let env = [
+        ("EXECUTIONKIT_BASE_URL", url),
+        ("EXECUTIONKIT_MODEL", "smollm2"),
+        ("EXECUTIONKIT_API_KEY", key),
+    ];
+    ek_env(args, &env).await
+}
+
+#[tokio::test]
+async fn llama_consensus_capital_of_france() {
+    let Some((url, key)) = llama() else { return };
+    let o = ek_llama(
+        &[
+            "consensus",
+            "What is the capital of France? Answer with one word.",
+            "--samples",
+            "3",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "16",
+            "--json",
+        ],
+        &url,
+        &key,
+    )
+    .await;
+    assert_eq!(code(&o), 0, "{} {}", stdout(&o), stderr(&o));
+    assert!(!stderr(&o).contains("offline"));
+    let v = json_out(&o);
+    assert!(v["value"].as_str().unwrap().contains("Paris"), "{v}");
+    assert_eq!(v["score"], 1.0);
+    assert_eq!(v["cost"]["llm_calls"], 3);
+    assert!(v["cost"]["input_tokens"].as_u64().unwrap() > 0);
+    assert!(v["cost"]["output_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn llama_seed_pipeline_ends_in_value_or_typed_error() {
+    let Some((url, key)) = llama() else { return };
+    let o = ek_llama(
+        &[
+            "pipe",
+            SEED_PROMPT,
+            "--step",
+            "consensus samples=5 temperature=0.9 max_tokens=128",
+            "--step",
+            "refine target_score=0.9 max_iterations=3 max_tokens=128",
+            "--max-input-tokens",
+            "20000",
+            "--max-output-tokens",
+            "10000",
+            "--max-calls",
+            "20",
+            "--seed",
+            "1",
+            "--json",
+        ],
+        &url,
+        &key,
+    )
+    .await;
+    let v = json_out(&o);
+    match code(&o) {
+        0 => {
+            assert!(v["value"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+            assert_eq!(v["metadata"]["step_count"], 2);
+            let calls = v["cost"]["llm_calls"].as_u64().unwrap();
+            assert!((6..=20).contains(&calls), "{v}");
+            assert_eq!(sum_costs(&v["metadata"]["step_costs"]), v["cost"]);
+        }
+        1 => {
+            let kind = v["error"]["kind"].as_str().unwrap();
+            assert!(["budget_exhausted", "parse"].contains(&kind), "{v}");
+            assert!(
+                v["error"]["cost"]["llm_calls"].as_u64().unwrap() >= 5,
+                "{v}"
+            );
+        }
+        c => panic!("exit {c}: {v}"),
+    }
+}
+
+#[tokio::test]
+async fn llama_wrong_key_is_permanent_exit_1() {
+    let Some((url, _)) = llama() else { return };
+    let o = ek_llama(
+        &[
+            "consensus",
+            "hi",
+            "--samples",
+            "1",
+            "--max-tokens",
+            "4",
+            "--json",
+        ],
+        &url,
+        "wrong-key-for-test",
+    )
+    .await;
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let v = json_out(&o);
+    assert_eq!(v["error"]["kind"], "permanent");
+    assert_eq!(v["error"]["metadata"]["http_status"], 401);
+    assert_eq!(v["error"]["cost"]["llm_calls"], 1);
+    assert!(!stdout(&o).contains("wrong-key-for-test"));
+}
