@@ -189,6 +189,20 @@ impl Error {
         Self::new(ErrorKind::InvalidArgument, message).with_metadata("argument", argument)
     }
 
+    /// A `rate_limited` error. Its `Retry-After` starts at 1 s, the reference's default when
+    /// the server sends none; override it with [`with_retry_after`](Self::with_retry_after).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let e = executionkit::Error::rate_limited("Rate limited (HTTP 429)");
+    /// assert!(e.is_rate_limited() && e.is_retryable());
+    /// assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+    /// ```
+    #[must_use]
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::RateLimited, message).with_retry_after(Duration::from_secs(1))
+    }
+
     /// A `cancelled` error.
     ///
     /// ```

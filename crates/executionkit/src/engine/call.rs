@@ -5,15 +5,21 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use backon::Retryable;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde_json::Value;
 use tracing::Instrument;
 
-use super::budget::{BudgetLedger, CostTracker};
-use super::retry::RetryPolicy;
-use crate::error::{Error, Result};
+use super::budget::{BudgetLedger, CostTracker, Reservation};
+use super::retry::{FullJitter, RetryPolicy};
+use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventSink};
-use crate::provider::{ChatRequest, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse};
+use crate::provider::{
+    ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent,
+};
 use crate::redact::redact_with;
 use crate::telemetry::{
     ERROR_TYPE, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,
@@ -153,118 +159,162 @@ impl RunContext {
         tracker: &CostTracker,
     ) -> Result<LlmResponse> {
         if let Err(e) = request.validate() {
-            return Err(e
-                .with_cost(tracker.usage())
-                .with_usd(self.tracker_usd(tracker)));
+            return Err(self.fail(e, 0, provider, tracker));
         }
         let attempt = AtomicU32::new(0);
-        let last_call = std::sync::atomic::AtomicU64::new(0);
         let request = &request;
         let result = (|| async {
             let n = attempt.fetch_add(1, Ordering::Relaxed) + 1;
-            let (call, resp) = self.attempt(provider, request, tracker, n).await?;
-            last_call.store(call, Ordering::Relaxed);
-            Ok::<_, (u64, Error)>(resp)
+            self.attempt(provider, request, tracker, n).await
         })
         .retry(self.retry.backoff())
         .sleep(tokio::time::sleep)
         .when(|(_, e)| self.retry.should_retry(e))
-        .adjust(|(_, e), d| {
-            d.map(|d| match e.retry_after() {
-                Some(ra) if e.is_rate_limited() => d.max(ra).min(self.retry.max_delay_value()),
-                _ => d,
-            })
-        })
+        .adjust(|(_, e), d| d.map(|d| cap_retry_after(&self.retry, e, d)))
         .notify(|(call, e), delay| {
-            if let Some(sink) = &self.events {
-                sink.emit(&Event::CallRetried {
-                    call: *call,
-                    attempt: attempt.load(Ordering::Relaxed),
-                    delay,
-                    kind: e.kind(),
-                });
-            }
+            self.emit(&Event::CallRetried {
+                call: *call,
+                attempt: attempt.load(Ordering::Relaxed),
+                delay,
+                kind: e.kind(),
+            });
         })
         .await;
         match result {
-            Ok(resp) => Ok(resp),
-            Err((call, e)) => {
-                if let Some(sink) = &self.events {
-                    sink.emit(&Event::CallFailed {
-                        call,
-                        kind: e.kind(),
-                    });
-                }
-                let e = if e.is_budget_exhausted() || e.is_invalid_argument() {
-                    e
-                } else {
-                    redact_error(e, provider.secret())
-                };
-                Err(e
-                    .with_cost(tracker.usage())
-                    .with_usd(self.tracker_usd(tracker)))
-            }
+            Ok((_, resp)) => Ok(resp),
+            Err((call, e)) => Err(self.fail(e, call, provider, tracker)),
         }
     }
 
     /// Money spent by `tracker`, when prices are known.
+    ///
+    /// ```
+    /// use executionkit::{RunContext, engine::CostTracker};
+    /// assert_eq!(RunContext::new().tracker_usd(&CostTracker::new()), None);
+    /// ```
     #[must_use]
     pub fn tracker_usd(&self, tracker: &CostTracker) -> Option<f64> {
         self.ledger.budget().has_prices().then(|| tracker.usd())
     }
 
-    async fn attempt(
+    /// Streams `request` through the budget and retry policy.
+    ///
+    /// The first attempt's call is reserved before this returns, so a spent budget fails here,
+    /// before the provider is asked. The stream yields the provider's deltas and ends with
+    /// [`StreamEvent::Finished`], whose usage is recorded in `tracker` and the ledger. A failure
+    /// before the first delta is retried like [`complete`](Self::complete) (each attempt is a
+    /// call); once a delta has been delivered a failure ends the stream with the error (the
+    /// deltas already delivered stay delivered). Errors carry `tracker`'s spend and no
+    /// credential.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use executionkit::{ChatRequest, Message, MockProvider, RunContext, StreamEvent, engine::CostTracker};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["hey"]);
+    /// let t = CostTracker::new();
+    /// let ctx = RunContext::new();
+    /// let s = ctx.stream(&p, ChatRequest::new(vec![Message::user("x")]), &t).await.unwrap();
+    /// let items: Vec<_> = s.collect().await;
+    /// assert_eq!(items.len(), 4); // "h", "e", "y", Finished
+    /// assert!(matches!(items.last(), Some(Ok(StreamEvent::Finished(_)))));
+    /// assert_eq!(t.usage().output_tokens, 1);
+    /// # });
+    /// ```
+    pub async fn stream<'a>(
+        &'a self,
+        provider: &'a dyn LlmProvider,
+        request: ChatRequest,
+        tracker: &'a CostTracker,
+    ) -> Result<BoxStream<'a, Result<StreamEvent>>> {
+        if let Err(e) = request.validate() {
+            return Err(self.fail(e, 0, provider, tracker));
+        }
+        let mut state = CheckedStream {
+            ctx: self,
+            provider,
+            tracker,
+            request,
+            backoff: self.retry.backoff(),
+            attempt: 0,
+            current: None,
+            delivered: false,
+            done: false,
+        };
+        if let Err((call, e)) = state.open().await {
+            return Err(self.fail(e, call, provider, tracker));
+        }
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |mut st| async move { st.next_item().await.map(|item| (item, st)) },
+        )))
+    }
+
+    fn emit(&self, event: &Event) {
+        if let Some(sink) = &self.events {
+            sink.emit(event);
+        }
+    }
+
+    /// The final form of a failure: event, redaction, spend.
+    fn fail(
+        &self,
+        e: Error,
+        call: u64,
+        provider: &dyn LlmProvider,
+        tracker: &CostTracker,
+    ) -> Error {
+        self.emit(&Event::CallFailed {
+            call,
+            kind: e.kind(),
+        });
+        redact_error(e, provider.secret())
+            .with_cost(tracker.usage())
+            .with_usd(self.tracker_usd(tracker))
+    }
+
+    /// Reserves one attempt's call: the reservation and the request to send (its `max_tokens`
+    /// clamped to the grant).
+    async fn reserve<'r>(
         &self,
         provider: &dyn LlmProvider,
-        request: &ChatRequest,
+        request: &'r ChatRequest,
         tracker: &CostTracker,
         attempt: u32,
-    ) -> std::result::Result<(u64, LlmResponse), (u64, Error)> {
+    ) -> Result<(Reservation, Cow<'r, ChatRequest>)> {
         let model = request.model.as_deref().unwrap_or_else(|| provider.model());
         let n = u64::from(request.n.unwrap_or(1).max(1));
         let wanted = u64::from(request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
         let reservation = self
             .ledger
             .reserve_choices(model, wanted, n, attempt > 1)
-            .await
-            .map_err(|e| (0, e))?;
-        let call = reservation.call();
+            .await?;
         tracker.add_call();
         let granted = reservation.max_tokens_per_choice();
-        let req: Cow<'_, ChatRequest> = if granted < wanted {
+        let req = if granted < wanted {
             let mut r = request.clone();
             r.max_tokens = Some(u32::try_from(granted).unwrap_or(u32::MAX).max(1));
             Cow::Owned(r)
         } else {
             Cow::Borrowed(request)
         };
-        if let Some(sink) = &self.events {
-            sink.emit(&Event::CallStarted {
-                call,
-                attempt,
-                model: model.to_owned(),
-            });
-        }
-        let span = tracing::info_span!(
-            target: "executionkit",
-            "llm.call",
-            { GEN_AI_OPERATION_NAME } = OPERATION_CHAT,
-            { GEN_AI_REQUEST_MODEL } = model,
-            { GEN_AI_REQUEST_TEMPERATURE } = req.temperature,
-            { GEN_AI_REQUEST_MAX_TOKENS } = req.max_tokens,
-            { GEN_AI_RESPONSE_FINISH_REASONS } = tracing::field::Empty,
-            { GEN_AI_USAGE_INPUT_TOKENS } = tracing::field::Empty,
-            { GEN_AI_USAGE_OUTPUT_TOKENS } = tracing::field::Empty,
-            attempt = attempt,
-            { ERROR_TYPE } = tracing::field::Empty,
-        );
-        let resp = match provider.complete(&req).instrument(span.clone()).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                span.record(ERROR_TYPE, e.kind().as_str());
-                return Err((call, e));
-            }
-        };
+        self.emit(&Event::CallStarted {
+            call: reservation.call(),
+            attempt,
+            model: model.to_owned(),
+        });
+        Ok((reservation, req))
+    }
+
+    /// Records a successful response: ledger, tracker, span, event.
+    fn finish(
+        &self,
+        reservation: Reservation,
+        resp: &LlmResponse,
+        tracker: &CostTracker,
+        span: &tracing::Span,
+    ) {
+        let call = reservation.call();
         let usd = reservation.settle(resp.usage);
         tracker.add_tokens(resp.usage, usd);
         if !span.is_disabled() {
@@ -277,28 +327,198 @@ impl RunContext {
             span.record(GEN_AI_USAGE_INPUT_TOKENS, resp.usage.input_tokens);
             span.record(GEN_AI_USAGE_OUTPUT_TOKENS, resp.usage.output_tokens);
         }
-        if let Some(sink) = &self.events {
-            sink.emit(&Event::CallFinished {
-                call,
-                usage: TokenUsage::new(resp.usage.input_tokens, resp.usage.output_tokens, 1),
-                finish_reason: resp.finish_reason().map(str::to_owned),
-                spent: self.ledger.spent(),
-                remaining: self.ledger.remaining(),
-            });
+        self.emit(&Event::CallFinished {
+            call,
+            usage: TokenUsage::new(resp.usage.input_tokens, resp.usage.output_tokens, 1),
+            finish_reason: resp.finish_reason().map(str::to_owned),
+            spent: self.ledger.spent(),
+            remaining: self.ledger.remaining(),
+        });
+    }
+
+    /// The wait before the next attempt after `e`, or `None` when `e` is not retried or no
+    /// attempt is left. `Retry-After` raises the wait but never beyond `max_delay`.
+    fn next_delay(&self, e: &Error, backoff: &mut FullJitter) -> Option<Duration> {
+        if !self.retry.should_retry(e) {
+            return None;
         }
-        Ok((call, resp))
+        backoff.next().map(|d| cap_retry_after(&self.retry, e, d))
+    }
+
+    async fn attempt(
+        &self,
+        provider: &dyn LlmProvider,
+        request: &ChatRequest,
+        tracker: &CostTracker,
+        attempt: u32,
+    ) -> std::result::Result<(u64, LlmResponse), (u64, Error)> {
+        let (reservation, req) = self
+            .reserve(provider, request, tracker, attempt)
+            .await
+            .map_err(|e| (0, e))?;
+        let call = reservation.call();
+        let span = llm_span(provider, &req, attempt);
+        match provider.complete(&req).instrument(span.clone()).await {
+            Ok(resp) => {
+                self.finish(reservation, &resp, tracker, &span);
+                Ok((call, resp))
+            }
+            Err(e) => {
+                span.record(ERROR_TYPE, e.kind().as_str());
+                Err((call, e))
+            }
+        }
     }
 }
 
-/// Redacts credential shapes and the provider's own key from an error's message.
+/// `delay` raised to a rate-limited error's `Retry-After`, capped at the policy's `max_delay`.
+fn cap_retry_after(policy: &RetryPolicy, e: &Error, delay: Duration) -> Duration {
+    match e.retry_after() {
+        Some(ra) if e.is_rate_limited() => delay.max(ra).min(policy.max_delay_value()),
+        _ => delay,
+    }
+}
+
+/// The `llm.call` span of one attempt, with the GenAI request attributes.
+fn llm_span(provider: &dyn LlmProvider, req: &ChatRequest, attempt: u32) -> tracing::Span {
+    let model = req.model.as_deref().unwrap_or_else(|| provider.model());
+    tracing::info_span!(
+        target: "executionkit",
+        "llm.call",
+        { GEN_AI_OPERATION_NAME } = OPERATION_CHAT,
+        { GEN_AI_REQUEST_MODEL } = model,
+        { GEN_AI_REQUEST_TEMPERATURE } = req.temperature,
+        { GEN_AI_REQUEST_MAX_TOKENS } = req.max_tokens,
+        { GEN_AI_RESPONSE_FINISH_REASONS } = tracing::field::Empty,
+        { GEN_AI_USAGE_INPUT_TOKENS } = tracing::field::Empty,
+        { GEN_AI_USAGE_OUTPUT_TOKENS } = tracing::field::Empty,
+        attempt = attempt,
+        { ERROR_TYPE } = tracing::field::Empty,
+    )
+}
+
+/// One attempt of a checked stream in progress.
+struct Attempt {
+    call: u64,
+    reservation: Reservation,
+    inner: ChatStream,
+    span: tracing::Span,
+}
+
+/// The state of [`RunContext::stream`].
+struct CheckedStream<'a> {
+    ctx: &'a RunContext,
+    provider: &'a dyn LlmProvider,
+    tracker: &'a CostTracker,
+    request: ChatRequest,
+    backoff: FullJitter,
+    attempt: u32,
+    current: Option<Attempt>,
+    delivered: bool,
+    done: bool,
+}
+
+impl CheckedStream<'_> {
+    /// Reserves and opens the next attempt.
+    async fn open(&mut self) -> std::result::Result<(), (u64, Error)> {
+        self.attempt += 1;
+        let (reservation, req) = self
+            .ctx
+            .reserve(self.provider, &self.request, self.tracker, self.attempt)
+            .await
+            .map_err(|e| (0, e))?;
+        let span = llm_span(self.provider, &req, self.attempt);
+        let inner = self.provider.stream(req.into_owned());
+        self.current = Some(Attempt {
+            call: reservation.call(),
+            reservation,
+            inner,
+            span,
+        });
+        Ok(())
+    }
+
+    async fn next_item(&mut self) -> Option<Result<StreamEvent>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let cur = self.current.as_mut()?;
+            let call = cur.call;
+            let err = match cur.inner.next().await {
+                Some(Ok(StreamEvent::Finished(resp))) => {
+                    self.done = true;
+                    if let Some(a) = self.current.take() {
+                        self.ctx.finish(a.reservation, &resp, self.tracker, &a.span);
+                    }
+                    return Some(Ok(StreamEvent::Finished(resp)));
+                }
+                Some(Ok(delta)) => {
+                    self.delivered = true;
+                    return Some(Ok(delta));
+                }
+                Some(Err(e)) => e,
+                None => Error::new(
+                    ErrorKind::Provider,
+                    "the stream ended without a final response",
+                ),
+            };
+            if let Some(a) = self.current.take() {
+                a.span.record(ERROR_TYPE, err.kind().as_str());
+                // Dropping the reservation returns its unused output tokens; the call counts.
+                drop(a);
+            }
+            let delay = if self.delivered {
+                None
+            } else {
+                self.ctx.next_delay(&err, &mut self.backoff)
+            };
+            let Some(delay) = delay else {
+                self.done = true;
+                return Some(Err(self.ctx.fail(err, call, self.provider, self.tracker)));
+            };
+            self.ctx.emit(&Event::CallRetried {
+                call,
+                attempt: self.attempt,
+                delay,
+                kind: err.kind(),
+            });
+            tokio::time::sleep(delay).await;
+            if let Err((call, e)) = self.open().await {
+                self.done = true;
+                return Some(Err(self.ctx.fail(e, call, self.provider, self.tracker)));
+            }
+        }
+    }
+}
+
+/// Redacts credential shapes and the provider's own key from an error's message, metadata and
+/// source chain. Budget and argument errors hold no server text and pass unchanged.
 fn redact_error(e: Error, secret: Option<&str>) -> Error {
+    if e.is_budget_exhausted() || e.is_invalid_argument() {
+        return e;
+    }
     let msg = redact_with(e.message(), secret);
-    if msg == e.message() {
+    let mut metadata = Value::Object(e.metadata().clone());
+    let metadata_changed = redact_value(&mut metadata, secret);
+    let mut source_leaks = false;
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        let text = s.to_string();
+        if redact_with(&text, secret) != text {
+            source_leaks = true;
+            break;
+        }
+        src = s.source();
+    }
+    if msg == e.message() && !metadata_changed && !source_leaks {
         return e;
     }
     let mut out = Error::new(e.kind(), msg);
-    for (k, v) in e.metadata() {
-        out = out.with_metadata(k, v.clone());
+    if let Value::Object(m) = metadata {
+        for (k, v) in m {
+            out = out.with_metadata(&k, v);
+        }
     }
     if let Some(ra) = e.retry_after() {
         out = out.with_retry_after(ra);
@@ -307,4 +527,28 @@ fn redact_error(e: Error, secret: Option<&str>) -> Error {
         out = out.with_http_status(s);
     }
     out
+}
+
+/// Redacts every string inside `v`; `true` when anything changed.
+fn redact_value(v: &mut Value, secret: Option<&str>) -> bool {
+    let mut changed = false;
+    match v {
+        Value::String(s) => {
+            let r = redact_with(s, secret);
+            changed = r != *s;
+            *s = r;
+        }
+        Value::Array(items) => {
+            for x in items {
+                changed |= redact_value(x, secret);
+            }
+        }
+        Value::Object(m) => {
+            for x in m.values_mut() {
+                changed |= redact_value(x, secret);
+            }
+        }
+        _ => {}
+    }
+    changed
 }
