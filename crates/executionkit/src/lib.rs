@@ -14,6 +14,7 @@ pub mod approval;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod guide;
 pub mod patterns;
 pub mod pipe;
 pub mod provider;

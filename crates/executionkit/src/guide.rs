@@ -1,0 +1,5 @@
+//! Guides: the Markdown files under `docs/`, included here so that every Rust example in them
+//! is compiled and run by `cargo test --doc`.
+
+#[doc = include_str!("../../../docs/guide-pipe.md")]
+pub mod pipe {}
