@@ -219,6 +219,7 @@ fn try_spans(bytes: &[u8], spans: &[(usize, usize)], budget: &mut usize) -> Opti
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;

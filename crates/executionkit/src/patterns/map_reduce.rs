@@ -303,7 +303,7 @@ impl MapReduce {
         let total = lens.iter().sum::<usize>() + sep * outputs.len().saturating_sub(1);
         let limit = match self.max_reduce_input_chars {
             Some(limit) if total > limit && outputs.len() > 2 => limit,
-            _ => return vec![0..outputs.len()],
+            _ => return std::iter::once(0..outputs.len()).collect(),
         };
         let mut groups = Vec::new();
         let (mut start, mut size) = (0, 0);
@@ -388,6 +388,7 @@ impl<T> WithUsd for PatternResult<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -403,14 +404,21 @@ mod tests {
         lens.iter().map(|&n| "x".repeat(n)).collect()
     }
 
+    fn pairs(m: &MapReduce, lens: &[usize]) -> Vec<(usize, usize)> {
+        m.groups(&outs(lens))
+            .into_iter()
+            .map(|g| (g.start, g.end))
+            .collect()
+    }
+
     #[test]
     fn groups_fit_the_limit_and_shrink() {
         let m = mr(10);
-        assert_eq!(m.groups(&outs(&[3, 3])), vec![0..2]);
-        assert_eq!(m.groups(&outs(&[4, 4, 4, 4])), vec![0..2, 2..4]);
+        assert_eq!(pairs(&m, &[3, 3]), [(0, 2)]);
+        assert_eq!(pairs(&m, &[4, 4, 4, 4]), [(0, 2), (2, 4)]);
         // Oversized outputs still pair up (progress), and a lone tail merges back.
-        assert_eq!(m.groups(&outs(&[20, 20, 20])), vec![0..3]);
-        assert_eq!(m.groups(&outs(&[20, 20, 20, 20])), vec![0..2, 2..4]);
-        assert_eq!(m.groups(&outs(&[1, 1, 1])), vec![0..3]);
+        assert_eq!(pairs(&m, &[20, 20, 20]), [(0, 3)]);
+        assert_eq!(pairs(&m, &[20, 20, 20, 20]), [(0, 2), (2, 4)]);
+        assert_eq!(pairs(&m, &[1, 1, 1]), [(0, 3)]);
     }
 }

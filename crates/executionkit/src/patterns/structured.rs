@@ -277,7 +277,7 @@ impl<T: DeserializeOwned + JsonSchema> Structured<T> {
             let value: T = serde_json::from_value(v)
                 .map_err(|e| format!("the JSON does not match the expected type: {e}"))?;
             if let Some(check) = &self.validator {
-                check(&value).map_err(validator_message)?;
+                check(&value).map_err(|r| validator_message(&r))?;
             }
             Ok(value)
         })
@@ -415,7 +415,7 @@ impl StructuredValue {
         let schema = self.compile()?;
         let r = run_core(&self.opts, schema.as_ref(), provider, prompt, ctx, |v| {
             if let Some(check) = &self.validator {
-                check(&v).map_err(validator_message)?;
+                check(&v).map_err(|r| validator_message(&r))?;
             }
             Ok(())
         })
@@ -447,7 +447,7 @@ impl Pattern for StructuredValue {
 }
 
 /// `Err` reason of a validator, as fed back to the model.
-fn validator_message(reason: String) -> String {
+fn validator_message(reason: &str) -> String {
     if reason.trim().is_empty() {
         VALIDATOR_REJECTED.to_owned()
     } else {
