@@ -4,7 +4,7 @@
 # missing, starts `llmock serve` in the background, waits until it answers, writes its pid to
 # $EK_CACHE/llmock.pid and prints `EK_LLMOCK_URL=http://127.0.0.1:PORT`.
 #
-#   eval "$(scripts/start-llmock.sh)" && cargo test -p executionkit --test llmock_faults
+#   export "$(scripts/start-llmock.sh)" && cargo test -p executionkit --test llmock_faults
 #   kill "$(cat .cache/ek/llmock.pid)"
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +24,8 @@ fi
 
 up() { "$venv/bin/python" - "$url" <<'PY' >/dev/null 2>&1
 import sys, urllib.request
-urllib.request.urlopen(sys.argv[1] + "/health", timeout=1).read()
+# An llmock-only route, so another server on the port is not mistaken for it.
+urllib.request.urlopen(sys.argv[1] + "/_llmock/scenario", timeout=1).read()
 PY
 }
 

@@ -3,7 +3,9 @@
 //! The byte stream is split into SSE events by the `eventsource-stream` crate; this module turns
 //! each event's `data` into [`StreamEvent`]s and accumulates the final [`LlmResponse`]:
 //!
-//! - text deltas of choice 0 (`choices[i].delta.content` where `choices[i].index` is 0);
+//! - text deltas of choice 0 (`choices[i].delta.content` where `choices[i].index` is 0); an
+//!   empty string is not yielded (the reference yields it; it carries nothing, and yielding it
+//!   would close the engine's retry-before-first-delta window);
 //! - tool-call deltas of choice 0, accumulated by their `index` (some servers repeat `id`,
 //!   `type` and `function.name` in every delta: a repeated id or name is not duplicated);
 //! - usage from any chunk that carries a `usage` object (the last one wins);
@@ -214,9 +216,13 @@ impl StreamAccumulator {
             return Ok(());
         };
         if let Some(Value::Object(delta)) = choice.get("delta") {
+            // An empty delta (the usual first `{"role": "assistant", "content": ""}`) carries
+            // nothing and is not yielded, so a failure right after it can still be retried.
             if let Some(Value::String(s)) = delta.get("content") {
-                self.text.push_str(s);
-                out.push(StreamEvent::TextDelta(s.clone()));
+                if !s.is_empty() {
+                    self.text.push_str(s);
+                    out.push(StreamEvent::TextDelta(s.clone()));
+                }
             }
             if let Some(Value::Array(calls)) = delta.get("tool_calls") {
                 for (position, call) in calls.iter().enumerate() {
