@@ -1,0 +1,367 @@
+//! Observability: every LLM call runs in a `tracing` span named `llm.call` carrying the
+//! OpenTelemetry GenAI attributes; typed events arrive in order (retries with their delay); and
+//! no API key reaches an event, a span field or a log line.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use executionkit::engine::CostTracker;
+use executionkit::events::Event;
+use executionkit::telemetry::{
+    ERROR_TYPE, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,
+    GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS, GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS, SPAN_LLM_CALL,
+};
+use executionkit::{
+    ChatRequest, Error, ErrorKind, LlmProvider, LlmResponse, Message, MockProvider, RetryPolicy,
+    RunContext, StreamEvent,
+};
+use futures::StreamExt;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+// ---------------------------------------------------------------------------------------------
+// A capturing tracing layer
+
+#[derive(Debug, Clone, Default)]
+struct CapturedSpan {
+    name: String,
+    fields: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default)]
+struct Captured {
+    spans: Vec<(u64, CapturedSpan)>,
+    events: Vec<BTreeMap<String, String>>,
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Captured>>);
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Capture {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
+        let mut span = CapturedSpan {
+            name: attrs.metadata().name().to_owned(),
+            ..CapturedSpan::default()
+        };
+        attrs.record(&mut Fields(&mut span.fields));
+        self.0.lock().unwrap().spans.push((id.into_u64(), span));
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
+        let mut c = self.0.lock().unwrap();
+        if let Some((_, span)) = c.spans.iter_mut().rev().find(|(i, _)| *i == id.into_u64()) {
+            values.record(&mut Fields(&mut span.fields));
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().events.push(fields);
+    }
+}
+
+impl Capture {
+    fn llm_spans(&self) -> Vec<CapturedSpan> {
+        self.0
+            .lock()
+            .unwrap()
+            .spans
+            .iter()
+            .filter(|(_, s)| s.name == SPAN_LLM_CALL)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    fn everything(&self) -> String {
+        format!("{:?}", self.0.lock().unwrap())
+    }
+}
+
+/// A `fmt` log writer into a buffer, to check the log lines too.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs a capturing subscriber (plus a TRACE-level log formatter into a buffer) for the
+/// current thread.
+fn capture() -> (Capture, LogBuf, tracing::subscriber::DefaultGuard) {
+    let cap = Capture::default();
+    let log = LogBuf::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::registry().with(cap.clone()).with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL),
+    );
+    let guard = tracing::subscriber::set_default(subscriber);
+    (cap, log, guard)
+}
+
+fn recording(ctx: RunContext) -> (RunContext, Arc<Mutex<Vec<Event>>>) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&events);
+    let ctx = ctx.on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    (ctx, events)
+}
+
+/// Fails with the scripted errors, then answers "ok"; reports `secret` as its key.
+#[derive(Debug, Default)]
+struct Flaky {
+    errors: Mutex<VecDeque<Error>>,
+    calls: AtomicUsize,
+    secret: Option<String>,
+}
+
+#[async_trait]
+impl LlmProvider for Flaky {
+    fn model(&self) -> &str {
+        "flaky"
+    }
+    async fn complete(&self, _: &ChatRequest) -> executionkit::Result<LlmResponse> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match self.errors.lock().unwrap().pop_front() {
+            Some(e) => Err(e),
+            None => Ok(LlmResponse::text("ok").with_usage(4, 1)),
+        }
+    }
+    fn secret(&self) -> Option<&str> {
+        self.secret.as_deref()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn llm_call_span_carries_the_gen_ai_attributes() {
+    let (cap, _log, _guard) = capture();
+    let p = MockProvider::new([LlmResponse::text("hi").with_usage(3, 2)]);
+    let req = ChatRequest::new(vec![Message::user("q")])
+        .temperature(0.2)
+        .max_tokens(50);
+    RunContext::new()
+        .complete(&p, req, &CostTracker::new())
+        .await
+        .unwrap();
+    let spans = cap.llm_spans();
+    assert_eq!(spans.len(), 1);
+    let f = &spans[0].fields;
+    assert_eq!(f[GEN_AI_OPERATION_NAME], "chat");
+    assert_eq!(f[GEN_AI_REQUEST_MODEL], "mock");
+    assert_eq!(f[GEN_AI_REQUEST_TEMPERATURE], "0.2");
+    assert_eq!(f[GEN_AI_REQUEST_MAX_TOKENS], "50");
+    assert_eq!(f[GEN_AI_RESPONSE_FINISH_REASONS], r#"["stop"]"#);
+    assert_eq!(f[GEN_AI_USAGE_INPUT_TOKENS], "3");
+    assert_eq!(f[GEN_AI_USAGE_OUTPUT_TOKENS], "2");
+    assert_eq!(f["attempt"], "1");
+    assert!(!f.contains_key(ERROR_TYPE));
+}
+
+#[tokio::test]
+async fn a_streamed_call_has_its_span_too() {
+    let (cap, _log, _guard) = capture();
+    let p = MockProvider::new([LlmResponse::text("one two").with_usage(5, 2)]);
+    let ctx = RunContext::new();
+    let t = CostTracker::new();
+    let s = ctx
+        .stream(&p, ChatRequest::new(vec![Message::user("q")]), &t)
+        .await
+        .unwrap();
+    let items: Vec<_> = s.collect().await;
+    assert!(matches!(items.last(), Some(Ok(StreamEvent::Finished(_)))));
+    let spans = cap.llm_spans();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].fields[GEN_AI_USAGE_INPUT_TOKENS], "5");
+    assert_eq!(spans[0].fields[GEN_AI_USAGE_OUTPUT_TOKENS], "2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_give_ordered_events_with_their_delay_and_a_span_per_attempt() {
+    let (cap, _log, _guard) = capture();
+    let p = Flaky {
+        errors: Mutex::new(
+            [
+                Error::rate_limited("HTTP 429").with_retry_after(Duration::from_secs(2)),
+                Error::new(ErrorKind::Timeout, "read timed out"),
+            ]
+            .into(),
+        ),
+        ..Flaky::default()
+    };
+    let policy = RetryPolicy::new().base_delay(Duration::ZERO);
+    let (ctx, events) = recording(RunContext::new().retry(policy));
+    let r = ctx
+        .complete(
+            &p,
+            ChatRequest::new(vec![Message::user("q")]),
+            &CostTracker::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.content(), "ok");
+    let ev = events.lock().unwrap().clone();
+    assert_eq!(ev.len(), 6, "{ev:#?}");
+    assert!(matches!(
+        ev[0],
+        Event::CallStarted {
+            call: 1,
+            attempt: 1,
+            ..
+        }
+    ));
+    assert!(matches!(
+        ev[1],
+        Event::CallRetried { call: 1, attempt: 1, delay, kind: ErrorKind::RateLimited }
+            if delay == Duration::from_secs(2)
+    ));
+    assert!(matches!(
+        ev[2],
+        Event::CallStarted {
+            call: 2,
+            attempt: 2,
+            ..
+        }
+    ));
+    assert!(matches!(
+        ev[3],
+        Event::CallRetried { call: 2, attempt: 2, delay, kind: ErrorKind::Timeout }
+            if delay == Duration::ZERO
+    ));
+    assert!(matches!(
+        ev[4],
+        Event::CallStarted {
+            call: 3,
+            attempt: 3,
+            ..
+        }
+    ));
+    match &ev[5] {
+        Event::CallFinished {
+            call,
+            spent,
+            remaining,
+            ..
+        } => {
+            assert_eq!(*call, 3);
+            assert_eq!(spent.llm_calls, 3);
+            assert_eq!(remaining.llm_calls, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    let spans = cap.llm_spans();
+    let attempts: Vec<&str> = spans.iter().map(|s| s.fields["attempt"].as_str()).collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    assert_eq!(spans[0].fields[ERROR_TYPE], "rate_limited");
+    assert_eq!(spans[1].fields[ERROR_TYPE], "timeout");
+    assert_eq!(spans[2].fields[GEN_AI_USAGE_INPUT_TOKENS], "4");
+}
+
+#[tokio::test]
+async fn a_failed_call_ends_with_call_failed() {
+    let p = Flaky {
+        errors: Mutex::new([Error::new(ErrorKind::Permanent, "HTTP 400")].into()),
+        ..Flaky::default()
+    };
+    let (ctx, events) = recording(RunContext::new());
+    let e = ctx
+        .complete(
+            &p,
+            ChatRequest::new(vec![Message::user("q")]),
+            &CostTracker::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_permanent());
+    let ev = events.lock().unwrap().clone();
+    assert!(matches!(ev[0], Event::CallStarted { call: 1, .. }));
+    assert!(matches!(
+        ev[1],
+        Event::CallFailed {
+            call: 1,
+            kind: ErrorKind::Permanent
+        }
+    ));
+    assert_eq!(ev.len(), 2);
+}
+
+#[tokio::test]
+async fn no_api_key_in_any_event_field_or_log_line() {
+    const KEY: &str = "sk-live-0123456789abcdefSECRET";
+    let (cap, log, _guard) = capture();
+    let p = Flaky {
+        errors: Mutex::new(
+            [
+                Error::new(
+                    ErrorKind::Provider,
+                    format!("HTTP 500: upstream rejected Authorization: Bearer {KEY}"),
+                ),
+                Error::new(
+                    ErrorKind::Permanent,
+                    format!("HTTP 401: Incorrect API key provided: {KEY}"),
+                )
+                .with_metadata("raw", format!("{{\"key\": \"{KEY}\"}}"))
+                .with_http_status(401),
+            ]
+            .into(),
+        ),
+        secret: Some(KEY.to_owned()),
+        ..Flaky::default()
+    };
+    let (ctx, events) =
+        recording(RunContext::new().retry(RetryPolicy::new().base_delay(Duration::ZERO)));
+    let e = ctx
+        .complete(
+            &p,
+            ChatRequest::new(vec![Message::user("q")]),
+            &CostTracker::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_permanent());
+    assert_eq!(e.http_status(), Some(401));
+    assert_eq!(p.calls.load(Ordering::SeqCst), 2);
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("llm.call"), "the log saw the spans: {log}");
+    for (what, text) in [
+        ("events", format!("{:?}", events.lock().unwrap())),
+        ("spans and tracing events", cap.everything()),
+        ("log", log),
+        ("error display", e.to_string()),
+        ("error debug", format!("{e:?}")),
+        ("error json", e.to_json().to_string()),
+    ] {
+        assert!(!text.contains(KEY), "{what} leaked the key: {text}");
+        assert!(!text.contains("SECRET"), "{what} leaked the key: {text}");
+    }
+    // The mock's own Debug masks its key.
+    let m = MockProvider::new(["x"]).with_secret(KEY);
+    assert!(!format!("{m:?}").contains("SECRET"));
+}
