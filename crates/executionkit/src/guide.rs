@@ -3,3 +3,8 @@
 
 #[doc = include_str!("../../../docs/guide-pipe.md")]
 pub mod pipe {}
+
+/// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub mod readme {}
