@@ -8,3 +8,6 @@ pub mod pipe {}
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub mod readme {}
+
+#[doc = include_str!("../../../docs/guide-consensus-refine.md")]
+pub mod consensus_refine {}
