@@ -8,6 +8,8 @@
 //! llmock holds one global script of behaviours, so the cases run one after another inside a
 //! single test, and each case sends a different prompt (llmock groups retries by body).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,8 +102,11 @@ fn request(prompt: &str) -> ChatRequest {
     ChatRequest::new(vec![Message::user(prompt)]).max_tokens(64)
 }
 
+/// The retries a context saw: kind and delay.
+type Retries = Arc<Mutex<Vec<(ErrorKind, Duration)>>>;
+
 /// A context that records every retry (kind and delay).
-fn context(policy: RetryPolicy) -> (RunContext, Arc<Mutex<Vec<(ErrorKind, Duration)>>>) {
+fn context(policy: RetryPolicy) -> (RunContext, Retries) {
     let retries = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&retries);
     let ctx = RunContext::new().retry(policy).on_event(move |e| {

@@ -1,6 +1,8 @@
 //! Wire tests of the HTTP provider against wiremock (127.0.0.1 only): the exact request,
 //! every status mapping, the parsing edge cases, transport failures and redaction.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::error::Error as _;
 use std::time::Duration;
 
@@ -631,26 +633,26 @@ async fn s026_tool_call_payload_errors() {
     assert_eq!(r.tool_calls()[0].id, "");
 }
 
-fn call_with(arguments: Value) -> Value {
+fn call_with(arguments: &Value) -> Value {
     json!([{"id": "c", "function": {"name": "f", "arguments": arguments}}])
 }
 
 #[tokio::test]
 async fn s027_tool_call_arguments() {
-    let r = tool_calls_reply(call_with(json!(null))).await.unwrap();
+    let r = tool_calls_reply(call_with(&json!(null))).await.unwrap();
     assert!(r.tool_calls()[0].arguments.is_empty());
-    let r = tool_calls_reply(call_with(json!({"x": 1}))).await.unwrap();
+    let r = tool_calls_reply(call_with(&json!({"x": 1}))).await.unwrap();
     assert_eq!(r.tool_calls()[0].arguments["x"], 1);
     for (args, fragment) in [
         (json!(123), "dict or JSON string"),
         (json!("{bad json}"), "were not valid JSON"),
         (json!("[\"not\",\"object\"]"), "decode to a JSON object"),
     ] {
-        let e = tool_calls_reply(call_with(args)).await.unwrap_err();
+        let e = tool_calls_reply(call_with(&args)).await.unwrap_err();
         assert!(e.is_provider());
         assert!(e.message().contains(fragment), "{fragment}: {e:?}");
     }
-    let e = tool_calls_reply(call_with(json!("{\"api_key\":\"ghp_1234567890abcdef\"")))
+    let e = tool_calls_reply(call_with(&json!("{\"api_key\":\"ghp_1234567890abcdef\"")))
         .await
         .unwrap_err();
     assert!(e.message().contains("[REDACTED]"), "{e:?}");

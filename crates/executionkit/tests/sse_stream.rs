@@ -2,6 +2,8 @@
 //! (proptest), and real streams from wiremock and from a small TCP server inside the test
 //! (truncated, stalled, malformed, disconnected, tool-call deltas). 127.0.0.1 only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use executionkit::provider::sse::{SseLine, StreamAccumulator, parse_sse_line};
@@ -124,7 +126,13 @@ fn s033_accumulator() {
         .is_empty()
     );
     // The empty string is not yielded (a documented difference from the reference).
-    assert!(push(&mut acc, &json!({"choices": [{"delta": {"role": "assistant", "content": ""}}]})).is_empty());
+    assert!(
+        push(
+            &mut acc,
+            &json!({"choices": [{"delta": {"role": "assistant", "content": ""}}]})
+        )
+        .is_empty()
+    );
     assert_eq!(acc.usage(), None, "a chunk without usage gives no usage");
 
     let mut acc = StreamAccumulator::new();

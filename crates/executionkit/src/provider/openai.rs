@@ -932,6 +932,7 @@ impl LlmProvider for Provider {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
