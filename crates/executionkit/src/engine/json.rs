@@ -26,8 +26,18 @@ use serde_json::Value;
 use crate::error::{Error, ErrorKind, Result};
 
 /// The message when the text holds no `{` or `[` at all.
+///
+/// ```
+/// use executionkit::engine::json::{NO_JSON_MESSAGE, extract_json};
+/// assert_eq!(extract_json("plain").unwrap_err().message(), NO_JSON_MESSAGE);
+/// ```
 pub const NO_JSON_MESSAGE: &str = "No JSON object or array found in text";
 /// The message when brackets were found but nothing parsed.
+///
+/// ```
+/// use executionkit::engine::json::{INVALID_JSON_MESSAGE, extract_json};
+/// assert_eq!(extract_json("{a: 1}").unwrap_err().message(), INVALID_JSON_MESSAGE);
+/// ```
 pub const INVALID_JSON_MESSAGE: &str = "No valid JSON could be extracted from the text";
 
 /// Openers deeper than this in the scan stack are forgotten (the oldest first). A span that

@@ -122,18 +122,36 @@ impl OutputSchema {
     }
 
     /// The name sent in `response_format.json_schema.name`.
+    ///
+    /// ```
+    /// let s = executionkit::engine::schema::OutputSchema::from_value("my city!", serde_json::json!({})).unwrap();
+    /// assert_eq!(s.name(), "my_city_");
+    /// ```
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The schema replies are validated against.
+    ///
+    /// ```
+    /// let s = executionkit::engine::schema::OutputSchema::of::<String>().unwrap();
+    /// assert_eq!(s.schema()["type"], "string");
+    /// ```
     #[must_use]
     pub fn schema(&self) -> &Value {
         &self.schema
     }
 
     /// The schema in OpenAI's strict dialect.
+    ///
+    /// ```
+    /// #[derive(serde::Deserialize, schemars::JsonSchema)]
+    /// struct P { x: Option<i32> }
+    /// let s = executionkit::engine::schema::OutputSchema::of::<P>().unwrap();
+    /// assert_eq!(s.strict_schema()["required"], serde_json::json!(["x"]));
+    /// assert!(s.schema().get("required").is_none());
+    /// ```
     #[must_use]
     pub fn strict_schema(&self) -> &Value {
         &self.strict
@@ -141,6 +159,11 @@ impl OutputSchema {
 
     /// `true` when the strict schema satisfies the dialect (an object at the root, no open
     /// maps), so `"strict": true` may be sent.
+    ///
+    /// ```
+    /// use executionkit::engine::schema::OutputSchema;
+    /// assert!(!OutputSchema::of::<std::collections::HashMap<String, u8>>().unwrap().is_strict_compatible());
+    /// ```
     #[must_use]
     pub fn is_strict_compatible(&self) -> bool {
         self.strict_compatible

@@ -20,10 +20,22 @@ use crate::provider::{ChatRequest, DEFAULT_MAX_TOKENS, LlmProvider, Message, che
 use crate::result::PatternResult;
 
 /// The map template's placeholder.
+///
+/// ```
+/// assert_eq!(executionkit::patterns::map_reduce::ITEM, "{item}");
+/// ```
 pub const ITEM: &str = "{item}";
 /// The reduce template's placeholder.
+///
+/// ```
+/// assert_eq!(executionkit::patterns::map_reduce::MAPPED_OUTPUTS, "{mapped_outputs}");
+/// ```
 pub const MAPPED_OUTPUTS: &str = "{mapped_outputs}";
 /// The default separator between map outputs in the reduce prompt.
+///
+/// ```
+/// assert_eq!(executionkit::patterns::map_reduce::DEFAULT_SEPARATOR, "\n\n---\n\n");
+/// ```
 pub const DEFAULT_SEPARATOR: &str = "\n\n---\n\n";
 
 /// The map-reduce pattern.
@@ -255,6 +267,20 @@ impl MapReduce {
     /// # Errors
     /// `invalid_argument` before any call for a bad option; the first failing call aborts the
     /// run (the calls in flight are cancelled) with one error carrying the whole spend.
+    ///
+    /// ```
+    /// use executionkit::{Budget, MockProvider, RunContext};
+    /// use executionkit::patterns::map_reduce::MapReduce;
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["x"]);
+    /// let ctx = RunContext::new().budget(Budget::new().max_calls(2));
+    /// let items = vec!["a".to_owned(), "b".to_owned()];
+    /// let e = MapReduce::new().map_template("{item}").reduce_template("{mapped_outputs}")
+    ///     .run(&p, &items, &ctx).await.unwrap_err();
+    /// assert!(e.is_budget_exhausted()); // the reduce call had no budget left
+    /// assert_eq!(e.cost().llm_calls, 2);
+    /// # });
+    /// ```
     pub async fn run(
         &self,
         provider: &dyn LlmProvider,

@@ -93,36 +93,66 @@ impl Options {
 macro_rules! option_setters {
     () => {
         /// How many repair calls may follow the first call (default 3; 0 = no repair).
+        ///
+        /// ```
+        /// let s = executionkit::patterns::structured::StructuredValue::new().max_repairs(0);
+        /// # let _ = s;
+        /// ```
         pub fn max_repairs(mut self, n: usize) -> Self {
             self.opts.max_repairs = n;
             self
         }
 
         /// Sampling temperature (default 0.0).
+        ///
+        /// ```
+        /// let s = executionkit::patterns::structured::StructuredValue::new().temperature(-1.0);
+        /// assert!(s.validate().unwrap_err().is_invalid_argument());
+        /// ```
         pub fn temperature(mut self, t: f64) -> Self {
             self.opts.temperature = t;
             self
         }
 
         /// Completion token limit per call (default 4096).
+        ///
+        /// ```
+        /// let s = executionkit::patterns::structured::StructuredValue::new().max_tokens(512);
+        /// assert!(s.validate().is_ok());
+        /// ```
         pub fn max_tokens(mut self, n: u32) -> Self {
             self.opts.max_tokens = n;
             self
         }
 
         /// A system message sent first in every call.
+        ///
+        /// ```
+        /// let s = executionkit::patterns::structured::StructuredValue::new().system("Be terse.");
+        /// # let _ = s;
+        /// ```
         pub fn system(mut self, system: impl Into<String>) -> Self {
             self.opts.system = Some(system.into());
             self
         }
 
         /// A sampling seed sent with every call.
+        ///
+        /// ```
+        /// let s = executionkit::patterns::structured::StructuredValue::new().seed(42);
+        /// # let _ = s;
+        /// ```
         pub fn seed(mut self, seed: u64) -> Self {
             self.opts.seed = Some(seed);
             self
         }
 
         /// Another model than the provider's default.
+        ///
+        /// ```
+        /// let s = executionkit::patterns::structured::StructuredValue::new().model("gpt-4o-mini");
+        /// assert!(s.validate().is_ok());
+        /// ```
         pub fn model(mut self, model: impl Into<String>) -> Self {
             self.opts.model = Some(model.into());
             self
@@ -130,6 +160,11 @@ macro_rules! option_setters {
 
         /// Whether the schema is sent as `response_format` (default `true`). Turn it off for
         /// servers that reject the field; the schema is in the prompt either way.
+        ///
+        /// ```
+        /// let s = executionkit::patterns::structured::StructuredValue::new().use_response_format(false);
+        /// # let _ = s;
+        /// ```
         pub fn use_response_format(mut self, on: bool) -> Self {
             self.opts.use_response_format = on;
             self
@@ -253,6 +288,20 @@ impl<T: DeserializeOwned + JsonSchema> Structured<T> {
     /// `invalid_argument` for bad options; `parse` when no reply was acceptable after the
     /// repairs (the message is the last failure, e.g. "JSON parse failed: …"); any call error
     /// (budget, provider, …). Every error carries the spend.
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, RunContext};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["no", "still no"]);
+    /// let e = executionkit::patterns::structured::structured::<Vec<i32>>()
+    ///     .max_repairs(1)
+    ///     .run(&p, "Three primes?", &RunContext::new())
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(e.is_parse() && e.message().starts_with("JSON parse failed"));
+    /// assert_eq!(e.cost().llm_calls, 2);
+    /// # });
+    /// ```
     pub async fn run(
         &self,
         provider: &dyn LlmProvider,
@@ -406,6 +455,18 @@ impl StructuredValue {
     ///
     /// # Errors
     /// As [`Structured::run`].
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, RunContext};
+    /// use executionkit::patterns::structured::StructuredValue;
+    /// # futures::executor::block_on(async {
+    /// let schema = serde_json::json!({"type": "array", "items": {"type": "integer"}});
+    /// let p = MockProvider::new([r#"["a"]"#, "[2, 3, 5]"]);
+    /// let r = StructuredValue::new().schema("primes", schema).run(&p, "q", &RunContext::new()).await.unwrap();
+    /// assert_eq!(r.value, serde_json::json!([2, 3, 5]));
+    /// assert_eq!(r.metadata["repair_attempts"], 1);
+    /// # });
+    /// ```
     pub async fn run(
         &self,
         provider: &dyn LlmProvider,
