@@ -177,6 +177,7 @@ pub fn tally_keys<S: AsRef<str>>(keys: &[S], strategy: VotingStrategy) -> Result
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
