@@ -224,6 +224,31 @@ async fn stream_options_can_be_overridden_by_extras() {
 }
 
 #[tokio::test]
+async fn a_server_that_ignores_stream_true_still_works() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "choices": [{"message": {"content": "whole", "tool_calls": [
+                {"id": "c1", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+                "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 2}
+        })))
+        .mount(&server)
+        .await;
+    let p = Provider::new(format!("{}/v1", server.uri()), "m").unwrap();
+    let (events, err) = drain(&p, hi()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(texts(&events), vec!["whole"]);
+    assert!(
+        matches!(&events[1], StreamEvent::ToolCallDelta { index: 0, id: Some(id), name: Some(n), arguments }
+        if id == "c1" && n == "f" && arguments == "{\"a\":1}")
+    );
+    let r = finished(&events).unwrap();
+    assert_eq!(r.tool_calls()[0].arguments["a"], 1);
+    assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (4, 2));
+}
+
+#[tokio::test]
 async fn s036_stream_http_error_and_connection_refused() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))

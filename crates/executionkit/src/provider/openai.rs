@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{Stream, StreamExt, stream};
+use futures::{StreamExt, stream};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -669,7 +669,17 @@ impl Inner {
         } else {
             ErrorKind::Transport
         };
-        let msg = format!("Transport failure: {}", self.clean(&error_chain(&e)));
+        let mut msg = format!("Transport failure: {}", self.clean(&error_chain(&e)));
+        if e.is_timeout() {
+            if e.is_connect() {
+                msg.push_str(" (connect timeout)");
+            } else {
+                msg.push_str(&format!(
+                    " (request timeout {:.1} s)",
+                    self.timeout.as_secs_f64()
+                ));
+            }
+        }
         Error::new(kind, msg).with_source(e)
     }
 
@@ -717,10 +727,7 @@ impl Inner {
         parse_completion(&bytes).map_err(|e| self.scrub(e))
     }
 
-    async fn open_stream(
-        self: Arc<Self>,
-        request: ChatRequest,
-    ) -> Result<impl Stream<Item = Result<StreamEvent>> + Send + 'static> {
+    async fn open_stream(self: Arc<Self>, request: ChatRequest) -> Result<ChatStream> {
         request.validate()?;
         let body = self.body(&request, true)?;
         drop(request);
@@ -740,6 +747,10 @@ impl Inner {
         if !resp.status().is_success() {
             return Err(self.status_error(resp).await);
         }
+        if is_json(resp.headers()) {
+            // A server that ignores `"stream": true` answers with one JSON completion.
+            return self.whole_reply_as_stream(resp).await;
+        }
         let bytes = IdleTimeout::new(resp.bytes_stream(), self.stream_idle_timeout);
         let decoder = Decoder {
             events: eventsource_stream::EventStream::new(bytes).boxed(),
@@ -754,7 +765,39 @@ impl Inner {
                 Step::Item(ev) => Some((Ok(ev), Some(d))),
                 Step::Last(r) => Some((r, None)),
             }
-        }))
+        })
+        .boxed())
+    }
+
+    /// A non-streamed JSON reply to a stream request, as the events a stream would give.
+    async fn whole_reply_as_stream(&self, resp: reqwest::Response) -> Result<ChatStream> {
+        let bytes = match tokio::time::timeout(self.timeout, resp.bytes()).await {
+            Ok(r) => r.map_err(|e| self.transport_error(e))?,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "Transport failure: the reply was not read within {:.1} s (request timeout)",
+                        self.timeout.as_secs_f64()
+                    ),
+                ));
+            }
+        };
+        let r = parse_completion(&bytes).map_err(|e| self.scrub(e))?;
+        let mut events = Vec::with_capacity(2 + r.tool_calls().len());
+        if !r.content().is_empty() {
+            events.push(Ok(StreamEvent::TextDelta(r.content().to_owned())));
+        }
+        for (i, call) in r.tool_calls().iter().enumerate() {
+            events.push(Ok(StreamEvent::ToolCallDelta {
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+                id: (!call.id.is_empty()).then(|| call.id.clone()),
+                name: Some(call.name.clone()),
+                arguments: Value::Object(call.arguments.clone()).to_string(),
+            }));
+        }
+        events.push(Ok(StreamEvent::Finished(r)));
+        Ok(stream::iter(events).boxed())
     }
 }
 
@@ -821,6 +864,18 @@ impl Decoder {
             ),
         }
     }
+}
+
+/// `true` when the reply's `Content-Type` is JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..16)
+                .is_some_and(|t| t.eq_ignore_ascii_case("application/json"))
+        })
 }
 
 /// The wait a 429 asks for: `retry-after-ms` when present and valid, else `Retry-After`
@@ -908,7 +963,7 @@ impl LlmProvider for Provider {
         let inner = Arc::clone(&self.inner);
         stream::once(inner.open_stream(request))
             .flat_map(|opened| match opened {
-                Ok(events) => events.boxed(),
+                Ok(events) => events,
                 Err(e) => stream::iter([Err(e)]).boxed(),
             })
             .boxed()
