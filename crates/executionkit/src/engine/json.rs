@@ -271,6 +271,18 @@ mod tests {
     }
 
     #[test]
+    fn very_deep_balanced_nesting_stays_bounded() {
+        // Deeper than serde_json's recursion limit: the scan searches inward within its
+        // budget and finds the innermost value that parses, without deep recursion.
+        let text = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let v = extract_json(&text).unwrap();
+        assert!(v.is_array());
+        let text = format!("{}1{}", "{\"a\":[".repeat(50_000), "]}".repeat(50_000));
+        let v = extract_json(&text).unwrap();
+        assert!(v.is_object() || v.is_array());
+    }
+
+    #[test]
     fn errors_are_parse_kind() {
         let e = extract_json("No JSON here at all.").unwrap_err();
         assert!(e.is_parse());
