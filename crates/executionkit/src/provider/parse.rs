@@ -33,23 +33,24 @@ pub fn parse_completion(body: &[u8]) -> Result<LlmResponse> {
             "Provider returned a response body that is not JSON: {e}"
         ))
     })?;
-    parse_completion_value(&value)
+    parse_completion_value(value)
 }
 
-/// Parses a decoded 2xx response body (see [`parse_completion`]).
+/// Parses a decoded 2xx response body (see [`parse_completion`]). Takes the value by value so
+/// that the texts are moved, not copied.
 ///
 /// ```
 /// let v = serde_json::json!({"choices": []});
-/// let e = executionkit::provider::parse::parse_completion_value(&v).unwrap_err();
+/// let e = executionkit::provider::parse::parse_completion_value(v).unwrap_err();
 /// assert!(e.message().contains("did not include any choices"));
 /// ```
-pub fn parse_completion_value(value: &Value) -> Result<LlmResponse> {
-    let Value::Object(obj) = value else {
+pub fn parse_completion_value(value: Value) -> Result<LlmResponse> {
+    let Value::Object(mut obj) = value else {
         return Err(provider_err(
             "Provider returned a response body that is not a JSON object",
         ));
     };
-    let choices = match obj.get("choices") {
+    let choices = match obj.remove("choices") {
         Some(Value::Array(a)) if !a.is_empty() => a,
         _ => {
             return Err(provider_err(
@@ -58,32 +59,42 @@ pub fn parse_completion_value(value: &Value) -> Result<LlmResponse> {
         }
     };
     let mut out = Vec::with_capacity(choices.len());
-    for (i, c) in choices.iter().enumerate() {
-        let Value::Object(c) = c else {
+    for (i, c) in choices.into_iter().enumerate() {
+        let Value::Object(mut c) = c else {
             return Err(provider_err(format!(
                 "Provider response choice {i} was not an object"
             )));
         };
-        let empty = Map::new();
-        let message = match c.get("message") {
+        let mut message = match c.remove("message") {
             Some(Value::Object(m)) => m,
-            _ => &empty,
+            _ => Map::new(),
+        };
+        let content = match message.remove("content") {
+            Some(Value::String(s)) => s,
+            other => content_text(other.as_ref()),
         };
         out.push(Choice {
-            content: content_text(message.get("content")),
+            content,
             tool_calls: parse_tool_calls(message.get("tool_calls"))?,
-            finish_reason: finish_reason(c.get("finish_reason")),
+            finish_reason: match c.remove("finish_reason") {
+                Some(Value::String(s)) => Some(s),
+                other => finish_reason(other.as_ref()),
+            },
         });
     }
     let usage = match obj.get("usage") {
         Some(Value::Object(u)) => parse_usage(u)?,
         _ => Usage::default(),
     };
+    let mut text = |key: &str| match obj.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
     Ok(LlmResponse {
         choices: out,
         usage,
-        id: obj.get("id").and_then(Value::as_str).map(str::to_owned),
-        model: obj.get("model").and_then(Value::as_str).map(str::to_owned),
+        id: text("id"),
+        model: text("model"),
     })
 }
 
