@@ -33,6 +33,7 @@ pub use provider::{
 pub use patterns::{
     Consensus, Pattern, RefineCheckpoint, RefineLoop, StepInput, TerminationReason, VotingStrategy,
 };
+pub use patterns::call::{ConsensusCall, RefineCall, consensus, refine_loop};
 pub use pipe::Pipe;
 pub use result::{Metadata, PatternResult};
 pub use usage::{Budget, CostRates, TokenUsage};

@@ -10,12 +10,14 @@ use crate::error::Result;
 use crate::provider::LlmProvider;
 use crate::result::PatternResult;
 
+pub mod call;
 pub mod consensus;
 pub mod judge;
 pub mod react;
 pub mod refine;
 
 pub use crate::engine::voting::VotingStrategy;
+pub use call::{ConsensusCall, RefineCall, consensus, refine_loop};
 pub use consensus::Consensus;
 pub use refine::{RefineCheckpoint, RefineLoop};
 
