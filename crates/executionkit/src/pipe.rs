@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::engine::RunContext;
 use crate::error::Result;
@@ -285,7 +286,13 @@ impl Pipe {
                 task: prompt,
                 previous: current.as_deref(),
             };
-            match step.pattern.run_step(p, input, &ctx).await {
+            let span = tracing::info_span!(
+                target: "executionkit",
+                "pipe.step",
+                step = i,
+                pattern = step.pattern.name(),
+            );
+            match step.pattern.run_step(p, input, &ctx).instrument(span).await {
                 Ok(r) => {
                     total += r.cost;
                     total_usd = add_usd(total_usd, r.usd);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use tracing::Instrument;
 
 use super::{Pattern, StepInput, check_max_tokens, check_model};
 use crate::engine::voting::{VotingStrategy, normalize, tally_keys};
@@ -285,6 +286,21 @@ impl Consensus {
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
         self.check()?;
+        let span = tracing::info_span!(
+            target: "executionkit",
+            "pattern.consensus",
+            samples = self.samples,
+            strategy = self.strategy.as_str(),
+        );
+        self.vote(provider, prompt, ctx).instrument(span).await
+    }
+
+    async fn vote(
+        &self,
+        provider: &dyn LlmProvider,
+        prompt: &str,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>> {
         let tracker = CostTracker::new();
         let fail = |e: Error, tracker: &CostTracker| {
             e.with_cost(tracker.usage())

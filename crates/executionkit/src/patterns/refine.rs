@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::judge::{JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE, judge_messages, parse_judge_score};
 use super::{Pattern, StepInput, TerminationReason, check_max_tokens, check_model};
@@ -381,7 +382,14 @@ impl RefineLoop {
             tracker: CostTracker::new(),
             task,
         };
-        match run.execute(draft).await {
+        let span = tracing::info_span!(
+            target: "executionkit",
+            "pattern.refine",
+            max_iterations = self.max_iterations,
+            target_score = self.target_score,
+            from_draft = draft.is_some(),
+        );
+        match run.execute(draft).instrument(span).await {
             Ok(r) => Ok(r),
             Err(e) => Err(e
                 .with_cost(run.tracker.usage())
