@@ -181,6 +181,11 @@ async fn s074_consensus_single_sample_and_validation() {
             "samples must be >= 1, got 0",
         ),
         (
+            Consensus::new().samples(10_001),
+            "samples",
+            "samples must be <= 10000, got 10001",
+        ),
+        (
             Consensus::new().max_concurrency(0),
             "max_concurrency",
             "max_concurrency must be >= 1, got 0",

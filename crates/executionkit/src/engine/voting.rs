@@ -194,4 +194,39 @@ mod tests {
         assert_eq!((t.winner_index, t.tie_count), (0, 2));
         assert!((t.agreement_ratio - 0.5).abs() < f64::EPSILON);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn majority_tally_invariants(keys in proptest::collection::vec("[ab]{0,2}", 1..20)) {
+            let t = tally_keys(&keys, VotingStrategy::Majority).unwrap();
+            let count = |k: &str| keys.iter().filter(|x| x.as_str() == k).count();
+            let winner = keys[t.winner_index].as_str();
+            let top = count(winner);
+            // The winner has the top count and is the first sample with that key.
+            proptest::prop_assert!(keys.iter().all(|k| count(k) <= top));
+            proptest::prop_assert_eq!(keys.iter().position(|k| k == winner), Some(t.winner_index));
+            // Among the tied keys, the winner appears first.
+            let first_tied = keys.iter().position(|k| count(k) == top);
+            proptest::prop_assert_eq!(first_tied, Some(t.winner_index));
+            #[allow(clippy::cast_precision_loss)]
+            let ratio = top as f64 / keys.len() as f64;
+            proptest::prop_assert!((t.agreement_ratio - ratio).abs() < 1e-12);
+            let mut distinct = keys.clone();
+            distinct.sort();
+            distinct.dedup();
+            proptest::prop_assert_eq!(t.unique_responses, distinct.len());
+            proptest::prop_assert_eq!(
+                t.tie_count,
+                distinct.iter().filter(|k| count(k) == top).count()
+            );
+        }
+
+        #[test]
+        fn normalize_is_idempotent(s in "[ a-z\\t\\n]{0,30}") {
+            let once = normalize(&s);
+            proptest::prop_assert_eq!(normalize(&once), once.clone());
+            proptest::prop_assert!(!once.starts_with(' ') && !once.ends_with(' '));
+            proptest::prop_assert!(!once.contains("  "));
+        }
+    }
 }

@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 use crate::provider::{ChatRequest, LlmProvider, Message, check_temperature};
 use crate::result::PatternResult;
 
+/// The most samples one consensus may draw.
+pub const MAX_SAMPLES: usize = 10_000;
+
 /// The function a vote is taken on: maps a sample's text to the value voted on.
 pub type VoteKey = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
@@ -103,7 +106,7 @@ impl Consensus {
         Self::default()
     }
 
-    /// How many samples to draw (≥ 1).
+    /// How many samples to draw (1 to [`MAX_SAMPLES`]).
     ///
     /// ```
     /// assert_eq!(executionkit::Consensus::new().samples(3).samples_value(), 3);
@@ -247,6 +250,12 @@ impl Consensus {
             return Err(Error::invalid_argument(
                 "samples",
                 format!("samples must be >= 1, got {}", self.samples),
+            ));
+        }
+        if self.samples > MAX_SAMPLES {
+            return Err(Error::invalid_argument(
+                "samples",
+                format!("samples must be <= {MAX_SAMPLES}, got {}", self.samples),
             ));
         }
         if self.max_concurrency < 1 {
