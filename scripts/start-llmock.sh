@@ -4,7 +4,8 @@
 # missing, starts `llmock serve` in the background, waits until it answers, writes its pid to
 # $EK_CACHE/llmock.pid and prints `EK_LLMOCK_URL=http://127.0.0.1:PORT`.
 #
-#   export "$(scripts/start-llmock.sh)" && cargo test -p executionkit --test llmock_faults
+#   eval "$(scripts/start-llmock.sh)"; export EK_LLMOCK_URL
+#   cargo test -p executionkit --test llmock_faults
 #   kill "$(cat .cache/ek/llmock.pid)"
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,7 +1,7 @@
 //! Fault tests against llmock (PyPI `llmock==0.2.2`), a fault-injecting OpenAI-compatible
 //! server that also grades how the client coped (`GET /_llmock/verdict`).
 //!
-//! Start it with `export "$(scripts/start-llmock.sh)"`, which sets `EK_LLMOCK_URL`. Without
+//! Start it with `eval "$(scripts/start-llmock.sh)"; export EK_LLMOCK_URL`. Without
 //! it every test here prints "skipped: EK_LLMOCK_URL not set" and passes, unless
 //! `EK_REQUIRE_SERVERS=1`, in which case it fails.
 //!
