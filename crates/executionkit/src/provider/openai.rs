@@ -632,10 +632,15 @@ impl Inner {
         (!self.api_key.is_empty()).then_some(self.api_key.as_str())
     }
 
+    /// The key, when long enough to be replaced literally in text (as `redact_with` does).
+    fn replaceable_secret(&self) -> Option<&str> {
+        self.secret().filter(|k| k.len() >= 4)
+    }
+
     /// Redacts credential shapes and the key itself from server or transport text.
     fn clean(&self, text: &str) -> String {
         let out = redact(text);
-        match self.secret() {
+        match self.replaceable_secret() {
             Some(k) if out.contains(k) => out.replace(k, REDACTED),
             _ => out,
         }
@@ -643,7 +648,7 @@ impl Inner {
 
     /// Makes sure the key appears nowhere in an error's message.
     fn scrub(&self, e: Error) -> Error {
-        match self.secret() {
+        match self.replaceable_secret() {
             Some(k) if e.message().contains(k) => {
                 let mut out = Error::new(e.kind(), e.message().replace(k, REDACTED));
                 for (name, v) in e.metadata() {
