@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod guide;
+pub mod kit;
 pub mod patterns;
 pub mod pipe;
 pub mod provider;
@@ -24,6 +25,8 @@ pub mod telemetry;
 pub mod tools;
 pub mod usage;
 
+pub use approval::{ApprovalDecision, ApprovalGate, ApprovalRequest};
+pub use engine::stream::{StreamingResult, stream_completion};
 pub use engine::{RetryPolicy, RunContext};
 pub use error::{Error, ErrorKind, Result};
 pub use provider::{
@@ -33,9 +36,12 @@ pub use provider::{
 pub use patterns::{
     Consensus, Pattern, RefineCheckpoint, RefineLoop, StepInput, TerminationReason, VotingStrategy,
 };
+pub use kit::{Kit, RateLimited};
+pub use patterns::react::ReactLoop;
 pub use patterns::call::{ConsensusCall, RefineCall, consensus, refine_loop};
 pub use pipe::Pipe;
 pub use result::{Metadata, PatternResult};
+pub use tools::Tool;
 pub use usage::{Budget, CostRates, TokenUsage};
 
 /// The crate version.

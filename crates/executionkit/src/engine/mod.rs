@@ -5,6 +5,7 @@ pub mod budget;
 pub mod call;
 pub mod convergence;
 pub mod retry;
+pub mod stream;
 pub mod voting;
 
 pub use budget::{BudgetLedger, CostTracker, Reservation};

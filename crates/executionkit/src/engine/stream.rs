@@ -3,10 +3,12 @@
 //! [`stream_completion`] reserves the call (and its output tokens) **before** it returns, so a
 //! spent budget fails before anything is sent. The [`StreamingResult`] it returns is a
 //! [`Stream`] of text deltas; once drained, its [`cost`](StreamingResult::cost) holds the usage
-//! the server reported. A failure before the first delta is retried under the run's
+//! the server reported. Underneath is [`RunContext::stream`], the checked call path for streams:
+//! a failure before the first delta is retried under the run's
 //! [`RetryPolicy`](super::RetryPolicy) (each attempt is a reserved call); after a delta was
 //! delivered, a failure ends the stream with the error (deltas already delivered stay
-//! delivered).
+//! delivered). Unlike `RunContext::stream`, a [`StreamingResult`] owns what it needs
+//! (`'static`), yields text only, and keeps its own cost.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -28,44 +30,44 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
-use tracing::Instrument;
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, SinkExt, Stream, StreamExt};
 
-use super::budget::{CostTracker, Reservation};
+use super::budget::CostTracker;
 use super::call::RunContext;
-use crate::error::{Error, ErrorKind, Result};
-use crate::events::Event;
-use crate::provider::{
-    ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent,
-};
-use crate::redact::redact_with;
+use crate::error::{Error, Result};
+use crate::provider::{ChatRequest, LlmProvider, LlmResponse, StreamEvent};
 use crate::result::{Metadata, PatternResult};
-use crate::telemetry::{
-    GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL, OPERATION_CHAT,
-};
 use crate::usage::TokenUsage;
 
 /// Called once when a stream ends (drained, failed or dropped) with its tracker.
 pub(crate) type OnDone = Box<dyn FnOnce(&CostTracker) + Send>;
+
+type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
+type SharedOnDone = Arc<Mutex<Option<OnDone>>>;
 
 /// A streamed completion: a [`Stream`] of text deltas with a live cost.
 ///
 /// [`cost`](Self::cost) reads the stream's own tracker: one call (or more, after retries) from
 /// the start, and the tokens once the stream has been drained.
 /// [`response`](Self::response) holds the accumulated response (text, tool calls, finish
-/// reason, usage) after the end. `metadata` is `{"streaming": true}`.
+/// reason, usage) after the end. `metadata` is `{"streaming": true}`. Dropping it cancels the
+/// call in flight (its reservation returns; the call still counts).
 #[must_use = "a stream does nothing unless polled"]
 pub struct StreamingResult {
-    inner: BoxStream<'static, Result<String>>,
+    /// Drives the checked stream and feeds `deltas`; `None` once finished.
+    driver: Option<Driver>,
+    deltas: mpsc::Receiver<Result<String>>,
     tracker: CostTracker,
     usd: bool,
     response: Arc<Mutex<Option<LlmResponse>>>,
     metadata: Metadata,
+    on_done: SharedOnDone,
 }
 
 impl fmt::Debug for StreamingResult {
@@ -81,7 +83,30 @@ impl Stream for StreamingResult {
     type Item = Result<String>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        if let Some(d) = self.driver.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                self.driver = None;
+            }
+        }
+        self.deltas.poll_next_unpin(cx)
+    }
+}
+
+impl Drop for StreamingResult {
+    fn drop(&mut self) {
+        // Cancel the call in flight first (its reservation returns), then report.
+        self.driver = None;
+        run_on_done(&self.on_done, &self.tracker);
+    }
+}
+
+fn run_on_done(on_done: &SharedOnDone, tracker: &CostTracker) {
+    let f = on_done
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(f) = f {
+        f(tracker);
     }
 }
 
@@ -165,227 +190,96 @@ pub(crate) async fn start(
     on_done: Option<OnDone>,
 ) -> Result<StreamingResult> {
     let tracker = CostTracker::new();
-    let mut state = State {
-        provider,
-        request,
-        ctx: ctx.clone(),
-        tracker: tracker.clone(),
-        reservation: None,
-        call: 0,
-        inner: None,
-        attempt: 1,
-        yielded: false,
-        done: false,
-        response: Arc::new(Mutex::new(None)),
-        on_done,
-    };
-    if !state.provider.supports_streaming() {
+    let on_done: SharedOnDone = Arc::new(Mutex::new(on_done));
+    if !provider.supports_streaming() {
+        run_on_done(&on_done, &tracker);
         return Err(Error::invalid_argument(
             "provider",
             "streaming needs a provider that streams (StreamingProvider): this provider does \
              not support streaming",
         ));
     }
-    state.request.validate()?;
-    // Reserve eagerly: a spent budget fails before anything is sent.
-    state.reserve().await.map_err(|e| state.fail(e))?;
-    let response = Arc::clone(&state.response);
-    let inner = futures::stream::unfold(state, State::step).boxed();
+    let response = Arc::new(Mutex::new(None));
+    let (opened_tx, mut opened_rx) = oneshot::channel::<Result<()>>();
+    let (tx, deltas) = mpsc::channel::<Result<String>>(0);
+    let mut driver: Driver = Box::pin(drive(
+        provider,
+        request,
+        ctx.clone(),
+        tracker.clone(),
+        Arc::clone(&response),
+        Arc::clone(&on_done),
+        opened_tx,
+        tx,
+    ));
+    // Run the driver until the first call is reserved (or refused): a spent budget fails here.
+    let mut finished = false;
+    let opened = futures::future::poll_fn(|cx| {
+        if !finished && driver.as_mut().poll(cx).is_ready() {
+            finished = true;
+        }
+        opened_rx.poll_unpin(cx)
+    })
+    .await;
+    match opened {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(oneshot::Canceled) => return Err(Error::cancelled()),
+    }
     let mut metadata = Metadata::new();
     metadata.insert("streaming".into(), true.into());
     Ok(StreamingResult {
-        inner,
+        driver: (!finished).then_some(driver),
+        deltas,
         usd: ctx.ledger().budget().has_prices(),
         tracker,
         response,
         metadata,
+        on_done,
     })
 }
 
-struct State {
+/// Opens the checked stream, then forwards its text deltas until it ends; reports the end to
+/// `on_done` before the consumer sees it.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
     provider: Arc<dyn LlmProvider>,
     request: ChatRequest,
     ctx: RunContext,
     tracker: CostTracker,
-    reservation: Option<Reservation>,
-    call: u64,
-    inner: Option<ChatStream>,
-    /// The attempt in progress (1-based).
-    attempt: u32,
-    /// `true` once a delta was handed to the consumer: no retry after that.
-    yielded: bool,
-    done: bool,
     response: Arc<Mutex<Option<LlmResponse>>>,
-    on_done: Option<OnDone>,
-}
-
-impl Drop for State {
-    fn drop(&mut self) {
-        if let Some(f) = self.on_done.take() {
-            f(&self.tracker);
+    on_done: SharedOnDone,
+    opened: oneshot::Sender<Result<()>>,
+    mut tx: mpsc::Sender<Result<String>>,
+) {
+    let mut events = match ctx.stream(provider.as_ref(), request, &tracker).await {
+        Ok(s) => s,
+        Err(e) => {
+            run_on_done(&on_done, &tracker);
+            let _ = opened.send(Err(e));
+            return;
         }
-    }
-}
-
-impl State {
-    fn model(&self) -> String {
-        self.request
-            .model
-            .clone()
-            .unwrap_or_else(|| self.provider.model().to_owned())
-    }
-
-    /// Reserves the call of the current attempt.
-    async fn reserve(&mut self) -> Result<()> {
-        let model = self.model();
-        let wanted = u64::from(self.request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
-        let r = self
-            .ctx
-            .ledger()
-            .reserve(&model, wanted, self.attempt > 1)
-            .await?;
-        self.tracker.add_call();
-        self.call = r.call();
-        if r.max_tokens() < wanted {
-            self.request.max_tokens =
-                Some(u32::try_from(r.max_tokens()).unwrap_or(u32::MAX).max(1));
-        }
-        self.reservation = Some(r);
-        if let Some(sink) = self.ctx.events() {
-            sink.emit(&Event::CallStarted {
-                call: self.call,
-                attempt: self.attempt,
-                model,
-            });
-        }
-        Ok(())
-    }
-
-    /// The error handed to the consumer: redacted, with the spend.
-    fn fail(&self, e: Error) -> Error {
-        if let Some(sink) = self.ctx.events() {
-            if self.call > 0 {
-                sink.emit(&Event::CallFailed {
-                    call: self.call,
-                    kind: e.kind(),
-                });
-            }
-        }
-        let e = if e.is_budget_exhausted() || e.is_invalid_argument() {
-            e
-        } else {
-            redact_error(e, self.provider.secret())
-        };
-        e.with_cost(self.tracker.usage())
-            .with_usd(self.ctx.tracker_usd(&self.tracker))
-    }
-
-    async fn step(mut self) -> Option<(Result<String>, Self)> {
-        loop {
-            if self.done {
-                return None;
-            }
-            if self.inner.is_none() {
-                if self.reservation.is_none() {
-                    if let Err(e) = self.reserve().await {
-                        self.done = true;
-                        let e = self.fail(e);
-                        return Some((Err(e), self));
-                    }
-                }
-                self.inner = Some(self.provider.stream(self.request.clone()));
-            }
-            let span = tracing::info_span!(
-                target: "executionkit",
-                "llm.stream",
-                { GEN_AI_OPERATION_NAME } = OPERATION_CHAT,
-                { GEN_AI_REQUEST_MODEL } = self.model(),
-                { GEN_AI_REQUEST_MAX_TOKENS } = self.request.max_tokens,
-                attempt = self.attempt,
-            );
-            let item = match self.inner.as_mut() {
-                Some(s) => s.next().instrument(span).await,
-                None => None,
-            };
-            let err = match item {
-                Some(Ok(StreamEvent::TextDelta(t))) => {
-                    if t.is_empty() {
-                        continue;
-                    }
-                    self.yielded = true;
-                    return Some((Ok(t), self));
-                }
-                Some(Ok(StreamEvent::Finished(resp))) => {
-                    self.finish(resp);
-                    return None;
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => e,
-                None => Error::new(
-                    ErrorKind::Provider,
-                    "Provider stream ended early: the stream closed without a final response",
-                ),
-            };
-            // The attempt failed: its reservation returns (the call still counts).
-            self.inner = None;
-            self.reservation = None;
-            let policy = self.ctx.retry_policy();
-            if !self.yielded && self.attempt <= policy.max_retries() && policy.should_retry(&err) {
-                let delay = policy.wait_after(&err, self.attempt);
-                if let Some(sink) = self.ctx.events() {
-                    sink.emit(&Event::CallRetried {
-                        call: self.call,
-                        attempt: self.attempt,
-                        delay,
-                        kind: err.kind(),
-                    });
-                }
-                tokio::time::sleep(delay).await;
-                self.attempt += 1;
+    };
+    let _ = opened.send(Ok(()));
+    while let Some(item) = events.next().await {
+        let out = match item {
+            Ok(StreamEvent::TextDelta(t)) if !t.is_empty() => Ok(t),
+            Ok(StreamEvent::Finished(r)) => {
+                *response.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
                 continue;
             }
-            self.done = true;
-            let e = self.fail(err);
-            return Some((Err(e), self));
-        }
-    }
-
-    fn finish(&mut self, resp: LlmResponse) {
-        self.done = true;
-        self.inner = None;
-        let usd = match self.reservation.take() {
-            Some(r) => r.settle(resp.usage),
-            None => 0.0,
+            Ok(_) => continue,
+            Err(e) => Err(e),
         };
-        self.tracker.add_tokens(resp.usage, usd);
-        if let Some(sink) = self.ctx.events() {
-            sink.emit(&Event::CallFinished {
-                call: self.call,
-                usage: TokenUsage::new(resp.usage.input_tokens, resp.usage.output_tokens, 1),
-                finish_reason: resp.finish_reason().map(str::to_owned),
-                spent: self.ctx.ledger().spent(),
-                remaining: self.ctx.ledger().remaining(),
-            });
+        let failed = out.is_err();
+        if failed {
+            run_on_done(&on_done, &tracker);
         }
-        *self.response.lock().unwrap_or_else(PoisonError::into_inner) = Some(resp);
+        if tx.send(out).await.is_err() || failed {
+            return;
+        }
     }
-}
-
-/// Redacts credential shapes and the provider's key from an error's message.
-fn redact_error(e: Error, secret: Option<&str>) -> Error {
-    let msg = redact_with(e.message(), secret);
-    if msg == e.message() {
-        return e;
-    }
-    let mut out = Error::new(e.kind(), msg);
-    for (k, v) in e.metadata() {
-        out = out.with_metadata(k, v.clone());
-    }
-    if let Some(ra) = e.retry_after() {
-        out = out.with_retry_after(ra);
-    }
-    if let Some(s) = e.http_status() {
-        out = out.with_http_status(s);
-    }
-    out
+    drop(events);
+    run_on_done(&on_done, &tracker);
+    drop(tx);
 }

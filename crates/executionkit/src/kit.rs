@@ -1,0 +1,527 @@
+//! [`Kit`]: a session facade (reference §13) holding a provider, a [`RunContext`], the
+//! cumulative usage of everything it dispatched (failed runs included) and a conversation; and
+//! [`RateLimited`], a provider wrapper that takes one [`governor`] permit per LLM call.
+//!
+//! ```
+//! use executionkit::{Consensus, MockProvider, kit::Kit};
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let kit = Kit::new(MockProvider::new(["Paris"]));
+//! let r = kit.consensus("Capital of France?", &Consensus::new().samples(3)).await.unwrap();
+//! assert_eq!(r.value, "Paris");
+//! let r = kit.turn("And of Italy?", &[]).await.unwrap();
+//! assert_eq!(kit.usage().llm_calls, 4);
+//! assert_eq!(kit.messages().len(), 2); // the user turn and the answer
+//! # });
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::engine::stream::{StreamingResult, start as start_stream};
+use crate::engine::{CostTracker, RunContext};
+use crate::error::Result;
+use crate::patterns::map_reduce::MapReduce;
+use crate::patterns::react::ReactLoop;
+use crate::patterns::{Consensus, RefineLoop};
+use crate::pipe::Pipe;
+use crate::provider::{ChatRequest, ChatStream, LlmProvider, LlmResponse, Message};
+use crate::result::PatternResult;
+use crate::tools::Tool;
+use crate::usage::TokenUsage;
+
+/// A session: one provider, one [`RunContext`] (budget, retry policy, events), the cumulative
+/// usage of every run dispatched through it, and a conversation for [`turn`](Self::turn).
+///
+/// Usage counts failed runs too: every error carries its spend, and the Kit adds it before
+/// passing the error on. Turns are serialised (one at a time); other methods may run
+/// concurrently from several tasks.
+pub struct Kit {
+    provider: Arc<dyn LlmProvider>,
+    ctx: RunContext,
+    usage: CostTracker,
+    track_cost: bool,
+    messages: Mutex<Vec<Message>>,
+    turn_lock: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for Kit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kit")
+            .field("provider", &self.provider)
+            .field("usage", &self.usage.usage())
+            .field("track_cost", &self.track_cost)
+            .field("messages", &self.lock_messages().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kit {
+    /// A session over `provider` with a default [`RunContext`] and an empty conversation.
+    ///
+    /// ```
+    /// let kit = executionkit::kit::Kit::new(executionkit::MockProvider::default());
+    /// assert!(kit.usage().is_zero());
+    /// ```
+    #[must_use]
+    pub fn new(provider: impl LlmProvider + 'static) -> Self {
+        Self::from_arc(Arc::new(provider))
+    }
+
+    /// A session over a shared provider.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use executionkit::{LlmProvider, MockProvider, kit::Kit};
+    /// let p: Arc<dyn LlmProvider> = Arc::new(MockProvider::default());
+    /// let kit = Kit::from_arc(p.clone());
+    /// assert!(Arc::ptr_eq(kit.provider(), &p));
+    /// ```
+    #[must_use]
+    pub fn from_arc(provider: Arc<dyn LlmProvider>) -> Self {
+        Self {
+            provider,
+            ctx: RunContext::new(),
+            usage: CostTracker::new(),
+            track_cost: true,
+            messages: Mutex::new(Vec::new()),
+            turn_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Runs everything under `ctx` (its budget is shared by every run of the session).
+    ///
+    /// ```
+    /// use executionkit::{Budget, MockProvider, RunContext, kit::Kit};
+    /// let kit = Kit::new(MockProvider::default()).context(RunContext::new().budget(Budget::new().max_calls(10)));
+    /// assert_eq!(kit.run_context().ledger().budget().calls_limit(), Some(10));
+    /// ```
+    #[must_use]
+    pub fn context(mut self, ctx: RunContext) -> Self {
+        self.ctx = ctx;
+        self
+    }
+
+    /// Limits the session's LLM calls to `quota` (one permit per call: a 5-sample consensus
+    /// takes 5). Wraps the provider in a [`RateLimited`].
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use executionkit::{MockProvider, kit::Kit};
+    /// let kit = Kit::new(MockProvider::default())
+    ///     .rate_limit(governor::Quota::per_second(NonZeroU32::new(5).unwrap()));
+    /// # let _ = kit;
+    /// ```
+    #[must_use]
+    pub fn rate_limit(mut self, quota: Quota) -> Self {
+        self.provider = Arc::new(RateLimited::new(Arc::clone(&self.provider), quota));
+        self
+    }
+
+    /// `false` turns accounting off: [`usage`](Self::usage) stays zero.
+    ///
+    /// ```
+    /// let kit = executionkit::kit::Kit::new(executionkit::MockProvider::default()).track_cost(false);
+    /// # let _ = kit;
+    /// ```
+    #[must_use]
+    pub fn track_cost(mut self, on: bool) -> Self {
+        self.track_cost = on;
+        self
+    }
+
+    /// Seeds the conversation used by [`turn`](Self::turn).
+    ///
+    /// ```
+    /// use executionkit::{Message, MockProvider, kit::Kit};
+    /// let kit = Kit::new(MockProvider::default()).with_messages(vec![Message::system("be brief")]);
+    /// assert_eq!(kit.messages().len(), 1);
+    /// ```
+    #[must_use]
+    pub fn with_messages(self, messages: Vec<Message>) -> Self {
+        *self.lock_messages() = messages;
+        self
+    }
+
+    /// The provider (rate-limited when [`rate_limit`](Self::rate_limit) was used).
+    #[must_use]
+    pub fn provider(&self) -> &Arc<dyn LlmProvider> {
+        &self.provider
+    }
+
+    /// The run context shared by every dispatch.
+    pub fn run_context(&self) -> &RunContext {
+        &self.ctx
+    }
+
+    /// Everything dispatched through the session so far, failed runs included.
+    #[must_use]
+    pub fn usage(&self) -> TokenUsage {
+        self.usage.usage()
+    }
+
+    /// Money spent through the session, when the budget knows prices.
+    #[must_use]
+    pub fn usd(&self) -> Option<f64> {
+        self.ctx
+            .ledger()
+            .budget()
+            .has_prices()
+            .then(|| self.usage.usd())
+    }
+
+    /// A copy of the conversation.
+    #[must_use]
+    pub fn messages(&self) -> Vec<Message> {
+        self.lock_messages().clone()
+    }
+
+    /// Replaces the conversation.
+    ///
+    /// ```
+    /// let kit = executionkit::kit::Kit::new(executionkit::MockProvider::default());
+    /// kit.set_messages(Vec::new());
+    /// assert!(kit.messages().is_empty());
+    /// ```
+    pub fn set_messages(&self, messages: Vec<Message>) {
+        *self.lock_messages() = messages;
+    }
+
+    fn lock_messages(&self) -> std::sync::MutexGuard<'_, Vec<Message>> {
+        self.messages.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, cost: TokenUsage, usd: Option<f64>) {
+        if self.track_cost {
+            self.usage.add_usage(cost, usd);
+        }
+    }
+
+    /// The chokepoint every dispatch goes through: awaits `run` and adds its cost (or its
+    /// error's cost) to the session's usage. Use it for patterns without a Kit method.
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, patterns::structured::StructuredValue, kit::Kit};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let kit = Kit::new(MockProvider::new([r#"{"a": 1}"#]));
+    /// let r = kit.track(StructuredValue::new().run(kit.provider().as_ref(), "json please", kit.run_context())).await.unwrap();
+    /// assert_eq!(r.value["a"], 1);
+    /// assert_eq!(kit.usage().llm_calls, 1);
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// `run`'s error, unchanged.
+    pub async fn track<T, F>(&self, run: F) -> Result<PatternResult<T>>
+    where
+        F: Future<Output = Result<PatternResult<T>>>,
+    {
+        match run.await {
+            Ok(r) => {
+                self.record(r.cost, r.usd);
+                Ok(r)
+            }
+            Err(e) => {
+                self.record(e.cost(), e.usd());
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs a [`Consensus`] vote on `prompt`.
+    ///
+    /// # Errors
+    /// As [`Consensus::run`].
+    pub async fn consensus(
+        &self,
+        prompt: &str,
+        pattern: &Consensus,
+    ) -> Result<PatternResult<String>> {
+        self.track(pattern.run(self.provider.as_ref(), prompt, &self.ctx))
+            .await
+    }
+
+    /// Runs a [`RefineLoop`] on `prompt`.
+    ///
+    /// # Errors
+    /// As [`RefineLoop::run`].
+    pub async fn refine(
+        &self,
+        prompt: &str,
+        pattern: &RefineLoop,
+    ) -> Result<PatternResult<String>> {
+        self.track(pattern.run(self.provider.as_ref(), prompt, &self.ctx))
+            .await
+    }
+
+    /// Runs a [`Pipe`] on `prompt`.
+    ///
+    /// # Errors
+    /// As [`Pipe::run`].
+    pub async fn pipe(&self, prompt: &str, pipe: &Pipe) -> Result<PatternResult<String>> {
+        self.track(pipe.run(self.provider.as_ref(), prompt, &self.ctx))
+            .await
+    }
+
+    /// Runs a [`MapReduce`] over `items`.
+    ///
+    /// # Errors
+    /// As [`MapReduce::run`].
+    pub async fn map_reduce(
+        &self,
+        items: &[String],
+        pattern: &MapReduce,
+    ) -> Result<PatternResult<String>> {
+        self.track(pattern.run(self.provider.as_ref(), items, &self.ctx))
+            .await
+    }
+
+    /// Runs a [`ReactLoop`] on `prompt` with `tools` (a one-off conversation; see
+    /// [`turn`](Self::turn) for the session's).
+    ///
+    /// # Errors
+    /// As [`ReactLoop::run`] (a provider that cannot call tools is refused before any call).
+    pub async fn react(
+        &self,
+        prompt: &str,
+        tools: &[Tool],
+        pattern: &ReactLoop,
+    ) -> Result<PatternResult<String>> {
+        self.track(pattern.run(self.provider.as_ref(), prompt, tools, &self.ctx))
+            .await
+    }
+
+    /// One turn of the session's conversation with the default [`ReactLoop`].
+    ///
+    /// # Errors
+    /// As [`turn_with`](Self::turn_with).
+    pub async fn turn(&self, user_text: &str, tools: &[Tool]) -> Result<PatternResult<String>> {
+        self.turn_with(user_text, tools, &ReactLoop::new()).await
+    }
+
+    /// One turn: runs `pattern` on the conversation plus `user(user_text)`; on success the
+    /// conversation becomes the run's whole transcript (tool turns included); on failure it is
+    /// left as it was. Turns run one at a time.
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, Role, kit::Kit, patterns::react::ReactLoop};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let kit = Kit::new(MockProvider::new(["hello", "fine, thanks"]));
+    /// kit.turn_with("hi", &[], &ReactLoop::new().max_rounds(2)).await.unwrap();
+    /// kit.turn("how are you?", &[]).await.unwrap();
+    /// let roles: Vec<Role> = kit.messages().iter().map(|m| m.role).collect();
+    /// assert_eq!(roles, [Role::User, Role::Assistant, Role::User, Role::Assistant]);
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// As [`ReactLoop::run_messages`].
+    pub async fn turn_with(
+        &self,
+        user_text: &str,
+        tools: &[Tool],
+        pattern: &ReactLoop,
+    ) -> Result<PatternResult<String>> {
+        let _one_at_a_time = self.turn_lock.lock().await;
+        let mut history = self.messages();
+        history.push(Message::user(user_text));
+        let outcome = pattern
+            .run_transcript(self.provider.as_ref(), history, tools, &self.ctx)
+            .await;
+        match outcome {
+            Ok((r, transcript)) => {
+                self.record(r.cost, r.usd);
+                self.set_messages(transcript);
+                Ok(r)
+            }
+            Err(e) => {
+                self.record(e.cost(), e.usd());
+                Err(e)
+            }
+        }
+    }
+
+    /// Streams one completion of `[user(prompt)]` (see [`stream_request`](Self::stream_request)).
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use executionkit::{MockProvider, kit::Kit};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let kit = Kit::new(MockProvider::new(["streamed answer"]));
+    /// let s = kit.stream("question").await.unwrap();
+    /// let text: Vec<String> = s.map(|d| d.unwrap()).collect().await;
+    /// assert_eq!(text.concat(), "streamed answer");
+    /// assert_eq!(kit.usage().llm_calls, 1);
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// As [`stream_request`](Self::stream_request).
+    pub async fn stream(&self, prompt: &str) -> Result<StreamingResult> {
+        self.stream_request(ChatRequest::new(vec![Message::user(prompt)]))
+            .await
+    }
+
+    /// Streams one completion of `request` under the session's budget. The call is reserved
+    /// before this returns; the stream's usage is added to the session when it ends (drained,
+    /// failed or dropped).
+    ///
+    /// # Errors
+    /// `invalid_argument` when the provider cannot stream (a "StreamingProvider" is needed) or
+    /// the request is bad; `budget_exhausted` when no call can be reserved.
+    pub async fn stream_request(&self, request: ChatRequest) -> Result<StreamingResult> {
+        let usage = self.usage.clone();
+        let track = self.track_cost;
+        let has_prices = self.ctx.ledger().budget().has_prices();
+        let on_done = Box::new(move |t: &CostTracker| {
+            if track {
+                usage.add_usage(t.usage(), has_prices.then(|| t.usd()));
+            }
+        });
+        start_stream(
+            Arc::clone(&self.provider),
+            request,
+            &self.ctx,
+            Some(on_done),
+        )
+        .await
+    }
+}
+
+/// A provider wrapper that takes one permit of a [`governor`] rate limiter before every call
+/// (and before every stream starts), so the limit applies per LLM call whatever the pattern.
+/// Wrappers stack: a `RateLimited<Failover<…>>` limits the calls the failover makes. Clones
+/// share the limiter.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider, kit::RateLimited};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let p = RateLimited::per_second(MockProvider::new(["ok"]), NonZeroU32::new(100).unwrap());
+/// let r = p.complete(&ChatRequest::new(vec![Message::user("hi")])).await.unwrap();
+/// assert_eq!(r.content(), "ok");
+/// assert_eq!(p.permits_taken(), 1);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct RateLimited<P> {
+    inner: P,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    permits: Arc<AtomicU64>,
+}
+
+impl<P: fmt::Debug> fmt::Debug for RateLimited<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimited")
+            .field("inner", &self.inner)
+            .field("permits_taken", &self.permits.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> RateLimited<P> {
+    /// Wraps `inner` under a new limiter enforcing `quota`.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// let q = governor::Quota::per_minute(NonZeroU32::new(60).unwrap());
+    /// let p = executionkit::kit::RateLimited::new(executionkit::MockProvider::default(), q);
+    /// assert_eq!(p.permits_taken(), 0);
+    /// ```
+    pub fn new(inner: P, quota: Quota) -> Self {
+        Self::with_limiter(inner, Arc::new(RateLimiter::direct(quota)))
+    }
+
+    /// Wraps `inner` allowing `n` calls per second (bursts of up to `n`).
+    ///
+    /// ```
+    /// let p = executionkit::kit::RateLimited::per_second(
+    ///     executionkit::MockProvider::default(), std::num::NonZeroU32::new(2).unwrap());
+    /// # let _ = p;
+    /// ```
+    pub fn per_second(inner: P, n: NonZeroU32) -> Self {
+        Self::new(inner, Quota::per_second(n))
+    }
+
+    /// Wraps `inner` under an existing limiter (shared with other providers).
+    ///
+    /// ```
+    /// use std::{num::NonZeroU32, sync::Arc};
+    /// let l = Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::new(9).unwrap())));
+    /// let a = executionkit::kit::RateLimited::with_limiter(executionkit::MockProvider::default(), l.clone());
+    /// let b = executionkit::kit::RateLimited::with_limiter(executionkit::MockProvider::default(), l);
+    /// # let _ = (a, b);
+    /// ```
+    pub fn with_limiter(inner: P, limiter: Arc<DefaultDirectRateLimiter>) -> Self {
+        Self {
+            inner,
+            limiter,
+            permits: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The permits taken through this wrapper (and its clones) so far.
+    #[must_use]
+    pub fn permits_taken(&self) -> u64 {
+        self.permits.load(Ordering::Relaxed)
+    }
+
+    /// The limiter.
+    #[must_use]
+    pub fn limiter(&self) -> &Arc<DefaultDirectRateLimiter> {
+        &self.limiter
+    }
+
+    /// The wrapped provider.
+    #[must_use]
+    pub fn inner(&self) -> &P {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl<P: LlmProvider> LlmProvider for RateLimited<P> {
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+
+    async fn complete(&self, request: &ChatRequest) -> Result<LlmResponse> {
+        self.limiter.until_ready().await;
+        self.permits.fetch_add(1, Ordering::Relaxed);
+        self.inner.complete(request).await
+    }
+
+    fn stream(&self, request: ChatRequest) -> ChatStream {
+        let limiter = Arc::clone(&self.limiter);
+        let permits = Arc::clone(&self.permits);
+        let inner = self.inner.stream(request);
+        let wait = futures::stream::once(async move {
+            limiter.until_ready().await;
+            permits.fetch_add(1, Ordering::Relaxed);
+        })
+        .filter_map(|()| async { None });
+        Box::pin(wait.chain(inner))
+    }
+
+    fn supports_tools(&self) -> bool {
+        self.inner.supports_tools()
+    }
+
+    fn supports_streaming(&self) -> bool {
+        self.inner.supports_streaming()
+    }
+
+    fn supports_n(&self) -> bool {
+        self.inner.supports_n()
+    }
+
+    fn secret(&self) -> Option<&str> {
+        self.inner.secret()
+    }
+}
