@@ -15,6 +15,7 @@ pub mod consensus;
 pub mod judge;
 pub mod react;
 pub mod refine;
+pub mod vote_keys;
 
 pub use crate::engine::voting::VotingStrategy;
 pub use call::{ConsensusCall, RefineCall, consensus, refine_loop};
