@@ -181,9 +181,9 @@ async fn s074_consensus_single_sample_and_validation() {
             "samples must be >= 1, got 0",
         ),
         (
-            Consensus::new().samples(10_001),
+            Consensus::new().samples(1_000_001),
             "samples",
-            "samples must be <= 10000, got 10001",
+            "samples must be <= 1000000, got 1000001",
         ),
         (
             Consensus::new().max_concurrency(0),

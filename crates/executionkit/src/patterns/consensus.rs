@@ -15,7 +15,7 @@ use crate::provider::{ChatRequest, LlmProvider, Message, check_temperature};
 use crate::result::PatternResult;
 
 /// The most samples one consensus may draw.
-pub const MAX_SAMPLES: usize = 10_000;
+pub const MAX_SAMPLES: usize = 1_000_000;
 
 /// The function a vote is taken on: maps a sample's text to the value voted on.
 pub type VoteKey = Arc<dyn Fn(&str) -> String + Send + Sync>;
