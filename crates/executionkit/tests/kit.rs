@@ -304,3 +304,21 @@ async fn s148_streams_count_once_drained() {
     assert_eq!(r.value, "ok");
     assert_eq!(limited.permits_taken(), 1);
 }
+
+#[tokio::test]
+async fn kits_are_shared_across_tasks() {
+    let kit = Arc::new(Kit::new(MockProvider::new(["a"])));
+    let mut handles = Vec::new();
+    for i in 0..4 {
+        let kit = Arc::clone(&kit);
+        handles.push(tokio::spawn(async move {
+            kit.turn(&format!("q{i}"), &[]).await.map(|r| r.value)
+        }));
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap().unwrap(), "a");
+    }
+    // Turns are serialised: each one saw the previous ones' transcript.
+    assert_eq!(kit.messages().len(), 8);
+    assert_eq!(kit.usage().llm_calls, 4);
+}

@@ -1136,3 +1136,38 @@ async fn blocking_approval_gates_run_off_the_async_threads() {
         "Tool 'other' blocked by approval: only echo"
     );
 }
+
+#[tokio::test]
+async fn runs_are_send_and_work_as_pipe_steps() {
+    let p = MockProvider::new([tr("echo", "tc1", json!({"text": "hi"})), fin("spawned")]);
+    let p2 = p.clone();
+    let r = tokio::spawn(async move {
+        ReactLoop::new()
+            .run(&p2, "go", &[echo_tool()], &RunContext::new())
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(r.value, "spawned");
+
+    let p = MockProvider::new([tr("echo", "tc1", json!({"text": "hi"})), fin("piped")]);
+    let r = executionkit::Pipe::new()
+        .step(ReactLoop::new().max_rounds(3).tools([echo_tool()]))
+        .run(&p, "task", &RunContext::new())
+        .await
+        .unwrap();
+    assert_eq!(r.value, "piped");
+    assert_eq!(r.cost.llm_calls, 2);
+    assert_eq!(tool_messages(&p, 1)[0].content, "hi");
+
+    // As a step, options and tools are checked before any call.
+    let t = || echo_tool();
+    let err = executionkit::Pipe::new()
+        .step(ReactLoop::new().tools([t(), t()]))
+        .run(&p, "task", &RunContext::new())
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_argument() && err.message().contains("duplicated: 'echo'"));
+    assert_eq!(p.call_count(), 2);
+}

@@ -172,6 +172,7 @@ pub struct ReactLoop {
     system: Option<String>,
     model: Option<String>,
     redact_tool_args: bool,
+    tools: Vec<Tool>,
 }
 
 impl fmt::Debug for ReactLoop {
@@ -190,6 +191,10 @@ impl fmt::Debug for ReactLoop {
             .field("tool_choice", &self.tool_choice)
             .field("seed", &self.seed)
             .field("model", &self.model)
+            .field(
+                "tools",
+                &self.tools.iter().map(Tool::name).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -212,6 +217,7 @@ impl Default for ReactLoop {
             system: None,
             model: None,
             redact_tool_args: true,
+            tools: Vec::new(),
         }
     }
 }
@@ -351,6 +357,24 @@ impl ReactLoop {
         self
     }
 
+    /// The tools used when the loop runs as a [`Pipe`](crate::Pipe) step (through
+    /// [`Pattern`]); [`run`](Self::run) and [`run_messages`](Self::run_messages) take theirs as
+    /// an argument.
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, Pipe, RunContext, patterns::react::ReactLoop, tools::Tool};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let echo = Tool::new("echo", "d", serde_json::json!({}), |_| async { Ok("e".to_owned()) });
+    /// let step = ReactLoop::new().max_rounds(3).tools([echo]);
+    /// let r = Pipe::new().step(step).run(&MockProvider::new(["answer"]), "q", &RunContext::new()).await.unwrap();
+    /// assert_eq!(r.value, "answer");
+    /// # });
+    /// ```
+    pub fn tools(mut self, tools: impl IntoIterator<Item = Tool>) -> Self {
+        self.tools = tools.into_iter().collect();
+        self
+    }
+
     /// Checks the options and the tools (reference §12.5, in that order): the provider must
     /// call tools; every number in range; tool names unique; every tool schema valid.
     ///
@@ -364,6 +388,11 @@ impl ReactLoop {
                  does not support tools",
             ));
         }
+        self.check(tools)
+    }
+
+    /// The provider-independent checks of [`validate`](Self::validate).
+    fn check(&self, tools: &[Tool]) -> Result<()> {
         let at_least_one = |name: &str, v: usize| {
             if v < 1 {
                 Err(Error::invalid_argument(
@@ -634,14 +663,15 @@ impl ReactLoop {
     ) -> Result<Vec<((String, String), bool)>> {
         let cap = self.max_tool_calls_per_round.min(calls.len());
         let (executed, rejected) = calls.split_at(cap);
-        let outcomes: Vec<Result<Observation>> = futures::stream::iter(
-            executed
-                .iter()
-                .map(|c| self.execute_call(c, tools.get(c.name.as_str()).copied(), ctx)),
-        )
-        .buffered(self.tool_concurrency)
-        .collect()
-        .await;
+        let mut pending = Vec::with_capacity(executed.len());
+        for c in executed {
+            let tool = tools.get(c.name.as_str()).copied();
+            pending.push(self.execute_call(c, tool, ctx));
+        }
+        let outcomes: Vec<Result<Observation>> = futures::stream::iter(pending)
+            .buffered(self.tool_concurrency)
+            .collect()
+            .await;
         let mut out = Vec::with_capacity(calls.len());
         for (call, obs) in executed.iter().zip(outcomes) {
             out.push(((call.id.clone(), obs?.text), true));
@@ -737,6 +767,28 @@ impl ReactLoop {
             });
         }
         Ok(obs)
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Pattern for ReactLoop {
+    fn name(&self) -> &'static str {
+        "react"
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.check(&self.tools)
+    }
+
+    /// Runs the loop on the step's prompt (the previous value, else the task) with the tools
+    /// given to [`tools`](ReactLoop::tools).
+    async fn run_step(
+        &self,
+        provider: &dyn LlmProvider,
+        input: super::StepInput<'_>,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>> {
+        self.run(provider, input.prompt(), &self.tools, ctx).await
     }
 }
 
