@@ -309,7 +309,7 @@ async fn s101_hanging_tool_times_out_into_an_observation() {
     let p = MockProvider::new([tr("hang", "tc1", json!({})), fin("gave up waiting")]);
     let r = ReactLoop::new()
         .tool_timeout(Duration::from_millis(10))
-        .run(&p, "go", &[hang.clone()], &RunContext::new())
+        .run(&p, "go", std::slice::from_ref(&hang), &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.value, "gave up waiting");
