@@ -1171,3 +1171,94 @@ async fn runs_are_send_and_work_as_pipe_steps() {
     assert!(err.is_invalid_argument() && err.message().contains("duplicated: 'echo'"));
     assert_eq!(p.call_count(), 2);
 }
+
+// ---------------------------------------------------------------- over HTTP
+
+mod over_http {
+    use super::*;
+    use executionkit::Provider;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    fn reply(message: Value, finish: &str) -> ResponseTemplate {
+        ResponseTemplate::new(200).set_body_json(json!({
+            "id": "x",
+            "object": "chat.completion",
+            "model": "m",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3}
+        }))
+    }
+
+    /// The whole loop through the HTTP provider: the tool-call turn goes back with
+    /// `content: ""` and the arguments as a JSON string, the result as a `tool` message.
+    #[tokio::test]
+    async fn a_tool_round_over_the_wire() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/chat/completions"))
+            .respond_with(reply(
+                json!({"role": "assistant", "content": null, "tool_calls": [{
+                    "id": "call_1", "type": "function",
+                    "function": {"name": "echo", "arguments": "{\"text\": \"over http\"}"}
+                }]}),
+                "tool_calls",
+            ))
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/v1/chat/completions"))
+            .respond_with(reply(
+                json!({"role": "assistant", "content": "It said: over http"}),
+                "stop",
+            ))
+            .with_priority(2)
+            .mount(&server)
+            .await;
+        let p = Provider::builder(format!("{}/v1", server.uri()), "m")
+            .api_key("sk-wire-test-key-123456")
+            .build()
+            .unwrap();
+        let r = ReactLoop::new()
+            .tool_choice(ToolChoice::Function("echo".into()))
+            .temperature(0.0)
+            .seed(1)
+            .run(&p, "repeat 'over http'", &[echo_tool()], &RunContext::new())
+            .await
+            .unwrap();
+        assert_eq!(r.value, "It said: over http");
+        assert_eq!(r.cost, TokenUsage::new(14, 6, 2));
+
+        let bodies: Vec<Value> = server
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .map(|q| serde_json::from_slice(&q.body).unwrap())
+            .collect();
+        assert_eq!(bodies.len(), 2);
+        assert_eq!(bodies[0]["tools"][0]["function"]["name"], "echo");
+        assert_eq!(
+            bodies[0]["tool_choice"],
+            json!({"type": "function", "function": {"name": "echo"}})
+        );
+        assert_eq!(bodies[0]["temperature"], 0.0);
+        let turn = &bodies[1]["messages"][1];
+        assert_eq!(turn["role"], "assistant");
+        assert_eq!(turn["content"], "");
+        assert_eq!(turn["tool_calls"][0]["id"], "call_1");
+        let args: Value = serde_json::from_str(
+            turn["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(args, json!({"text": "over http"}));
+        assert_eq!(
+            bodies[1]["messages"][2],
+            json!({"role": "tool", "tool_call_id": "call_1", "content": "over http"})
+        );
+    }
+}
