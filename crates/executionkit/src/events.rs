@@ -10,6 +10,12 @@ use crate::error::ErrorKind;
 use crate::usage::TokenUsage;
 
 /// What remains of the run's budget (`None` for an absent limit).
+///
+/// ```
+/// let ctx = executionkit::RunContext::new().budget(executionkit::Budget::new().max_calls(3));
+/// let left = ctx.ledger().remaining();
+/// assert_eq!((left.llm_calls, left.output_tokens), (Some(3), None));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Remaining {
     /// Input tokens left.
@@ -22,7 +28,23 @@ pub struct Remaining {
     pub usd: Option<f64>,
 }
 
-/// One event of a run.
+/// One event of a run. Every attempt of a call is a call with its own number; a retried call
+/// gives `CallStarted`, `CallRetried` (with the wait), then `CallStarted` of the next attempt.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use executionkit::{ChatRequest, Message, MockProvider, RunContext, engine::CostTracker, events::Event};
+/// # futures::executor::block_on(async {
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let s = seen.clone();
+/// let ctx = RunContext::new().on_event(move |e| s.lock().unwrap().push(e.clone()));
+/// let p = MockProvider::new(["hi"]);
+/// ctx.complete(&p, ChatRequest::new(vec![Message::user("q")]), &CostTracker::new()).await.unwrap();
+/// let seen = seen.lock().unwrap();
+/// assert!(matches!(seen[0], Event::CallStarted { call: 1, attempt: 1, .. }));
+/// assert!(matches!(seen[1], Event::CallFinished { call: 1, .. }));
+/// # });
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
@@ -102,11 +124,22 @@ pub struct EventSink(Arc<dyn Fn(&Event) + Send + Sync>);
 
 impl EventSink {
     /// Wraps a callback. It runs on the task that made the call: keep it short.
+    ///
+    /// ```
+    /// let sink = executionkit::events::EventSink::new(|e| eprintln!("{e:?}"));
+    /// # let _ = sink;
+    /// ```
     pub fn new(f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         Self(Arc::new(f))
     }
 
     /// Delivers one event.
+    ///
+    /// ```
+    /// use executionkit::{ErrorKind, events::{Event, EventSink}};
+    /// EventSink::new(|e| assert!(matches!(e, Event::CallFailed { .. })))
+    ///     .emit(&Event::CallFailed { call: 1, kind: ErrorKind::Timeout });
+    /// ```
     pub fn emit(&self, event: &Event) {
         (self.0)(event);
     }

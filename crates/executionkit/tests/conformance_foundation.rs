@@ -1,6 +1,8 @@
 //! Conformance scenarios of the foundation (reference §26), with OVERRIDES.md's expectations
 //! where it lists them. Each test's name carries its scenario number.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,7 +49,7 @@ impl Scripted {
         }
     }
 
-    fn always(e: Error) -> Self {
+    fn always(e: &Error) -> Self {
         Self::new((0..64).map(|_| Err(e.clone())).collect())
     }
 
@@ -374,7 +376,7 @@ async fn s041_retry_then_success() {
 
 #[tokio::test]
 async fn s042_always_failing_gives_up_after_four_calls() {
-    let p = Scripted::always(provider_error());
+    let p = Scripted::always(&provider_error());
     let ctx = RunContext::new().retry(fast_retry(3));
     let e = ctx
         .complete(&p, user("q"), &CostTracker::new())
@@ -388,7 +390,7 @@ async fn s042_always_failing_gives_up_after_four_calls() {
 async fn s043_calls_that_are_not_retried() {
     let t = CostTracker::new();
     // Permanent: one call.
-    let p = Scripted::always(Error::new(ErrorKind::Permanent, "HTTP 401"));
+    let p = Scripted::always(&Error::new(ErrorKind::Permanent, "HTTP 401"));
     let e = RunContext::new()
         .retry(fast_retry(3))
         .complete(&p, user("q"), &t)
@@ -401,7 +403,7 @@ async fn s043_calls_that_are_not_retried() {
     let p = Scripted::new(vec![Ok(LlmResponse::text("ok"))]);
     ctx.complete(&p, user("q"), &t).await.unwrap();
     assert_eq!(p.calls(), 1);
-    let p = Scripted::always(provider_error());
+    let p = Scripted::always(&provider_error());
     assert!(
         ctx.complete(&p, user("q"), &t)
             .await
@@ -410,7 +412,7 @@ async fn s043_calls_that_are_not_retried() {
     );
     assert_eq!(p.calls(), 1);
     // Cancellation inside the call: one call, and it propagates.
-    let p = Scripted::always(Error::cancelled());
+    let p = Scripted::always(&Error::cancelled());
     let e = RunContext::new()
         .retry(fast_retry(3))
         .complete(&p, user("q"), &t)
@@ -566,7 +568,7 @@ async fn s052_spent_input_budget_blocks_dispatch() {
 
 #[tokio::test]
 async fn s053_every_attempt_counts_as_a_call() {
-    let p = Scripted::always(provider_error());
+    let p = Scripted::always(&provider_error());
     let t = CostTracker::new();
     let e = RunContext::new()
         .retry(fast_retry(3))
@@ -580,7 +582,7 @@ async fn s053_every_attempt_counts_as_a_call() {
 
 #[tokio::test]
 async fn s054_call_budget_limits_retries() {
-    let p = Scripted::always(provider_error());
+    let p = Scripted::always(&provider_error());
     let t = CostTracker::new();
     let e = RunContext::new()
         .budget(Budget::new().max_calls(1))
@@ -598,7 +600,7 @@ async fn s054_call_budget_limits_retries() {
     assert_eq!(t.usage().llm_calls, 1);
     assert_eq!(e.cost().llm_calls, 1);
 
-    let p = Scripted::always(provider_error());
+    let p = Scripted::always(&provider_error());
     let e = RunContext::new()
         .budget(Budget::new().max_calls(2))
         .retry(fast_retry(5))
@@ -679,7 +681,7 @@ async fn s057_secrets_never_reach_events_or_errors() {
     let failing = Scripted {
         secret: Some(key.to_owned()),
         ..Scripted::always(
-            Error::new(
+            &Error::new(
                 ErrorKind::Permanent,
                 format!("HTTP 401: bad key {key} (also {LEAK})"),
             )

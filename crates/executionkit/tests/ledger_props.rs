@@ -2,6 +2,8 @@
 //! limit and the output-token limit are never exceeded, the reported spend is the sum of what
 //! was recorded, and waiting reservations proceed when others return.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! OpenTelemetry GenAI attributes; typed events arrive in order (retries with their delay); and
 //! no API key reaches an event, a span field or a log line.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -24,9 +24,10 @@ use crate::usage::{Budget, CostRates, TokenUsage};
 /// The shared spend and limits of one run.
 ///
 /// ```
+/// use std::sync::Arc;
 /// use executionkit::{Budget, engine::BudgetLedger};
 /// # futures::executor::block_on(async {
-/// let ledger = BudgetLedger::new(Budget::new().max_calls(1));
+/// let ledger = Arc::new(BudgetLedger::new(Budget::new().max_calls(1)));
 /// let r = ledger.reserve("m", 100, false).await.unwrap();
 /// r.settle(executionkit::provider::Usage { input_tokens: 5, output_tokens: 3 });
 /// let err = ledger.reserve("m", 100, false).await.unwrap_err();

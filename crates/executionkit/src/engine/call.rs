@@ -112,6 +112,11 @@ impl RunContext {
     }
 
     /// The shared ledger.
+    ///
+    /// ```
+    /// let ctx = executionkit::RunContext::new();
+    /// assert!(ctx.ledger().spent().is_zero());
+    /// ```
     #[must_use]
     pub fn ledger(&self) -> &Arc<BudgetLedger> {
         &self.ledger
@@ -128,6 +133,11 @@ impl RunContext {
     }
 
     /// The event subscriber, if any.
+    ///
+    /// ```
+    /// assert!(executionkit::RunContext::new().events().is_none());
+    /// assert!(executionkit::RunContext::new().on_event(|_| {}).events().is_some());
+    /// ```
     #[must_use]
     pub fn events(&self) -> Option<&EventSink> {
         self.events.as_ref()

@@ -150,6 +150,10 @@ impl RetryPolicy {
     }
 
     /// Retries after the first attempt.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::RetryPolicy::new().max_retries(), 3);
+    /// ```
     #[must_use]
     pub fn max_retries(&self) -> u32 {
         self.max_retries
@@ -179,6 +183,12 @@ impl RetryPolicy {
 
     /// The upper bound of the wait before retry `attempt` (1-based):
     /// `min(base × factor^(attempt−1), max_delay)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let p = executionkit::RetryPolicy::new();
+    /// assert_eq!(p.delay_cap(2), Duration::from_secs(2));
+    /// ```
     #[must_use]
     pub fn delay_cap(&self, attempt: u32) -> Duration {
         let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);

@@ -9,6 +9,17 @@ use super::{ChatRequest, ChatStream, LlmProvider, LlmResponse, StreamEvent, Usag
 use crate::error::{Error, Result};
 
 /// One recorded call of a [`MockProvider`].
+///
+/// ```
+/// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["a"]);
+/// p.complete(&ChatRequest::new(vec![Message::user("q")]).temperature(0.5)).await.unwrap();
+/// let call = p.last_call().unwrap();
+/// assert_eq!(call.request.temperature, Some(0.5));
+/// assert!(!call.stream);
+/// # });
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct MockCall {
     /// The request as received.
@@ -171,7 +182,16 @@ impl MockProvider {
         }
     }
 
-    /// Every call so far.
+    /// Every call so far, in order.
+    ///
+    /// ```
+    /// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["a"]);
+    /// p.complete(&ChatRequest::new(vec![Message::user("q")])).await.unwrap();
+    /// assert_eq!(p.calls()[0].request.messages, vec![Message::user("q")]);
+    /// # });
+    /// ```
     #[must_use]
     pub fn calls(&self) -> Vec<MockCall> {
         self.inner
@@ -182,6 +202,10 @@ impl MockProvider {
     }
 
     /// The number of calls so far.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::MockProvider::default().call_count(), 0);
+    /// ```
     #[must_use]
     pub fn call_count(&self) -> usize {
         self.inner
@@ -192,6 +216,10 @@ impl MockProvider {
     }
 
     /// The last call, if any.
+    ///
+    /// ```
+    /// assert!(executionkit::MockProvider::default().last_call().is_none());
+    /// ```
     #[must_use]
     pub fn last_call(&self) -> Option<MockCall> {
         self.inner
