@@ -1180,7 +1180,7 @@ mod over_http {
     use wiremock::matchers::{method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
-    fn reply(message: Value, finish: &str) -> ResponseTemplate {
+    fn reply(message: &Value, finish: &str) -> ResponseTemplate {
         ResponseTemplate::new(200).set_body_json(json!({
             "id": "x",
             "object": "chat.completion",
@@ -1198,7 +1198,7 @@ mod over_http {
         Mock::given(method("POST"))
             .and(path("/v1/chat/completions"))
             .respond_with(reply(
-                json!({"role": "assistant", "content": null, "tool_calls": [{
+                &json!({"role": "assistant", "content": null, "tool_calls": [{
                     "id": "call_1", "type": "function",
                     "function": {"name": "echo", "arguments": "{\"text\": \"over http\"}"}
                 }]}),
@@ -1211,7 +1211,7 @@ mod over_http {
         Mock::given(method("POST"))
             .and(path("/v1/chat/completions"))
             .respond_with(reply(
-                json!({"role": "assistant", "content": "It said: over http"}),
+                &json!({"role": "assistant", "content": "It said: over http"}),
                 "stop",
             ))
             .with_priority(2)
