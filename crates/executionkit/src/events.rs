@@ -81,9 +81,9 @@ pub enum Event {
         /// Why it failed.
         kind: ErrorKind,
     },
-    /// A call failed for good (no retry left, or not retryable).
+    /// A call failed for good (no retry left, or not retryable), or the budget refused it.
     CallFailed {
-        /// The call number.
+        /// The call number (0 when the budget refused to reserve one).
         call: u64,
         /// Why.
         kind: ErrorKind,

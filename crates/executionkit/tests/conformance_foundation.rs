@@ -893,3 +893,26 @@ async fn s189_mock_provider_cycles_records_and_fails() {
     assert!(p.supports_tools());
     let _: &dyn LlmProvider = &p;
 }
+
+/// Answers but cannot stream.
+#[derive(Debug)]
+struct NoStream;
+
+#[async_trait]
+impl LlmProvider for NoStream {
+    fn model(&self) -> &str {
+        "no-stream"
+    }
+    async fn complete(&self, _: &ChatRequest) -> executionkit::Result<LlmResponse> {
+        Ok(LlmResponse::text("ok"))
+    }
+}
+
+#[tokio::test]
+async fn s061_stream_needs_a_streaming_provider() {
+    let t = CostTracker::new();
+    let ctx = RunContext::new().retry(fast_retry(3));
+    let e = ctx.stream(&NoStream, user("q"), &t).await.err().unwrap();
+    assert!(e.is_invalid_argument(), "{e:?}");
+    assert!(t.usage().is_zero(), "nothing was reserved or sent");
+}

@@ -182,6 +182,14 @@ impl RunContext {
         .when(|(_, e)| self.retry.should_retry(e))
         .adjust(|(_, e), d| d.map(|d| cap_retry_after(&self.retry, e, d)))
         .notify(|(call, e), delay| {
+            tracing::debug!(
+                target: "executionkit",
+                call = *call,
+                attempt = attempt.load(Ordering::Relaxed),
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                kind = e.kind().as_str(),
+                "retrying LLM call"
+            );
             self.emit(&Event::CallRetried {
                 call: *call,
                 attempt: attempt.load(Ordering::Relaxed),
@@ -237,6 +245,13 @@ impl RunContext {
         request: ChatRequest,
         tracker: &'a CostTracker,
     ) -> Result<BoxStream<'a, Result<StreamEvent>>> {
+        if !provider.supports_streaming() {
+            let e = Error::invalid_argument(
+                "provider",
+                "this provider does not support streaming: use complete() instead",
+            );
+            return Err(self.fail(e, 0, provider, tracker));
+        }
         if let Err(e) = request.validate() {
             return Err(self.fail(e, 0, provider, tracker));
         }
