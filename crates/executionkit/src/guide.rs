@@ -11,3 +11,6 @@ pub mod readme {}
 
 #[doc = include_str!("../../../docs/guide-consensus-refine.md")]
 pub mod consensus_refine {}
+
+#[doc = include_str!("../../../docs/guide-react-kit.md")]
+pub mod react_kit {}
