@@ -644,6 +644,14 @@ async fn s091_refine_judge_replies() {
         .await
         .unwrap();
     assert_eq!((r.score, r.cost.llm_calls), (Some(0.8), 3));
+    // The retry shows the judge its reply and asks for the number alone.
+    let retry = &p.calls()[2].request;
+    assert_eq!(retry.messages.len(), 4);
+    assert_eq!(retry.messages[..2], p.calls()[1].request.messages[..]);
+    assert_eq!(retry.messages[2], Message::assistant("great"));
+    assert_eq!(retry.messages[3].role, Role::User);
+    assert!(retry.messages[3].content.contains("number only"));
+    assert_eq!((retry.temperature, retry.max_tokens), (Some(0.1), Some(16)));
 }
 
 #[test]

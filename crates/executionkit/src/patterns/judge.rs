@@ -6,6 +6,7 @@
 //! `<response_to_rate>` tags under a system prompt that casts the model as a neutral scorer and
 //! tells it to ignore any instruction inside the tags. The call uses temperature 0.1 and
 //! `max_tokens` 16; the reply must hold a number in [0, 10], which becomes a score in [0, 1].
+//! An unparsable reply is asked again once with [`JUDGE_REPAIR_PROMPT`].
 
 use std::sync::LazyLock;
 
@@ -79,6 +80,25 @@ pub fn judge_messages(text: &str, max_chars: usize) -> Vec<Message> {
             "<response_to_rate>\n{}\n</response_to_rate>",
             sanitize(text, max_chars)
         )),
+    ]
+}
+
+/// The follow-up that asks the judge again after an unparsable reply.
+pub const JUDGE_REPAIR_PROMPT: &str = "Score from 0 to 10 (number only):";
+
+/// The messages appended to the judge's conversation after an unparsable `reply`: the reply (its
+/// first 200 characters) as the assistant's turn, then [`JUDGE_REPAIR_PROMPT`].
+///
+/// ```
+/// let m = executionkit::patterns::judge::judge_repair_messages("great work");
+/// assert_eq!(m[0].content, "great work");
+/// assert!(m[1].content.contains("number only"));
+/// ```
+#[must_use]
+pub fn judge_repair_messages(reply: &str) -> Vec<Message> {
+    vec![
+        Message::assistant(excerpt_n(reply, 200)),
+        Message::user(JUDGE_REPAIR_PROMPT),
     ]
 }
 
@@ -159,7 +179,11 @@ fn in_range(v: f64, reply: &str) -> Result<f64> {
 }
 
 fn excerpt(s: &str) -> String {
-    s.chars().take(80).collect()
+    excerpt_n(s, 80)
+}
+
+fn excerpt_n(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use tracing::Instrument;
 
-use super::judge::{JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE, judge_messages, parse_judge_score};
+use super::judge::{
+    JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE, judge_messages, judge_repair_messages, parse_judge_score,
+};
 use super::{Pattern, StepInput, TerminationReason, check_max_tokens, check_model};
 use crate::engine::convergence::{
     ConvergenceDetector, StopRule, check_delta_threshold, check_patience,
@@ -510,28 +512,31 @@ impl Run<'_> {
         if let Some(f) = &self.cfg.evaluator {
             return f(text.to_owned()).await;
         }
-        let req = self.request(
-            judge_messages(text, self.cfg.max_eval_chars),
-            JUDGE_TEMPERATURE,
-            JUDGE_MAX_TOKENS,
-        );
-        let mut last = None;
-        // An unparsable reply is asked again once (a new, counted call).
-        for _ in 0..2 {
-            let resp = self
-                .ctx
-                .complete(self.provider, req.clone(), &self.tracker)
-                .await?;
-            match parse_judge_score(resp.content()) {
-                Ok(s) => return Ok(s.normalized()),
-                Err(e) => last = Some(e),
-            }
+        let messages = judge_messages(text, self.cfg.max_eval_chars);
+        let req = self.request(messages.clone(), JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS);
+        let resp = self.ctx.complete(self.provider, req, &self.tracker).await?;
+        let first = match parse_judge_score(resp.content()) {
+            Ok(s) => return Ok(s.normalized()),
+            Err(e) => e,
+        };
+        // An unparsable reply is asked again once (a new, counted call), showing the judge its
+        // reply and asking for the number alone: repeating the same request to a deterministic
+        // server would only repeat the reply.
+        let mut retry = messages;
+        retry.extend(judge_repair_messages(resp.content()));
+        let req = self.request(retry, JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS);
+        let resp = self.ctx.complete(self.provider, req, &self.tracker).await?;
+        match parse_judge_score(resp.content()) {
+            Ok(s) => Ok(s.normalized()),
+            Err(e) => Err(Error::new(
+                ErrorKind::Parse,
+                format!(
+                    "the judge gave no usable 0-10 score twice: {}; then: {}",
+                    first.message(),
+                    e.message()
+                ),
+            )),
         }
-        let cause = last.map_or_else(String::new, |e| e.message().to_owned());
-        Err(Error::new(
-            ErrorKind::Parse,
-            format!("the judge gave no usable 0-10 score twice: {cause}"),
-        ))
     }
 
     fn checkpoint(&self, iteration: usize, text: &str, score: f64) {
