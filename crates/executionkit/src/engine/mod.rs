@@ -4,7 +4,9 @@
 pub mod budget;
 pub mod call;
 pub mod convergence;
+pub mod json;
 pub mod retry;
+pub mod schema;
 pub mod stream;
 pub mod voting;
 

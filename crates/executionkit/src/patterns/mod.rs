@@ -13,14 +13,18 @@ use crate::result::PatternResult;
 pub mod call;
 pub mod consensus;
 pub mod judge;
+pub mod map_reduce;
 pub mod react;
 pub mod refine;
+pub mod structured;
 pub mod vote_keys;
 
 pub use crate::engine::voting::VotingStrategy;
 pub use call::{ConsensusCall, RefineCall, consensus, refine_loop};
 pub use consensus::Consensus;
+pub use map_reduce::MapReduce;
 pub use refine::{RefineCheckpoint, RefineLoop};
+pub use structured::{Structured, StructuredValue, structured};
 
 /// What a pattern receives as one step of a pipe.
 ///
