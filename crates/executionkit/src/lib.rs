@@ -39,6 +39,8 @@ pub use patterns::{
 pub use kit::{Kit, RateLimited};
 pub use patterns::react::ReactLoop;
 pub use patterns::call::{ConsensusCall, RefineCall, consensus, refine_loop};
+pub use patterns::{MapReduce, Structured, StructuredValue, structured};
+pub use engine::json::extract_json;
 pub use pipe::Pipe;
 pub use result::{Metadata, PatternResult};
 pub use tools::Tool;
