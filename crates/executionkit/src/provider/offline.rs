@@ -1,44 +1,5 @@
-//! The embedded offline model: a deterministic stand-in for a chat model, in pure Rust.
-//!
-//! **What it is for:** demos, examples, documentation and tests — the first `ek` command on a
-//! machine with no endpoint and no key, the crate's examples in CI, and tests that need a
-//! provider whose answers are reproducible. **What it is not:** a language model. It has no
-//! weights, makes no network call, does not understand the prompt and must never be used to
-//! answer real questions.
-//!
-//! How it answers (every rule is deterministic; the same request always gets the same reply):
-//!
-//! * **Seeds.** The reply is a function of the request's messages and `seed` (0 when absent).
-//!   Seeds are read modulo 5: residues 0, 1 and 2 give the *main* answer, 3 and 4 two different
-//!   *variants*. So five consensus samples sending seeds `s, s+1, …, s+4` always agree 3 to 1
-//!   to 1 (agreement 0.6), whatever `s` is. At `temperature` 0 the seed is ignored and every
-//!   sample gives the main answer, as a real model would.
-//! * **`n`.** Choice *i* of a request is answered as if it had seed `seed + i`.
-//! * **Plain prompts** get a short paragraph about the prompt's topic (taken from phrases like
-//!   "summary of …", "explain …", "what is …", or else its key words) for the audience it names.
-//!   "What is the capital of France?" gets "The capital of France is Paris." (a small built-in
-//!   table); "What is 17 * 3?" gets "17 * 3 = 51".
-//! * **Refinement.** A conversation `[user(task), assistant(draft), user(instruction)]` is a
-//!   request to improve the draft: the reply is the draft plus one more paragraph on the task.
-//! * **The default judge.** A user message holding a `<response_to_rate>` tag gets a bare score
-//!   from 0 to 10 that grows with the number of paragraphs of the rated text: 1 paragraph → 6,
-//!   2 → 7.5, 3 → 9, 4 or more → 10. A refine loop with target 0.9 therefore reaches its target
-//!   on its second refinement.
-//! * **JSON.** A request with a `response_format` JSON schema gets an instance of that schema;
-//!   with `json_object` (or a prompt that asks for JSON) an object `{"answer": "…"}`.
-//! * **Usage** is an estimate: about 4 characters per token, plus 4 tokens per message of the
-//!   prompt. A reply longer than `max_tokens` is cut there, with finish reason `length`.
-//! * It never calls tools.
-//!
-//! ```
-//! use executionkit::{ChatRequest, LlmProvider, Message, OfflineModel};
-//! # futures::executor::block_on(async {
-//! let m = OfflineModel::new();
-//! let r = m.complete(&ChatRequest::new(vec![Message::user("What is the capital of France?")])).await.unwrap();
-//! assert_eq!(r.content(), "The capital of France is Paris.");
-//! assert!(r.usage.input_tokens > 0 && r.usage.output_tokens > 0);
-//! # });
-//! ```
+//! The embedded offline model ([`OfflineModel`]): a deterministic stand-in for a chat model,
+//! in pure Rust, for demos, examples and tests.
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
@@ -49,10 +10,51 @@ use super::{
 use crate::error::Result;
 
 /// The model name the offline model reports.
-pub const OFFLINE_MODEL_NAME: &str = "offline";
+const OFFLINE_MODEL_NAME: &str = "offline";
 
-/// The embedded offline model: deterministic, no weights, no network. For demos, examples and
-/// tests only (see the [module docs](self) for exactly how it answers).
+/// The embedded offline model: a deterministic stand-in for a chat model, in pure Rust.
+///
+/// **What it is for:** demos, examples, documentation and tests — the first `ek` command on a
+/// machine with no endpoint and no key, the crate's examples in CI, and tests that need a
+/// provider whose answers are reproducible. **What it is not:** a language model. It has no
+/// weights, makes no network call, does not understand the prompt and must never be used to
+/// answer real questions.
+///
+/// How it answers (every rule is deterministic; the same request always gets the same reply):
+///
+/// * **Seeds.** The reply is a function of the request's messages and `seed` (0 when absent).
+///   Seeds are read modulo 5: residues 0, 1 and 2 give the *main* answer, 3 and 4 two different
+///   *variants*. So five consensus samples sending seeds `s, s+1, …, s+4` always agree 3 to 1
+///   to 1 (agreement 0.6), whatever `s` is. At `temperature` 0 the seed is ignored and every
+///   sample gives the main answer, as a real model would.
+/// * **`n`.** Choice *i* of a request is answered as if it had seed `seed + i`.
+/// * **Plain prompts** get a short paragraph about the prompt's topic (taken from phrases like
+///   "summary of …", "explain …", "what is …", or else its key words) for the audience it names.
+///   "What is the capital of France?" gets "The capital of France is Paris." (a small built-in
+///   table); "What is 17 * 3?" gets "17 * 3 = 51".
+/// * **Refinement.** A conversation `[user(task), assistant(draft), user(instruction)]` is a
+///   request to improve the draft: the reply is the draft plus one more paragraph on the task.
+/// * **The default judge.** A user message holding a `<response_to_rate>` tag gets a bare score
+///   from 0 to 10 that grows with the number of paragraphs of the rated text: 1 paragraph → 6,
+///   2 → 7.5, 3 → 9, 4 or more → 10. A refine loop with target 0.9 therefore reaches its target
+///   on its second refinement.
+/// * **JSON.** A request with a `response_format` JSON schema gets an instance of that schema;
+///   with `json_object` (or a prompt that asks for JSON) an object `{"answer": "…"}`.
+/// * **Usage** is an estimate: about 4 characters per token, plus 4 tokens per message of the
+///   prompt. A reply longer than `max_tokens` is cut there, with finish reason `length`.
+/// * It never calls tools.
+///
+/// ```
+/// use executionkit::{ChatRequest, LlmProvider, Message, OfflineModel};
+/// # futures::executor::block_on(async {
+/// let m = OfflineModel::new();
+/// let r = m.complete(&ChatRequest::new(vec![Message::user("What is the capital of France?")])).await.unwrap();
+/// assert_eq!(r.content(), "The capital of France is Paris.");
+/// assert!(r.usage.input_tokens > 0 && r.usage.output_tokens > 0);
+/// # });
+/// ```
+///
+/// Same messages and seed, same reply:
 ///
 /// ```
 /// use executionkit::{ChatRequest, LlmProvider, Message, OfflineModel};
@@ -72,6 +74,14 @@ pub struct OfflineModel {
 }
 
 impl OfflineModel {
+    /// The model name it reports (`"offline"`), also the name `ek` prints.
+    ///
+    /// ```
+    /// # use executionkit::LlmProvider;
+    /// assert_eq!(executionkit::OfflineModel::NAME, executionkit::OfflineModel::new().model());
+    /// ```
+    pub const NAME: &'static str = OFFLINE_MODEL_NAME;
+
     /// The offline model.
     ///
     /// ```
