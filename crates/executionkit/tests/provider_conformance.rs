@@ -1,0 +1,118 @@
+//! One conformance suite, run unchanged against every provider that ships with the crate: the
+//! mock, the embedded offline model, and the HTTP `Provider` against llama-server + SmolLM2 when
+//! `EK_LLAMA_URL` is set (see `tests/real_server.rs` for how to start it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use executionkit::engine::CostTracker;
+use executionkit::{
+    ChatRequest, LlmProvider, LlmResponse, Message, MockProvider, OfflineModel, Provider,
+    RunContext, StreamEvent,
+};
+use futures::StreamExt;
+
+fn request() -> ChatRequest {
+    ChatRequest::new(vec![Message::user("Name a colour.")])
+        .max_tokens(12)
+        .temperature(0.0)
+        .seed(1)
+}
+
+/// Every rule a provider must keep, whatever it is.
+async fn conformance(name: &str, p: Arc<dyn LlmProvider>) {
+    // complete: at least one choice with text, a finish reason and the usage.
+    let r = p.complete(&request()).await.unwrap();
+    assert!(!r.choices.is_empty(), "{name}: no choice");
+    assert!(!r.content().trim().is_empty(), "{name}: empty text");
+    assert!(r.finish_reason().is_some(), "{name}: no finish reason");
+    assert!(r.usage.output_tokens > 0, "{name}: no usage");
+    assert!(r.usage.output_tokens <= 12, "{name}: max_tokens ignored");
+
+    // Through the checked call path the tracker records exactly the reported usage.
+    let ctx = RunContext::new();
+    let t = CostTracker::new();
+    let r = ctx.complete(p.as_ref(), request(), &t).await.unwrap();
+    assert_eq!(t.usage().input_tokens, r.usage.input_tokens, "{name}");
+    assert_eq!(t.usage().output_tokens, r.usage.output_tokens, "{name}");
+    assert_eq!(t.usage().llm_calls, 1, "{name}");
+
+    // A bad argument is refused before anything is sent or counted.
+    let t = CostTracker::new();
+    let e = ctx
+        .complete(p.as_ref(), request().temperature(f64::NAN), &t)
+        .await
+        .unwrap_err();
+    assert!(e.is_invalid_argument(), "{name}: {e:?}");
+    assert_eq!(t.usage().llm_calls, 0, "{name}");
+
+    // n: as many choices as asked, when the provider says it honours n.
+    if p.supports_n() {
+        let r = p.complete(&request().n(2)).await.unwrap();
+        assert_eq!(r.choices.len(), 2, "{name}: n ignored");
+    }
+
+    // stream: deltas, then exactly one Finished whose text is the deltas' concatenation.
+    if p.supports_streaming() {
+        let items: Vec<StreamEvent> = p.stream(request()).map(|e| e.unwrap()).collect().await;
+        let finished: Vec<&LlmResponse> = items
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::Finished(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finished.len(), 1, "{name}: one Finished");
+        assert!(
+            matches!(items.last(), Some(StreamEvent::Finished(_))),
+            "{name}: Finished comes last"
+        );
+        let text: String = items
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::TextDelta(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finished[0].content(), text, "{name}");
+        assert!(
+            finished[0].usage.output_tokens > 0,
+            "{name}: streamed usage"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mock_provider_conforms() {
+    let p = MockProvider::new([
+        LlmResponse::text("Blue.").with_usage(6, 2),
+        LlmResponse::text("Red.").with_usage(6, 2),
+    ])
+    .with_n_support();
+    conformance("mock", Arc::new(p)).await;
+}
+
+#[tokio::test]
+async fn offline_model_conforms() {
+    conformance("offline", Arc::new(OfflineModel::new())).await;
+}
+
+#[tokio::test]
+async fn http_provider_conforms_against_llama_server() {
+    let Ok(url) = std::env::var("EK_LLAMA_URL") else {
+        assert!(
+            std::env::var("EK_REQUIRE_SERVERS").as_deref() != Ok("1"),
+            "EK_REQUIRE_SERVERS=1 but EK_LLAMA_URL is unset: run scripts/start-llama.sh"
+        );
+        eprintln!("skipping: EK_LLAMA_URL is unset (eval \"$(scripts/start-llama.sh)\")");
+        return;
+    };
+    let key = std::env::var("EK_LLAMA_KEY").unwrap_or_else(|_| "ek-test-key".to_owned());
+    let p = Provider::builder(url, "smollm2")
+        .api_key(key)
+        .supports_n(true)
+        .build()
+        .unwrap();
+    conformance("llama-server", Arc::new(p)).await;
+}
