@@ -195,6 +195,10 @@ impl ApprovalGate {
         Self::new(move |req| {
             let f = Arc::clone(&f);
             async move {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    // No blocking pool to move to: ask on this thread.
+                    return f(req).map(Into::into);
+                }
                 match tokio::task::spawn_blocking(move || f(req).map(Into::into)).await {
                     Ok(r) => r,
                     Err(_) => Err(Error::new(
@@ -262,6 +266,14 @@ impl ApprovalGate {
             return (self.callback)(req).await;
         };
         let (action, subject) = (req.action.clone(), req.subject.clone());
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::invalid_argument(
+                "timeout",
+                format!(
+                    "approval for {action} {subject}: a gate with a timeout needs a Tokio runtime"
+                ),
+            ));
+        }
         match tokio::time::timeout(limit, (self.callback)(req)).await {
             Ok(r) => r,
             Err(_) => {

@@ -24,7 +24,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -292,7 +291,8 @@ impl Tool {
     /// on its own task under `timeout` (or the tool's own), and turns the outcome into an
     /// [`Observation`]. A successful result is truncated to `max_chars` (see [`truncate`]);
     /// errors, panics and timeouts give short fixed texts that name the kind and never quote
-    /// the arguments or the error's detail. Needs a Tokio runtime (for the task and the timer).
+    /// the arguments or the error's detail. Needs a Tokio runtime (for the task and the timer):
+    /// without one the body does not run and the observation says so.
     ///
     /// ```
     /// use std::time::Duration;
@@ -321,19 +321,29 @@ impl Tool {
             );
         }
         let timeout = timeout.unwrap_or(self.timeout);
-        let body = AssertUnwindSafe(self.call(args.clone())).catch_unwind();
-        let task = AbortOnDrop(tokio::spawn(body));
         let name = truncate_chars(&self.name, MAX_QUOTED_CHARS);
+        // Bodies run on their own Tokio task under a Tokio timer; without a runtime they
+        // cannot be bounded, so they do not run at all.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Observation::new(
+                ObservationKind::Failed,
+                format!("Tool '{name}' failed: no Tokio runtime to run it on"),
+            );
+        };
+        // The body is called inside the task, so a panic in its synchronous part is caught too.
+        let execute = Arc::clone(&self.execute);
+        let args = args.clone();
+        let task = AbortOnDrop(runtime.spawn(async move { execute(args).await }));
         match tokio::time::timeout(timeout, task).await {
             Err(_elapsed) => Observation::new(
                 ObservationKind::TimedOut,
                 format!("Tool execution timed out after {}s", timeout.as_secs_f64()),
             ),
-            Ok(Ok(Ok(Ok(text)))) => {
+            Ok(Ok(Ok(text))) => {
                 let text = truncate(&text, max_chars);
                 Observation::new(ObservationKind::Ok, text)
             }
-            Ok(Ok(Ok(Err(detail)))) => {
+            Ok(Ok(Err(detail))) => {
                 if detail == ARGS_DO_NOT_FIT {
                     Observation::new(
                         ObservationKind::ArgumentError,
@@ -347,7 +357,7 @@ impl Tool {
                     )
                 }
             }
-            Ok(Ok(Err(_)) | Err(_)) => {
+            Ok(Err(_)) => {
                 tracing::debug!(target: "executionkit", tool = %name, "tool panicked");
                 Observation::new(
                     ObservationKind::Panicked,
@@ -540,6 +550,20 @@ mod tests {
         assert_eq!(truncate("abcdef", 1), "a");
         assert_eq!(truncate("", 1), "");
         assert_eq!(truncate("héllo wörld, héllo wörld", 14), "hé\n[truncated]");
+    }
+
+    #[test]
+    fn without_a_runtime_tools_do_not_run() {
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r = std::sync::Arc::clone(&ran);
+        let t = Tool::new("t", "d", serde_json::json!({}), move |_| {
+            r.store(true, std::sync::atomic::Ordering::SeqCst);
+            async { Ok("x".to_owned()) }
+        });
+        let obs = futures::executor::block_on(t.observe(&Map::new(), None, 100));
+        assert_eq!(obs.kind, ObservationKind::Failed);
+        assert!(obs.text.contains("no Tokio runtime"));
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[test]

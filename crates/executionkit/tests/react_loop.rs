@@ -509,6 +509,17 @@ async fn s107_tool_errors_and_panics_never_leak_their_text() {
     let obs = one_call_observation(&panicking, json!({"password": "hunter2"})).await;
     assert_eq!(obs, "Tool 'panicking' failed: panic");
     assert!(!obs.contains("hunter2"));
+
+    // A panic before the body's future exists is caught too.
+    #[allow(unreachable_code)]
+    let eager = Tool::new("eager", "panics early", json!({}), |_args| {
+        panic!("password=hunter2");
+        async { Ok(String::new()) }
+    });
+    assert_eq!(
+        one_call_observation(&eager, json!({})).await,
+        "Tool 'eager' failed: panic"
+    );
 }
 
 #[tokio::test]
