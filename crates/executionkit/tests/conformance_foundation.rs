@@ -916,3 +916,27 @@ async fn s061_stream_needs_a_streaming_provider() {
     assert!(e.is_invalid_argument(), "{e:?}");
     assert!(t.usage().is_zero(), "nothing was reserved or sent");
 }
+
+#[tokio::test]
+async fn s058_one_call_finished_event_per_llm_call_across_patterns() {
+    let (ctx, events) = recording(RunContext::new());
+    let p = MockProvider::new([r#"{"ok": true}"#]);
+    let r = executionkit::patterns::structured::StructuredValue::new()
+        .run(&p, "Is it ok?", &ctx)
+        .await
+        .unwrap();
+    assert_eq!(r.value, json!({"ok": true}));
+    let p = MockProvider::new(["answer"]);
+    let r = executionkit::RefineLoop::new()
+        .evaluator(|_text: String| async { Ok(1.0) })
+        .run(&p, "q", &ctx)
+        .await
+        .unwrap();
+    assert_eq!(r.value, "answer");
+    let ev = events.lock().unwrap();
+    let finished = ev
+        .iter()
+        .filter(|e| matches!(e, Event::CallFinished { .. }))
+        .count();
+    assert_eq!(finished, 2);
+}
