@@ -211,6 +211,22 @@ async fn s097_approval_callback_error_becomes_failed_observation() {
     assert_eq!(obs[2].content, "ran:c");
     assert_eq!(obs[1].tool_call_id.as_deref(), Some("tc2"));
 
+    // A gate that panics fails that call only.
+    let gate = ApprovalGate::new(|req: ApprovalRequest| async move {
+        assert!(req.subject != "boom", "gate panics");
+        Ok(true)
+    });
+    let p = MockProvider::new([round.clone(), fin("ok")]);
+    let _ = ReactLoop::new()
+        .approval_gate(gate)
+        .run(&p, "go", &tools, &RunContext::new())
+        .await
+        .unwrap();
+    let obs = tool_messages(&p, 1);
+    assert_eq!(obs[0].content, "ran:a");
+    assert!(obs[1].content.contains("failed"), "{}", obs[1].content);
+    assert_eq!(obs[2].content, "ran:c");
+
     // A cancellation from the gate aborts the loop.
     let gate = ApprovalGate::new(|req: ApprovalRequest| async move {
         if req.subject == "boom" {

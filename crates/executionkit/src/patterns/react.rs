@@ -723,7 +723,17 @@ impl ReactLoop {
             let req = ApprovalRequest::new("tool_call", call.name.clone())
                 .with_metadata("tool_call_id", call.id.clone())
                 .with_metadata("arguments", Value::Object(call.arguments.clone()));
-            match gate.request(req).await {
+            // A panicking gate is one more failure of this call, not of the loop.
+            let asked = std::panic::AssertUnwindSafe(gate.request(req))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::ApprovalDenied,
+                        "the approval callback panicked",
+                    ))
+                });
+            match asked {
                 Ok(d) if d.approved => {}
                 Ok(d) => {
                     blocked = true;
