@@ -940,3 +940,118 @@ async fn s058_one_call_finished_event_per_llm_call_across_patterns() {
         .count();
     assert_eq!(finished, 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Parallel helpers
+
+/// Sets its flag when dropped: observes cancellation.
+struct DropFlag(Arc<AtomicUsize>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn s066_gather_strict() {
+    use executionkit::engine::parallel::gather_strict;
+    type Task = futures::future::BoxFuture<'static, executionkit::Result<u64>>;
+    let sleepy = |ms: u64, v: u64| -> Task {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(v)
+        })
+    };
+    let failing = |ms: u64, msg: &'static str| -> Task {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Err(Error::new(ErrorKind::Provider, msg))
+        })
+    };
+    // Results in input order, whatever the finishing order.
+    let out = gather_strict(vec![sleepy(30, 1), sleepy(10, 2), sleepy(20, 3)], 3)
+        .await
+        .unwrap();
+    assert_eq!(out, [1, 2, 3]);
+    // One failure among successes: that error, unwrapped; the slow sibling is cancelled.
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let guard = DropFlag(Arc::clone(&cancelled));
+    let slow: Task = Box::pin(async move {
+        let _g = guard;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok(9)
+    });
+    let e = gather_strict(vec![sleepy(1, 1), failing(5, "boom"), slow], 3)
+        .await
+        .unwrap_err();
+    assert_eq!(e.message(), "boom");
+    assert_eq!(cancelled.load(Ordering::SeqCst), 1);
+    // Two or three failures: one error (OVERRIDES), the first to happen.
+    let e = gather_strict(vec![failing(2, "first"), failing(1, "second")], 2)
+        .await
+        .unwrap_err();
+    assert_eq!(e.message(), "second");
+    let e = gather_strict(vec![failing(3, "a"), failing(2, "b"), failing(1, "c")], 3)
+        .await
+        .unwrap_err();
+    assert!(e.is_provider());
+    // A limit of 1 over 5 tasks: never more than one in flight.
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let tasks = (0..5_u64).map(|i| {
+        let (now, peak) = (Arc::clone(&now), Arc::clone(&peak));
+        async move {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            now.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, Error>(i)
+        }
+    });
+    assert_eq!(gather_strict(tasks, 1).await.unwrap(), [0, 1, 2, 3, 4]);
+    assert_eq!(peak.load(Ordering::SeqCst), 1);
+    // Empty input, and the limit checked even then.
+    assert!(
+        gather_strict(Vec::<Task>::new(), 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = gather_strict(Vec::<Task>::new(), 0).await.unwrap_err();
+    assert!(e.message().contains("max_concurrency must be >= 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn s067_dropping_gather_resilient_cancels_its_tasks() {
+    use executionkit::engine::parallel::gather_resilient;
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let tasks = (0..2).map(|_| {
+        let guard = DropFlag(Arc::clone(&dropped));
+        let finished = Arc::clone(&finished);
+        async move {
+            let _g = guard;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            finished.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Error>(())
+        }
+    });
+    let r = tokio::time::timeout(Duration::from_millis(10), gather_resilient(tasks, 10)).await;
+    assert!(r.is_err(), "the caller sees the cancellation");
+    assert_eq!(dropped.load(Ordering::SeqCst), 2, "both tasks were dropped");
+    assert_eq!(finished.load(Ordering::SeqCst), 0);
+    // Without cancellation each slot holds its own result.
+    let out = gather_resilient(
+        vec![
+            Box::pin(async { Ok(1) })
+                as futures::future::BoxFuture<'static, executionkit::Result<i32>>,
+            Box::pin(async { Err(Error::cancelled()) }),
+        ],
+        2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(*out[0].as_ref().unwrap(), 1);
+    assert!(out[1].as_ref().unwrap_err().is_cancelled());
+}

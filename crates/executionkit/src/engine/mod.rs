@@ -5,6 +5,7 @@ pub mod budget;
 pub mod call;
 pub mod convergence;
 pub mod json;
+pub mod parallel;
 pub mod retry;
 pub mod schema;
 pub mod stream;
