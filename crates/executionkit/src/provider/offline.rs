@@ -692,6 +692,7 @@ fn instance_of(schema: &Value, text: &str, depth: usize) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
