@@ -1072,6 +1072,29 @@ async fn tool_call_turns_are_sent_with_empty_content_and_the_tool_schemas() {
 }
 
 #[tokio::test]
+async fn the_initial_tool_choice_applies_to_the_first_round_only() {
+    let p = MockProvider::new([tr("echo", "tc1", json!({"text": "a"})), fin("ok")]);
+    let _ = ReactLoop::new()
+        .initial_tool_choice(ToolChoice::Function("echo".into()))
+        .tool_choice(ToolChoice::None)
+        .run(&p, "go", &[echo_tool()], &RunContext::new())
+        .await
+        .unwrap();
+    let choices: Vec<_> = p
+        .calls()
+        .iter()
+        .map(|c| c.request.tool_choice.clone())
+        .collect();
+    assert_eq!(
+        choices,
+        [
+            Some(ToolChoice::Function("echo".into())),
+            Some(ToolChoice::None)
+        ]
+    );
+}
+
+#[tokio::test]
 async fn no_tools_sends_no_tool_choice() {
     let p = MockProvider::new([fin("plain")]);
     let r = ReactLoop::new()

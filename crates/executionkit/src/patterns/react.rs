@@ -168,6 +168,7 @@ pub struct ReactLoop {
     summarizer: Option<Arc<SummarizerFn>>,
     approval_gate: Option<ApprovalGate>,
     tool_choice: Option<ToolChoice>,
+    initial_tool_choice: Option<ToolChoice>,
     seed: Option<u64>,
     system: Option<String>,
     model: Option<String>,
@@ -189,6 +190,7 @@ impl fmt::Debug for ReactLoop {
             .field("summarizer", &self.summarizer.is_some())
             .field("approval_gate", &self.approval_gate)
             .field("tool_choice", &self.tool_choice)
+            .field("initial_tool_choice", &self.initial_tool_choice)
             .field("seed", &self.seed)
             .field("model", &self.model)
             .field(
@@ -213,6 +215,7 @@ impl Default for ReactLoop {
             summarizer: None,
             approval_gate: None,
             tool_choice: None,
+            initial_tool_choice: None,
             seed: None,
             system: None,
             model: None,
@@ -329,6 +332,21 @@ impl ReactLoop {
     /// How the model may use the tools (sent only when there are tools).
     pub fn tool_choice(mut self, choice: ToolChoice) -> Self {
         self.tool_choice = Some(choice);
+        self
+    }
+
+    /// The tool choice of the first round only (later rounds use
+    /// [`tool_choice`](Self::tool_choice)): e.g. force one tool call, then let the model answer.
+    ///
+    /// ```
+    /// use executionkit::{ToolChoice, patterns::react::ReactLoop};
+    /// let r = ReactLoop::new()
+    ///     .initial_tool_choice(ToolChoice::Function("search".into()))
+    ///     .tool_choice(ToolChoice::Auto);
+    /// # let _ = r;
+    /// ```
+    pub fn initial_tool_choice(mut self, choice: ToolChoice) -> Self {
+        self.initial_tool_choice = Some(choice);
         self
     }
 
@@ -530,10 +548,12 @@ impl ReactLoop {
                 .temperature(self.temperature)
                 .max_tokens(self.max_tokens)
                 .tools(specs.clone());
-            if !specs.is_empty() {
-                if let Some(c) = &self.tool_choice {
-                    request = request.tool_choice(c.clone());
-                }
+            let choice = match &self.initial_tool_choice {
+                Some(c) if round == 1 => Some(c),
+                _ => self.tool_choice.as_ref(),
+            };
+            if let (false, Some(c)) = (specs.is_empty(), choice) {
+                request = request.tool_choice(c.clone());
             }
             if let Some(s) = self.seed {
                 request = request.seed(s);
