@@ -15,8 +15,8 @@ use executionkit::engine::CostTracker;
 use executionkit::events::Event;
 use executionkit::telemetry::{
     ERROR_TYPE, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,
-    GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS, GEN_AI_USAGE_INPUT_TOKENS,
-    GEN_AI_USAGE_OUTPUT_TOKENS, SPAN_LLM_CALL,
+    GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS, GEN_AI_RESPONSE_ID,
+    GEN_AI_RESPONSE_MODEL, GEN_AI_USAGE_INPUT_TOKENS, GEN_AI_USAGE_OUTPUT_TOKENS, SPAN_LLM_CALL,
 };
 use executionkit::{
     ChatRequest, Error, ErrorKind, LlmProvider, LlmResponse, Message, MockProvider, RetryPolicy,
@@ -165,7 +165,10 @@ impl LlmProvider for Flaky {
 #[tokio::test]
 async fn llm_call_span_carries_the_gen_ai_attributes() {
     let (cap, _log, _guard) = capture();
-    let p = MockProvider::new([LlmResponse::text("hi").with_usage(3, 2)]);
+    let mut reply = LlmResponse::text("hi").with_usage(3, 2);
+    reply.model = Some("mock-v1".into());
+    reply.id = Some("resp-1".into());
+    let p = MockProvider::new([reply]);
     let req = ChatRequest::new(vec![Message::user("q")])
         .temperature(0.2)
         .max_tokens(50);
@@ -183,6 +186,8 @@ async fn llm_call_span_carries_the_gen_ai_attributes() {
     assert_eq!(f[GEN_AI_RESPONSE_FINISH_REASONS], r#"["stop"]"#);
     assert_eq!(f[GEN_AI_USAGE_INPUT_TOKENS], "3");
     assert_eq!(f[GEN_AI_USAGE_OUTPUT_TOKENS], "2");
+    assert_eq!(f[GEN_AI_RESPONSE_MODEL], "mock-v1");
+    assert_eq!(f[GEN_AI_RESPONSE_ID], "resp-1");
     assert_eq!(f["attempt"], "1");
     assert!(!f.contains_key(ERROR_TYPE));
 }

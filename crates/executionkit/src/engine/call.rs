@@ -23,8 +23,8 @@ use crate::provider::{
 use crate::redact::redact_with;
 use crate::telemetry::{
     ERROR_TYPE, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,
-    GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS, GEN_AI_USAGE_INPUT_TOKENS,
-    GEN_AI_USAGE_OUTPUT_TOKENS, OPERATION_CHAT,
+    GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS, GEN_AI_RESPONSE_ID,
+    GEN_AI_RESPONSE_MODEL, GEN_AI_USAGE_INPUT_TOKENS, GEN_AI_USAGE_OUTPUT_TOKENS, OPERATION_CHAT,
 };
 use crate::usage::{Budget, TokenUsage};
 
@@ -351,6 +351,12 @@ impl RunContext {
             span.record(GEN_AI_RESPONSE_FINISH_REASONS, format!("{reasons:?}"));
             span.record(GEN_AI_USAGE_INPUT_TOKENS, resp.usage.input_tokens);
             span.record(GEN_AI_USAGE_OUTPUT_TOKENS, resp.usage.output_tokens);
+            if let Some(m) = &resp.model {
+                span.record(GEN_AI_RESPONSE_MODEL, m.as_str());
+            }
+            if let Some(id) = &resp.id {
+                span.record(GEN_AI_RESPONSE_ID, id.as_str());
+            }
         }
         self.emit(&Event::CallFinished {
             call,
@@ -415,6 +421,8 @@ fn llm_span(provider: &dyn LlmProvider, req: &ChatRequest, attempt: u32) -> trac
         { GEN_AI_REQUEST_TEMPERATURE } = req.temperature,
         { GEN_AI_REQUEST_MAX_TOKENS } = req.max_tokens,
         { GEN_AI_RESPONSE_FINISH_REASONS } = tracing::field::Empty,
+        { GEN_AI_RESPONSE_MODEL } = tracing::field::Empty,
+        { GEN_AI_RESPONSE_ID } = tracing::field::Empty,
         { GEN_AI_USAGE_INPUT_TOKENS } = tracing::field::Empty,
         { GEN_AI_USAGE_OUTPUT_TOKENS } = tracing::field::Empty,
         attempt = attempt,
