@@ -2,15 +2,17 @@
 # Runs every test of the workspace, the way CI does:
 #   1. starts llmock (fault injection, TESTING.md §2) via scripts/start-llmock.sh,
 #   2. starts llama-server + SmolLM2-135M (a real model, TESTING.md §1) via scripts/start-llama.sh
-#      (the first run builds llama.cpp: ~7 minutes on 2 cores; later runs reuse .cache/ek),
+#      (the first run builds llama.cpp: ~7 minutes on 2 cores; later runs reuse .cache/ek), and
+#      llama-cpp-python's server for real tool calls via scripts/start-llama-tools.sh (first run
+#      ~10 minutes) — in the background while cargo compiles the tests,
 #   3. `cargo test --workspace --all-targets` and `cargo test --workspace --doc` with
-#      EK_LLMOCK_URL, EK_LLAMA_URL, EK_LLAMA_KEY and EK_REQUIRE_SERVERS=1 exported (so tests that
-#      need a server fail instead of skipping),
+#      EK_LLMOCK_URL, EK_LLAMA_URL, EK_LLAMA_KEY, EK_LLAMA_TOOLS_URL and EK_REQUIRE_SERVERS=1
+#      exported (so tests that need a server fail instead of skipping),
 #   4. runs every example and the README's first command on the embedded offline model,
 # and stops the servers it started, whatever happens.
 #
 # Environment: EK_CACHE (default .cache/ek); EK_NO_SERVERS=1 runs without the servers (tests that
-# need one skip themselves); extra arguments go to both `cargo test` runs.
+# need one skip themselves); extra arguments go to the `cargo test` runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -30,6 +32,7 @@ stage() {
 started_pidfiles=()
 cleanup() {
   local f
+  if [ -n "${bg_pid:-}" ]; then kill "$bg_pid" 2>/dev/null || true; fi
   for f in "${started_pidfiles[@]}"; do
     if [ -f "$f" ]; then
       kill "$(cat "$f")" 2>/dev/null || true
@@ -41,28 +44,46 @@ trap cleanup EXIT INT TERM
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-# start NAME SCRIPT PIDFILE: runs the start script, exports every EK_*=VALUE line it prints.
-start() {
-  local name=$1 script=$2 pidfile=$3 out line
-  local was_up=0
-  alive "$pidfile" && was_up=1
-  out=$("$script") || { echo "test.sh: $name failed to start" >&2; return 1; }
+# The servers: "start script" "pid file it writes". start-llama.sh runs before
+# start-llama-tools.sh, which reuses the model that setup-llama.sh unpacks.
+servers=(
+  "scripts/start-llmock.sh $EK_CACHE/llmock.pid"
+  "scripts/start-llama.sh $EK_CACHE/llama-server.pid"
+)
+[ -x scripts/start-llama-tools.sh ] && servers+=("scripts/start-llama-tools.sh $EK_CACHE/llama-tools.pid")
+
+if [ "${EK_NO_SERVERS:-0}" != 1 ]; then
+  # Start (and on the first run build) the servers in the background, one after another, while
+  # cargo compiles the tests: the builds' serial phases overlap.
+  stage "start servers in the background (first run: builds llama.cpp) + compile the tests"
+  server_out=$EK_CACHE/test-servers.out
+  for entry in "${servers[@]}"; do
+    read -r script pidfile <<<"$entry"
+    alive "$pidfile" || started_pidfiles+=("$pidfile")
+  done
+  (
+    set -e
+    for entry in "${servers[@]}"; do
+      read -r script _ <<<"$entry"
+      echo "   starting $script" >&2
+      "$script"
+    done
+  ) >"$server_out" &
+  bg_pid=$!
+  cargo test --workspace --all-targets --no-run "$@"
+  stage "wait for the servers"
+  if ! wait "$bg_pid"; then
+    bg_pid=
+    echo "test.sh: a server failed to start (see the messages above and $EK_CACHE/*.log)" >&2
+    exit 1
+  fi
+  bg_pid=
   while IFS= read -r line; do
     if [[ $line =~ ^EK_[A-Z0-9_]+= ]]; then
       export "${line?}"
       echo "   ${line%%=*} set" >&2
     fi
-  done <<<"$out"
-  if [ "$was_up" = 0 ]; then
-    started_pidfiles+=("$pidfile")
-  fi
-}
-
-if [ "${EK_NO_SERVERS:-0}" != 1 ]; then
-  stage "start llmock"
-  start llmock scripts/start-llmock.sh "$EK_CACHE/llmock.pid"
-  stage "start llama-server (builds llama.cpp on the first run)"
-  start llama-server scripts/start-llama.sh "$EK_CACHE/llama-server.pid"
+  done <"$server_out"
   export EK_REQUIRE_SERVERS=1
 else
   echo "test.sh: EK_NO_SERVERS=1: tests that need llmock or llama-server skip" >&2
