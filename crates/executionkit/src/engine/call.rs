@@ -478,7 +478,8 @@ impl CheckedStream<'_> {
             }
             let cur = self.current.as_mut()?;
             let call = cur.call;
-            let err = match cur.inner.next().await {
+            let span = cur.span.clone();
+            let err = match cur.inner.next().instrument(span).await {
                 Some(Ok(StreamEvent::Finished(resp))) => {
                     self.done = true;
                     if let Some(a) = self.current.take() {
