@@ -26,13 +26,9 @@ pub enum Command {
     Pipe(PipeArgs),
 }
 
-/// Flags every command takes.
+/// Flags every command takes (the prompt is per command: `map-reduce` will take files instead).
 #[derive(Debug, Args)]
 pub struct Common {
-    /// The prompt; `-` reads it from stdin.
-    #[arg(value_name = "PROMPT")]
-    pub prompt: String,
-
     /// The OpenAI-compatible endpoint (default: `EXECUTIONKIT_BASE_URL`; none: the offline model).
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
@@ -103,6 +99,9 @@ pub struct Common {
 /// `ek consensus`.
 #[derive(Debug, Args)]
 pub struct ConsensusArgs {
+    /// The prompt; `-` reads it from stdin.
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
     /// Flags every command takes.
     #[command(flatten)]
     pub common: Common,
@@ -131,6 +130,9 @@ pub struct ConsensusArgs {
 /// `ek refine`.
 #[derive(Debug, Args)]
 pub struct RefineArgs {
+    /// The prompt; `-` reads it from stdin.
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
     /// Flags every command takes.
     #[command(flatten)]
     pub common: Common,
@@ -175,6 +177,9 @@ pub struct RefineArgs {
 /// `ek pipe`.
 #[derive(Debug, Args)]
 pub struct PipeArgs {
+    /// The prompt; `-` reads it from stdin.
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
     /// Flags every command takes.
     #[command(flatten)]
     pub common: Common,
@@ -191,6 +196,15 @@ impl Command {
             Self::Consensus(a) => &a.common,
             Self::Refine(a) => &a.common,
             Self::Pipe(a) => &a.common,
+        }
+    }
+
+    /// The prompt argument as given (`-` means stdin).
+    pub fn prompt(&self) -> &str {
+        match self {
+            Self::Consensus(a) => &a.prompt,
+            Self::Refine(a) => &a.prompt,
+            Self::Pipe(a) => &a.prompt,
         }
     }
 }

@@ -146,7 +146,7 @@ async fn run(command: Command, json: bool) -> u8 {
 fn prepare(command: &Command) -> Result<Prepared, Error> {
     let common = command.common();
     let env = endpoint::Env::from_process();
-    let prompt = read_prompt(&common.prompt)?;
+    let prompt = read_prompt(command.prompt())?;
     // Checked here too, so a bad --timeout is an error on the offline model as well.
     endpoint::timeout(common.timeout)?;
     let selected = endpoint::select(common, &env)?;
