@@ -268,3 +268,24 @@ async fn n_choices_reserve_whole_tokens_per_choice() {
     assert!(e.is_budget_exhausted());
     assert!(ledger.spent().output_tokens <= 10);
 }
+
+#[tokio::test]
+async fn a_bad_money_limit_is_an_invalid_argument_before_any_call() {
+    let p = MockProvider::new(["x"]);
+    let ctx = RunContext::new().budget(
+        Budget::new()
+            .max_usd(f64::NAN)
+            .default_price(CostRates::new(1.0, 1.0).unwrap()),
+    );
+    let e = ctx
+        .complete(
+            &p,
+            executionkit::ChatRequest::new(vec![executionkit::Message::user("q")]),
+            &CostTracker::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_invalid_argument());
+    assert_eq!(e.metadata()["argument"], "max_usd");
+    assert_eq!(p.call_count(), 0);
+}

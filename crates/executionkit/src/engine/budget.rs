@@ -219,6 +219,8 @@ impl BudgetLedger {
     }
 
     fn rates(&self, model: &str) -> Result<Option<CostRates>> {
+        // A NaN or negative money limit, or one without prices, is the caller's mistake.
+        self.budget.validate()?;
         let rates = self.budget.rates_for(model);
         if rates.is_none() && self.budget.usd_limit().is_some() {
             return Err(Error::invalid_argument(
