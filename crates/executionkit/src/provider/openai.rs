@@ -27,6 +27,7 @@ use reqwest::{Method, Url};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
+use super::http1::{Http1, StatusError};
 use super::parse::{error_detail, is_insufficient_quota, parse_completion, parse_retry_after};
 use super::sse::{IdleError, IdleTimeout, StreamAccumulator};
 use super::{ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent};
@@ -76,6 +77,8 @@ struct Inner {
     default_temperature: f64,
     default_max_tokens: u32,
     supports_n: bool,
+    /// The lean HTTP/1.1 client for plain `http://` endpoints (the non-streaming hot path).
+    fast: Option<Http1>,
 }
 
 impl fmt::Debug for Provider {
@@ -456,6 +459,7 @@ impl ProviderBuilder {
             headers.insert(n, v);
         }
 
+        let fast = Http1::for_url(&url, &headers, self.connect_timeout);
         let mut client = reqwest::Client::builder()
             .use_rustls_tls()
             .redirect(reqwest::redirect::Policy::none())
@@ -486,6 +490,7 @@ impl ProviderBuilder {
                 default_temperature: self.default_temperature,
                 default_max_tokens: self.default_max_tokens,
                 supports_n: self.supports_n,
+                fast,
             }),
         })
     }
@@ -719,6 +724,9 @@ impl Inner {
     async fn complete(&self, request: &ChatRequest) -> Result<LlmResponse> {
         request.validate()?;
         let body = self.body(request, false)?;
+        if let Some(fast) = &self.fast {
+            return self.complete_fast(fast, &body).await;
+        }
         let req = self.http_request(body, Some(self.timeout));
         let resp = self
             .client
@@ -730,6 +738,36 @@ impl Inner {
         }
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
         parse_completion(&bytes).map_err(|e| self.scrub(e))
+    }
+
+    /// `complete` over the lean HTTP/1.1 client: the same errors as over reqwest.
+    async fn complete_fast(&self, fast: &Http1, body: &[u8]) -> Result<LlmResponse> {
+        let reply = match tokio::time::timeout(self.timeout, fast.post(body)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                let msg = format!("Transport failure: {}", self.clean(&error_chain(&e)));
+                return Err(Error::new(ErrorKind::Transport, msg).with_source(e));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "Transport failure: no response within {:.1} s (request timeout)",
+                        self.timeout.as_secs_f64()
+                    ),
+                ));
+            }
+        };
+        if !(200..300).contains(&reply.status) {
+            let retry_after = (reply.status == 429).then(|| retry_after_of(&reply.headers));
+            let body = &reply.body[..reply.body.len().min(MAX_ERROR_BODY)];
+            let e = classify_status(reply.status, body, retry_after, |d| self.clean(d));
+            return Err(match StatusError::of(reply.status) {
+                Some(cause) => e.with_source(cause),
+                None => e,
+            });
+        }
+        parse_reply(&reply.body).map_err(|e| self.scrub(e))
     }
 
     async fn open_stream(self: Arc<Self>, request: ChatRequest) -> Result<ChatStream> {
@@ -804,6 +842,77 @@ impl Inner {
         events.push(Ok(StreamEvent::Finished(r)));
         Ok(stream::iter(events).boxed())
     }
+}
+
+/// A 2xx body of the common shape, read without building a JSON tree: a top-level object whose
+/// `choices` is a non-empty list of objects with an optional `message` object holding a string
+/// (or null) `content` and no `tool_calls`, and a string (or null) `finish_reason`.
+#[derive(serde::Deserialize)]
+struct PlainReply<'a> {
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    choices: Vec<PlainChoice<'a>>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct PlainChoice<'a> {
+    #[serde(borrow, default)]
+    message: Option<PlainMessage<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PlainMessage<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<serde::de::IgnoredAny>,
+}
+
+/// [`parse_completion`], with a typed fast path for the common shape ([`PlainReply`]); any
+/// other body (tool calls, content parts, odd types, errors) goes through `parse_completion`,
+/// so the result is the same either way.
+fn parse_reply(body: &[u8]) -> Result<LlmResponse> {
+    let Ok(plain) = serde_json::from_slice::<PlainReply<'_>>(body) else {
+        return parse_completion(body);
+    };
+    if plain.choices.is_empty()
+        || plain
+            .choices
+            .iter()
+            .any(|c| c.message.as_ref().is_some_and(|m| m.tool_calls.is_some()))
+    {
+        return parse_completion(body);
+    }
+    let usage = match &plain.usage {
+        Some(Value::Object(u)) => super::parse::parse_usage(u)?,
+        _ => super::Usage::default(),
+    };
+    let choices = plain
+        .choices
+        .into_iter()
+        .map(|c| super::Choice {
+            content: c
+                .message
+                .and_then(|m| m.content)
+                .map(std::borrow::Cow::into_owned)
+                .unwrap_or_default(),
+            tool_calls: Vec::new(),
+            finish_reason: c.finish_reason.map(std::borrow::Cow::into_owned),
+        })
+        .collect();
+    Ok(LlmResponse {
+        choices,
+        usage,
+        id: plain.id.map(std::borrow::Cow::into_owned),
+        model: plain.model.map(std::borrow::Cow::into_owned),
+    })
 }
 
 /// The SSE decoding state of one open stream.
@@ -1018,6 +1127,36 @@ mod tests {
             std::str::from_utf8(&body).unwrap(),
             r#"{"model":"other","messages":[{"role":"user","content":"x"}],"temperature":0.1,"max_tokens":4096,"stream":true,"stream_options":{"include_usage":true},"zeta":1}"#
         );
+    }
+
+    #[test]
+    fn plain_replies_parse_as_parse_completion_does() {
+        let bodies: [&[u8]; 12] = [
+            br#"{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Paris"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":1,"total_tokens":13}}"#,
+            br#"{"choices":[{"message":{"content":"a\nb\u00e9"},"finish_reason":null},{"message":{"content":null}}],"usage":{"input_tokens":3,"prompt_tokens":9,"output_tokens":null}}"#,
+            br#"{"choices":[{"message":{"content":"x","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+            br#"{"choices":[{"message":{"content":[{"type":"text","text":"parts"}]},"finish_reason":7}]}"#,
+            br#"{"id":5,"model":null,"choices":[{"message":"odd"}],"usage":null}"#,
+            br#"{"choices":[],"usage":{}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":-1}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":2000000000}}"#,
+            br#"{"choices":[{"message":{"content":"a"}}],"choices":[{"message":{"content":"b"}}]}"#,
+            br#"[1,2]"#,
+            br#"not json"#,
+            br#"{"choices":[{"message":{"content":"x"}}]} trailing"#,
+        ];
+        for b in bodies {
+            let slow = parse_completion(b);
+            let fast = parse_reply(b);
+            match (slow, fast) {
+                (Ok(s), Ok(f)) => assert_eq!(s, f, "{}", String::from_utf8_lossy(b)),
+                (Err(s), Err(f)) => assert_eq!(
+                    (s.kind(), s.message().to_owned()),
+                    (f.kind(), f.message().to_owned())
+                ),
+                (s, f) => panic!("{}: {s:?} vs {f:?}", String::from_utf8_lossy(b)),
+            }
+        }
     }
 
     #[test]
