@@ -136,9 +136,10 @@ def run_wrk(args, concurrency: int) -> Run:
                {"process_wall_s": wall})
 
 
-def run_client(args, client: str, cmd: list[str], samples: int, concurrency: int) -> Run:
+def run_client(args, client: str, cmd: list[str], samples: int, concurrency: int,
+               env: dict | None = None) -> Run:
     before = accepts(args.port)
-    out, err, code, wall, ru = run_measured(cmd)
+    out, err, code, wall, ru = run_measured(cmd, env)
     conns = accepts(args.port) - before - 1
     ok, note, extra = False, "", {}
     try:
@@ -154,7 +155,7 @@ def run_client(args, client: str, cmd: list[str], samples: int, concurrency: int
         calls = 0
         note = f"exit {code}, unreadable output ({e}): {out.strip()[:200]} {err.strip()[-300:]}"
     extra["stderr_bytes"] = len(err)
-    if err.strip() and client == "ek":
+    if err.strip() and client.startswith("ek"):
         note = (note + "; " if note else "") + f"stderr: {err.strip()[:200]}"
     return Run(client, samples, concurrency, wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss,
                calls, conns, ok, note, extra)
@@ -231,6 +232,15 @@ def parse_divan(text: str) -> dict[str, float]:
     return out
 
 
+def args_variants(runs: dict) -> list[str]:
+    """Labels of the extra ek builds measured (neither ek, ek-reqwest nor Python)."""
+    seen: list[str] = []
+    for label, _, _ in runs:
+        if label.startswith("ek") and label not in ("ek", "ek-reqwest") and label not in seen:
+            seen.append(label)
+    return seen
+
+
 def render(args, mach: dict, wrk: dict, runs: dict, py_status: dict, micro: str) -> tuple[str, list]:
     lines: list[str] = []
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -275,6 +285,25 @@ def render(args, mach: dict, wrk: dict, runs: dict, py_status: dict, micro: str)
                 f"| ek (Rust) | {fmt(ek_wall, 3)} | {fmt(ek_rps)} | {fmt(ek_cpu, 2)} |"
                 f" {fmt(ek_rss, 1)} | {ek_conns} (max of runs) | {all(r.ok for r in ek)} |"
                 f" **{fmt(ek_cpu / wrk_cpu, 2)}** | **{fmt(ek_rps / wrk_rps, 2)}** | | |")
+        for label in args_variants(runs):
+            rv = runs.get((label, samples, conc), [])
+            if rv:
+                cpu = median(rv, "cpu_per_call_us")
+                lines.append(
+                    f"| {label} |"
+                    f" {fmt(median(rv, 'wall_s'), 3)} | {fmt(median(rv, 'calls_per_s'))} |"
+                    f" {fmt(cpu, 2)} | {fmt(median(rv, 'maxrss_kib') / 1024, 1)} |"
+                    f" {max(r.connections for r in rv)} | {all(r.ok for r in rv)} |"
+                    f" {fmt(cpu / wrk_cpu, 2)} | {fmt(median(rv, 'calls_per_s') / wrk_rps, 2)} | | |")
+        rq = runs.get(("ek-reqwest", samples, conc), [])
+        if rq:
+            cpu = median(rq, "cpu_per_call_us")
+            lines.append(
+                f"| ek over reqwest (the transport before the lean client) |"
+                f" {fmt(median(rq, 'wall_s'), 3)} | {fmt(median(rq, 'calls_per_s'))} |"
+                f" {fmt(cpu, 2)} | {fmt(median(rq, 'maxrss_kib') / 1024, 1)} |"
+                f" {max(r.connections for r in rq)} | {all(r.ok for r in rq)} |"
+                f" {fmt(cpu / wrk_cpu, 2)} | {fmt(median(rq, 'calls_per_s') / wrk_rps, 2)} | | |")
         best_py = float("nan")
         for label in py_status["labels"]:
             pr = runs.get((label, samples, conc), [])
@@ -293,6 +322,27 @@ def render(args, mach: dict, wrk: dict, runs: dict, py_status: dict, micro: str)
         lines.append("")
         targets.append((samples, conc, ek_cpu / wrk_cpu, best_py / ek_cpu, ek_rps / wrk_rps,
                         ek_conns, ek_rss))
+    start = runs.get(("ek", 1, 1), [])
+    if start:
+        st_cpu = median(start, "cpu_per_call_us")  # one call: the whole process's CPU
+        marg = []
+        for samples, conc in WORKLOADS:
+            ek = runs.get(("ek", samples, conc), [])
+            if ek:
+                cpu = statistics.median(r.user_s + r.sys_s for r in ek) * 1e6
+                marg.append(f"{fmt((cpu - st_cpu) / (samples - 1), 2)} µs at {samples:,}/{conc}")
+        lines.append(
+            f"`ek` start-up and exit with one call: {fmt(st_cpu / 1000, 2)} ms CPU,"
+            f" {fmt(median(start, 'maxrss_kib') / 1024, 1)} MiB (median of {len(start)}). CPU per"
+            f" call without it (whole run minus the one-call run, divided by the other calls): "
+            + "; ".join(marg) + ".")
+        lines.append("")
+    ek_runs = [r for (label, _, _), rs in runs.items() if label == "ek" for r in rs]
+    if ek_runs:
+        err_bytes = sum(r.extra.get("stderr_bytes", 0) for r in ek_runs)
+        lines.append(f"`ek` wrote {err_bytes} bytes to stderr (not a terminal) over its"
+                     f" {len(ek_runs)} runs here: no progress bar, no per-call log line.")
+        lines.append("")
     notes = [r for rs in runs.values() for r in rs if r.note] + [
         r for rs in wrk.values() for r in rs if r.note]
     if notes:
@@ -312,8 +362,7 @@ def render(args, mach: dict, wrk: dict, runs: dict, py_status: dict, micro: str)
 
     # Targets.
     micro_ns = parse_divan(micro) if micro else {}
-    overhead = next((v for k, v in micro_ns.items() if k.startswith("consensus_overhead/")
-                     and "10000" in k), float("nan")) / 10000 / 1000
+    overhead = micro_ns.get("consensus_overhead/samples_10000/200", float("nan")) / 10000 / 1000
     small, big = targets[0], targets[-1]
     worst_cpu = max(t[2] for t in targets)
     worst_py = min(t[3] for t in targets)
@@ -377,11 +426,16 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     ap.add_argument("--raw", default="")
     ap.add_argument("--only", default="", help="comma list of clients to run (debugging)")
+    ap.add_argument("--ek-variant", action="append", default=[],
+                    help="LABEL=PATH: another ek build measured on the same workloads")
+    ap.add_argument("--no-reqwest", dest="reqwest", action="store_false",
+                    help="skip the ek-over-reqwest comparison row")
     args = ap.parse_args()
 
     mach = machine()
     base = f"http://127.0.0.1:{args.port}/v1"
     pys = [tuple(p.split("=", 1)) for p in args.py]
+    variants = [tuple(v.split("=", 1)) for v in args.ek_variant]
     only = set(filter(None, args.only.split(",")))
     want = lambda c: not only or c in only  # noqa: E731
     wrk: dict[int, list[Run]] = {}
@@ -393,6 +447,21 @@ def main() -> int:
               f"  rss {r.maxrss_kib / 1024:6.1f} MiB  conns {r.connections:5}  ok {r.ok}"
               f"{'  ' + r.note if r.note else ''}", flush=True)
 
+    def ek_cmd(samples: int, conc: int) -> list[str]:
+        return [args.ek, "consensus", "--json", "--base-url", base, "--model", args.model,
+                "--samples", str(samples), "--max-concurrency", str(conc), args.prompt]
+
+    # The same binary over reqwest (the transport before the lean HTTP/1.1 client): a proxy
+    # variable turns the lean client off, and no_proxy keeps reqwest off the proxy.
+    reqwest_env = dict(os.environ, http_proxy="http://127.0.0.1:9", no_proxy="127.0.0.1")
+
+    if want("ek"):
+        print("== ek start-up: 1 sample", flush=True)
+        for _ in range(args.runs):
+            r = run_client(args, "ek", ek_cmd(1, 1), 1, 1)
+            runs.setdefault(("ek", 1, 1), []).append(r)
+            show(r)
+
     for samples, conc in WORKLOADS:
         print(f"== {samples} samples, concurrency {conc}", flush=True)
         for _ in range(args.runs if want("wrk") else 0):
@@ -401,10 +470,21 @@ def main() -> int:
             show(r)
         for _ in range(args.runs):
             if want("ek"):
-                cmd = [args.ek, "consensus", "--json", "--base-url", base, "--model", args.model,
-                       "--samples", str(samples), "--max-concurrency", str(conc), args.prompt]
-                r = run_client(args, "ek", cmd, samples, conc)
+                r = run_client(args, "ek", ek_cmd(samples, conc), samples, conc)
                 runs.setdefault(("ek", samples, conc), []).append(r)
+                show(r)
+            for label, path in variants:
+                if not want(label):
+                    continue
+                cmd = ek_cmd(samples, conc)
+                cmd[0] = path
+                r = run_client(args, label, cmd, samples, conc)
+                runs.setdefault((label, samples, conc), []).append(r)
+                show(r)
+            if want("ek-reqwest") and args.reqwest:
+                r = run_client(args, "ek-reqwest", ek_cmd(samples, conc), samples, conc,
+                               reqwest_env)
+                runs.setdefault(("ek-reqwest", samples, conc), []).append(r)
                 show(r)
             for label, py in pys:
                 if not want(label):

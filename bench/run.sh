@@ -3,6 +3,7 @@
 # executionkit (Python) 0.4.0, all against one nginx fixed-response endpoint on 127.0.0.1.
 #
 #   bench/run.sh [--runs N] [--wrk-duration S] [--no-micro] [--no-python]
+#                [--ek-variant LABEL=PATH]...   (another ek build measured alongside)
 #
 # Installs what it needs (Debian nginx-light and wrk; executionkit 0.4.0 in two venvs on
 # CPython 3.13 from pyenv, the second with httpx and sniffio), builds `ek` in release mode, runs
@@ -20,13 +21,15 @@ RUNS=3
 WRK_DURATION=5
 MICRO=1
 PYTHON=1
+EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
         --wrk-duration) WRK_DURATION=$2; shift 2 ;;
         --no-micro) MICRO=0; shift ;;
         --no-python) PYTHON=0; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --ek-variant) EXTRA+=(--ek-variant "$2"); shift 2 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -151,4 +154,5 @@ mkdir -p "$ROOT/bench/out"
 python3 "$ROOT/bench/bench.py" --port "$PORT" --ek "$EK" --body "$BODY" --prompt "$PROMPT" \
     --model "$MODEL" --runs "$RUNS" --wrk-duration "$WRK_DURATION" \
     --py-version "$PY_VERSION" ${PY_ARGS[@]+"${PY_ARGS[@]}"} ${MICRO_OUT:+--micro "$MICRO_OUT"} \
+    ${EXTRA[@]+"${EXTRA[@]}"} \
     --raw "$ROOT/bench/out/raw-$(date -u +%Y%m%dT%H%M%SZ).json" --out "$ROOT/bench/RESULTS.md"
