@@ -724,6 +724,44 @@ mod tests {
         assert!(seen[1].ends_with("content-length: 2\r\n\r\n{}"));
     }
 
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced_and_close_is_honoured() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let server = tokio::spawn(async move {
+            let mut accepted = 0;
+            // 1st connection: one reply, then closed by the server (idle timeout).
+            // 2nd: one reply with `Connection: close`. 3rd: one reply.
+            for close_header in [false, true, false] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                accepted += 1;
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await.unwrap();
+                if close_header {
+                    s.write_all(
+                        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+                    )
+                    .await
+                    .unwrap();
+                } else {
+                    s.write_all(ok).await.unwrap();
+                }
+                drop(s);
+            }
+            accepted
+        });
+        let url = Url::parse(&format!("http://{addr}/v1/chat/completions")).unwrap();
+        let c = Http1::for_url(&url, &HeaderMap::new(), None).unwrap();
+        for _ in 0..3 {
+            let r = c.post(b"{}").await.unwrap();
+            assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(server.await.unwrap(), 3);
+    }
+
     #[test]
     fn https_proxy_and_own_headers_use_reqwest() {
         let h = HeaderMap::new();
