@@ -1095,6 +1095,39 @@ async fn the_initial_tool_choice_applies_to_the_first_round_only() {
 }
 
 #[tokio::test]
+async fn checkpoints_follow_each_tool_round() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let p = MockProvider::new([
+        calls(&[
+            ("echo", "a", json!({"text": "1"})),
+            ("nope", "b", json!({})),
+        ])
+        .with_usage(3, 1),
+        tr("echo", "c", json!({"text": "2"})).with_usage(3, 1),
+        fin("done"),
+    ]);
+    let r = ReactLoop::new()
+        .max_tool_calls_per_round(1)
+        .on_checkpoint(move |c| {
+            s.lock().unwrap().push(serde_json::to_value(c).unwrap());
+            assert!(c.round < 1, "a panicking callback is ignored");
+        })
+        .run(&p, "go", &[echo_tool()], &RunContext::new())
+        .await
+        .unwrap();
+    assert_eq!(r.value, "done");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0]["round"], 0);
+    assert_eq!(seen[0]["tool_calls_made"], json!(["echo", "nope"]));
+    assert_eq!(seen[0]["cost"]["llm_calls"], 1);
+    assert_eq!(seen[0]["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(seen[1]["round"], 1);
+    assert_eq!(seen[1]["cost"]["input_tokens"], 6);
+}
+
+#[tokio::test]
 async fn no_tools_sends_no_tool_choice() {
     let p = MockProvider::new([fin("plain")]);
     let r = ReactLoop::new()

@@ -135,6 +135,36 @@ impl From<(&str, TokenUsage)> for Summary {
 
 type SummarizerFn = dyn Fn(Vec<Message>) -> BoxFuture<'static, Result<Summary>> + Send + Sync;
 
+/// The state of a tool loop after one tool round, as given to [`ReactLoop::on_checkpoint`].
+/// Serialises to `{"round", "last_response", "tool_calls_made", "cost", "messages"}`.
+///
+/// ```
+/// use executionkit::{Message, TokenUsage, patterns::react::ReactCheckpoint};
+/// let c = ReactCheckpoint {
+///     round: 0,
+///     last_response: String::new(),
+///     tool_calls_made: vec!["search".into()],
+///     cost: TokenUsage::new(5, 1, 1),
+///     messages: vec![Message::user("q")],
+/// };
+/// assert_eq!(serde_json::to_value(&c).unwrap()["messages"][0]["role"], "user");
+/// ```
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ReactCheckpoint {
+    /// 0 after the first round, 1 after the second, …
+    pub round: usize,
+    /// The text of the reply that asked for the tools (often empty).
+    pub last_response: String,
+    /// The names of every call the round requested, rejected ones included.
+    pub tool_calls_made: Vec<String>,
+    /// The loop's spend so far.
+    pub cost: TokenUsage,
+    /// The whole transcript so far.
+    pub messages: Vec<Message>,
+}
+
+type CheckpointFn = dyn Fn(&ReactCheckpoint) + Send + Sync;
+
 /// The ReAct tool loop as a typed builder. Defaults: 8 rounds, observations of at most 12 000
 /// characters, at most 32 tool calls per round of which 10 run at once, temperature 0.3,
 /// `max_tokens` 4096, no history limit, no approval gate.
@@ -174,6 +204,7 @@ pub struct ReactLoop {
     model: Option<String>,
     redact_tool_args: bool,
     tools: Vec<Tool>,
+    on_checkpoint: Option<Arc<CheckpointFn>>,
 }
 
 impl fmt::Debug for ReactLoop {
@@ -188,6 +219,7 @@ impl fmt::Debug for ReactLoop {
             .field("max_tokens", &self.max_tokens)
             .field("max_history_messages", &self.max_history_messages)
             .field("summarizer", &self.summarizer.is_some())
+            .field("on_checkpoint", &self.on_checkpoint.is_some())
             .field("approval_gate", &self.approval_gate)
             .field("tool_choice", &self.tool_choice)
             .field("initial_tool_choice", &self.initial_tool_choice)
@@ -221,6 +253,7 @@ impl Default for ReactLoop {
             model: None,
             redact_tool_args: true,
             tools: Vec::new(),
+            on_checkpoint: None,
         }
     }
 }
@@ -366,6 +399,22 @@ impl ReactLoop {
     /// Another model than the provider's default.
     pub fn model(mut self, model: impl Into<String>) -> Self {
         self.model = Some(model.into());
+        self
+    }
+
+    /// Calls `f` after each tool round with the loop's state (a [`ReactCheckpoint`], JSON-
+    /// serialisable), e.g. to save progress. A panic inside `f` is logged and ignored.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use executionkit::patterns::react::ReactLoop;
+    /// let rounds = Arc::new(Mutex::new(Vec::new()));
+    /// let r = rounds.clone();
+    /// let l = ReactLoop::new().on_checkpoint(move |c| r.lock().unwrap().push(c.round));
+    /// # let _ = l;
+    /// ```
+    pub fn on_checkpoint(mut self, f: impl Fn(&ReactCheckpoint) + Send + Sync + 'static) -> Self {
+        self.on_checkpoint = Some(Arc::new(f));
         self
     }
 
@@ -597,6 +646,20 @@ impl ReactLoop {
                     counters.rejected_tool_calls += 1;
                 }
                 history.push(Message::tool_result(obs.0, obs.1));
+            }
+            if let Some(f) = &self.on_checkpoint {
+                let checkpoint = ReactCheckpoint {
+                    round: round - 1,
+                    last_response: resp.content().to_owned(),
+                    tool_calls_made: calls.iter().map(|c| c.name.clone()).collect(),
+                    cost: tracker.usage(),
+                    messages: history.clone(),
+                };
+                let called =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&checkpoint)));
+                if called.is_err() {
+                    tracing::warn!(target: "executionkit", round, "react_loop: the checkpoint callback panicked");
+                }
             }
         }
         let metadata = self.metadata(&counters, ReactTermination::MaxIterations, &history);
