@@ -856,7 +856,44 @@ struct PlainReply<'a> {
     #[serde(borrow)]
     choices: Vec<PlainChoice<'a>>,
     #[serde(default)]
-    usage: Option<Value>,
+    usage: Option<PlainUsage>,
+}
+
+/// `usage` as whole token counts; each field tells "absent" (`None`) from `null`
+/// (`Some(None)`), as `parse_usage` does. Anything else (negative, fractional, another type)
+/// fails the fast path.
+#[derive(serde::Deserialize)]
+struct PlainUsage {
+    #[serde(default, deserialize_with = "present")]
+    input_tokens: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    prompt_tokens: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    output_tokens: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    completion_tokens: Option<Option<u64>>,
+}
+
+/// A field that is present, `null` or not.
+fn present<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> std::result::Result<Option<Option<u64>>, D::Error> {
+    <Option<u64> as serde::Deserialize>::deserialize(de).map(Some)
+}
+
+impl PlainUsage {
+    /// The counts, or `None` when one is beyond what `parse_usage` accepts (it then reports the
+    /// error).
+    fn counts(&self) -> Option<super::Usage> {
+        let pick = |primary: Option<Option<u64>>, fallback: Option<Option<u64>>| {
+            let n = primary.or(fallback).flatten().unwrap_or(0);
+            (n <= super::parse::MAX_REPORTED_TOKENS).then_some(n)
+        };
+        Some(super::Usage {
+            input_tokens: pick(self.input_tokens, self.prompt_tokens)?,
+            output_tokens: pick(self.output_tokens, self.completion_tokens)?,
+        })
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -891,8 +928,11 @@ fn parse_reply(body: &[u8]) -> Result<LlmResponse> {
         return parse_completion(body);
     }
     let usage = match &plain.usage {
-        Some(Value::Object(u)) => super::parse::parse_usage(u)?,
-        _ => super::Usage::default(),
+        Some(u) => match u.counts() {
+            Some(c) => c,
+            None => return parse_completion(body),
+        },
+        None => super::Usage::default(),
     };
     let choices = plain
         .choices
@@ -1131,7 +1171,12 @@ mod tests {
 
     #[test]
     fn plain_replies_parse_as_parse_completion_does() {
-        let bodies: [&[u8]; 12] = [
+        let bodies: [&[u8]; 17] = [
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"input_tokens":null,"prompt_tokens":9,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":2}}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":1.5}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":"lots"}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"output_tokens":1000000001}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":"7"}}"#,
             br#"{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Paris"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":1,"total_tokens":13}}"#,
             br#"{"choices":[{"message":{"content":"a\nb\u00e9"},"finish_reason":null},{"message":{"content":null}}],"usage":{"input_tokens":3,"prompt_tokens":9,"output_tokens":null}}"#,
             br#"{"choices":[{"message":{"content":"x","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}}]}"#,
