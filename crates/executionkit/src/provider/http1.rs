@@ -31,6 +31,8 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// A connection idle longer than this is checked for a close by the server before reuse.
 const PROBE_AFTER: Duration = Duration::from_secs(1);
+/// How long a reply sent before the request was fully written is waited for.
+const EARLY_REPLY_WAIT: Duration = Duration::from_millis(500);
 /// Header names this client writes itself: a custom header with one of them disables the
 /// fast path (reqwest handles it).
 const OWN_HEADERS: [&str; 7] = [
@@ -202,10 +204,13 @@ impl Http1 {
                 }
                 Ok(reply)
             }
-            // A reused connection the server closed while it sat idle: nothing was answered, so
-            // send once more on a fresh connection.
+            // A reused connection that failed before any byte of an answer: the server closed
+            // it while it sat idle (or the runtime it was registered with is gone). The other
+            // idle connections are likely in the same state: drop them all and send once more
+            // on a fresh connection.
             Err(Failure { error, answered }) if conn.reused && !answered && is_stale(&error) => {
                 drop(conn);
+                self.lock().clear();
                 let mut fresh = self.connect().await?;
                 let (reply, keep) = self
                     .roundtrip(&mut fresh, body)
@@ -277,11 +282,20 @@ impl Http1 {
         conn.wbuf.extend_from_slice(itoa(body.len(), &mut len));
         conn.wbuf.extend_from_slice(b"\r\n\r\n");
         conn.wbuf.extend_from_slice(body);
-        conn.stream
-            .write_all(&conn.wbuf)
-            .await
-            .map_err(|e| Failure::unanswered(HttpError::Io(e)))?;
         conn.rbuf.clear();
+        if let Err(e) = conn.stream.write_all(&conn.wbuf).await {
+            // The server may have answered (e.g. 413) and closed before taking the whole
+            // request: read what it said, if it said it at once.
+            let early = tokio::time::timeout(
+                EARLY_REPLY_WAIT,
+                read_response(&mut conn.stream, &mut conn.rbuf),
+            )
+            .await;
+            return match early {
+                Ok(Ok((reply, _))) => Ok((reply, false)),
+                _ => Err(Failure::unanswered(HttpError::Io(e))),
+            };
+        }
         let done = read_response(&mut conn.stream, &mut conn.rbuf).await?;
         if done.1 {
             // The reply is complete and nothing follows it: forget the socket's read readiness,
@@ -316,18 +330,9 @@ impl Failure {
     }
 }
 
+/// A failure of the connection itself (not of what the server said).
 fn is_stale(e: &HttpError) -> bool {
-    match e {
-        HttpError::Closed => true,
-        HttpError::Io(e) => matches!(
-            e.kind(),
-            io::ErrorKind::ConnectionReset
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::UnexpectedEof
-        ),
-        _ => false,
-    }
+    matches!(e, HttpError::Closed | HttpError::Io(_))
 }
 
 /// `false` when the peer has closed an idle connection (or sent something unexpected).
@@ -760,6 +765,35 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(server.await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_early_reply_to_a_request_the_server_did_not_read_is_returned() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+            // Reset the connection without reading the request.
+            #[allow(deprecated)] // a zero linger is what makes the reset
+            s.set_linger(Some(Duration::ZERO)).unwrap();
+            drop(s);
+        });
+        let url = Url::parse(&format!("http://{addr}/v1/chat/completions")).unwrap();
+        let c = Http1::for_url(&url, &HeaderMap::new(), None).unwrap();
+        let big = vec![b'x'; 8 << 20];
+        let r = tokio::time::timeout(Duration::from_secs(10), c.post(&big))
+            .await
+            .unwrap();
+        server.await.unwrap();
+        match r {
+            Ok(r) => assert_eq!(r.status, 413),
+            // The reset may also discard the reply before it is read: then it is a transport
+            // failure, never a hang.
+            Err(e) => assert!(matches!(e, HttpError::Io(_) | HttpError::Closed), "{e}"),
+        }
     }
 
     #[test]
