@@ -11,7 +11,7 @@
 //! * **Money** is tracked when prices are known; its output part is reserved like output tokens
 //!   and its input part checked like input tokens.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
@@ -41,7 +41,25 @@ pub struct BudgetLedger {
     budget: Budget,
     state: Mutex<State>,
     returned: Notify,
+    /// Reservations waiting for a return (a release wakes waiters only when there are some).
+    waiting: AtomicUsize,
     next_call: AtomicU64,
+}
+
+/// Counts one waiting reservation while it lives (a cancelled wait is uncounted too).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +99,7 @@ impl BudgetLedger {
             budget,
             state: Mutex::new(State::default()),
             returned: Notify::new(),
+            waiting: AtomicUsize::new(0),
             next_call: AtomicU64::new(1),
         }
     }
@@ -207,6 +226,13 @@ impl BudgetLedger {
         let rates = self.rates(model)?;
         let n = n.max(1);
         let per_choice = max_tokens.max(1);
+        // Most reservations succeed at once; only one that must wait registers for returns.
+        if let Some(r) = self.try_reserve(rates, per_choice, n, retry)? {
+            return Ok(r);
+        }
+        // Counted before the state is read again under the lock, so a release that follows
+        // that read sees the count and wakes this waiter.
+        let _waiting = Waiting::new(&self.waiting);
         loop {
             let notified = self.returned.notified();
             tokio::pin!(notified);
@@ -327,7 +353,10 @@ impl BudgetLedger {
             }
         }
         drop(s);
-        self.returned.notify_waiters();
+        // Read after the lock is released: a waiter counts itself before it reads the state.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.returned.notify_waiters();
+        }
         usd
     }
 }

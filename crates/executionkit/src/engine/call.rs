@@ -323,11 +323,13 @@ impl RunContext {
         } else {
             Cow::Borrowed(request)
         };
-        self.emit(&Event::CallStarted {
-            call: reservation.call(),
-            attempt,
-            model: model.to_owned(),
-        });
+        if self.events.is_some() {
+            self.emit(&Event::CallStarted {
+                call: reservation.call(),
+                attempt,
+                model: model.to_owned(),
+            });
+        }
         Ok((reservation, req))
     }
 
@@ -358,13 +360,16 @@ impl RunContext {
                 span.record(GEN_AI_RESPONSE_ID, id.as_str());
             }
         }
-        self.emit(&Event::CallFinished {
-            call,
-            usage: TokenUsage::new(resp.usage.input_tokens, resp.usage.output_tokens, 1),
-            finish_reason: resp.finish_reason().map(str::to_owned),
-            spent: self.ledger.spent(),
-            remaining: self.ledger.remaining(),
-        });
+        // Built only for a subscriber: the ledger snapshots take its lock twice.
+        if self.events.is_some() {
+            self.emit(&Event::CallFinished {
+                call,
+                usage: TokenUsage::new(resp.usage.input_tokens, resp.usage.output_tokens, 1),
+                finish_reason: resp.finish_reason().map(str::to_owned),
+                spent: self.ledger.spent(),
+                remaining: self.ledger.remaining(),
+            });
+        }
     }
 
     /// The wait before the next attempt after `e`, or `None` when `e` is not retried or no
