@@ -7,7 +7,7 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use executionkit::engine::CostTracker;
-use executionkit::provider::parse::parse_retry_after;
+use executionkit::provider::parse::{parse_arguments, parse_retry_after};
 use executionkit::redact::redact;
 use executionkit::{
     ChatRequest, Error, LlmProvider, LlmResponse, Message, Provider, RetryPolicy, RunContext,
@@ -502,6 +502,20 @@ async fn hostile_server_echoing_the_key_never_leaks_it() {
             .api_key(key)
             .build()
             .unwrap();
+        if status == 200 {
+            // Issue 5: bad argument JSON no longer fails the reply; the call carries a reason
+            // that holds none of the argument text.
+            let r = p.complete(&hi()).await.unwrap();
+            assert!(r.tool_calls()[0].arguments_error.is_some());
+            assert!(!format!("{r:?}").contains(key), "{r:?}");
+            let r = RunContext::new()
+                .retry(RetryPolicy::none())
+                .complete(&p, hi(), &CostTracker::new())
+                .await
+                .unwrap();
+            assert!(!format!("{r:?}").contains(key), "{r:?}");
+            continue;
+        }
         let e = p.complete(&hi()).await.unwrap_err();
         assert!(!e.message().contains(key), "{status}: {e:?}");
         assert!(!format!("{e:?}").contains(key));
@@ -643,20 +657,50 @@ async fn s027_tool_call_arguments() {
     assert!(r.tool_calls()[0].arguments.is_empty());
     let r = tool_calls_reply(call_with(&json!({"x": 1}))).await.unwrap();
     assert_eq!(r.tool_calls()[0].arguments["x"], 1);
+    // A non-string, non-object value is a malformed reply.
+    let e = tool_calls_reply(call_with(&json!(123))).await.unwrap_err();
+    assert!(e.is_provider());
+    assert!(e.message().contains("dict or JSON string"), "{e:?}");
+    // The parser itself rejects bad argument strings, with the reference's messages...
     for (args, fragment) in [
-        (json!(123), "dict or JSON string"),
         (json!("{bad json}"), "were not valid JSON"),
         (json!("[\"not\",\"object\"]"), "decode to a JSON object"),
+        (json!(123), "dict or JSON string"),
     ] {
-        let e = tool_calls_reply(call_with(&args)).await.unwrap_err();
+        let e = parse_arguments(Some(&args), "f").unwrap_err();
         assert!(e.is_provider());
         assert!(e.message().contains(fragment), "{fragment}: {e:?}");
     }
-    let e = tool_calls_reply(call_with(&json!("{\"api_key\":\"ghp_1234567890abcdef\"")))
-        .await
-        .unwrap_err();
+    let leaky = json!("{\"api_key\":\"ghp_1234567890abcdef\"");
+    let e = parse_arguments(Some(&leaky), "f").unwrap_err();
     assert!(e.message().contains("[REDACTED]"), "{e:?}");
     assert!(!e.message().contains("ghp_1234567890abcdef"));
+    // ...but a reply carrying them is not rejected (issue 5): the call is kept with empty
+    // arguments and a bounded reason that holds none of the argument text, so that a tool loop
+    // can answer the model with an observation.
+    for (args, fragment) in [
+        (json!("{bad json}"), "arguments were not valid JSON"),
+        (
+            json!("[\"not\",\"object\"]"),
+            "arguments did not decode to a JSON object",
+        ),
+        (leaky, "arguments were not valid JSON"),
+    ] {
+        let r = tool_calls_reply(call_with(&args)).await.unwrap();
+        let call = &r.tool_calls()[0];
+        assert_eq!((call.id.as_str(), call.name.as_str()), ("c", "f"));
+        assert!(call.arguments.is_empty());
+        let reason = call.arguments_error.as_deref().unwrap();
+        assert!(reason.contains(fragment), "{fragment}: {reason}");
+        assert!(reason.chars().count() <= 200, "{reason}");
+        for raw in ["bad json", "\"not\"", "ghp_1234567890abcdef", "api_key"] {
+            assert!(!reason.contains(raw), "{raw}: {reason}");
+        }
+    }
+    let r = tool_calls_reply(call_with(&json!("{\"x\": 1}")))
+        .await
+        .unwrap();
+    assert_eq!(r.tool_calls()[0].arguments_error, None);
 }
 
 #[tokio::test]

@@ -259,6 +259,39 @@ async fn s098_unknown_tool_is_an_observation_and_the_loop_continues() {
     assert_eq!(r.metadata["tool_calls_made"], 1);
 }
 
+/// Issue 5, bad input: a call the provider marked with `arguments_error` is answered with a
+/// bounded observation (the reason cut to 200 characters) and the tool does not run; an unknown
+/// tool with bad arguments is still reported as unknown.
+#[tokio::test]
+async fn issue5_arguments_error_is_a_bounded_observation() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut bad = ToolCall::new("tc1", "act", json!({}));
+    bad.arguments_error = Some("x".repeat(10_000));
+    let mut unknown = ToolCall::new("tc2", "nope", json!({}));
+    unknown.arguments_error = Some("arguments were not valid JSON".into());
+    let mut turn = calls(&[]);
+    turn.choices[0].tool_calls = vec![bad, unknown];
+    let p = MockProvider::new([turn, fin("done")]);
+    let r = ReactLoop::new()
+        .run(
+            &p,
+            "go",
+            &[counting_tool("act", Arc::clone(&runs))],
+            &RunContext::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.value, "done");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    let obs = tool_messages(&p, 1);
+    assert_eq!(obs.len(), 2);
+    let prefix = "Error: invalid arguments for tool 'act': ";
+    assert!(obs[0].content.starts_with(prefix), "{}", obs[0].content);
+    assert_eq!(obs[0].content.chars().count(), prefix.len() + 200);
+    assert_eq!(obs[1].content, "Error: Unknown tool 'nope'");
+    assert_eq!(r.metadata["tool_calls_made"], 2);
+}
+
 #[tokio::test]
 async fn s099_deny_all_blocks_and_allow_all_runs() {
     let runs = Arc::new(AtomicUsize::new(0));
@@ -1343,5 +1376,98 @@ mod over_http {
             bodies[1]["messages"][2],
             json!({"role": "tool", "tool_call_id": "call_1", "content": "over http"})
         );
+    }
+
+    /// Issue 5, bad input: a tool call whose arguments are not JSON (or not an object) does not
+    /// fail the response; the tool never runs, the model is told why in a bounded observation
+    /// that holds none of the argument text, and the loop ends naturally.
+    #[tokio::test]
+    async fn issue5_invalid_tool_argument_json_is_an_observation() {
+        for (raw, fragment) in [
+            ("{bad json", "arguments were not valid JSON"),
+            (
+                "[\"secret-marker-ghp_1234567890abcdef\"]",
+                "arguments did not decode to a JSON object",
+            ),
+        ] {
+            let server = MockServer::start().await;
+            Mock::given(method("POST"))
+                .and(path("/v1/chat/completions"))
+                .respond_with(reply(
+                    &json!({"role": "assistant", "content": null, "tool_calls": [{
+                        "id": "call_1", "type": "function",
+                        "function": {"name": "act", "arguments": raw}
+                    }]}),
+                    "tool_calls",
+                ))
+                .up_to_n_times(1)
+                .with_priority(1)
+                .mount(&server)
+                .await;
+            Mock::given(method("POST"))
+                .and(path("/v1/chat/completions"))
+                .respond_with(reply(
+                    &json!({"role": "assistant", "content": "gave up on the tool"}),
+                    "stop",
+                ))
+                .with_priority(2)
+                .mount(&server)
+                .await;
+            let p = Provider::builder(format!("{}/v1", server.uri()), "m")
+                .api_key("sk-wire-test-key-123456")
+                .build()
+                .unwrap();
+            let runs = Arc::new(AtomicUsize::new(0));
+            let asked = Arc::new(AtomicUsize::new(0));
+            let a = Arc::clone(&asked);
+            let gate = ApprovalGate::new(move |_req: ApprovalRequest| {
+                a.fetch_add(1, Ordering::SeqCst);
+                async { Ok(ApprovalDecision::approve()) }
+            });
+            let r = ReactLoop::new()
+                .approval_gate(gate)
+                .run(
+                    &p,
+                    "go",
+                    &[counting_tool("act", Arc::clone(&runs))],
+                    &RunContext::new(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.value, "gave up on the tool");
+            assert_eq!(r.metadata["termination_reason"], "natural");
+            assert_eq!(r.metadata["tool_calls_made"], 1);
+            assert_eq!(runs.load(Ordering::SeqCst), 0, "the tool must not run");
+            assert_eq!(asked.load(Ordering::SeqCst), 0, "nothing to approve");
+
+            let bodies: Vec<Value> = server
+                .received_requests()
+                .await
+                .unwrap()
+                .iter()
+                .map(|q| serde_json::from_slice(&q.body).unwrap())
+                .collect();
+            assert_eq!(bodies.len(), 2);
+            // The call goes back with `{}` as its arguments, never the raw text.
+            let turn = &bodies[1]["messages"][1];
+            assert_eq!(turn["tool_calls"][0]["function"]["arguments"], "{}");
+            let tool_msg = &bodies[1]["messages"][2];
+            assert_eq!(tool_msg["role"], "tool");
+            assert_eq!(tool_msg["tool_call_id"], "call_1");
+            let obs = tool_msg["content"].as_str().unwrap();
+            assert!(
+                obs.starts_with("Error: invalid arguments for tool 'act': ")
+                    && obs.contains(fragment),
+                "{obs}"
+            );
+            assert!(obs.chars().count() <= 300, "{obs}");
+            assert!(!obs.contains(raw), "{obs}");
+            assert!(
+                !obs.contains("bad json") && !obs.contains("secret-marker"),
+                "{obs}"
+            );
+            let whole = bodies[1].to_string();
+            assert!(!whole.contains("bad json") && !whole.contains("secret-marker"));
+        }
     }
 }

@@ -570,7 +570,7 @@ async fn tool_call_deltas_with_repeated_id_and_name() {
 }
 
 #[tokio::test]
-async fn invalid_streamed_tool_arguments_are_a_provider_error() {
+async fn invalid_streamed_tool_arguments_are_kept_with_a_reason() {
     let body = sse(&[
         json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{oops"}}]}}]}),
         finish_chunk("tool_calls"),
@@ -582,10 +582,20 @@ async fn invalid_streamed_tool_arguments_are_a_provider_error() {
         hold(sock).await;
     })
     .await;
-    let (_, err) = drain(&quick_provider(url), hi()).await;
-    let e = err.unwrap();
-    assert!(e.is_provider());
-    assert!(e.message().contains("were not valid JSON"), "{e:?}");
+    // Issue 5: the stream is not failed; the call arrives with empty arguments and a reason
+    // that holds none of the argument text.
+    let (events, err) = drain(&quick_provider(url), hi()).await;
+    assert!(err.is_none(), "{err:?}");
+    let r = finished(&events).unwrap();
+    let call = &r.tool_calls()[0];
+    assert_eq!((call.id.as_str(), call.name.as_str()), ("c", "f"));
+    assert!(call.arguments.is_empty());
+    let reason = call.arguments_error.as_deref().unwrap();
+    assert!(
+        reason.starts_with("arguments were not valid JSON"),
+        "{reason}"
+    );
+    assert!(!reason.contains("oops"), "{reason}");
 }
 
 // ---- the decoder under arbitrary splits -------------------------------------------------------

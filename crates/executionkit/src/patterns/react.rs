@@ -801,8 +801,19 @@ impl ReactLoop {
             });
         }
         let mut blocked = false;
-        let mut obs = None;
-        if let Some(gate) = &self.approval_gate {
+        // Arguments the server sent unusable (not JSON, not an object): the tool never runs and
+        // the gate is not asked; the model is told why, never shown the argument text.
+        let mut obs = match (&call.arguments_error, tool) {
+            (Some(reason), Some(_)) => Some(Observation::new(
+                ObservationKind::ArgumentError,
+                format!(
+                    "Error: invalid arguments for tool '{name}': {}",
+                    crate::redact::redact(&crate::provider::parse::truncate_chars(reason, 200))
+                ),
+            )),
+            _ => None,
+        };
+        if let (None, Some(gate)) = (&obs, &self.approval_gate) {
             let req = ApprovalRequest::new("tool_call", call.name.clone())
                 .with_metadata("tool_call_id", call.id.clone())
                 .with_metadata("arguments", Value::Object(call.arguments.clone()));

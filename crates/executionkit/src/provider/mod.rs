@@ -280,8 +280,22 @@ pub struct ToolCall {
     pub id: String,
     /// The function to call.
     pub name: String,
-    /// Its arguments, a JSON object.
+    /// Its arguments, a JSON object (`{}` when [`arguments_error`](ToolCall::arguments_error)
+    /// is set).
     pub arguments: Map<String, Value>,
+    /// Why the server's arguments could not be used: `None` when they decoded to a JSON object;
+    /// otherwise a short, bounded reason (e.g. `arguments were not valid JSON (…)`) that never
+    /// holds the argument text. A loop answers such a call with an observation instead of
+    /// running the tool; the response itself is not rejected.
+    ///
+    /// ```
+    /// let v = serde_json::json!([{"id": "a", "function": {"name": "f", "arguments": "{bad"}}]);
+    /// let calls = executionkit::provider::parse::parse_tool_calls(Some(&v)).unwrap();
+    /// assert!(calls[0].arguments.is_empty());
+    /// assert!(calls[0].arguments_error.as_deref().unwrap().contains("not valid JSON"));
+    /// assert!(executionkit::ToolCall::new("a", "f", serde_json::json!({})).arguments_error.is_none());
+    /// ```
+    pub arguments_error: Option<String>,
 }
 
 impl ToolCall {
@@ -300,10 +314,13 @@ impl ToolCall {
                 Value::Object(m) => m,
                 _ => Map::new(),
             },
+            arguments_error: None,
         }
     }
 }
 
+// The wire shape: `arguments_error` is not sent; a call whose arguments were unusable goes back
+// to the server with `"{}"`.
 impl Serialize for ToolCall {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         struct Function<'a>(&'a ToolCall);

@@ -160,12 +160,23 @@ pub fn content_text(v: Option<&Value>) -> String {
 
 /// Parses `message.tool_calls` (see the reference §5.3 for every error message).
 ///
+/// Malformed shapes (not a list, an item or `function` not an object, a missing name,
+/// `arguments` neither a string nor an object nor `null`) are `provider` errors. An `arguments`
+/// string that is not valid JSON, or does not decode to an object, does not fail the response:
+/// the call is kept with empty `arguments` and [`ToolCall::arguments_error`] set, so that a tool
+/// loop can answer the model with an observation.
+///
 /// ```
 /// use executionkit::provider::parse::parse_tool_calls;
 /// let v = serde_json::json!([{"id": "a", "function": {"name": "f", "arguments": "{\"x\":1}"}}]);
 /// let calls = parse_tool_calls(Some(&v)).unwrap();
 /// assert_eq!(calls[0].arguments["x"], 1);
+/// assert_eq!(calls[0].arguments_error, None);
 /// assert!(parse_tool_calls(Some(&serde_json::json!("bad"))).is_err());
+/// let v = serde_json::json!([{"id": "b", "function": {"name": "f", "arguments": "[1]"}}]);
+/// let calls = parse_tool_calls(Some(&v)).unwrap();
+/// assert!(calls[0].arguments.is_empty());
+/// assert_eq!(calls[0].arguments_error.as_deref(), Some("arguments did not decode to a JSON object"));
 /// ```
 pub fn parse_tool_calls(v: Option<&Value>) -> Result<Vec<ToolCall>> {
     let items = match v {
@@ -189,7 +200,10 @@ pub fn parse_tool_calls(v: Option<&Value>) -> Result<Vec<ToolCall>> {
             Some(Value::String(n)) if !n.is_empty() => n.clone(),
             _ => return Err(provider_err("Provider tool call name was missing")),
         };
-        let arguments = parse_arguments(function.get("arguments"), &name)?;
+        let (arguments, arguments_error) = match function.get("arguments") {
+            Some(Value::String(s)) => decode_argument_string(s),
+            other => (parse_arguments(other, &name)?, None),
+        };
         let id = item
             .get("id")
             .and_then(Value::as_str)
@@ -199,12 +213,34 @@ pub fn parse_tool_calls(v: Option<&Value>) -> Result<Vec<ToolCall>> {
             id,
             name,
             arguments,
+            arguments_error,
         });
     }
     Ok(calls)
 }
 
+/// Decodes an `arguments` string for [`parse_tool_calls`]: the object, or `{}` and a bounded
+/// reason that never holds the argument text (serde_json's messages name only a position).
+fn decode_argument_string(s: &str) -> (Map<String, Value>, Option<String>) {
+    match serde_json::from_str::<Value>(s) {
+        Ok(Value::Object(m)) => (m, None),
+        Ok(_) => (
+            Map::new(),
+            Some("arguments did not decode to a JSON object".to_owned()),
+        ),
+        Err(e) => (
+            Map::new(),
+            Some(truncate_chars(
+                &redact(&format!("arguments were not valid JSON ({e})")),
+                200,
+            )),
+        ),
+    }
+}
+
 /// Decodes tool-call arguments: `null` → `{}`, an object as is, a string holding a JSON object.
+/// Used directly, every failure is a `provider` error (reference scenario 27); through
+/// [`parse_tool_calls`], a bad string becomes [`ToolCall::arguments_error`] instead.
 ///
 /// ```
 /// use executionkit::provider::parse::parse_arguments;

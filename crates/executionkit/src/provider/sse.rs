@@ -344,7 +344,8 @@ impl StreamAccumulator {
     /// The final response: accumulated text, tool calls (arguments decoded), finish reason and
     /// usage (zero when the server sent none). A stream that saw neither a finish reason nor
     /// `[DONE]` is a `provider` error ("stream ended early"); tool-call arguments that are not a
-    /// JSON object are a `provider` error as in a non-streamed reply.
+    /// JSON object are handled as in a non-streamed reply: the call is kept with empty
+    /// `arguments` and [`ToolCall::arguments_error`](crate::ToolCall::arguments_error) set.
     ///
     /// ```
     /// let mut acc = executionkit::provider::sse::StreamAccumulator::new();
