@@ -16,6 +16,7 @@ mod http1;
 mod mock;
 mod offline;
 mod openai;
+mod plain;
 pub mod parse;
 pub mod sse;
 

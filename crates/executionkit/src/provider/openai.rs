@@ -916,6 +916,9 @@ struct PlainMessage<'a> {
 /// other body (tool calls, content parts, odd types, errors) goes through `parse_completion`,
 /// so the result is the same either way.
 fn parse_reply(body: &[u8]) -> Result<LlmResponse> {
+    if let Some(reply) = super::plain::scan(body) {
+        return Ok(reply);
+    }
     let Ok(plain) = serde_json::from_slice::<PlainReply<'_>>(body) else {
         return parse_completion(body);
     };
