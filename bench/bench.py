@@ -333,7 +333,8 @@ def render(args, mach: dict, wrk: dict, runs: dict, py_status: dict, micro: str)
                 marg.append(f"{fmt((cpu - st_cpu) / (samples - 1), 2)} µs at {samples:,}/{conc}")
         lines.append(
             f"`ek` start-up and exit with one call: {fmt(st_cpu / 1000, 2)} ms CPU,"
-            f" {fmt(median(start, 'maxrss_kib') / 1024, 1)} MiB (median of {len(start)}). CPU per"
+            f" {fmt(median(start, 'maxrss_kib') / 1024, 1)} MiB (median of {len(start)}; starting"
+            f" `/bin/true` costs {fmt(mach.get('true_ms', float('nan')), 2)} ms here). CPU per"
             f" call without it (whole run minus the one-call run, divided by the other calls): "
             + "; ".join(marg) + ".")
         lines.append("")
@@ -455,6 +456,11 @@ def main() -> int:
     # variable turns the lean client off, and no_proxy keeps reqwest off the proxy.
     reqwest_env = dict(os.environ, http_proxy="http://127.0.0.1:9", no_proxy="127.0.0.1")
 
+    floor = []
+    for _ in range(args.runs):
+        _, _, _, _, ru = run_measured(["/bin/true"])
+        floor.append((ru.ru_utime + ru.ru_stime) * 1000)
+    mach["true_ms"] = statistics.median(floor)
     if want("ek"):
         print("== ek start-up: 1 sample", flush=True)
         for _ in range(args.runs):
