@@ -24,9 +24,16 @@ pub enum Command {
     /// Chain steps (`--step "consensus samples=5"`, `--step "refine target_score=0.9"`) under
     /// one budget; each step's value is the next step's input.
     Pipe(PipeArgs),
+    /// A ReAct tool loop with built-in, side-effect-free tools: `calculator`, `utc_now`, `echo`.
+    React(ReactArgs),
+    /// JSON output validated against a JSON Schema file, with repair retries.
+    Structured(StructuredArgs),
+    /// One call per item (each FILE, or each line with --lines), then a reduce call.
+    #[command(name = "map-reduce")]
+    MapReduce(MapReduceArgs),
 }
 
-/// Flags every command takes (the prompt is per command: `map-reduce` will take files instead).
+/// Flags every command takes (the prompt is per command: `map-reduce` takes files instead).
 #[derive(Debug, Args)]
 pub struct Common {
     /// The OpenAI-compatible endpoint (default: `EXECUTIONKIT_BASE_URL`; none: the offline model).
@@ -189,6 +196,97 @@ pub struct PipeArgs {
     pub steps: Vec<String>,
 }
 
+/// `ek react`.
+#[derive(Debug, Args)]
+pub struct ReactArgs {
+    /// The prompt; `-` reads it from stdin.
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub common: Common,
+    /// The most LLM rounds; with no answer after them the run fails (`max_iterations`).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub max_rounds: usize,
+    /// Sampling temperature.
+    #[arg(
+        long,
+        default_value_t = 0.3,
+        value_name = "T",
+        allow_negative_numbers = true
+    )]
+    pub temperature: f64,
+    /// Output tokens per round.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_tokens: u32,
+    /// `auto` (every round), `required` (the first round must call a tool, later rounds may
+    /// answer) or `none` (no tool calls); unset: not sent (the endpoint's default, auto).
+    #[arg(long, value_name = "CHOICE")]
+    pub tool_choice: Option<String>,
+}
+
+/// `ek structured`.
+#[derive(Debug, Args)]
+pub struct StructuredArgs {
+    /// The prompt; `-` reads it from stdin.
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub common: Common,
+    /// The JSON Schema the reply must match (a file holding one JSON object).
+    #[arg(long, value_name = "FILE.json", required = true)]
+    pub schema: std::path::PathBuf,
+    /// Repair calls after the first call (0 = none).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub max_repairs: usize,
+    /// Sampling temperature.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "T",
+        allow_negative_numbers = true
+    )]
+    pub temperature: f64,
+    /// Output tokens per call.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_tokens: u32,
+}
+
+/// `ek map-reduce`.
+#[derive(Debug, Args)]
+pub struct MapReduceArgs {
+    /// The items: each FILE is one item (`-` reads stdin), or each non-empty line with --lines.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<String>,
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub common: Common,
+    /// The prompt for each item; `{item}` is replaced by the item.
+    #[arg(long, value_name = "T", required = true)]
+    pub map_template: String,
+    /// The final prompt; `{mapped_outputs}` is replaced by the map outputs, separated by `---`.
+    #[arg(long, value_name = "R", required = true)]
+    pub reduce_template: String,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub max_concurrency: usize,
+    /// Sampling temperature of every call.
+    #[arg(
+        long,
+        default_value_t = 0.3,
+        value_name = "T",
+        allow_negative_numbers = true
+    )]
+    pub temperature: f64,
+    /// Output tokens per call.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_tokens: u32,
+    /// Each non-empty line of the files is one item.
+    #[arg(long)]
+    pub lines: bool,
+}
+
 impl Command {
     /// The flags every command takes.
     pub fn common(&self) -> &Common {
@@ -196,15 +294,21 @@ impl Command {
             Self::Consensus(a) => &a.common,
             Self::Refine(a) => &a.common,
             Self::Pipe(a) => &a.common,
+            Self::React(a) => &a.common,
+            Self::Structured(a) => &a.common,
+            Self::MapReduce(a) => &a.common,
         }
     }
 
-    /// The prompt argument as given (`-` means stdin).
-    pub fn prompt(&self) -> &str {
+    /// The prompt argument as given (`-` means stdin); `None` for `map-reduce`.
+    pub fn prompt(&self) -> Option<&str> {
         match self {
-            Self::Consensus(a) => &a.prompt,
-            Self::Refine(a) => &a.prompt,
-            Self::Pipe(a) => &a.prompt,
+            Self::Consensus(a) => Some(&a.prompt),
+            Self::Refine(a) => Some(&a.prompt),
+            Self::Pipe(a) => Some(&a.prompt),
+            Self::React(a) => Some(&a.prompt),
+            Self::Structured(a) => Some(&a.prompt),
+            Self::MapReduce(_) => None,
         }
     }
 }

@@ -3,11 +3,14 @@
 //! shapes and exit codes 0 (success), 1 (failure after the run started), 2 (invalid usage, before
 //! any request) and 130 (interrupted).
 
+mod calc;
 mod cli;
 mod endpoint;
+mod inputs;
 mod output;
 mod progress;
 mod step;
+mod tools;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read};
@@ -16,11 +19,15 @@ use std::sync::Arc;
 
 use clap::Parser;
 use executionkit::{
-    Budget, Consensus, CostRates, Error, ErrorKind, LlmProvider, Pattern, PatternResult, Pipe,
-    RefineLoop, RetryPolicy, RunContext, VotingStrategy,
+    Budget, Consensus, CostRates, Error, ErrorKind, LlmProvider, MapReduce, Pattern, PatternResult,
+    Pipe, ReactLoop, RefineLoop, RetryPolicy, RunContext, StructuredValue, Tool, ToolChoice,
+    VotingStrategy,
 };
+use serde_json::Value;
 
-use crate::cli::{Cli, Command, Common, ConsensusArgs, RefineArgs};
+use crate::cli::{
+    Cli, Command, Common, ConsensusArgs, MapReduceArgs, ReactArgs, RefineArgs, StructuredArgs,
+};
 use crate::output::Shape;
 use crate::progress::Progress;
 use crate::step::{Globals, StepPattern, parse_step};
@@ -75,6 +82,17 @@ enum Job {
     Consensus(Consensus),
     Refine(RefineLoop),
     Pipe(Pipe),
+    /// The loop and its tools.
+    React(ReactLoop, Vec<Tool>),
+    Structured(StructuredValue),
+    /// The pattern and its items.
+    MapReduce(MapReduce, Vec<String>),
+}
+
+/// A finished run: a text value, or a JSON value (`ek structured`).
+enum Done {
+    Text(PatternResult<String>),
+    Json(PatternResult<Value>),
 }
 
 /// Everything prepared before the first request.
@@ -106,13 +124,17 @@ async fn run(command: Command, json: bool) -> u8 {
         progress,
     } = prepared;
     let work = async {
+        let p = provider.as_ref();
         match &job {
-            Job::Consensus(c) => c.run(provider.as_ref(), &prompt, &ctx).await,
-            Job::Refine(r) => r.run(provider.as_ref(), &prompt, &ctx).await,
-            Job::Pipe(p) => p.run(provider.as_ref(), &prompt, &ctx).await,
+            Job::Consensus(c) => c.run(p, &prompt, &ctx).await.map(Done::Text),
+            Job::Refine(r) => r.run(p, &prompt, &ctx).await.map(Done::Text),
+            Job::Pipe(pipe) => pipe.run(p, &prompt, &ctx).await.map(Done::Text),
+            Job::React(r, tools) => r.run(p, &prompt, tools, &ctx).await.map(Done::Text),
+            Job::Structured(s) => s.run(p, &prompt, &ctx).await.map(Done::Json),
+            Job::MapReduce(m, items) => m.run(p, items, &ctx).await.map(Done::Text),
         }
     };
-    let outcome: Result<PatternResult<String>, (Error, u8)> = tokio::select! {
+    let outcome: Result<Done, (Error, u8)> = tokio::select! {
         r = work => r.map_err(|e| {
             // An argument rejected before anything was spent is a usage error.
             let code = if e.is_invalid_argument() && e.cost().is_zero() { EXIT_USAGE } else { EXIT_FAILURE };
@@ -131,8 +153,11 @@ async fn run(command: Command, json: bool) -> u8 {
         p.finish();
     }
     match outcome {
-        Ok(result) => {
-            output::print_success(&result, json, shape);
+        Ok(done) => {
+            match &done {
+                Done::Text(r) => output::print_success(r, json, shape),
+                Done::Json(r) => output::print_success(r, json, shape),
+            }
             0
         }
         Err((e, code)) => {
@@ -146,7 +171,10 @@ async fn run(command: Command, json: bool) -> u8 {
 fn prepare(command: &Command) -> Result<Prepared, Error> {
     let common = command.common();
     let env = endpoint::Env::from_process();
-    let prompt = read_prompt(command.prompt())?;
+    let prompt = match command.prompt() {
+        Some(p) => read_prompt(p)?,
+        None => String::new(),
+    };
     // Checked here too, so a bad --timeout is an error on the offline model as well.
     endpoint::timeout(common.timeout)?;
     let selected = endpoint::select(common, &env)?;
@@ -159,10 +187,27 @@ fn prepare(command: &Command) -> Result<Prepared, Error> {
         seed: common.seed.or(selected.offline.then_some(0)),
         system: common.system.clone(),
     };
+    let mut provider = selected.provider;
     let job = match command {
         Command::Consensus(a) => Job::Consensus(consensus(a, &globals)?),
         Command::Refine(a) => Job::Refine(refine(a, &globals)?),
         Command::Pipe(a) => Job::Pipe(pipe(&a.steps, &globals)?),
+        Command::React(a) => {
+            if selected.offline {
+                // The offline model never calls a tool; it is offered the tools and answers.
+                provider = Arc::new(tools::AnswersWithoutTools(provider));
+            }
+            let tools = tools::builtin();
+            let r = react(a, &globals)?;
+            r.validate(provider.as_ref(), &tools)?;
+            Job::React(r, tools)
+        }
+        Command::Structured(a) => Job::Structured(structured(a, &globals)?),
+        Command::MapReduce(a) => {
+            let m = map_reduce(a, &globals)?;
+            let items = inputs::read_items(&a.files, a.lines)?;
+            Job::MapReduce(m, items)
+        }
     };
     let mut ctx = RunContext::new().budget(budget.clone()).retry(retry);
     // The bar exists only on a terminal; otherwise no event callback is registered at all.
@@ -175,7 +220,7 @@ fn prepare(command: &Command) -> Result<Prepared, Error> {
     }
     Ok(Prepared {
         job,
-        provider: selected.provider,
+        provider,
         prompt,
         ctx,
         progress,
@@ -303,4 +348,78 @@ fn pipe(steps: &[String], g: &Globals) -> Result<Pipe, Error> {
 /// `if_score_below=X`: the previous score is below X, or there is none.
 fn below(x: f64) -> impl Fn(&PatternResult<String>) -> bool + Send + Sync + 'static {
     move |prev| prev.score.is_none_or(|s| s < x)
+}
+
+fn react(a: &ReactArgs, g: &Globals) -> Result<ReactLoop, Error> {
+    let mut r = ReactLoop::new()
+        .max_rounds(a.max_rounds)
+        .temperature(a.temperature)
+        .max_tokens(a.max_tokens);
+    match a.tool_choice.as_deref() {
+        None => {}
+        Some("auto") => r = r.tool_choice(ToolChoice::Auto),
+        // Forcing every round would never let the model answer: force the first one only.
+        Some("required") => {
+            r = r
+                .initial_tool_choice(ToolChoice::Required)
+                .tool_choice(ToolChoice::Auto);
+        }
+        Some("none") => r = r.tool_choice(ToolChoice::None),
+        Some(other) => {
+            return Err(Error::invalid_argument(
+                "tool_choice",
+                format!("--tool-choice must be one of: auto, required, none; got `{other}`"),
+            ));
+        }
+    }
+    if let Some(s) = g.seed {
+        r = r.seed(s);
+    }
+    if let Some(sys) = &g.system {
+        r = r.system(sys.clone());
+    }
+    Ok(r)
+}
+
+fn structured(a: &StructuredArgs, g: &Globals) -> Result<StructuredValue, Error> {
+    let (name, schema) = inputs::read_schema(&a.schema)?;
+    let mut s = StructuredValue::new()
+        .schema(name, schema)
+        .max_repairs(a.max_repairs)
+        .temperature(a.temperature)
+        .max_tokens(a.max_tokens);
+    if let Some(seed) = g.seed {
+        s = s.seed(seed);
+    }
+    if let Some(sys) = &g.system {
+        s = s.system(sys.clone());
+    }
+    s.validate().map_err(|e| {
+        if e.metadata().get("argument").and_then(Value::as_str) == Some("schema") {
+            Error::invalid_argument(
+                "schema",
+                format!("--schema {}: {}", a.schema.display(), e.message()),
+            )
+        } else {
+            e
+        }
+    })?;
+    Ok(s)
+}
+
+fn map_reduce(a: &MapReduceArgs, g: &Globals) -> Result<MapReduce, Error> {
+    let mut m = MapReduce::new()
+        .map_template(a.map_template.clone())
+        .reduce_template(a.reduce_template.clone())
+        .max_concurrency(a.max_concurrency)
+        .temperature(a.temperature)
+        .max_tokens(a.max_tokens);
+    if let Some(s) = g.seed {
+        m = m.seed(s);
+    }
+    if let Some(sys) = &g.system {
+        m = m.system(sys.clone());
+    }
+    m.validate()?;
+    Ok(m)
 }

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use executionkit::{Error, PatternResult};
+use serde::Serialize;
 use serde_json::Value;
 
 /// Which command produced a result (the text layout differs for `pipe`).
@@ -26,8 +27,13 @@ pub fn print_json(v: &Value) {
     let _ = out.flush();
 }
 
-/// Prints a success: JSON, or the value, the cost line and the metadata.
-pub fn print_success(result: &PatternResult<String>, json: bool, shape: Shape) {
+/// Prints a success: JSON, or the value, the cost line and the metadata. A text value prints
+/// as is, a JSON value (`ek structured`) as compact JSON on one line.
+pub fn print_success<T: Serialize + std::fmt::Display>(
+    result: &PatternResult<T>,
+    json: bool,
+    shape: Shape,
+) {
     if json {
         print_json(&result.to_json());
         return;
