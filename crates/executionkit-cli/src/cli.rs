@@ -219,10 +219,11 @@ pub struct ReactArgs {
     /// Output tokens per round.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_tokens: u32,
-    /// `auto` (every round), `required` (the first round must call a tool, later rounds may
-    /// answer) or `none` (no tool calls); unset: not sent (the endpoint's default, auto).
-    #[arg(long, value_name = "CHOICE")]
-    pub tool_choice: Option<String>,
+    /// `auto` (the model decides), `none` (no tool calls), `required` (the first round must
+    /// call a tool; later rounds are `auto`) or a tool's name (the first round must call that
+    /// tool; later rounds are `auto`).
+    #[arg(long, value_name = "CHOICE", default_value = "auto")]
+    pub tool_choice: String,
 }
 
 /// `ek structured`.
@@ -251,6 +252,10 @@ pub struct StructuredArgs {
     /// Output tokens per call.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_tokens: u32,
+    /// Do not send the schema as `response_format` (for servers without `json_schema` support);
+    /// replies are still validated against it.
+    #[arg(long)]
+    pub no_response_format: bool,
 }
 
 /// `ek map-reduce`.

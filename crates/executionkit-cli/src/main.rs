@@ -198,7 +198,7 @@ fn prepare(command: &Command) -> Result<Prepared, Error> {
                 provider = Arc::new(tools::AnswersWithoutTools(provider));
             }
             let tools = tools::builtin();
-            let r = react(a, &globals)?;
+            let r = react(a, &globals, &tools)?;
             r.validate(provider.as_ref(), &tools)?;
             Job::React(r, tools)
         }
@@ -350,28 +350,32 @@ fn below(x: f64) -> impl Fn(&PatternResult<String>) -> bool + Send + Sync + 'sta
     move |prev| prev.score.is_none_or(|s| s < x)
 }
 
-fn react(a: &ReactArgs, g: &Globals) -> Result<ReactLoop, Error> {
+fn react(a: &ReactArgs, g: &Globals, tools: &[Tool]) -> Result<ReactLoop, Error> {
     let mut r = ReactLoop::new()
         .max_rounds(a.max_rounds)
         .temperature(a.temperature)
         .max_tokens(a.max_tokens);
-    match a.tool_choice.as_deref() {
-        None => {}
-        Some("auto") => r = r.tool_choice(ToolChoice::Auto),
+    r = match a.tool_choice.as_str() {
+        "auto" => r.tool_choice(ToolChoice::Auto),
         // Forcing every round would never let the model answer: force the first one only.
-        Some("required") => {
-            r = r
-                .initial_tool_choice(ToolChoice::Required)
-                .tool_choice(ToolChoice::Auto);
-        }
-        Some("none") => r = r.tool_choice(ToolChoice::None),
-        Some(other) => {
+        "required" => r
+            .initial_tool_choice(ToolChoice::Required)
+            .tool_choice(ToolChoice::Auto),
+        "none" => r.tool_choice(ToolChoice::None),
+        name if tools.iter().any(|t| t.name() == name) => r
+            .initial_tool_choice(ToolChoice::Function(name.to_owned()))
+            .tool_choice(ToolChoice::Auto),
+        other => {
+            let names: Vec<&str> = tools.iter().map(Tool::name).collect();
             return Err(Error::invalid_argument(
                 "tool_choice",
-                format!("--tool-choice must be one of: auto, required, none; got `{other}`"),
+                format!(
+                    "--tool-choice must be one of: auto, required, none, or a tool name ({}); got `{other}`",
+                    names.join(", ")
+                ),
             ));
         }
-    }
+    };
     if let Some(s) = g.seed {
         r = r.seed(s);
     }
@@ -387,7 +391,8 @@ fn structured(a: &StructuredArgs, g: &Globals) -> Result<StructuredValue, Error>
         .schema(name, schema)
         .max_repairs(a.max_repairs)
         .temperature(a.temperature)
-        .max_tokens(a.max_tokens);
+        .max_tokens(a.max_tokens)
+        .use_response_format(!a.no_response_format);
     if let Some(seed) = g.seed {
         s = s.seed(seed);
     }
