@@ -26,22 +26,22 @@ pub mod tools;
 pub mod usage;
 
 pub use approval::{ApprovalDecision, ApprovalGate, ApprovalRequest};
+pub use engine::json::extract_json;
 pub use engine::stream::{StreamingResult, stream_completion};
 pub use engine::{RetryPolicy, RunContext};
 pub use error::{Error, ErrorKind, Result};
+pub use kit::{Kit, RateLimited};
+pub use patterns::call::{ConsensusCall, RefineCall, consensus, refine_loop};
+pub use patterns::react::ReactLoop;
+pub use patterns::{
+    Consensus, Pattern, RefineCheckpoint, RefineLoop, StepInput, TerminationReason, VotingStrategy,
+};
+pub use patterns::{MapReduce, Structured, StructuredValue, structured};
+pub use pipe::Pipe;
 pub use provider::{
     ChatRequest, Choice, LlmProvider, LlmResponse, Message, MockProvider, OfflineModel, Provider,
     ProviderBuilder, Role, StreamEvent, ToolCall, ToolChoice, ToolSpec,
 };
-pub use patterns::{
-    Consensus, Pattern, RefineCheckpoint, RefineLoop, StepInput, TerminationReason, VotingStrategy,
-};
-pub use kit::{Kit, RateLimited};
-pub use patterns::react::ReactLoop;
-pub use patterns::call::{ConsensusCall, RefineCall, consensus, refine_loop};
-pub use patterns::{MapReduce, Structured, StructuredValue, structured};
-pub use engine::json::extract_json;
-pub use pipe::Pipe;
 pub use result::{Metadata, PatternResult};
 pub use tools::Tool;
 pub use usage::{Budget, CostRates, TokenUsage};

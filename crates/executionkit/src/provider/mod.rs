@@ -16,8 +16,8 @@ mod http1;
 mod mock;
 mod offline;
 mod openai;
-mod plain;
 pub mod parse;
+mod plain;
 pub mod sse;
 
 pub use mock::{MockCall, MockProvider};
@@ -329,8 +329,8 @@ impl Serialize for ToolCall {
             fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
                 let mut f = s.serialize_struct("function", 2)?;
                 f.serialize_field("name", &self.0.name)?;
-                let args = serde_json::to_string(&self.0.arguments)
-                    .map_err(serde::ser::Error::custom)?;
+                let args =
+                    serde_json::to_string(&self.0.arguments).map_err(serde::ser::Error::custom)?;
                 f.serialize_field("arguments", &args)?;
                 f.end()
             }
@@ -738,7 +738,9 @@ impl LlmResponse {
     /// ```
     #[must_use]
     pub fn tool_calls(&self) -> &[ToolCall] {
-        self.choices.first().map_or(&[], |c| c.tool_calls.as_slice())
+        self.choices
+            .first()
+            .map_or(&[], |c| c.tool_calls.as_slice())
     }
 
     /// The first choice's finish reason.
@@ -748,7 +750,9 @@ impl LlmResponse {
     /// ```
     #[must_use]
     pub fn finish_reason(&self) -> Option<&str> {
-        self.choices.first().and_then(|c| c.finish_reason.as_deref())
+        self.choices
+            .first()
+            .and_then(|c| c.finish_reason.as_deref())
     }
 
     /// `true` when the first choice stopped at the token limit (`length` or `max_tokens`).
