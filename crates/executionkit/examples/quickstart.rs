@@ -52,7 +52,7 @@ async fn main() -> Result<(), executionkit::Error> {
         .await?;
     println!("refine: {}", draft.value);
     println!("  score {:?}, {}", draft.score, draft.cost);
-    println!("  {}", serde_json::Value::Object(draft.metadata.clone()));
+    println!("  {}", serde_json::Value::Object(draft.metadata));
     println!("whole run: {}", ctx.ledger().spent());
     Ok(())
 }
