@@ -45,6 +45,12 @@ pub struct ApprovalRequest {
 
 impl ApprovalRequest {
     /// A request with empty metadata.
+    ///
+    /// ```
+    /// let r = executionkit::approval::ApprovalRequest::new("tool_call", "search");
+    /// assert_eq!((r.action.as_str(), r.subject.as_str()), ("tool_call", "search"));
+    /// assert!(r.metadata.is_empty());
+    /// ```
     pub fn new(action: impl Into<String>, subject: impl Into<String>) -> Self {
         Self {
             action: action.into(),
@@ -54,6 +60,12 @@ impl ApprovalRequest {
     }
 
     /// Adds one metadata entry.
+    ///
+    /// ```
+    /// let r = executionkit::approval::ApprovalRequest::new("tool_call", "search")
+    ///     .with_metadata("arguments", serde_json::json!({"q": "rust"}));
+    /// assert_eq!(r.metadata["arguments"]["q"], "rust");
+    /// ```
     pub fn with_metadata(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.metadata.insert(key.to_owned(), value.into());
         self
@@ -79,6 +91,11 @@ pub struct ApprovalDecision {
 
 impl ApprovalDecision {
     /// Approved, no reason.
+    ///
+    /// ```
+    /// let d = executionkit::approval::ApprovalDecision::approve();
+    /// assert!(d.approved && d.reason.is_empty());
+    /// ```
     #[must_use]
     pub fn approve() -> Self {
         Self {
@@ -88,6 +105,12 @@ impl ApprovalDecision {
     }
 
     /// Denied with `reason`.
+    ///
+    /// ```
+    /// let d = executionkit::approval::ApprovalDecision::deny("outside working hours");
+    /// assert!(!d.approved);
+    /// assert_eq!(d.reason, "outside working hours");
+    /// ```
     #[must_use]
     pub fn deny(reason: impl Into<String>) -> Self {
         Self {
@@ -107,6 +130,19 @@ impl From<bool> for ApprovalDecision {
 }
 
 /// What a gate does when its callback outlives the timeout.
+///
+/// ```
+/// use std::time::Duration;
+/// use executionkit::approval::{ApprovalGate, ApprovalRequest, OnTimeout};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// assert_eq!(OnTimeout::default(), OnTimeout::Raise);
+/// let never = || ApprovalGate::new(|_r| futures::future::pending::<executionkit::Result<bool>>());
+/// let raise = never().timeout(Duration::from_millis(5), OnTimeout::Raise);
+/// assert!(raise.request(ApprovalRequest::new("a", "b")).await.unwrap_err().is_timeout());
+/// let deny = never().timeout(Duration::from_millis(5), OnTimeout::Deny);
+/// assert!(!deny.request(ApprovalRequest::new("a", "b")).await.unwrap().approved);
+/// # });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnTimeout {
     /// Fail with a `timeout` error naming the action and subject (the default).
@@ -261,6 +297,18 @@ impl ApprovalGate {
     /// Asks the callback. Its errors propagate; an expired timeout is handled per
     /// [`OnTimeout`] (a `timeout` error whose message names the timeout, action and subject,
     /// for [`OnTimeout::Raise`]). Needs a Tokio runtime when a timeout is set.
+    ///
+    /// ```
+    /// use executionkit::approval::{ApprovalDecision, ApprovalGate, ApprovalRequest};
+    /// # futures::executor::block_on(async {
+    /// let gate = ApprovalGate::new(|r: ApprovalRequest| async move {
+    ///     Ok(if r.subject == "rm" { ApprovalDecision::deny("destructive") } else { ApprovalDecision::approve() })
+    /// });
+    /// assert!(gate.request(ApprovalRequest::new("tool_call", "ls")).await.unwrap().approved);
+    /// let d = gate.request(ApprovalRequest::new("tool_call", "rm")).await.unwrap();
+    /// assert_eq!(d.reason, "destructive");
+    /// # });
+    /// ```
     pub async fn request(&self, req: ApprovalRequest) -> Result<ApprovalDecision> {
         let Some(limit) = self.timeout else {
             return (self.callback)(req).await;

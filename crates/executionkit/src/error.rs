@@ -13,6 +13,18 @@ use serde_json::{Map, Value};
 use crate::usage::TokenUsage;
 
 /// `Result<T, executionkit::Error>`.
+///
+/// ```
+/// fn half(n: u32) -> executionkit::Result<u32> {
+///     if n % 2 == 0 {
+///         Ok(n / 2)
+///     } else {
+///         Err(executionkit::Error::invalid_argument("n", format!("n must be even, got {n}")))
+///     }
+/// }
+/// assert_eq!(half(4).unwrap(), 2);
+/// assert!(half(3).unwrap_err().is_invalid_argument());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong, as one of a closed set. [`ErrorKind::as_str`] gives the name used by

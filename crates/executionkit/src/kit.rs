@@ -42,6 +42,20 @@ use crate::usage::TokenUsage;
 /// Usage counts failed runs too: every error carries its spend, and the Kit adds it before
 /// passing the error on. Turns are serialised (one at a time); other methods may run
 /// concurrently from several tasks.
+///
+/// ```
+/// use executionkit::{Budget, LlmResponse, MockProvider, RunContext, kit::Kit};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let kit = Kit::new(MockProvider::new([LlmResponse::text("hi").with_usage(10, 2)]))
+///     .context(RunContext::new().budget(Budget::new().max_calls(2)));
+/// kit.turn("hello", &[]).await.unwrap();
+/// kit.turn("again", &[]).await.unwrap();
+/// // The session's budget is shared by every run: a third call is refused, and costs nothing.
+/// assert!(kit.turn("more", &[]).await.unwrap_err().is_budget_exhausted());
+/// assert_eq!(kit.usage().llm_calls, 2);
+/// assert_eq!(kit.usage().input_tokens, 20);
+/// # });
+/// ```
 pub struct Kit {
     provider: Arc<dyn LlmProvider>,
     ctx: RunContext,
@@ -150,23 +164,58 @@ impl Kit {
     }
 
     /// The provider (rate-limited when [`rate_limit`](Self::rate_limit) was used).
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, kit::Kit};
+    /// let kit = Kit::new(MockProvider::default().with_model("m1"));
+    /// assert_eq!(kit.provider().model(), "m1");
+    /// ```
     #[must_use]
     pub fn provider(&self) -> &Arc<dyn LlmProvider> {
         &self.provider
     }
 
     /// The run context shared by every dispatch.
+    ///
+    /// ```
+    /// use executionkit::{Budget, MockProvider, RunContext, kit::Kit};
+    /// let kit = Kit::new(MockProvider::default()).context(RunContext::new().budget(Budget::new().max_calls(3)));
+    /// assert_eq!(kit.run_context().ledger().budget().calls_limit(), Some(3));
+    /// ```
     pub fn run_context(&self) -> &RunContext {
         &self.ctx
     }
 
     /// Everything dispatched through the session so far, failed runs included.
+    ///
+    /// ```
+    /// use executionkit::{LlmResponse, MockProvider, kit::Kit};
+    /// # futures::executor::block_on(async {
+    /// let kit = Kit::new(MockProvider::new([LlmResponse::text("ok").with_usage(7, 3)]));
+    /// kit.turn("q", &[]).await.unwrap();
+    /// assert_eq!((kit.usage().input_tokens, kit.usage().output_tokens, kit.usage().llm_calls), (7, 3, 1));
+    /// # });
+    /// ```
     #[must_use]
     pub fn usage(&self) -> TokenUsage {
         self.usage.usage()
     }
 
     /// Money spent through the session, when the budget knows prices.
+    ///
+    /// ```
+    /// use executionkit::{Budget, CostRates, LlmResponse, MockProvider, RunContext, kit::Kit};
+    /// # futures::executor::block_on(async {
+    /// let reply = || MockProvider::new([LlmResponse::text("ok").with_usage(1_000_000, 0)]);
+    /// let unpriced = Kit::new(reply());
+    /// unpriced.turn("q", &[]).await.unwrap();
+    /// assert_eq!(unpriced.usd(), None);
+    /// let rates = CostRates::new(2.0, 8.0).unwrap();
+    /// let priced = Kit::new(reply()).context(RunContext::new().budget(Budget::new().default_price(rates)));
+    /// priced.turn("q", &[]).await.unwrap();
+    /// assert!((priced.usd().unwrap() - 2.0).abs() < 1e-9);
+    /// # });
+    /// ```
     #[must_use]
     pub fn usd(&self) -> Option<f64> {
         self.ctx
@@ -177,6 +226,15 @@ impl Kit {
     }
 
     /// A copy of the conversation.
+    ///
+    /// ```
+    /// use executionkit::{Message, MockProvider, kit::Kit};
+    /// # futures::executor::block_on(async {
+    /// let kit = Kit::new(MockProvider::new(["hello"]));
+    /// kit.turn("hi", &[]).await.unwrap();
+    /// assert_eq!(kit.messages(), vec![Message::user("hi"), Message::assistant("hello")]);
+    /// # });
+    /// ```
     #[must_use]
     pub fn messages(&self) -> Vec<Message> {
         self.lock_messages().clone()
@@ -238,6 +296,16 @@ impl Kit {
     ///
     /// # Errors
     /// As [`Consensus::run`].
+    ///
+    /// ```
+    /// use executionkit::{Consensus, MockProvider, kit::Kit};
+    /// # futures::executor::block_on(async {
+    /// let kit = Kit::new(MockProvider::new(["Paris", "Paris", "Lyon"]));
+    /// let r = kit.consensus("Capital of France?", &Consensus::new().samples(3)).await.unwrap();
+    /// assert_eq!(r.value, "Paris");
+    /// assert_eq!(kit.usage().llm_calls, 3);
+    /// # });
+    /// ```
     pub async fn consensus(
         &self,
         prompt: &str,
@@ -251,6 +319,17 @@ impl Kit {
     ///
     /// # Errors
     /// As [`RefineLoop::run`].
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, RefineLoop, kit::Kit};
+    /// # futures::executor::block_on(async {
+    /// // A draft, then the judge's score of 9/10, which meets the target.
+    /// let kit = Kit::new(MockProvider::new(["draft", "9"]));
+    /// let r = kit.refine("Write a haiku", &RefineLoop::new().target_score(0.8)).await.unwrap();
+    /// assert_eq!(r.value, "draft");
+    /// assert_eq!(kit.usage().llm_calls, 2);
+    /// # });
+    /// ```
     pub async fn refine(
         &self,
         prompt: &str,
@@ -264,6 +343,17 @@ impl Kit {
     ///
     /// # Errors
     /// As [`Pipe::run`].
+    ///
+    /// ```
+    /// use executionkit::{Consensus, MockProvider, Pipe, kit::Kit};
+    /// # futures::executor::block_on(async {
+    /// let kit = Kit::new(MockProvider::new(["42"]));
+    /// let pipe = Pipe::new().step(Consensus::new().samples(2));
+    /// let r = kit.pipe("6 * 7?", &pipe).await.unwrap();
+    /// assert_eq!(r.value, "42");
+    /// assert_eq!(kit.usage().llm_calls, 2);
+    /// # });
+    /// ```
     pub async fn pipe(&self, prompt: &str, pipe: &Pipe) -> Result<PatternResult<String>> {
         self.track(pipe.run(self.provider.as_ref(), prompt, &self.ctx))
             .await
@@ -273,6 +363,21 @@ impl Kit {
     ///
     /// # Errors
     /// As [`MapReduce::run`].
+    ///
+    /// ```
+    /// use executionkit::{MapReduce, MockProvider, kit::Kit};
+    /// # futures::executor::block_on(async {
+    /// let kit = Kit::new(MockProvider::new(["a", "b", "a and b"]));
+    /// let items = vec!["doc a".to_owned(), "doc b".to_owned()];
+    /// let pattern = MapReduce::new()
+    ///     .map_template("Summarise: {item}")
+    ///     .reduce_template("Combine: {mapped_outputs}")
+    ///     .max_concurrency(1);
+    /// let r = kit.map_reduce(&items, &pattern).await.unwrap();
+    /// assert_eq!(r.value, "a and b");
+    /// assert_eq!(kit.usage().llm_calls, 3);
+    /// # });
+    /// ```
     pub async fn map_reduce(
         &self,
         items: &[String],
@@ -287,6 +392,17 @@ impl Kit {
     ///
     /// # Errors
     /// As [`ReactLoop::run`] (a provider that cannot call tools is refused before any call).
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, kit::Kit, patterns::react::ReactLoop};
+    /// # futures::executor::block_on(async {
+    /// let kit = Kit::new(MockProvider::new(["4"]));
+    /// let r = kit.react("2 + 2?", &[], &ReactLoop::new()).await.unwrap();
+    /// assert_eq!(r.value, "4");
+    /// // A one-off conversation: the session's own stays empty.
+    /// assert!(kit.messages().is_empty());
+    /// # });
+    /// ```
     pub async fn react(
         &self,
         prompt: &str,
@@ -301,6 +417,19 @@ impl Kit {
     ///
     /// # Errors
     /// As [`turn_with`](Self::turn_with).
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, kit::Kit};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["Paris", "Rome"]);
+    /// let kit = Kit::new(p.clone());
+    /// kit.turn("Capital of France?", &[]).await.unwrap();
+    /// let r = kit.turn("And of Italy?", &[]).await.unwrap();
+    /// assert_eq!(r.value, "Rome");
+    /// // The second turn was sent the whole conversation so far.
+    /// assert_eq!(p.last_call().unwrap().request.messages.len(), 3);
+    /// # });
+    /// ```
     pub async fn turn(&self, user_text: &str, tools: &[Tool]) -> Result<PatternResult<String>> {
         self.turn_with(user_text, tools, &ReactLoop::new()).await
     }
@@ -375,6 +504,18 @@ impl Kit {
     /// # Errors
     /// `invalid_argument` when the provider cannot stream (a "StreamingProvider" is needed) or
     /// the request is bad; `budget_exhausted` when no call can be reserved.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use executionkit::{ChatRequest, Message, MockProvider, kit::Kit};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let kit = Kit::new(MockProvider::new(["streamed"]));
+    /// let req = ChatRequest::new(vec![Message::user("q")]).max_tokens(64);
+    /// let parts: Vec<String> = kit.stream_request(req).await.unwrap().map(|d| d.unwrap()).collect().await;
+    /// assert_eq!(parts.concat(), "streamed");
+    /// assert_eq!(kit.usage().llm_calls, 1);
+    /// # });
+    /// ```
     pub async fn stream_request(&self, request: ChatRequest) -> Result<StreamingResult> {
         let usage = self.usage.clone();
         let track = self.track_cost;
@@ -467,18 +608,44 @@ impl<P> RateLimited<P> {
     }
 
     /// The permits taken through this wrapper (and its clones) so far.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider, kit::RateLimited};
+    /// # futures::executor::block_on(async {
+    /// let p = RateLimited::per_second(MockProvider::new(["ok"]), NonZeroU32::new(100).unwrap());
+    /// let clone = p.clone();
+    /// clone.complete(&ChatRequest::new(vec![Message::user("q")])).await.unwrap();
+    /// assert_eq!(p.permits_taken(), 1); // clones share the count
+    /// # });
+    /// ```
     #[must_use]
     pub fn permits_taken(&self) -> u64 {
         self.permits.load(Ordering::Relaxed)
     }
 
     /// The limiter.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use executionkit::{MockProvider, kit::RateLimited};
+    /// let p = RateLimited::per_second(MockProvider::default(), NonZeroU32::new(1).unwrap());
+    /// assert!(p.limiter().check().is_ok()); // the first permit is free
+    /// assert!(p.limiter().check().is_err()); // the burst of one is used up
+    /// ```
     #[must_use]
     pub fn limiter(&self) -> &Arc<DefaultDirectRateLimiter> {
         &self.limiter
     }
 
     /// The wrapped provider.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use executionkit::{MockProvider, kit::RateLimited};
+    /// let p = RateLimited::per_second(MockProvider::default(), NonZeroU32::new(5).unwrap());
+    /// assert_eq!(p.inner().call_count(), 0);
+    /// ```
     #[must_use]
     pub fn inner(&self) -> &P {
         &self.inner

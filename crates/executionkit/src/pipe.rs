@@ -16,6 +16,14 @@ use crate::result::{Metadata, PatternResult, cost_json};
 use crate::usage::{Budget, TokenUsage};
 
 /// A predicate deciding whether a conditional step runs.
+///
+/// ```
+/// use std::sync::Arc;
+/// use executionkit::{PatternResult, pipe::StepPredicate};
+/// let short: StepPredicate = Arc::new(|r: &PatternResult<String>| r.value.len() < 10);
+/// assert!(short(&PatternResult::new("tiny".to_owned())));
+/// assert!(!short(&PatternResult::new("far too long to pass".to_owned())));
+/// ```
 pub type StepPredicate = Arc<dyn Fn(&PatternResult<String>) -> bool + Send + Sync>;
 
 #[derive(Clone)]
@@ -246,6 +254,22 @@ impl Pipe {
     /// # Errors
     /// `invalid_argument` before any call; otherwise the failing step's error, carrying the
     /// spend of all steps so far and `metadata.step_costs`.
+    ///
+    /// ```
+    /// use executionkit::{Budget, Consensus, MockProvider, Pipe, RunContext};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["draft", "final"]);
+    /// let pipe = Pipe::new()
+    ///     .step(Consensus::new().samples(1))
+    ///     .step(Consensus::new().samples(1));
+    /// let r = pipe.run(&p, "Write a title", &RunContext::new()).await.unwrap();
+    /// assert_eq!(r.value, "final");
+    /// assert_eq!(r.cost.llm_calls, 2);
+    /// // The steps share one budget: two calls do not fit in one.
+    /// let ctx = RunContext::new().budget(Budget::new().max_calls(1));
+    /// assert!(pipe.run(&p, "Write a title", &ctx).await.unwrap_err().is_budget_exhausted());
+    /// # });
+    /// ```
     pub async fn run(
         &self,
         provider: &dyn LlmProvider,

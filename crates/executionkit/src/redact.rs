@@ -17,6 +17,11 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 /// The placeholder that replaces a credential.
+///
+/// ```
+/// use executionkit::redact::{REDACTED, redact};
+/// assert_eq!(redact("password=hunter22"), REDACTED);
+/// ```
 pub const REDACTED: &str = "[REDACTED]";
 
 #[allow(clippy::expect_used)] // constant patterns, covered by tests

@@ -8,6 +8,16 @@ use serde_json::{Map, Value};
 use crate::usage::TokenUsage;
 
 /// JSON metadata of a result, keyed by the documented names (`agreement_ratio`, `iterations`, …).
+///
+/// ```
+/// use executionkit::{Consensus, Metadata, MockProvider, RunContext};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["a", "a", "b", "a"]);
+/// let r = Consensus::new().samples(4).run(&p, "q", &RunContext::new()).await.unwrap();
+/// let m: &Metadata = &r.metadata;
+/// assert_eq!(m["agreement_ratio"], 0.75);
+/// # });
+/// ```
 pub type Metadata = Map<String, Value>;
 
 /// The value a pattern produced, its score, what it cost and what it observed.

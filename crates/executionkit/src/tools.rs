@@ -37,9 +37,21 @@ use crate::error::{Error, Result};
 use crate::provider::ToolSpec;
 
 /// The default time a tool body may run.
+///
+/// ```
+/// use executionkit::tools::{DEFAULT_TOOL_TIMEOUT, Tool};
+/// let t = Tool::new("f", "d", serde_json::json!({}), |_| async { Ok(String::new()) });
+/// assert_eq!(t.timeout(), DEFAULT_TOOL_TIMEOUT);
+/// assert_eq!(DEFAULT_TOOL_TIMEOUT.as_secs(), 30);
+/// ```
 pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The marker that ends a truncated observation.
+///
+/// ```
+/// use executionkit::tools::{TRUNCATION_MARKER, truncate};
+/// assert!(truncate(&"x".repeat(100), 20).ends_with(TRUNCATION_MARKER));
+/// ```
 pub const TRUNCATION_MARKER: &str = "\n[truncated]";
 
 /// The longest tool name (or argument-error detail) quoted back to the model.
@@ -180,24 +192,50 @@ impl Tool {
     }
 
     /// The tool's name.
+    ///
+    /// ```
+    /// let t = executionkit::tools::Tool::new("search", "d", serde_json::json!({}), |_| async { Ok(String::new()) });
+    /// assert_eq!(t.name(), "search");
+    /// ```
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// What the tool does, for the model.
+    ///
+    /// ```
+    /// let t = executionkit::tools::Tool::new("f", "Looks things up", serde_json::json!({}), |_| async { Ok(String::new()) });
+    /// assert_eq!(t.description(), "Looks things up");
+    /// ```
     #[must_use]
     pub fn description(&self) -> &str {
         &self.description
     }
 
     /// The JSON schema of the arguments.
+    ///
+    /// ```
+    /// use executionkit::tools::Tool;
+    /// #[derive(serde::Deserialize, schemars::JsonSchema)]
+    /// struct Query { q: String }
+    /// let t = Tool::typed("search", "d", |a: Query| async move { Ok(a.q) });
+    /// assert_eq!(t.parameters()["type"], "object");
+    /// assert_eq!(t.parameters()["required"][0], "q");
+    /// ```
     #[must_use]
     pub fn parameters(&self) -> &Value {
         &self.parameters
     }
 
     /// How long the body may run.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let t = executionkit::tools::Tool::new("f", "d", serde_json::json!({}), |_| async { Ok(String::new()) })
+    ///     .with_timeout(Duration::from_secs(2));
+    /// assert_eq!(t.timeout(), Duration::from_secs(2));
+    /// ```
     #[must_use]
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -390,6 +428,16 @@ impl<T> Future for AbortOnDrop<T> {
 }
 
 /// How a tool call ended.
+///
+/// ```
+/// use executionkit::tools::{ObservationKind, Tool};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let t = Tool::new("f", "d", serde_json::json!({}), |_| async { Err::<String, _>("secret detail".to_owned()) });
+/// let obs = t.observe(&Default::default(), None, 100).await;
+/// assert_eq!(obs.kind, ObservationKind::Failed);
+/// assert!(!obs.text.contains("secret"));
+/// # });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ObservationKind {
@@ -428,6 +476,13 @@ pub struct Observation {
 
 impl Observation {
     /// An observation.
+    ///
+    /// ```
+    /// use executionkit::tools::{Observation, ObservationKind};
+    /// let o = Observation::new(ObservationKind::Blocked, "Tool 'rm' blocked by approval");
+    /// assert_eq!(o.kind, ObservationKind::Blocked);
+    /// assert!(o.text.starts_with("Tool 'rm'"));
+    /// ```
     #[must_use]
     pub fn new(kind: ObservationKind, text: impl Into<String>) -> Self {
         Self {

@@ -58,6 +58,22 @@ type SharedOnDone = Arc<Mutex<Option<OnDone>>>;
 /// [`response`](Self::response) holds the accumulated response (text, tool calls, finish
 /// reason, usage) after the end. `metadata` is `{"streaming": true}`. Dropping it cancels the
 /// call in flight (its reservation returns; the call still counts).
+///
+/// ```
+/// use std::sync::Arc;
+/// use futures::StreamExt;
+/// use executionkit::{ChatRequest, Message, MockProvider, RunContext, stream_completion};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let req = ChatRequest::new(vec![Message::user("q")]);
+/// let mut s = stream_completion(Arc::new(MockProvider::new(["hey"])), req, &RunContext::new()).await.unwrap();
+/// let mut text = String::new();
+/// while let Some(delta) = s.next().await {
+///     text.push_str(&delta.unwrap());
+/// }
+/// assert_eq!(text, "hey");
+/// assert_eq!(s.response().unwrap().content(), "hey");
+/// # });
+/// ```
 #[must_use = "a stream does nothing unless polled"]
 pub struct StreamingResult {
     /// Drives the checked stream and feeds `deltas`; `None` once finished.
@@ -112,24 +128,77 @@ fn run_on_done(on_done: &SharedOnDone, tracker: &CostTracker) {
 
 impl StreamingResult {
     /// What the stream has spent so far (final once drained).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use futures::StreamExt;
+    /// use executionkit::{ChatRequest, LlmResponse, Message, MockProvider, RunContext, stream_completion};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let p = Arc::new(MockProvider::new([LlmResponse::text("ok").with_usage(5, 1)]));
+    /// let mut s = stream_completion(p, ChatRequest::new(vec![Message::user("q")]), &RunContext::new()).await.unwrap();
+    /// assert_eq!(s.cost().llm_calls, 1); // counted from the start
+    /// while s.next().await.is_some() {}
+    /// assert_eq!((s.cost().input_tokens, s.cost().output_tokens), (5, 1));
+    /// # });
+    /// ```
     #[must_use]
     pub fn cost(&self) -> TokenUsage {
         self.tracker.usage()
     }
 
     /// Money spent so far, when the run's budget knows prices.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use futures::StreamExt;
+    /// use executionkit::{Budget, ChatRequest, CostRates, LlmResponse, Message, MockProvider, RunContext, stream_completion};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let p = Arc::new(MockProvider::new([LlmResponse::text("ok").with_usage(0, 1_000_000)]));
+    /// let req = ChatRequest::new(vec![Message::user("q")]);
+    /// let s = stream_completion(p.clone(), req.clone(), &RunContext::new()).await.unwrap();
+    /// assert_eq!(s.usd(), None); // no prices known
+    /// let priced = RunContext::new().budget(Budget::new().default_price(CostRates::new(1.0, 4.0).unwrap()));
+    /// let mut s = stream_completion(p, req, &priced).await.unwrap();
+    /// while s.next().await.is_some() {}
+    /// assert!((s.usd().unwrap() - 4.0).abs() < 1e-9);
+    /// # });
+    /// ```
     #[must_use]
     pub fn usd(&self) -> Option<f64> {
         self.usd.then(|| self.tracker.usd())
     }
 
     /// `{"streaming": true}`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use executionkit::{ChatRequest, Message, MockProvider, RunContext, stream_completion};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let req = ChatRequest::new(vec![Message::user("q")]);
+    /// let s = stream_completion(Arc::new(MockProvider::new(["x"])), req, &RunContext::new()).await.unwrap();
+    /// assert_eq!(s.metadata()["streaming"], true);
+    /// # });
+    /// ```
     #[must_use]
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }
 
     /// The accumulated response, once the stream has finished.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use futures::StreamExt;
+    /// use executionkit::{ChatRequest, Message, MockProvider, RunContext, stream_completion};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let req = ChatRequest::new(vec![Message::user("q")]);
+    /// let mut s = stream_completion(Arc::new(MockProvider::new(["done"])), req, &RunContext::new()).await.unwrap();
+    /// assert!(s.response().is_none()); // not finished yet
+    /// while s.next().await.is_some() {}
+    /// let r = s.response().unwrap();
+    /// assert_eq!((r.content(), r.choices[0].finish_reason.as_deref()), ("done", Some("stop")));
+    /// # });
+    /// ```
     #[must_use]
     pub fn response(&self) -> Option<LlmResponse> {
         self.response
@@ -174,6 +243,23 @@ impl StreamingResult {
 /// # Errors
 /// `invalid_argument` for a bad request or a provider that cannot stream (the reference's
 /// "StreamingProvider" check); `budget_exhausted` when no call can be reserved.
+///
+/// ```
+/// use std::sync::Arc;
+/// use futures::StreamExt;
+/// use executionkit::{Budget, ChatRequest, Message, MockProvider, RunContext, stream_completion};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let req = ChatRequest::new(vec![Message::user("q")]);
+/// let s = stream_completion(Arc::new(MockProvider::new(["a b"])), req.clone(), &RunContext::new()).await.unwrap();
+/// let parts: Vec<String> = s.map(|d| d.unwrap()).collect().await;
+/// assert_eq!(parts.concat(), "a b");
+/// // A spent budget fails before the provider is asked.
+/// let p = Arc::new(MockProvider::new(["x"]));
+/// let ctx = RunContext::new().budget(Budget::new().max_calls(0));
+/// assert!(stream_completion(p.clone(), req, &ctx).await.unwrap_err().is_budget_exhausted());
+/// assert_eq!(p.call_count(), 0);
+/// # });
+/// ```
 pub async fn stream_completion(
     provider: Arc<dyn LlmProvider>,
     request: ChatRequest,

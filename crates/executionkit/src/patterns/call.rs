@@ -2,6 +2,17 @@
 //!
 //! Each returns a small builder holding the provider, the prompt, a [`RunContext`] and the
 //! pattern; set options on it and `.await` it. The options are the pattern's own builder methods.
+//!
+//! ```
+//! use executionkit::{MockProvider, consensus, refine_loop};
+//! # futures::executor::block_on(async {
+//! let p = MockProvider::new(["Paris"]);
+//! let r = consensus(&p, "Capital of France?").samples(2).await.unwrap();
+//! assert_eq!(r.value, "Paris");
+//! let p = MockProvider::new(["draft", "9"]);
+//! assert_eq!(refine_loop(&p, "Write a haiku").await.unwrap().value, "draft");
+//! # });
+//! ```
 
 use std::future::{Future, IntoFuture};
 
@@ -64,6 +75,16 @@ pub fn refine_loop<'a>(provider: &'a dyn LlmProvider, prompt: &'a str) -> Refine
 }
 
 /// The builder returned by [`consensus`].
+///
+/// ```
+/// use executionkit::{MockProvider, consensus};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["4", "4", "5"]);
+/// let r = consensus(&p, "2 + 2?").samples(3).temperature(0.5).await.unwrap();
+/// assert_eq!(r.value, "4");
+/// assert_eq!(p.last_call().unwrap().request.temperature, Some(0.5));
+/// # });
+/// ```
 #[derive(Debug)]
 #[must_use = "a consensus call does nothing until awaited"]
 pub struct ConsensusCall<'a> {
@@ -192,6 +213,19 @@ impl<'a> IntoFuture for ConsensusCall<'a> {
 }
 
 /// The builder returned by [`refine_loop`].
+///
+/// ```
+/// use executionkit::{MockProvider, refine_loop};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["short", "a longer answer"]);
+/// let r = refine_loop(&p, "Explain")
+///     .target_score(0.5)
+///     .evaluator(|text: String| async move { Ok((text.len() as f64 / 20.0).min(1.0)) })
+///     .await
+///     .unwrap();
+/// assert_eq!(r.value, "a longer answer");
+/// # });
+/// ```
 #[derive(Debug)]
 #[must_use = "a refine call does nothing until awaited"]
 pub struct RefineCall<'a> {

@@ -1,4 +1,14 @@
 //! [`Consensus`]: sample the same prompt N times and vote.
+//!
+//! ```
+//! use executionkit::{Consensus, MockProvider, RunContext};
+//! # futures::executor::block_on(async {
+//! let p = MockProvider::new(["Paris", "Paris", "Lyon"]);
+//! let r = Consensus::new().samples(3).run(&p, "Capital of France?", &RunContext::new()).await.unwrap();
+//! assert_eq!(r.value, "Paris");
+//! assert_eq!(r.metadata["unique_responses"], 2);
+//! # });
+//! ```
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,9 +25,32 @@ use crate::provider::{ChatRequest, LlmProvider, Message, check_temperature};
 use crate::result::PatternResult;
 
 /// The most samples one consensus may draw.
+///
+/// ```
+/// use executionkit::{Consensus, MockProvider, RunContext, patterns::consensus::MAX_SAMPLES};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["a"]);
+/// let err = Consensus::new().samples(MAX_SAMPLES + 1).run(&p, "q", &RunContext::new()).await.unwrap_err();
+/// assert!(err.is_invalid_argument());
+/// assert_eq!(p.call_count(), 0); // refused before any call
+/// # });
+/// ```
 pub const MAX_SAMPLES: usize = 1_000_000;
 
 /// The function a vote is taken on: maps a sample's text to the value voted on.
+///
+/// ```
+/// use std::sync::Arc;
+/// use executionkit::{Consensus, MockProvider, RunContext, patterns::consensus::VoteKey};
+/// # futures::executor::block_on(async {
+/// let last_word: VoteKey = Arc::new(|s: &str| s.split_whitespace().last().unwrap_or("").to_owned());
+/// assert_eq!(last_word("the answer is 4"), "4");
+/// let p = MockProvider::new(["it is 4", "the answer is 4", "5"]);
+/// let key = last_word.clone();
+/// let r = Consensus::new().samples(3).vote_key(move |s| key(s)).run(&p, "2 + 2?", &RunContext::new()).await.unwrap();
+/// assert_eq!(r.value, "it is 4"); // the first sample with the winning key
+/// # });
+/// ```
 pub type VoteKey = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
 /// Consensus voting: N samples of one prompt, sent concurrently (up to `max_concurrency`),
@@ -288,6 +321,22 @@ impl Consensus {
     /// # Errors
     /// `invalid_argument` before any call; `consensus_failed` when a unanimous vote splits;
     /// `budget_exhausted` or the first provider failure otherwise. Every error carries the spend.
+    ///
+    /// ```
+    /// use executionkit::{Consensus, MockProvider, RunContext, VotingStrategy};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["yes", "yes", "no"]);
+    /// let r = Consensus::new().samples(3).run(&p, "Is 7 prime?", &RunContext::new()).await.unwrap();
+    /// assert_eq!(r.value, "yes");
+    /// let err = Consensus::new()
+    ///     .samples(3)
+    ///     .strategy(VotingStrategy::Unanimous)
+    ///     .run(&p, "Is 7 prime?", &RunContext::new())
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.is_consensus_failed());
+    /// # });
+    /// ```
     pub async fn run(
         &self,
         provider: &dyn LlmProvider,

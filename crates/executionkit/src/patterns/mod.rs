@@ -13,9 +13,40 @@ use crate::result::PatternResult;
 pub mod call;
 pub mod consensus;
 pub mod judge;
+/// Map-reduce: one call per item, then a reduce call over the joined outputs.
+///
+/// ```
+/// use executionkit::{MapReduce, MockProvider, RunContext};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["one", "two", "one and two"]);
+/// let items = vec!["first".to_owned(), "second".to_owned()];
+/// let r = MapReduce::new()
+///     .map_template("Summarise: {item}")
+///     .reduce_template("Combine: {mapped_outputs}")
+///     .max_concurrency(1)
+///     .run(&p, &items, &RunContext::new())
+///     .await
+///     .unwrap();
+/// assert_eq!(r.value, "one and two");
+/// assert_eq!(r.metadata["reduce_calls"], 1);
+/// # });
+/// ```
 pub mod map_reduce;
 pub mod react;
 pub mod refine;
+/// Structured output: a reply parsed into a Rust type, validated against its JSON Schema.
+///
+/// ```
+/// use executionkit::{MockProvider, RunContext, structured};
+/// # futures::executor::block_on(async {
+/// #[derive(serde::Deserialize, schemars::JsonSchema)]
+/// struct City { name: String, population: u64 }
+/// let p = MockProvider::new([r#"Here: {"name": "Paris", "population": 2100000}"#]);
+/// let r = structured::<City>().run(&p, "Largest French city?", &RunContext::new()).await.unwrap();
+/// assert_eq!((r.value.name.as_str(), r.value.population), ("Paris", 2_100_000));
+/// assert_eq!(r.metadata["validated"], true);
+/// # });
+/// ```
 pub mod structured;
 pub mod vote_keys;
 

@@ -55,6 +55,24 @@ use crate::tools::{Observation, ObservationKind, TRUNCATION_MARKER, Tool};
 use crate::usage::TokenUsage;
 
 /// The prefix of the system message that carries a summary of trimmed history.
+///
+/// ```
+/// use executionkit::{Message, MockProvider, RunContext};
+/// use executionkit::patterns::react::{ReactLoop, SUMMARY_PREFIX};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["ok"]);
+/// let history: Vec<Message> = (0..6)
+///     .map(|i| if i % 2 == 0 { Message::user(format!("q{i}")) } else { Message::assistant("a") })
+///     .chain([Message::user("last")])
+///     .collect();
+/// let l = ReactLoop::new()
+///     .max_history_messages(3)
+///     .summarizer(|dropped| async move { Ok::<_, executionkit::Error>(format!("{} dropped", dropped.len())) });
+/// l.run_messages(&p, history, &[], &RunContext::new()).await.unwrap();
+/// let sent = p.last_call().unwrap().request.messages;
+/// assert!(sent.iter().any(|m| m.content.starts_with(SUMMARY_PREFIX)));
+/// # });
+/// ```
 pub const SUMMARY_PREFIX: &str = "Summary of earlier conversation: ";
 
 /// Why a tool loop stopped (`metadata.termination_reason`).
@@ -73,6 +91,12 @@ pub enum ReactTermination {
 
 impl ReactTermination {
     /// `"natural"` or `"max_iterations"`.
+    ///
+    /// ```
+    /// use executionkit::patterns::react::ReactTermination;
+    /// assert_eq!(ReactTermination::MaxIterations.as_str(), "max_iterations");
+    /// assert_eq!(ReactTermination::Natural.to_string(), "natural");
+    /// ```
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -283,6 +307,27 @@ impl ReactLoop {
 
     /// The most LLM rounds (≥ 1; default 8). With no answer after them the run fails with
     /// `max_iterations`.
+    ///
+    /// ```
+    /// use executionkit::{Choice, LlmResponse, MockProvider, RunContext, ToolCall};
+    /// use executionkit::{patterns::react::ReactLoop, tools::Tool};
+    /// # futures::executor::block_on(async {
+    /// // A model that asks for a tool every round never answers.
+    /// let ask = LlmResponse {
+    ///     choices: vec![Choice {
+    ///         content: String::new(),
+    ///         tool_calls: vec![ToolCall::new("t1", "echo", serde_json::json!({}))],
+    ///         finish_reason: Some("tool_calls".into()),
+    ///     }],
+    ///     ..LlmResponse::default()
+    /// };
+    /// let echo = Tool::new("echo", "Echoes", serde_json::json!({}), |_| async { Ok("e".to_owned()) });
+    /// let p = MockProvider::new([ask]);
+    /// let err = ReactLoop::new().max_rounds(2).run(&p, "q", &[echo], &RunContext::new()).await.unwrap_err();
+    /// assert!(err.is_max_iterations());
+    /// assert_eq!(p.call_count(), 2);
+    /// # });
+    /// ```
     pub fn max_rounds(mut self, n: usize) -> Self {
         self.max_rounds = n;
         self
@@ -290,12 +335,29 @@ impl ReactLoop {
 
     /// The longest tool result shown to the model, in characters (≥ 1; default 12 000).
     /// Longer results end with `"\n[truncated]"`.
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, patterns::react::ReactLoop};
+    /// let p = MockProvider::default();
+    /// assert!(ReactLoop::new().max_observation_chars(500).validate(&p, &[]).is_ok());
+    /// let err = ReactLoop::new().max_observation_chars(0).validate(&p, &[]).unwrap_err();
+    /// assert!(err.is_invalid_argument());
+    /// ```
     pub fn max_observation_chars(mut self, n: usize) -> Self {
         self.max_observation_chars = n;
         self
     }
 
     /// One timeout for every tool, overriding each tool's own (must be > 0).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use executionkit::{MockProvider, patterns::react::ReactLoop};
+    /// let p = MockProvider::default();
+    /// assert!(ReactLoop::new().tool_timeout(Duration::from_secs(5)).validate(&p, &[]).is_ok());
+    /// let err = ReactLoop::new().tool_timeout(Duration::ZERO).validate(&p, &[]).unwrap_err();
+    /// assert!(err.message().contains("tool_timeout"));
+    /// ```
     pub fn tool_timeout(mut self, timeout: Duration) -> Self {
         self.tool_timeout = Some(timeout);
         self
@@ -303,24 +365,56 @@ impl ReactLoop {
 
     /// The most tool calls executed per round (≥ 1; default 32); the others are answered with
     /// a rejection the model can act on.
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, patterns::react::ReactLoop};
+    /// let p = MockProvider::default();
+    /// assert!(ReactLoop::new().max_tool_calls_per_round(4).validate(&p, &[]).is_ok());
+    /// assert!(ReactLoop::new().max_tool_calls_per_round(0).validate(&p, &[]).unwrap_err().is_invalid_argument());
+    /// ```
     pub fn max_tool_calls_per_round(mut self, n: usize) -> Self {
         self.max_tool_calls_per_round = n;
         self
     }
 
     /// How many tool calls of one round run at once (≥ 1; default 10).
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, patterns::react::ReactLoop};
+    /// let p = MockProvider::default();
+    /// assert!(ReactLoop::new().tool_concurrency(1).validate(&p, &[]).is_ok());
+    /// assert!(ReactLoop::new().tool_concurrency(0).validate(&p, &[]).unwrap_err().is_invalid_argument());
+    /// ```
     pub fn tool_concurrency(mut self, n: usize) -> Self {
         self.tool_concurrency = n;
         self
     }
 
     /// The sampling temperature (default 0.3).
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, RunContext, patterns::react::ReactLoop};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["done"]);
+    /// ReactLoop::new().temperature(0.0).run(&p, "q", &[], &RunContext::new()).await.unwrap();
+    /// assert_eq!(p.last_call().unwrap().request.temperature, Some(0.0));
+    /// # });
+    /// ```
     pub fn temperature(mut self, t: f64) -> Self {
         self.temperature = t;
         self
     }
 
     /// `max_tokens` of each call (≥ 1; default 4096).
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, RunContext, patterns::react::ReactLoop};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["done"]);
+    /// ReactLoop::new().max_tokens(256).run(&p, "q", &[], &RunContext::new()).await.unwrap();
+    /// assert_eq!(p.last_call().unwrap().request.max_tokens, Some(256));
+    /// # });
+    /// ```
     pub fn max_tokens(mut self, n: u32) -> Self {
         self.max_tokens = n;
         self
@@ -328,6 +422,20 @@ impl ReactLoop {
 
     /// Sends at most about `n` messages per call (≥ 1): the first message, then the newest
     /// whole blocks that fit (see [`trim_history`]). The transcript itself keeps everything.
+    ///
+    /// ```
+    /// use executionkit::{Message, MockProvider, RunContext, patterns::react::ReactLoop};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["ok"]);
+    /// let history: Vec<Message> = (0..9)
+    ///     .map(|i| if i % 2 == 0 { Message::user(format!("q{i}")) } else { Message::assistant("a") })
+    ///     .collect();
+    /// let r = ReactLoop::new().max_history_messages(3).run_messages(&p, history, &[], &RunContext::new()).await.unwrap();
+    /// assert!(p.last_call().unwrap().request.messages.len() <= 3);
+    /// // The transcript in the metadata keeps every message.
+    /// assert_eq!(r.metadata["messages"].as_array().unwrap().len(), 10);
+    /// # });
+    /// ```
     pub fn max_history_messages(mut self, n: usize) -> Self {
         self.max_history_messages = Some(n);
         self
@@ -357,12 +465,46 @@ impl ReactLoop {
     /// Asks `gate` before every tool call (action `"tool_call"`, subject the tool's name,
     /// metadata `tool_call_id` and `arguments`). A denial becomes the observation
     /// `Tool '<name>' blocked by approval[: <reason>]`; the tool does not run.
+    ///
+    /// ```
+    /// use executionkit::{Choice, LlmResponse, MockProvider, RunContext, ToolCall};
+    /// use executionkit::{approval::ApprovalGate, patterns::react::ReactLoop, tools::Tool};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let ask = LlmResponse {
+    ///     choices: vec![Choice {
+    ///         content: String::new(),
+    ///         tool_calls: vec![ToolCall::new("t1", "rm", serde_json::json!({}))],
+    ///         finish_reason: Some("tool_calls".into()),
+    ///     }],
+    ///     ..LlmResponse::default()
+    /// };
+    /// let rm = Tool::new("rm", "Deletes", serde_json::json!({}), |_| async { Ok("deleted".to_owned()) });
+    /// let p = MockProvider::new([ask, LlmResponse::text("I may not delete it")]);
+    /// let r = ReactLoop::new()
+    ///     .approval_gate(ApprovalGate::deny_all("read-only"))
+    ///     .run(&p, "delete it", &[rm], &RunContext::new())
+    ///     .await
+    ///     .unwrap();
+    /// let observation = r.metadata["messages"][2]["content"].as_str().unwrap();
+    /// assert!(observation.contains("blocked by approval"));
+    /// # });
+    /// ```
     pub fn approval_gate(mut self, gate: ApprovalGate) -> Self {
         self.approval_gate = Some(gate);
         self
     }
 
     /// How the model may use the tools (sent only when there are tools).
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, RunContext, ToolChoice, patterns::react::ReactLoop, tools::Tool};
+    /// # futures::executor::block_on(async {
+    /// let echo = Tool::new("echo", "Echoes", serde_json::json!({}), |_| async { Ok("e".to_owned()) });
+    /// let p = MockProvider::new(["done"]);
+    /// ReactLoop::new().tool_choice(ToolChoice::Auto).run(&p, "q", &[echo], &RunContext::new()).await.unwrap();
+    /// assert_eq!(p.last_call().unwrap().request.tool_choice, Some(ToolChoice::Auto));
+    /// # });
+    /// ```
     pub fn tool_choice(mut self, choice: ToolChoice) -> Self {
         self.tool_choice = Some(choice);
         self
@@ -384,6 +526,15 @@ impl ReactLoop {
     }
 
     /// The sampling seed.
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, RunContext, patterns::react::ReactLoop};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["done"]);
+    /// ReactLoop::new().seed(7).run(&p, "q", &[], &RunContext::new()).await.unwrap();
+    /// assert_eq!(p.last_call().unwrap().request.seed, Some(7));
+    /// # });
+    /// ```
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
@@ -391,12 +542,30 @@ impl ReactLoop {
 
     /// A system message put before the prompt (with [`run_messages`](Self::run_messages): only
     /// when the transcript does not start with one).
+    ///
+    /// ```
+    /// use executionkit::{Message, MockProvider, RunContext, patterns::react::ReactLoop};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["done"]);
+    /// ReactLoop::new().system("Be brief.").run(&p, "q", &[], &RunContext::new()).await.unwrap();
+    /// assert_eq!(p.last_call().unwrap().request.messages[0], Message::system("Be brief."));
+    /// # });
+    /// ```
     pub fn system(mut self, text: impl Into<String>) -> Self {
         self.system = Some(text.into());
         self
     }
 
     /// Another model than the provider's default.
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, RunContext, patterns::react::ReactLoop};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["done"]);
+    /// ReactLoop::new().model("small-model").run(&p, "q", &[], &RunContext::new()).await.unwrap();
+    /// assert_eq!(p.last_call().unwrap().request.model.as_deref(), Some("small-model"));
+    /// # });
+    /// ```
     pub fn model(mut self, model: impl Into<String>) -> Self {
         self.model = Some(model.into());
         self
@@ -419,6 +588,33 @@ impl ReactLoop {
     }
 
     /// Whether tool-call events carry `"[redacted]"` for every argument value (default true).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use executionkit::{Choice, LlmResponse, MockProvider, RunContext, ToolCall};
+    /// use executionkit::{events::Event, patterns::react::ReactLoop, tools::Tool};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let ask = LlmResponse {
+    ///     choices: vec![Choice {
+    ///         content: String::new(),
+    ///         tool_calls: vec![ToolCall::new("t1", "echo", serde_json::json!({"text": "hi"}))],
+    ///         finish_reason: Some("tool_calls".into()),
+    ///     }],
+    ///     ..LlmResponse::default()
+    /// };
+    /// let echo = Tool::new("echo", "Echoes", serde_json::json!({}), |_| async { Ok("hi".to_owned()) });
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let s = seen.clone();
+    /// let ctx = RunContext::new().on_event(move |e| {
+    ///     if let Event::ToolCallStarted { arguments, .. } = e {
+    ///         s.lock().unwrap().push(arguments["text"].clone());
+    ///     }
+    /// });
+    /// let p = MockProvider::new([ask, LlmResponse::text("done")]);
+    /// ReactLoop::new().redact_tool_args(false).run(&p, "q", &[echo], &ctx).await.unwrap();
+    /// assert_eq!(seen.lock().unwrap()[0], "hi");
+    /// # });
+    /// ```
     pub fn redact_tool_args(mut self, redact: bool) -> Self {
         self.redact_tool_args = redact;
         self
@@ -447,6 +643,15 @@ impl ReactLoop {
     ///
     /// # Errors
     /// `invalid_argument` naming the first problem.
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, patterns::react::ReactLoop, tools::Tool};
+    /// let t = || Tool::new("echo", "Echoes", serde_json::json!({}), |_| async { Ok("e".to_owned()) });
+    /// let p = MockProvider::default();
+    /// assert!(ReactLoop::new().validate(&p, &[t()]).is_ok());
+    /// let err = ReactLoop::new().validate(&p, &[t(), t()]).unwrap_err();
+    /// assert!(err.message().contains("duplicated: 'echo'"));
+    /// ```
     pub fn validate(&self, provider: &dyn LlmProvider, tools: &[Tool]) -> Result<()> {
         if !provider.supports_tools() {
             return Err(Error::invalid_argument(
@@ -520,6 +725,17 @@ impl ReactLoop {
     /// `invalid_argument` before any call; budget, provider and summarizer errors as they
     /// happen; `max_iterations` when no answer came within `max_rounds` (its metadata holds
     /// the transcript). Every error carries the spend so far. Tool failures never fail the run.
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, RunContext, patterns::react::ReactLoop};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["Paris"]);
+    /// let r = ReactLoop::new().run(&p, "Capital of France?", &[], &RunContext::new()).await.unwrap();
+    /// assert_eq!(r.value, "Paris");
+    /// assert_eq!(r.metadata["termination_reason"], "natural");
+    /// assert_eq!(r.metadata["rounds"], 1);
+    /// # });
+    /// ```
     pub async fn run(
         &self,
         provider: &dyn LlmProvider,

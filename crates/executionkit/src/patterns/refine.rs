@@ -1,4 +1,15 @@
 //! [`RefineLoop`]: draft, score, improve, rescore, until the score is good enough.
+//!
+//! ```
+//! use executionkit::{MockProvider, RefineLoop, RunContext};
+//! # futures::executor::block_on(async {
+//! // Draft, judge "6", improvement, judge "9".
+//! let p = MockProvider::new(["draft", "6", "better", "9"]);
+//! let r = RefineLoop::new().run(&p, "Write a haiku", &RunContext::new()).await.unwrap();
+//! assert_eq!(r.value, "better");
+//! assert_eq!(r.cost.llm_calls, 4);
+//! # });
+//! ```
 
 use std::fmt;
 use std::future::Future;
@@ -23,9 +34,32 @@ use crate::result::PatternResult;
 use crate::usage::TokenUsage;
 
 /// A pure-code evaluator: scores a text in [0, 1].
+///
+/// ```
+/// use std::sync::Arc;
+/// use executionkit::patterns::refine::Evaluator;
+/// use futures::FutureExt;
+/// let by_length: Evaluator = Arc::new(|text: String| async move { Ok((text.len() as f64 / 10.0).min(1.0)) }.boxed());
+/// assert_eq!(futures::executor::block_on(by_length("hello".to_owned())).unwrap(), 0.5);
+/// ```
 pub type Evaluator = Arc<dyn Fn(String) -> BoxFuture<'static, Result<f64>> + Send + Sync>;
 
 /// A checkpoint callback, called after the first score (iteration 0) and after each refinement.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use executionkit::{RefineCheckpoint, TokenUsage, patterns::refine::CheckpointFn};
+/// let best = Arc::new(Mutex::new(0.0));
+/// let b = best.clone();
+/// let save: CheckpointFn = Arc::new(move |c: &RefineCheckpoint| *b.lock().unwrap() = c.current_score);
+/// save(&RefineCheckpoint {
+///     iteration: 0,
+///     current_text: "draft".into(),
+///     current_score: 0.7,
+///     cost: TokenUsage::new(10, 5, 2),
+/// });
+/// assert_eq!(*best.lock().unwrap(), 0.7);
+/// ```
 pub type CheckpointFn = Arc<dyn Fn(&RefineCheckpoint) + Send + Sync>;
 
 /// The state of a refine loop after one scoring, as given to [`RefineLoop::on_checkpoint`].
@@ -336,6 +370,18 @@ impl RefineLoop {
     /// `invalid_argument` before any call; `budget_exhausted` when the budget runs out before a
     /// draft was scored; `parse` when the judge twice gives no usable score; provider failures.
     /// Every error carries the spend.
+    ///
+    /// ```
+    /// use executionkit::{MockProvider, RefineLoop, RunContext};
+    /// # futures::executor::block_on(async {
+    /// // The draft scores 0.5 (judge: "5"), the improvement 0.9 (judge: "9"), which meets the target.
+    /// let p = MockProvider::new(["draft", "5", "better", "9"]);
+    /// let r = RefineLoop::new().target_score(0.9).run(&p, "Write a haiku", &RunContext::new()).await.unwrap();
+    /// assert_eq!(r.value, "better");
+    /// assert_eq!(r.score, Some(0.9));
+    /// assert_eq!(r.metadata["termination_reason"], "target_reached");
+    /// # });
+    /// ```
     pub async fn run(
         &self,
         provider: &dyn LlmProvider,

@@ -25,6 +25,16 @@ pub use offline::OfflineModel;
 pub use openai::{Provider, ProviderBuilder};
 
 /// The default `max_tokens` of every pattern and of [`Provider`].
+///
+/// ```
+/// use executionkit::{Consensus, MockProvider, RunContext, provider::DEFAULT_MAX_TOKENS};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["a"]);
+/// Consensus::new().samples(1).run(&p, "q", &RunContext::new()).await.unwrap();
+/// assert_eq!(p.last_call().unwrap().request.max_tokens, Some(DEFAULT_MAX_TOKENS));
+/// assert_eq!(DEFAULT_MAX_TOKENS, 4096);
+/// # });
+/// ```
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 /// A chat-completions endpoint: anything that can answer a [`ChatRequest`].
@@ -45,9 +55,24 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 #[async_trait]
 pub trait LlmProvider: Send + Sync + fmt::Debug {
     /// The model requests go to when [`ChatRequest::model`] is unset.
+    ///
+    /// ```
+    /// use executionkit::{LlmProvider, MockProvider, OfflineModel};
+    /// assert_eq!(MockProvider::default().with_model("gpt-test").model(), "gpt-test");
+    /// assert!(!OfflineModel::new().model().is_empty());
+    /// ```
     fn model(&self) -> &str;
 
     /// Sends one request and returns every choice.
+    ///
+    /// ```
+    /// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["pong"]);
+    /// let r = p.complete(&ChatRequest::new(vec![Message::user("ping")])).await.unwrap();
+    /// assert_eq!(r.content(), "pong");
+    /// # });
+    /// ```
     async fn complete(&self, request: &ChatRequest) -> Result<LlmResponse>;
 
     /// Streams one request. Nothing is sent until the stream is first polled. The stream yields
@@ -55,6 +80,21 @@ pub trait LlmProvider: Send + Sync + fmt::Debug {
     /// carrying the accumulated response and its usage.
     ///
     /// The default implementation fails with a `provider` error: the provider cannot stream.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider, StreamEvent};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["hi"]);
+    /// let events: Vec<StreamEvent> = p
+    ///     .stream(ChatRequest::new(vec![Message::user("hello")]))
+    ///     .map(|e| e.unwrap())
+    ///     .collect()
+    ///     .await;
+    /// assert_eq!(events[0], StreamEvent::TextDelta("h".into()));
+    /// assert!(matches!(events.last(), Some(StreamEvent::Finished(r)) if r.content() == "hi"));
+    /// # });
+    /// ```
     fn stream(&self, request: ChatRequest) -> ChatStream {
         let _ = request;
         Box::pin(futures::stream::once(async {
@@ -66,21 +106,44 @@ pub trait LlmProvider: Send + Sync + fmt::Debug {
     }
 
     /// `true` when the provider sends tools to the model.
+    ///
+    /// ```
+    /// use executionkit::{LlmProvider, MockProvider, OfflineModel};
+    /// assert!(MockProvider::default().supports_tools());
+    /// assert!(!OfflineModel::new().supports_tools());
+    /// ```
     fn supports_tools(&self) -> bool {
         false
     }
 
     /// `true` when [`LlmProvider::stream`] really streams.
+    ///
+    /// ```
+    /// use executionkit::{LlmProvider, MockProvider};
+    /// assert!(MockProvider::default().supports_streaming());
+    /// ```
     fn supports_streaming(&self) -> bool {
         false
     }
 
     /// `true` when the provider honours `n` (several choices in one request).
+    ///
+    /// ```
+    /// use executionkit::{LlmProvider, MockProvider};
+    /// assert!(!MockProvider::default().supports_n());
+    /// assert!(MockProvider::default().with_n_support().supports_n());
+    /// ```
     fn supports_n(&self) -> bool {
         false
     }
 
     /// An API key whose text must never appear in output (redacted from errors by the engine).
+    ///
+    /// ```
+    /// use executionkit::{LlmProvider, MockProvider};
+    /// assert_eq!(MockProvider::default().secret(), None);
+    /// assert_eq!(MockProvider::default().with_secret("sk-test-1234").secret(), Some("sk-test-1234"));
+    /// ```
     fn secret(&self) -> Option<&str> {
         None
     }
@@ -112,9 +175,37 @@ impl<P: LlmProvider + ?Sized> LlmProvider for Arc<P> {
 }
 
 /// A stream of [`StreamEvent`]s from [`LlmProvider::stream`].
+///
+/// ```
+/// use futures::StreamExt;
+/// use executionkit::{ChatRequest, LlmProvider, Message, OfflineModel, provider::ChatStream};
+/// # futures::executor::block_on(async {
+/// let s: ChatStream = OfflineModel::new().stream(ChatRequest::new(vec![Message::user("hello")]));
+/// let items: Vec<_> = s.collect().await;
+/// assert!(items.iter().all(|e| e.is_ok()));
+/// assert!(items.len() >= 2); // at least one delta, then the end
+/// # });
+/// ```
 pub type ChatStream = BoxStream<'static, Result<StreamEvent>>;
 
 /// One item of a streamed completion.
+///
+/// ```
+/// use futures::StreamExt;
+/// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider, StreamEvent};
+/// # futures::executor::block_on(async {
+/// let mut text = String::new();
+/// let mut s = MockProvider::new(["abc"]).stream(ChatRequest::new(vec![Message::user("q")]));
+/// while let Some(event) = s.next().await {
+///     match event.unwrap() {
+///         StreamEvent::TextDelta(d) => text.push_str(&d),
+///         StreamEvent::Finished(r) => assert_eq!(r.content(), text),
+///         _ => {}
+///     }
+/// }
+/// assert_eq!(text, "abc");
+/// # });
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum StreamEvent {
@@ -136,6 +227,12 @@ pub enum StreamEvent {
 }
 
 /// Who speaks a message.
+///
+/// ```
+/// use executionkit::{Message, Role};
+/// assert_eq!(Message::assistant("hi").role, Role::Assistant);
+/// assert_eq!(serde_json::to_value(Role::Tool).unwrap(), "tool");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -650,6 +747,13 @@ pub fn check_temperature(t: f64) -> Result<()> {
 }
 
 /// Token counts a server reported for one response.
+///
+/// ```
+/// use executionkit::{LlmResponse, provider::Usage};
+/// let r = LlmResponse::text("x").with_usage(12, 3);
+/// assert_eq!(r.usage, Usage { input_tokens: 12, output_tokens: 3 });
+/// assert_eq!(LlmResponse::text("x").usage, Usage::default());
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Prompt tokens.
@@ -659,6 +763,20 @@ pub struct Usage {
 }
 
 /// One choice of a response.
+///
+/// ```
+/// use executionkit::{Choice, LlmResponse, ToolCall};
+/// let r = LlmResponse {
+///     choices: vec![Choice {
+///         content: String::new(),
+///         tool_calls: vec![ToolCall::new("tc1", "search", serde_json::json!({"q": "rust"}))],
+///         finish_reason: Some("tool_calls".into()),
+///     }],
+///     ..LlmResponse::default()
+/// };
+/// assert_eq!(r.choices[0].tool_calls[0].name, "search");
+/// assert_eq!(r.content(), "");
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Choice {
     /// Its text (`""` when the server sent `null`).
