@@ -474,6 +474,8 @@ def main() -> int:
             r = run_wrk(args, conc)
             wrk.setdefault(conc, []).append(r)
             show(r)
+        # The Rust clients first (interleaved), then Python: a Python run leaves thousands of
+        # closed connections behind it that nginx and the kernel are still tidying up.
         for _ in range(args.runs):
             if want("ek"):
                 r = run_client(args, "ek", ek_cmd(samples, conc), samples, conc)
@@ -492,6 +494,7 @@ def main() -> int:
                                reqwest_env)
                 runs.setdefault(("ek-reqwest", samples, conc), []).append(r)
                 show(r)
+        for _ in range(args.runs):
             for label, py in pys:
                 if not want(label):
                     continue
@@ -500,6 +503,7 @@ def main() -> int:
                 r = run_client(args, label, cmd, samples, conc)
                 runs.setdefault((label, samples, conc), []).append(r)
                 show(r)
+        time.sleep(3 if pys else 0)  # let the Python runs' closed connections settle
 
     micro = Path(args.micro).read_text() if args.micro and Path(args.micro).exists() else ""
     py_status = {"version": args.py_version,
