@@ -57,7 +57,10 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.command.common().json;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: every pattern fans out inside its own task (samples, map items and tool
+    // calls are polled together), so a work-stealing pool buys nothing here and costs CPU per
+    // call (bench/RESULTS.md: 2.5x -> 1.8x wrk's CPU per request at 10,000 samples).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
