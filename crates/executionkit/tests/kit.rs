@@ -13,7 +13,7 @@ use executionkit::patterns::react::ReactLoop;
 use executionkit::tools::Tool;
 use executionkit::{
     Budget, ChatRequest, Choice, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, Message,
-    MockProvider, Pipe, RefineLoop, Result, Role, RunContext, TokenUsage, ToolCall,
+    MockProvider, Pipe, RefineLoop, Result, RetryPolicy, Role, RunContext, TokenUsage, ToolCall,
 };
 use futures::StreamExt;
 use governor::Quota;
@@ -321,4 +321,190 @@ async fn kits_are_shared_across_tasks() {
     // Turns are serialised: each one saw the previous ones' transcript.
     assert_eq!(kit.messages().len(), 8);
     assert_eq!(kit.usage().llm_calls, 4);
+}
+
+#[tokio::test]
+async fn s046_bucket_construction_is_validated() {
+    for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let err = RateLimited::token_bucket(MockProvider::new(["x"]), rate, 10).unwrap_err();
+        assert!(err.is_invalid_argument(), "rate {rate}");
+        assert!(
+            err.message().contains("rate must be > 0"),
+            "{}",
+            err.message()
+        );
+    }
+    let err = RateLimited::token_bucket(MockProvider::new(["x"]), 10.0, 0).unwrap_err();
+    assert!(err.is_invalid_argument());
+    assert!(err.message().contains("capacity must be >= 1"));
+    // A rate too low for governor's nanosecond counter is refused, not a panic.
+    let err = RateLimited::token_bucket(MockProvider::new(["x"]), 1e-12, 10).unwrap_err();
+    assert!(err.is_invalid_argument());
+    // Fractional and very high rates are fine.
+    assert!(RateLimited::token_bucket(MockProvider::new(["x"]), 0.5, 1).is_ok());
+    assert!(RateLimited::token_bucket(MockProvider::new(["x"]), 1e12, 1).is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn s046_full_bucket_never_waits() {
+    let p = RateLimited::token_bucket(MockProvider::new(["ok"]), 10.0, 10).unwrap();
+    let start = tokio::time::Instant::now();
+    let req = ChatRequest::new(vec![Message::user("q")]);
+    for _ in 0..10 {
+        // Ready on the first poll: no sleep of any kind, on any clock.
+        let r = futures::FutureExt::now_or_never(p.complete(&req)).expect("no wait");
+        assert_eq!(r.unwrap().content(), "ok");
+    }
+    assert_eq!(tokio::time::Instant::now(), start);
+    assert_eq!(p.permits_taken(), 10);
+    // The ten permits came out of the bucket: it is empty now.
+    assert!(p.limiter().check().is_err());
+}
+
+/// A provider replaying scripted results, each after `delay` of tokio's clock, and noting
+/// when each call started.
+#[derive(Debug, Default)]
+struct Scripted {
+    script: std::sync::Mutex<std::collections::VecDeque<Result<LlmResponse>>>,
+    starts: std::sync::Mutex<Vec<tokio::time::Instant>>,
+    delay: std::time::Duration,
+}
+
+impl Scripted {
+    fn new(script: Vec<Result<LlmResponse>>) -> Self {
+        Self {
+            script: std::sync::Mutex::new(script.into()),
+            ..Self::default()
+        }
+    }
+}
+
+#[async_trait]
+impl LlmProvider for Scripted {
+    fn model(&self) -> &str {
+        "scripted"
+    }
+    async fn complete(&self, _request: &ChatRequest) -> Result<LlmResponse> {
+        self.starts
+            .lock()
+            .unwrap()
+            .push(tokio::time::Instant::now());
+        tokio::time::sleep(self.delay).await;
+        self.script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| Ok(LlmResponse::text("ok")))
+    }
+}
+
+fn too_many(after_s: u64) -> Error {
+    Error::rate_limited("429 Too Many Requests")
+        .with_retry_after(std::time::Duration::from_secs(after_s))
+}
+
+#[tokio::test(start_paused = true)]
+async fn s047_a_429_holds_later_permits_for_retry_after() {
+    use std::time::Duration;
+    let p = RateLimited::token_bucket(Scripted::new(vec![Err(too_many(5))]), 10.0, 10).unwrap();
+    let req = ChatRequest::new(vec![Message::user("q")]);
+    let t0 = tokio::time::Instant::now();
+    assert!(p.complete(&req).await.unwrap_err().is_rate_limited());
+    assert_eq!(p.penalty_until(), Some(t0 + Duration::from_secs(5)));
+    let r = p.complete(&req).await.unwrap();
+    assert_eq!(r.content(), "ok");
+    let starts = p.inner().starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 2);
+    assert!(starts[1] - starts[0] >= Duration::from_secs(5));
+    // Once the penalty is over, calls go straight through again.
+    let before = tokio::time::Instant::now();
+    p.complete(&req).await.unwrap();
+    assert_eq!(tokio::time::Instant::now(), before);
+
+    // A shorter 429 after a longer one does not shorten the hold: two calls in flight, both
+    // answered after 100 ms, the first with 5 s, the second with 1 s.
+    let p = RateLimited::token_bucket(
+        Scripted {
+            delay: Duration::from_millis(100),
+            ..Scripted::new(vec![Err(too_many(5)), Err(too_many(1))])
+        },
+        10.0,
+        10,
+    )
+    .unwrap();
+    let t0 = tokio::time::Instant::now();
+    let (a, b) = tokio::join!(p.complete(&req), p.complete(&req));
+    assert!(a.unwrap_err().is_rate_limited() && b.unwrap_err().is_rate_limited());
+    let late = t0 + Duration::from_millis(100) + Duration::from_secs(5);
+    assert_eq!(p.penalty_until(), Some(late));
+    p.complete(&req).await.unwrap();
+    assert!(tokio::time::Instant::now() - t0 >= Duration::from_secs(5));
+    let starts = p.inner().starts.lock().unwrap().clone();
+    assert!(starts[2] >= late);
+
+    // A later, longer 429 extends it.
+    let p = RateLimited::token_bucket(
+        Scripted::new(vec![Err(too_many(1)), Err(too_many(3))]),
+        10.0,
+        10,
+    )
+    .unwrap();
+    let t0 = tokio::time::Instant::now();
+    let _ = p.complete(&req).await.unwrap_err(); // t0: hold until t0+1
+    let _ = p.complete(&req).await.unwrap_err(); // t0+1: hold until t0+4
+    p.complete(&req).await.unwrap();
+    assert!(tokio::time::Instant::now() - t0 >= Duration::from_secs(4));
+
+    // Other errors, and a 429 without retry_after, set no penalty.
+    let p = RateLimited::token_bucket(
+        Scripted::new(vec![
+            Err(Error::new(ErrorKind::Provider, "500")),
+            Err(Error::new(ErrorKind::RateLimited, "429 without a hint")),
+        ]),
+        10.0,
+        10,
+    )
+    .unwrap();
+    let _ = p.complete(&req).await.unwrap_err();
+    let _ = p.complete(&req).await.unwrap_err();
+    assert_eq!(p.penalty_until(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn s047_the_penalty_holds_streams_and_kit_calls_too() {
+    use std::time::Duration;
+    // A stream that fails with a 429 penalises the limiter as well.
+    let p = RateLimited::token_bucket(MockProvider::failing(too_many(5)), 10.0, 10).unwrap();
+    let t0 = tokio::time::Instant::now();
+    let items: Vec<_> = p
+        .stream(ChatRequest::new(vec![Message::user("q")]))
+        .collect()
+        .await;
+    assert!(items[0].as_ref().unwrap_err().is_rate_limited());
+    assert_eq!(p.penalty_until(), Some(t0 + Duration::from_secs(5)));
+    // The next stream's permit waits it out.
+    let _ = p
+        .stream(ChatRequest::new(vec![Message::user("q")]))
+        .collect::<Vec<_>>()
+        .await;
+    assert!(tokio::time::Instant::now() - t0 >= Duration::from_secs(5));
+    assert_eq!(p.permits_taken(), 2);
+
+    // Through a Kit: the second consensus run waits out the first one's 429.
+    let limited =
+        RateLimited::token_bucket(Scripted::new(vec![Err(too_many(5))]), 10.0, 10).unwrap();
+    let limited = Arc::new(limited);
+    let kit = Kit::from_arc(limited.clone()).context(RunContext::new().retry(RetryPolicy::none()));
+    let t0 = tokio::time::Instant::now();
+    let err = kit
+        .consensus("q", &Consensus::new().samples(1))
+        .await
+        .unwrap_err();
+    assert!(err.is_rate_limited());
+    let r = kit
+        .consensus("q", &Consensus::new().samples(1))
+        .await
+        .unwrap();
+    assert_eq!(r.value, "ok");
+    assert!(limited.inner().starts.lock().unwrap()[1] - t0 >= Duration::from_secs(5));
 }
