@@ -96,7 +96,7 @@ if [ "$MICRO" = 1 ]; then
     log "micro-benchmarks (divan)"
     MICRO_OUT="$WORK/micro.txt"
     (cd "$ROOT" && cargo bench -q -p executionkit --bench voting --bench ledger \
-        --bench consensus_overhead --bench pipe_overhead 2>&1) | tee "$MICRO_OUT"
+        --bench consensus_overhead --bench pipe_overhead --bench extract_json 2>&1) | tee "$MICRO_OUT"
 fi
 
 # --- 5. nginx --------------------------------------------------------------------------------
