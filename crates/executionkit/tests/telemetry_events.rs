@@ -114,7 +114,21 @@ impl Write for LogBuf {
 
 /// Installs a capturing subscriber (plus a TRACE-level log formatter into a buffer) for the
 /// current thread.
-fn capture() -> (Capture, LogBuf, tracing::subscriber::DefaultGuard) {
+/// Tests that install a scoped subscriber run one at a time: tracing caches each callsite's
+/// interest across every live dispatcher, and a callsite first hit while another test's
+/// subscriber was being dropped could be cached as "never" (a 1-in-40 flake seen in CI).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The scoped subscriber and the lock that keeps these tests apart; both end when dropped.
+struct CaptureGuard {
+    _subscriber: tracing::subscriber::DefaultGuard,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+fn capture() -> (Capture, LogBuf, CaptureGuard) {
+    let serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let cap = Capture::default();
     let log = LogBuf::default();
     let writer = log.clone();
@@ -125,7 +139,15 @@ fn capture() -> (Capture, LogBuf, tracing::subscriber::DefaultGuard) {
             .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL),
     );
     let guard = tracing::subscriber::set_default(subscriber);
-    (cap, log, guard)
+    tracing::callsite::rebuild_interest_cache();
+    (
+        cap,
+        log,
+        CaptureGuard {
+            _subscriber: guard,
+            _serial: serial,
+        },
+    )
 }
 
 fn recording(ctx: RunContext) -> (RunContext, Arc<Mutex<Vec<Event>>>) {
@@ -293,6 +315,8 @@ async fn retries_give_ordered_events_with_their_delay_and_a_span_per_attempt() {
 
 #[tokio::test]
 async fn a_failed_call_ends_with_call_failed() {
+    // Under a capture too, so it never races the others on the llm.call callsite's interest.
+    let (_cap, _log, _guard) = capture();
     let p = Flaky {
         errors: Mutex::new([Error::new(ErrorKind::Permanent, "HTTP 400")].into()),
         ..Flaky::default()
