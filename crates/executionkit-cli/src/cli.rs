@@ -1,6 +1,8 @@
 //! The command line, as clap sees it. Defaults are the reference's (CLI-CONTRACT.md).
 
-use clap::{Args, Parser, Subcommand};
+use std::ops::Deref;
+
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 
 /// `ek`: run executionkit's LLM reasoning patterns from the shell.
 ///
@@ -18,22 +20,63 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// N samples in parallel, majority (or unanimous) vote on the normalised text.
-    Consensus(ConsensusArgs),
+    Consensus(Deferred<ConsensusArgs>),
     /// Generate, score with an LLM judge, improve until the target score is reached.
-    Refine(RefineArgs),
+    Refine(Deferred<RefineArgs>),
     /// Chain steps (`--step "consensus samples=5"`, `--step "refine target_score=0.9"`) under
     /// one budget; each step's value is the next step's input.
-    Pipe(PipeArgs),
+    Pipe(Deferred<PipeArgs>),
     /// A ReAct tool loop with built-in, side-effect-free tools: `calculator`, `utc_now`, `echo`.
-    React(ReactArgs),
+    React(Deferred<ReactArgs>),
     /// JSON output validated against a JSON Schema file, with repair retries.
-    Structured(StructuredArgs),
+    Structured(Deferred<StructuredArgs>),
     /// One call per item (each FILE, or each line with --lines), then a reduce call.
     #[command(name = "map-reduce")]
-    MapReduce(MapReduceArgs),
+    MapReduce(Deferred<MapReduceArgs>),
 }
 
-/// Flags every command takes (the prompt is per command: `map-reduce` takes files instead).
+/// A command's flags, built by clap only when that command runs or its help is shown
+/// (`Command::defer`). Building all six commands' flags and help texts cost ~0.3 M instructions
+/// on every start of `ek` (callgrind), a third of its user-space start-up.
+#[derive(Debug)]
+pub struct Deferred<T>(pub T);
+
+impl<T> Deref for Deferred<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: FromArgMatches> FromArgMatches for Deferred<T> {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches(matches).map(Self)
+    }
+    fn from_arg_matches_mut(matches: &mut ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches_mut(matches).map(Self)
+    }
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)
+    }
+    fn update_from_arg_matches_mut(&mut self, matches: &mut ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches_mut(matches)
+    }
+}
+
+impl<T: Args> Args for Deferred<T> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_args)
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_args_for_update)
+    }
+    fn group_id() -> Option<clap::Id> {
+        T::group_id()
+    }
+}
+
+// Flags every command takes (the prompt is per command: `map-reduce` takes files instead).
+// No doc comment: clap would show it as each command's about (see `ConsensusArgs`).
 #[derive(Debug, Args)]
 pub struct Common {
     /// The OpenAI-compatible endpoint (default: `EXECUTIONKIT_BASE_URL`; none: the offline model).
@@ -103,7 +146,8 @@ pub struct Common {
     pub json: bool,
 }
 
-/// `ek consensus`.
+// `ek consensus`. No doc comment: clap would show it as the command's about, in place of the
+// one on its `Command` variant (the flags are built late, by `Deferred`).
 #[derive(Debug, Args)]
 pub struct ConsensusArgs {
     /// The prompt; `-` reads it from stdin.
@@ -134,7 +178,7 @@ pub struct ConsensusArgs {
     pub max_tokens: u32,
 }
 
-/// `ek refine`.
+// `ek refine` (no doc comment: see `ConsensusArgs`).
 #[derive(Debug, Args)]
 pub struct RefineArgs {
     /// The prompt; `-` reads it from stdin.
@@ -181,7 +225,7 @@ pub struct RefineArgs {
     pub max_eval_chars: usize,
 }
 
-/// `ek pipe`.
+// `ek pipe` (no doc comment: see `ConsensusArgs`).
 #[derive(Debug, Args)]
 pub struct PipeArgs {
     /// The prompt; `-` reads it from stdin.
@@ -196,7 +240,7 @@ pub struct PipeArgs {
     pub steps: Vec<String>,
 }
 
-/// `ek react`.
+// `ek react` (no doc comment: see `ConsensusArgs`).
 #[derive(Debug, Args)]
 pub struct ReactArgs {
     /// The prompt; `-` reads it from stdin.
@@ -226,7 +270,7 @@ pub struct ReactArgs {
     pub tool_choice: String,
 }
 
-/// `ek structured`.
+// `ek structured` (no doc comment: see `ConsensusArgs`).
 #[derive(Debug, Args)]
 pub struct StructuredArgs {
     /// The prompt; `-` reads it from stdin.
@@ -258,7 +302,7 @@ pub struct StructuredArgs {
     pub no_response_format: bool,
 }
 
-/// `ek map-reduce`.
+// `ek map-reduce` (no doc comment: see `ConsensusArgs`).
 #[derive(Debug, Args)]
 pub struct MapReduceArgs {
     /// The items: each FILE is one item (`-` reads stdin), or each non-empty line with --lines.
@@ -315,5 +359,42 @@ impl Command {
             Self::Structured(a) => Some(&a.prompt),
             Self::MapReduce(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_whole_command_tree_is_consistent() {
+        // `debug_assert` builds every deferred command too.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn deferred_commands_keep_their_about_and_parse() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        for sub in cmd.get_subcommands() {
+            let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
+            assert!(!about.is_empty(), "{} has no about", sub.get_name());
+            assert!(
+                !about.starts_with("Flags every command"),
+                "{}: {about}",
+                sub.get_name()
+            );
+            assert!(!about.starts_with("`ek"), "{}: {about}", sub.get_name());
+        }
+        let cli = Cli::try_parse_from(["ek", "consensus", "--samples", "7", "hello"]).unwrap();
+        let Command::Consensus(a) = &cli.command else {
+            panic!("not consensus: {cli:?}");
+        };
+        assert_eq!((a.samples, a.prompt.as_str()), (7, "hello"));
+        let err = Cli::try_parse_from(["ek", "refine", "--bogus", "x"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
     }
 }
