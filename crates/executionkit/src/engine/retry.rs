@@ -191,12 +191,14 @@ impl RetryPolicy {
     /// ```
     #[must_use]
     pub fn delay_cap(&self, attempt: u32) -> Duration {
-        let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
-        let secs = self.base_delay.as_secs_f64() * self.exponential_base.powi(exp);
-        if !secs.is_finite() || secs >= self.max_delay.as_secs_f64() {
-            self.max_delay
-        } else {
-            Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(self.max_delay)
+        self.schedule().cap(attempt)
+    }
+
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            base_delay: self.base_delay,
+            max_delay: self.max_delay,
+            exponential_base: self.exponential_base,
         }
     }
 
@@ -208,11 +210,7 @@ impl RetryPolicy {
     /// ```
     #[must_use]
     pub fn delay(&self, attempt: u32) -> Duration {
-        let cap = self.delay_cap(attempt);
-        if cap.is_zero() {
-            return cap;
-        }
-        cap.mul_f64(rand::rng().random_range(0.0..=1.0))
+        self.schedule().jittered(attempt)
     }
 
     /// The wait before the next attempt after `err` failed attempt `attempt`: the jittered
@@ -237,26 +235,56 @@ impl RetryPolicy {
     /// The backoff schedule handed to [`backon`]: one jittered delay per retry.
     pub(crate) fn backoff(&self) -> FullJitter {
         FullJitter {
-            policy: self.clone(),
+            schedule: self.schedule(),
+            max_retries: self.max_retries,
             attempt: 0,
         }
+    }
+}
+
+/// The numbers behind the delays (copied into every call's backoff without allocating).
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    base_delay: Duration,
+    max_delay: Duration,
+    exponential_base: f64,
+}
+
+impl Schedule {
+    fn cap(self, attempt: u32) -> Duration {
+        let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let secs = self.base_delay.as_secs_f64() * self.exponential_base.powi(exp);
+        if !secs.is_finite() || secs >= self.max_delay.as_secs_f64() {
+            self.max_delay
+        } else {
+            Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(self.max_delay)
+        }
+    }
+
+    fn jittered(self, attempt: u32) -> Duration {
+        let cap = self.cap(attempt);
+        if cap.is_zero() {
+            return cap;
+        }
+        cap.mul_f64(rand::rng().random_range(0.0..=1.0))
     }
 }
 
 /// A [`backon::Backoff`]: `max_retries` jittered delays.
 #[derive(Debug)]
 pub(crate) struct FullJitter {
-    policy: RetryPolicy,
+    schedule: Schedule,
+    max_retries: u32,
     attempt: u32,
 }
 
 impl Iterator for FullJitter {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
-        if self.attempt >= self.policy.max_retries {
+        if self.attempt >= self.max_retries {
             return None;
         }
         self.attempt += 1;
-        Some(self.policy.delay(self.attempt))
+        Some(self.schedule.jittered(self.attempt))
     }
 }

@@ -70,6 +70,24 @@ impl FromStr for VotingStrategy {
 /// ```
 #[must_use]
 pub fn normalize(text: &str) -> String {
+    normalized(text).into_owned()
+}
+
+/// [`normalize`], borrowing `text` when it is already normalized (the common short answer).
+pub(crate) fn normalized(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut prev_space = true; // a leading space is not normal either
+    let already = text.chars().all(|c| {
+        let ok = if c == ' ' {
+            !prev_space
+        } else {
+            !c.is_whitespace()
+        };
+        prev_space = c == ' ';
+        ok
+    }) && !prev_space;
+    if already {
+        return std::borrow::Cow::Borrowed(text);
+    }
     let mut out = String::with_capacity(text.len());
     for word in text.split_whitespace() {
         if !out.is_empty() {
@@ -77,7 +95,7 @@ pub fn normalize(text: &str) -> String {
         }
         out.push_str(word);
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// The outcome of a vote.
@@ -234,6 +252,16 @@ mod tests {
             proptest::prop_assert!(normalize(&once) == once);
             proptest::prop_assert!(!once.starts_with(' ') && !once.ends_with(' '));
             proptest::prop_assert!(!once.contains("  "));
+        }
+
+        #[test]
+        fn normalized_borrows_only_what_is_already_normal(
+            s in "[ a-z\t\n\u{a0}\u{3000}é]{0,30}"
+        ) {
+            let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+            let n = normalized(&s);
+            proptest::prop_assert_eq!(n.as_ref(), joined.as_str());
+            proptest::prop_assert_eq!(matches!(n, std::borrow::Cow::Borrowed(_)), !s.is_empty() && s == joined);
         }
     }
 }

@@ -10,6 +10,7 @@
 //! # });
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use super::{Pattern, StepInput, check_max_tokens, check_model};
-use crate::engine::voting::{VotingStrategy, normalize, tally_keys};
+use crate::engine::voting::{VotingStrategy, normalized, tally_keys};
 use crate::engine::{CostTracker, RunContext};
 use crate::error::{Error, Result};
 use crate::provider::{ChatRequest, LlmProvider, Message, check_temperature};
@@ -398,7 +399,7 @@ impl Consensus {
                 .buffer_unordered(self.max_concurrency);
             while let Some((i, r)) = in_flight.next().await {
                 match r {
-                    Ok(resp) => texts[i] = Some(resp.content().to_owned()),
+                    Ok(resp) => texts[i] = Some(resp.into_content()),
                     Err(e) => {
                         // Dropping the stream cancels the samples still in flight; their
                         // reserved calls stay counted in the tracker.
@@ -410,9 +411,9 @@ impl Consensus {
         }
 
         let texts: Vec<String> = texts.into_iter().map(Option::unwrap_or_default).collect();
-        let keys: Vec<String> = match &self.vote_key {
-            Some(key) => texts.iter().map(|t| key(t)).collect(),
-            None => texts.iter().map(|t| normalize(t)).collect(),
+        let keys: Vec<Cow<'_, str>> = match &self.vote_key {
+            Some(key) => texts.iter().map(|t| Cow::Owned(key(t))).collect(),
+            None => texts.iter().map(|t| normalized(t)).collect(),
         };
         let t = tally_keys(&keys, self.strategy).map_err(|e| fail(e, &tracker))?;
         let value = texts.into_iter().nth(t.winner_index).unwrap_or_default();

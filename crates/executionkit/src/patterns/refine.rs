@@ -551,7 +551,7 @@ impl Run<'_> {
     async fn generate(&self, messages: Vec<Message>) -> Result<String> {
         let req = self.request(messages, self.cfg.temperature, self.cfg.max_tokens);
         let resp = self.ctx.complete(self.provider, req, &self.tracker).await?;
-        Ok(resp.content().to_owned())
+        Ok(resp.into_content())
     }
 
     async fn score(&self, text: &str) -> Result<f64> {

@@ -849,6 +849,20 @@ impl LlmResponse {
         self.choices.first().map_or("", |c| c.content.as_str())
     }
 
+    /// The first choice's text, taken out of the response (`""` when there is none).
+    ///
+    /// ```
+    /// assert_eq!(executionkit::LlmResponse::text("x").into_content(), "x");
+    /// ```
+    #[must_use]
+    pub fn into_content(self) -> String {
+        self.choices
+            .into_iter()
+            .next()
+            .map(|c| c.content)
+            .unwrap_or_default()
+    }
+
     /// The first choice's tool calls.
     ///
     /// ```

@@ -249,7 +249,7 @@ impl Provider {
     /// );
     /// ```
     pub fn request_body(&self, request: &ChatRequest, stream: bool) -> Result<Bytes> {
-        self.inner.body(request, stream)
+        self.inner.body(request, stream).map(Bytes::from)
     }
 }
 
@@ -602,7 +602,7 @@ impl Serialize for WireBody<'_> {
 }
 
 impl Inner {
-    fn body(&self, request: &ChatRequest, stream: bool) -> Result<Bytes> {
+    fn body(&self, request: &ChatRequest, stream: bool) -> Result<Vec<u8>> {
         let body = WireBody {
             model: request.model.as_deref().unwrap_or(&self.model),
             request,
@@ -623,10 +623,10 @@ impl Inner {
                 format!("the request could not be encoded as JSON: {e}"),
             )
         })?;
-        Ok(Bytes::from(buf))
+        Ok(buf)
     }
 
-    fn http_request(&self, body: Bytes, timeout: Option<Duration>) -> reqwest::Request {
+    fn http_request(&self, body: Vec<u8>, timeout: Option<Duration>) -> reqwest::Request {
         let mut req = reqwest::Request::new(Method::POST, self.url.clone());
         *req.body_mut() = Some(body.into());
         *req.timeout_mut() = timeout;

@@ -13,30 +13,37 @@ use super::{Choice, LlmResponse, Usage};
 const MAX_DEPTH: u32 = 100;
 
 /// The index of the first `"`, `\\` or control character (< 0x20) in `s`, eight bytes at a
-/// time.
+/// time (the last few bytes too, in a zero-padded word: a padding byte counts as a control
+/// character, so a hit there means "none in `s`").
 fn find_special(s: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte that is zero in `x`; exact for the lowest such byte, which is
+    // the only one used.
     let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let hit = |x: u64| {
+        // A byte < 0x20 has its top three bits clear: (x & 0xe0..) has a zero byte there.
+        has_zero(x ^ (ONES * u64::from(b'"')))
+            | has_zero(x ^ (ONES * u64::from(b'\\')))
+            | has_zero(x & (ONES * 0xe0))
+    };
     let mut chunks = s.chunks_exact(8);
     let mut base = 0;
     for chunk in chunks.by_ref() {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        // A byte < 0x20 has its top three bits clear: (x & 0xe0..) has a zero byte there.
-        let hit = has_zero(x ^ (ONES * u64::from(b'"')))
-            | has_zero(x ^ (ONES * u64::from(b'\\')))
-            | has_zero(x & (ONES * 0xe0));
-        if hit != 0 {
-            break;
+        let h = hit(u64::from_le_bytes(word));
+        if h != 0 {
+            return Some(base + (h.trailing_zeros() / 8) as usize);
         }
         base += 8;
     }
-    s.get(base..)?
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-        .map(|i| base + i)
+    let rest = chunks.remainder();
+    let mut word = [0u8; 8];
+    word.get_mut(..rest.len())?.copy_from_slice(rest);
+    let h = hit(u64::from_le_bytes(word));
+    let i = (h.trailing_zeros() / 8) as usize; // 8 when no byte hit (h == 0 cannot happen here)
+    (i < rest.len()).then_some(base + i)
 }
 
 struct Cur<'a> {
