@@ -230,6 +230,19 @@ impl BudgetLedger {
         if let Some(r) = self.try_reserve(rates, per_choice, n, retry)? {
             return Ok(r);
         }
+        // Boxed: inline, the waiting state (tokio's `Notified`) would sit in every call's
+        // future, and make it too large for the allocator's fast size classes.
+        Box::pin(self.wait_and_reserve(rates, per_choice, n, retry)).await
+    }
+
+    /// Waits for returns until the reservation fits (or can never fit).
+    async fn wait_and_reserve(
+        self: &Arc<Self>,
+        rates: Option<CostRates>,
+        per_choice: u64,
+        n: u64,
+        retry: bool,
+    ) -> Result<Reservation> {
         // Counted before the state is read again under the lock, so a release that follows
         // that read sees the count and wakes this waiter.
         let _waiting = Waiting::new(&self.waiting);

@@ -2,7 +2,7 @@
 //! [`RunContext::complete`], which reserves budget, retries, emits events and tracing spans,
 //! and records usage.
 
-use std::borrow::Cow;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -162,17 +162,29 @@ impl RunContext {
     /// assert_eq!(t.usage().llm_calls, 1);
     /// # });
     /// ```
-    pub async fn complete(
+    pub fn complete<'a>(
+        &'a self,
+        provider: &'a dyn LlmProvider,
+        request: ChatRequest,
+        tracker: &'a CostTracker,
+    ) -> impl Future<Output = Result<LlmResponse>> + 'a {
+        // Boxed: by value, the request (240 bytes) would sit in the call's future, which
+        // callers like `Consensus` allocate once per call; under ~1 KiB that allocation takes
+        // the allocator's fast path.
+        self.complete_boxed(provider, Box::new(request), tracker)
+    }
+
+    async fn complete_boxed(
         &self,
         provider: &dyn LlmProvider,
-        request: ChatRequest,
+        request: Box<ChatRequest>,
         tracker: &CostTracker,
     ) -> Result<LlmResponse> {
         if let Err(e) = request.validate() {
             return Err(self.fail(e, 0, provider, tracker));
         }
         let attempt = AtomicU32::new(0);
-        let request = &request;
+        let request = &*request;
         let result = (|| async {
             let n = attempt.fetch_add(1, Ordering::Relaxed) + 1;
             self.attempt(provider, request, tracker, n).await
@@ -306,7 +318,7 @@ impl RunContext {
         request: &'r ChatRequest,
         tracker: &CostTracker,
         attempt: u32,
-    ) -> Result<(Reservation, Cow<'r, ChatRequest>)> {
+    ) -> Result<(Reservation, Sent<'r>)> {
         let model = request.model.as_deref().unwrap_or_else(|| provider.model());
         let n = u64::from(request.n.unwrap_or(1).max(1));
         let wanted = u64::from(request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
@@ -319,9 +331,9 @@ impl RunContext {
         let req = if granted < wanted {
             let mut r = request.clone();
             r.max_tokens = Some(u32::try_from(granted).unwrap_or(u32::MAX).max(1));
-            Cow::Owned(r)
+            Sent::Trimmed(Box::new(r))
         } else {
-            Cow::Borrowed(request)
+            Sent::Same(request)
         };
         if self.events.is_some() {
             self.emit(&Event::CallStarted {
@@ -403,6 +415,32 @@ impl RunContext {
                 span.record(ERROR_TYPE, e.kind().as_str());
                 Err((call, e))
             }
+        }
+    }
+}
+
+/// The request an attempt sends: the caller's, or a copy whose `max_tokens` the budget trimmed.
+/// The copy is boxed: held by value, it would sit in every call's future (240 bytes).
+enum Sent<'r> {
+    Same(&'r ChatRequest),
+    Trimmed(Box<ChatRequest>),
+}
+
+impl Deref for Sent<'_> {
+    type Target = ChatRequest;
+    fn deref(&self) -> &ChatRequest {
+        match self {
+            Self::Same(r) => r,
+            Self::Trimmed(r) => r,
+        }
+    }
+}
+
+impl Sent<'_> {
+    fn into_owned(self) -> ChatRequest {
+        match self {
+            Self::Same(r) => r.clone(),
+            Self::Trimmed(r) => *r,
         }
     }
 }

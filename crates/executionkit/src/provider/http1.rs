@@ -192,10 +192,14 @@ impl Http1 {
     }
 
     /// POSTs `body` and reads the whole response.
+    ///
+    /// The rare paths (a new connection, a resend after a stale one, an early answer) are boxed
+    /// futures: inline they made every call's future larger than the allocator's fast size
+    /// classes (1,088 bytes for this one alone), a cost paid on every call.
     pub(crate) async fn post(&self, body: &[u8]) -> Result<Reply, HttpError> {
         let mut conn = match self.checkout() {
             Some(c) => c,
-            None => self.connect().await?,
+            None => Box::pin(self.connect()).await?,
         };
         match self.roundtrip(&mut conn, body).await {
             Ok((reply, keep)) => {
@@ -211,18 +215,23 @@ impl Http1 {
             Err(Failure { error, answered }) if conn.reused && !answered && is_stale(&error) => {
                 drop(conn);
                 self.lock().clear();
-                let mut fresh = self.connect().await?;
-                let (reply, keep) = self
-                    .roundtrip(&mut fresh, body)
-                    .await
-                    .map_err(|f| f.error)?;
-                if keep {
-                    self.checkin(fresh);
-                }
-                Ok(reply)
+                Box::pin(self.resend(body)).await
             }
             Err(f) => Err(f.error),
         }
+    }
+
+    /// `body` once more, on a fresh connection.
+    async fn resend(&self, body: &[u8]) -> Result<Reply, HttpError> {
+        let mut fresh = self.connect().await?;
+        let (reply, keep) = self
+            .roundtrip(&mut fresh, body)
+            .await
+            .map_err(|f| f.error)?;
+        if keep {
+            self.checkin(fresh);
+        }
+        Ok(reply)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
@@ -286,10 +295,10 @@ impl Http1 {
         if let Err(e) = conn.stream.write_all(&conn.wbuf).await {
             // The server may have answered (e.g. 413) and closed before taking the whole
             // request: read what it said, if it said it at once.
-            let early = tokio::time::timeout(
+            let early = Box::pin(tokio::time::timeout(
                 EARLY_REPLY_WAIT,
                 read_response(&mut conn.stream, &mut conn.rbuf),
-            )
+            ))
             .await;
             return match early {
                 Ok(Ok((reply, _))) => Ok((reply, false)),
@@ -380,7 +389,8 @@ struct Head {
     len: usize,
     keep_alive: bool,
     framing: Framing,
-    headers: HeaderMap,
+    /// Boxed, and only outside 2xx: a head lives across reads, in every call's future.
+    headers: Option<Box<HeaderMap>>,
 }
 
 enum Framing {
@@ -464,7 +474,7 @@ async fn read_response(
     Ok((
         Reply {
             status: head.status,
-            headers: head.headers,
+            headers: head.headers.map(|h| *h).unwrap_or_default(),
             body,
         },
         keep,
@@ -551,7 +561,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
         len,
         keep_alive,
         framing,
-        headers: map,
+        headers: keep_map.then(|| Box::new(map)),
     }))
 }
 
@@ -642,6 +652,7 @@ fn chunk_size(line: &[u8]) -> Option<usize> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
     use super::*;
 
     #[test]
@@ -669,7 +680,7 @@ mod tests {
         let h = parse_head(b"HTTP/1.1 429 Too Many\r\nRetry-After: 3\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert!(!h.keep_alive && h.headers["retry-after"] == "3");
+        assert!(!h.keep_alive && h.headers.as_ref().unwrap()["retry-after"] == "3");
         assert!(
             parse_head(b"HTTP/1.1 200 OK\r\nContent-Le")
                 .unwrap()
