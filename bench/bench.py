@@ -7,8 +7,8 @@ run.sh installs everything, builds `ek`, starts nginx and then calls this script
         --py "py-urllib=VENV1/bin/python" --py "py-httpx=VENV2/bin/python" \
         [--micro DIVAN_OUTPUT_FILE] [--runs 3] [--wrk-duration 5] [--out bench/RESULTS.md]
 
-Every figure of a process is its own rusage (os.wait4): user + sys CPU and peak RSS of the whole
-process, start-up included. Connections opened are nginx's stub_status `accepts` after the run
+Every figure of a process is its own rusage (wait4, taken by bench/rusage.c around it): user + sys
+CPU and peak RSS of the whole process, start-up included. Connections opened are nginx's stub_status `accepts` after the run
 minus before it, minus the one connection that reads the "after" figure.
 """
 
@@ -28,6 +28,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 PROMPT = "What is the capital of France? Answer with one word."
 MODEL = "m"
@@ -69,34 +70,39 @@ def accepts(port: int) -> int:
     return int(text.splitlines()[2].split()[0])
 
 
+RUSAGE_HELPER = ""  # bench/rusage.c, built by run.sh (--rusage-helper)
+
+
 def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 900.0):
-    """Runs `cmd` with fork/exec + wait4 so the rusage is exactly that child's: returns
-    (stdout, stderr, exit code, wall seconds, rusage)."""
-    r_out, w_out = os.pipe()
+    """Runs `cmd` under bench/rusage.c and returns (stdout, stderr, exit code, wall seconds,
+    rusage) with the rusage of `cmd` alone.
+
+    The helper forks `cmd` from its own small process and reports the child's wait4 rusage
+    on fd 3. Spawned straight from Python, a child's figures were the harness's too: after
+    fork, the Python child's copy-on-write faults before exec were charged to it (`/bin/true`
+    measured 2.5 ms of CPU that way, against 0.5 ms), and its peak RSS started at Python's
+    (every client showed 17-25 MiB, the harness's own size)."""
+    r_out, w_out = os.pipe()  # close-on-exec: only the dup2'd copies reach the child
     r_err, w_err = os.pipe()
+    r_rep, w_rep = os.pipe()
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, w_out, 1),
+        (os.POSIX_SPAWN_DUP2, w_err, 2),
+        (os.POSIX_SPAWN_DUP2, w_rep, 3),
+    ]
     t0 = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-            os.dup2(w_out, 1)
-            os.dup2(w_err, 2)
-            os.close(r_out)
-            os.close(r_err)
-            if env is None:
-                os.execvp(cmd[0], cmd)
-            else:
-                os.execvpe(cmd[0], cmd, env)
-        finally:
-            os._exit(127)
-    os.close(w_out)
-    os.close(w_err)
+    pid = os.posix_spawnp(RUSAGE_HELPER, [RUSAGE_HELPER, *cmd],
+                          os.environ if env is None else env, file_actions=actions)
+    for fd in (w_out, w_err, w_rep):
+        os.close(fd)
     sel = selectors.DefaultSelector()
     sel.register(r_out, selectors.EVENT_READ, "out")
     sel.register(r_err, selectors.EVENT_READ, "err")
-    bufs = {"out": bytearray(), "err": bytearray()}
+    sel.register(r_rep, selectors.EVENT_READ, "rep")
+    bufs = {"out": bytearray(), "err": bytearray(), "rep": bytearray()}
     deadline = time.monotonic() + timeout
-    open_fds = 2
+    open_fds = 3
     while open_fds:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -110,10 +116,17 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 900.0
                 open_fds -= 1
             else:
                 bufs[key.data] += chunk
-    _, status, ru = os.wait4(pid, 0)
+    _, status, _ = os.wait4(pid, 0)
     wall = time.perf_counter() - t0
     sel.close()
     code = os.waitstatus_to_exitcode(status)
+    fields = bufs["rep"].decode().split()
+    if len(fields) != 4:
+        raise RuntimeError(f"rusage helper gave {bufs['rep']!r} for {cmd[0]} (exit {code}): "
+                           f"{bufs['err'].decode(errors='replace')[:300]}")
+    user_us, sys_us, maxrss_kib, child_status = map(int, fields)
+    ru = SimpleNamespace(ru_utime=user_us / 1e6, ru_stime=sys_us / 1e6, ru_maxrss=maxrss_kib)
+    code = os.waitstatus_to_exitcode(child_status)
     return bufs["out"].decode(errors="replace"), bufs["err"].decode(errors="replace"), code, wall, ru
 
 
@@ -415,6 +428,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--ek", required=True)
+    ap.add_argument("--rusage-helper", required=True,
+                    help="bench/rusage.c, built: runs each client and reports its own rusage")
     ap.add_argument("--body", required=True)
     ap.add_argument("--wrk-script", default=str(Path(__file__).with_name("wrk.lua")))
     ap.add_argument("--py", action="append", default=[], help="LABEL=PYTHON (a venv's python)")
@@ -432,6 +447,8 @@ def main() -> int:
     ap.add_argument("--no-reqwest", dest="reqwest", action="store_false",
                     help="skip the ek-over-reqwest comparison row")
     args = ap.parse_args()
+    global RUSAGE_HELPER
+    RUSAGE_HELPER = args.rusage_helper
 
     mach = machine()
     base = f"http://127.0.0.1:{args.port}/v1"
@@ -470,13 +487,15 @@ def main() -> int:
 
     for samples, conc in WORKLOADS:
         print(f"== {samples} samples, concurrency {conc}", flush=True)
-        for _ in range(args.runs if want("wrk") else 0):
-            r = run_wrk(args, conc)
-            wrk.setdefault(conc, []).append(r)
-            show(r)
-        # The Rust clients first (interleaved), then Python: a Python run leaves thousands of
-        # closed connections behind it that nginx and the kernel are still tidying up.
+        # wrk and the Rust clients interleaved, round by round (the machine's speed drifts
+        # from minute to minute, and a ratio should compare neighbours), then Python: a Python
+        # run leaves thousands of closed connections behind it that nginx and the kernel are
+        # still tidying up.
         for _ in range(args.runs):
+            if want("wrk"):
+                r = run_wrk(args, conc)
+                wrk.setdefault(conc, []).append(r)
+                show(r)
             if want("ek"):
                 r = run_client(args, "ek", ek_cmd(samples, conc), samples, conc)
                 runs.setdefault(("ek", samples, conc), []).append(r)

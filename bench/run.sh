@@ -46,6 +46,7 @@ need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     SUDO=""
@@ -85,7 +86,11 @@ if [ "$PYTHON" = 1 ]; then
     fi
 fi
 
-# --- 3. ek in release mode ---------------------------------------------------------------------
+# --- 3. The rusage helper and ek in release mode -----------------------------------------------
+# bench.py runs every client under bench/rusage.c, which reports that client's own CPU time and
+# peak RSS (see run_measured in bench.py for why not straight from Python).
+cc -O2 -Wall -o "$WORK/rusage" "$ROOT/bench/rusage.c"
+
 log "building ek (release)"
 (cd "$ROOT" && cargo build --release -q -p executionkit-cli --bin ek)
 EK="$ROOT/target/release/ek"
@@ -151,7 +156,8 @@ log "ek sends: $(cat "$BODY")"
 
 # --- 7. Measure --------------------------------------------------------------------------------
 mkdir -p "$ROOT/bench/out"
-python3 "$ROOT/bench/bench.py" --port "$PORT" --ek "$EK" --body "$BODY" --prompt "$PROMPT" \
+python3 "$ROOT/bench/bench.py" --port "$PORT" --ek "$EK" --rusage-helper "$WORK/rusage" \
+    --body "$BODY" --prompt "$PROMPT" \
     --model "$MODEL" --runs "$RUNS" --wrk-duration "$WRK_DURATION" \
     --py-version "$PY_VERSION" ${PY_ARGS[@]+"${PY_ARGS[@]}"} ${MICRO_OUT:+--micro "$MICRO_OUT"} \
     ${EXTRA[@]+"${EXTRA[@]}"} \
