@@ -5,13 +5,14 @@
 #   bench/run.sh [--runs N] [--wrk-duration S] [--no-micro] [--no-python]
 #                [--ek-variant LABEL=PATH]...   (another ek build measured alongside)
 #
-# Installs what it needs (Debian nginx-light and wrk; executionkit 0.4.0 in two venvs on
-# CPython 3.13 from pyenv, the second with httpx and sniffio), builds `ek` in release mode, runs
+# Installs what it needs (Debian nginx-light, wrk and a C compiler; executionkit 0.4.0 in two
+# venvs on CPython 3.13 from pyenv, the second with httpx and sniffio), builds bench/rusage.c
+# (which measures each client) and `ek` in release mode, runs
 # the divan micro-benchmarks, starts nginx (one worker, keep-alive, keepalive_requests high),
 # captures the exact body `ek` sends, measures everything (bench/bench.py), writes the medians to
 # bench/RESULTS.md and stops nginx by its own pid. Scratch files go to target/bench
 # (BENCH_WORK); the port is BENCH_PORT (default 18480). Needs root (or sudo) for apt-get only
-# when nginx or wrk is missing.
+# when nginx, wrk or cc is missing.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
         --no-micro) MICRO=0; shift ;;
         --no-python) PYTHON=0; shift ;;
         --ek-variant) EXTRA+=(--ek-variant "$2"); shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done

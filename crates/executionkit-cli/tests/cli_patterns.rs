@@ -80,10 +80,11 @@ fn json_out(o: &Output) -> Value {
     v
 }
 
-/// A file under a per-test temporary directory.
+/// A file under a per-test directory in cargo's scratch space for tests (`target/tmp`), so
+/// runs leave nothing in the system's temporary directory.
 fn temp_file(test: &str, name: &str, text: &str) -> String {
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("ek-cli-patterns-{}-{test}", std::process::id()));
+    let dir: PathBuf = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ek-cli-patterns-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();

@@ -1159,10 +1159,16 @@ mod tests {
     /// future above that took its slow path on every call (callgrind: ~1,000 instructions).
     #[test]
     fn a_call_future_fits_the_allocators_fast_sizes() {
-        let p = Provider::builder("http://127.0.0.1:9/v1", "m").build().unwrap();
+        let p = Provider::builder("http://127.0.0.1:9/v1", "m")
+            .build()
+            .unwrap();
         let req = ChatRequest::new(vec![super::super::Message::user("x")]);
         let provider_future = LlmProvider::complete(&p, &req);
-        assert!(size_of_val(&*provider_future) <= 1024, "{}", size_of_val(&*provider_future));
+        assert!(
+            size_of_val(&*provider_future) <= 1024,
+            "{}",
+            size_of_val(&*provider_future)
+        );
         let ctx = crate::RunContext::new();
         let tracker = crate::engine::CostTracker::new();
         let checked = ctx.complete(&p, req.clone(), &tracker);
