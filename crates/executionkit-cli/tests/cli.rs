@@ -3,6 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
+mod common;
+
+use common::{bodies, code, command, ek, ek_at, ek_env, endpoint, json_out, stderr, stdout};
+
 use std::process::{Output, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,65 +17,7 @@ use tokio::io::AsyncWriteExt;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-const EK: &str = env!("CARGO_BIN_EXE_ek");
 const SEED_PROMPT: &str = "Write a one-paragraph executive summary of the Turing test for an audience of non-technical board members.";
-
-/// The environment variables `ek` reads; every test starts from none of them.
-const ENV_VARS: &[&str] = &[
-    "EXECUTIONKIT_BASE_URL",
-    "EXECUTIONKIT_MODEL",
-    "EXECUTIONKIT_API_KEY",
-    "OPENAI_API_KEY",
-];
-
-fn command(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(EK);
-    c.args(args);
-    for v in ENV_VARS {
-        c.env_remove(v);
-    }
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    c
-}
-
-async fn ek_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    command(args, env).output().await.unwrap()
-}
-
-async fn ek(args: &[&str]) -> Output {
-    ek_env(args, &[]).await
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// stdout must be exactly one JSON object (and a newline).
-fn json_out(o: &Output) -> Value {
-    let s = stdout(o);
-    assert_eq!(
-        s.trim_end().lines().count(),
-        1,
-        "one line of JSON expected, got: {s}"
-    );
-    let v: Value = serde_json::from_str(s.trim_end()).unwrap();
-    assert!(v.is_object(), "{v}");
-    v
-}
 
 /// Asserts an exit-2 usage error under `--json`: `invalid_argument`, zero cost, message
 /// containing every `needle`.
@@ -364,7 +310,7 @@ async fn offline_default_text_output() {
 
 #[tokio::test]
 async fn offline_stdin_prompt() {
-    let mut c = command(&["consensus", "-", "--samples", "3", "--json"], &[]);
+    let mut c = command::<&str>(&["consensus", "-", "--samples", "3", "--json"], &[]);
     c.stdin(Stdio::piped());
     let mut child = c.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
@@ -541,28 +487,6 @@ async fn server(script: Script) -> MockServer {
         .mount(&s)
         .await;
     s
-}
-
-fn endpoint(s: &MockServer) -> [(&'static str, String); 2] {
-    [
-        ("EXECUTIONKIT_BASE_URL", format!("{}/v1", s.uri())),
-        ("EXECUTIONKIT_MODEL", "test-model".to_owned()),
-    ]
-}
-
-async fn ek_at(s: &MockServer, args: &[&str]) -> Output {
-    let env = endpoint(s);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    ek_env(args, &env).await
-}
-
-async fn bodies(s: &MockServer) -> Vec<Value> {
-    s.received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
-        .collect()
 }
 
 /// Three of five samples agree: agreement 0.6; then three improvements the judge never rates 9.
@@ -984,19 +908,7 @@ async fn last_auth(s: &MockServer) -> Option<String> {
 
 /// `(base_url, key)` of the llama-server, or `None` (skip) when it is not running.
 fn llama() -> Option<(String, String)> {
-    match std::env::var("EK_LLAMA_URL") {
-        Ok(url) if !url.is_empty() => {
-            Some((url, std::env::var("EK_LLAMA_KEY").unwrap_or_default()))
-        }
-        _ => {
-            assert!(
-                std::env::var("EK_REQUIRE_SERVERS").as_deref() != Ok("1"),
-                "EK_REQUIRE_SERVERS=1 but EK_LLAMA_URL is not set (run scripts/start-llama.sh)"
-            );
-            eprintln!("skipped: EK_LLAMA_URL not set (scripts/start-llama.sh starts llama-server)");
-            None
-        }
-    }
+    common::server_url("EK_LLAMA_URL", "scripts/start-llama.sh").map(|u| (u, common::llama_key()))
 }
 
 async fn ek_llama(args: &[&str], url: &str, key: &str) -> Output {

@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
+mod common;
+
+use common::{bodies, code, command, ek, ek_at, ek_env, endpoint, json_out, stderr, stdout};
+
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,71 +17,18 @@ use tokio::io::AsyncWriteExt;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-const EK: &str = env!("CARGO_BIN_EXE_ek");
-
-/// The environment variables `ek` reads; every test starts from none of them.
-const ENV_VARS: &[&str] = &[
-    "EXECUTIONKIT_BASE_URL",
-    "EXECUTIONKIT_MODEL",
-    "EXECUTIONKIT_API_KEY",
-    "OPENAI_API_KEY",
-];
-
 /// Runs `ek args` with `env` and, when given, `stdin`.
 async fn run(args: &[&str], env: &[(&str, String)], stdin: Option<&str>) -> Output {
-    let mut c = tokio::process::Command::new(EK);
-    c.args(args);
-    for v in ENV_VARS {
-        c.env_remove(v);
-    }
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
+    let Some(text) = stdin else {
+        return ek_env(args, env).await;
+    };
+    let mut c = command(args, env);
+    c.stdin(Stdio::piped());
     let mut child = c.spawn().unwrap();
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(text.as_bytes()).await.unwrap();
-        drop(pipe);
-    }
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(text.as_bytes()).await.unwrap();
+    drop(pipe);
     child.wait_with_output().await.unwrap()
-}
-
-async fn ek(args: &[&str]) -> Output {
-    run(args, &[], None).await
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// stdout must be exactly one JSON object (and a newline).
-fn json_out(o: &Output) -> Value {
-    let s = stdout(o);
-    assert_eq!(
-        s.trim_end().lines().count(),
-        1,
-        "one line of JSON expected, got: {s} (stderr: {})",
-        stderr(o)
-    );
-    let v: Value = serde_json::from_str(s.trim_end()).unwrap();
-    assert!(v.is_object(), "{v}");
-    v
 }
 
 /// A file under a per-test directory in cargo's scratch space for tests (`target/tmp`), so
@@ -151,26 +102,6 @@ async fn server(replies: Vec<Value>) -> MockServer {
         .mount(&s)
         .await;
     s
-}
-
-fn endpoint(s: &MockServer) -> Vec<(&'static str, String)> {
-    vec![
-        ("EXECUTIONKIT_BASE_URL", format!("{}/v1", s.uri())),
-        ("EXECUTIONKIT_MODEL", "test-model".to_owned()),
-    ]
-}
-
-async fn ek_at(s: &MockServer, args: &[&str]) -> Output {
-    run(args, &endpoint(s), None).await
-}
-
-async fn bodies(s: &MockServer) -> Vec<Value> {
-    s.received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
-        .collect()
 }
 
 fn cost(input: u64, output: u64, calls: u64) -> Value {
@@ -695,24 +626,12 @@ async fn offline_map_reduce() {
 // ---------------------------------------------------------------------------------------------
 
 fn real_endpoint(var: &str, how: &str) -> Option<Vec<(&'static str, String)>> {
-    match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Some(vec![
-            ("EXECUTIONKIT_BASE_URL", url.trim().to_owned()),
-            ("EXECUTIONKIT_MODEL", "smollm2".to_owned()),
-            (
-                "EXECUTIONKIT_API_KEY",
-                std::env::var("EK_LLAMA_KEY").unwrap_or_else(|_| "ek-test-key".to_owned()),
-            ),
-        ]),
-        _ => {
-            assert!(
-                std::env::var("EK_REQUIRE_SERVERS").as_deref() != Ok("1"),
-                "EK_REQUIRE_SERVERS=1 but {var} is unset: run {how}"
-            );
-            eprintln!("skipped: {var} is unset (eval \"$({how})\" to run this test)");
-            None
-        }
-    }
+    let url = common::server_url(var, how)?;
+    Some(vec![
+        ("EXECUTIONKIT_BASE_URL", url),
+        ("EXECUTIONKIT_MODEL", "smollm2".to_owned()),
+        ("EXECUTIONKIT_API_KEY", common::llama_key()),
+    ])
 }
 
 #[tokio::test]

@@ -7,39 +7,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use async_trait::async_trait;
+mod common;
+
+use common::{Noop, runtime};
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
-use executionkit::{
-    Budget, ChatRequest, Consensus, LlmProvider, LlmResponse, RetryPolicy, RunContext,
-};
+use executionkit::{Budget, Consensus, LlmResponse, RetryPolicy, RunContext};
 
 const SAMPLES: usize = 10_000;
 
 fn main() {
     divan::main();
-}
-
-/// Answers every request with the same response and records nothing.
-#[derive(Debug)]
-struct Noop(LlmResponse);
-
-#[async_trait]
-impl LlmProvider for Noop {
-    fn model(&self) -> &str {
-        "m"
-    }
-
-    async fn complete(&self, _request: &ChatRequest) -> executionkit::Result<LlmResponse> {
-        Ok(self.0.clone())
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn paris() -> Noop {

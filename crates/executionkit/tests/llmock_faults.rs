@@ -2,13 +2,15 @@
 //! server that also grades how the client coped (`GET /_llmock/verdict`).
 //!
 //! Start it with `eval "$(scripts/start-llmock.sh)"; export EK_LLMOCK_URL`. Without
-//! it every test here prints "skipped: EK_LLMOCK_URL not set" and passes, unless
+//! it every test here says it is skipping and passes, unless
 //! `EK_REQUIRE_SERVERS=1`, in which case it fails.
 //!
 //! llmock holds one global script of behaviours, so the cases run one after another inside a
 //! single test, and each case sends a different prompt (llmock groups retries by body).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,20 +25,6 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 const API_KEY: &str = "sk-llmock-test-key-0123456789";
-
-fn llmock_url() -> Option<String> {
-    match std::env::var("EK_LLMOCK_URL") {
-        Ok(u) if !u.trim().is_empty() => Some(u.trim().trim_end_matches('/').to_owned()),
-        _ => {
-            assert!(
-                std::env::var("EK_REQUIRE_SERVERS").as_deref() != Ok("1"),
-                "EK_REQUIRE_SERVERS=1 but EK_LLMOCK_URL is not set (run scripts/start-llmock.sh)"
-            );
-            println!("skipped: EK_LLMOCK_URL not set");
-            None
-        }
-    }
-}
 
 struct Llmock {
     url: String,
@@ -251,7 +239,7 @@ async fn broken_stream_is_retried_by_the_engine(m: &Llmock, kind: &str, expected
 
 #[tokio::test]
 async fn llmock_fault_suite() {
-    let Some(url) = llmock_url() else {
+    let Some(url) = common::server_url("EK_LLMOCK_URL", "scripts/start-llmock.sh") else {
         return;
     };
     let m = Llmock {

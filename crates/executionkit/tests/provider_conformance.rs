@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use executionkit::engine::CostTracker;
@@ -100,15 +102,9 @@ async fn offline_model_conforms() {
 
 #[tokio::test]
 async fn http_provider_conforms_against_llama_server() {
-    let Ok(url) = std::env::var("EK_LLAMA_URL") else {
-        assert!(
-            std::env::var("EK_REQUIRE_SERVERS").as_deref() != Ok("1"),
-            "EK_REQUIRE_SERVERS=1 but EK_LLAMA_URL is unset: run scripts/start-llama.sh"
-        );
-        eprintln!("skipping: EK_LLAMA_URL is unset (eval \"$(scripts/start-llama.sh)\")");
+    let Some((url, key)) = common::llama() else {
         return;
     };
-    let key = std::env::var("EK_LLAMA_KEY").unwrap_or_else(|_| "ek-test-key".to_owned());
     let p = Provider::builder(url, "smollm2")
         .api_key(key)
         .supports_n(true)

@@ -11,6 +11,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -20,20 +22,6 @@ use executionkit::{
     stream_completion,
 };
 use futures::StreamExt;
-
-fn env_url(var: &str, how: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(u) if !u.trim().is_empty() => Some(u.trim().trim_end_matches('/').to_owned()),
-        _ => {
-            assert!(
-                std::env::var("EK_REQUIRE_SERVERS").as_deref() != Ok("1"),
-                "EK_REQUIRE_SERVERS=1 but {var} is unset: run {how}"
-            );
-            eprintln!("skipping: {var} is unset (eval \"$({how})\" to run this test)");
-            None
-        }
-    }
-}
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
 struct Add {
@@ -45,7 +33,7 @@ struct Add {
 
 #[tokio::test]
 async fn real_model_calls_a_tool_through_the_loop() {
-    let Some(url) = env_url("EK_LLAMA_TOOLS_URL", "scripts/start-llama-tools.sh") else {
+    let Some(url) = common::server_url("EK_LLAMA_TOOLS_URL", "scripts/start-llama-tools.sh") else {
         return;
     };
     let provider = Provider::builder(url, "smollm2")
@@ -98,7 +86,7 @@ async fn real_model_calls_a_tool_through_the_loop() {
 
 #[tokio::test]
 async fn real_server_streams_through_the_budget() {
-    let Some(url) = env_url("EK_LLAMA_URL", "scripts/start-llama.sh") else {
+    let Some(url) = common::server_url("EK_LLAMA_URL", "scripts/start-llama.sh") else {
         return;
     };
     let key = std::env::var("EK_LLAMA_KEY").unwrap_or_else(|_| "ek-test-key".to_owned());

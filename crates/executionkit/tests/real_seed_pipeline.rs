@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -18,23 +20,6 @@ const MODEL: &str = "smollm2";
 
 /// Serialises these tests: llama-server batches concurrent requests, which changes its numerics.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn server() -> Option<(String, String)> {
-    match std::env::var("EK_LLAMA_URL") {
-        Ok(url) if !url.trim().is_empty() => {
-            let key = std::env::var("EK_LLAMA_KEY").unwrap_or_else(|_| "ek-test-key".to_owned());
-            Some((url, key))
-        }
-        _ => {
-            assert!(
-                std::env::var("EK_REQUIRE_SERVERS").as_deref() != Ok("1"),
-                "EK_REQUIRE_SERVERS=1 but EK_LLAMA_URL is unset: run scripts/start-llama.sh"
-            );
-            eprintln!("skipping the real-server test: EK_LLAMA_URL is unset");
-            None
-        }
-    }
-}
 
 /// Delegates to the HTTP provider and adds up the usage of every reply the server sent.
 #[derive(Debug)]
@@ -68,7 +53,9 @@ const SEED_PROMPT: &str = "Write a one-paragraph executive summary of the Turing
 
 #[tokio::test]
 async fn real_seed_pipeline_ends_in_a_value_or_a_typed_error_and_costs_what_the_server_said() {
-    let Some((url, key)) = server() else { return };
+    let Some((url, key)) = common::llama() else {
+        return;
+    };
     let _serial = SERIAL.lock().await;
     let p = counting(&url, &key);
     let outcome = Pipe::new()
@@ -112,7 +99,9 @@ async fn real_seed_pipeline_ends_in_a_value_or_a_typed_error_and_costs_what_the_
 
 #[tokio::test]
 async fn real_consensus_at_temperature_zero_answers_paris_unanimously() {
-    let Some((url, key)) = server() else { return };
+    let Some((url, key)) = common::llama() else {
+        return;
+    };
     let _serial = SERIAL.lock().await;
     let p = counting(&url, &key);
     let r = Consensus::default()

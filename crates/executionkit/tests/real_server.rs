@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use executionkit::engine::CostTracker;
 use executionkit::provider::Usage;
 use executionkit::provider::parse::parse_usage;
@@ -20,27 +22,6 @@ const MODEL: &str = "smollm2";
 /// One test at a time: batched decoding of concurrent requests changes llama.cpp's numerics, so
 /// a seed reproduces its text only when requests do not overlap.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The server's base URL and key, or `None` (after saying why) when the tests should skip.
-fn server() -> Option<(String, String)> {
-    match std::env::var("EK_LLAMA_URL") {
-        Ok(url) if !url.trim().is_empty() => {
-            let key = std::env::var("EK_LLAMA_KEY").unwrap_or_else(|_| "ek-test-key".to_owned());
-            Some((url, key))
-        }
-        _ => {
-            assert!(
-                std::env::var("EK_REQUIRE_SERVERS").as_deref() != Ok("1"),
-                "EK_REQUIRE_SERVERS=1 but EK_LLAMA_URL is unset: run scripts/start-llama.sh"
-            );
-            eprintln!(
-                "skipping the real-server test: EK_LLAMA_URL is unset \
-                 (eval \"$(scripts/start-llama.sh)\" to run it)"
-            );
-            None
-        }
-    }
-}
 
 fn provider(url: &str, key: &str) -> Provider {
     Provider::builder(url, MODEL)
@@ -56,7 +37,9 @@ fn ask(text: &str) -> ChatRequest {
 
 #[tokio::test]
 async fn real_completion() {
-    let Some((url, key)) = server() else { return };
+    let Some((url, key)) = common::llama() else {
+        return;
+    };
     let _serial = SERIAL.lock().await;
     let p = provider(&url, &key);
     let r = p
@@ -72,7 +55,9 @@ async fn real_completion() {
 
 #[tokio::test]
 async fn real_stream_with_usage() {
-    let Some((url, key)) = server() else { return };
+    let Some((url, key)) = common::llama() else {
+        return;
+    };
     let _serial = SERIAL.lock().await;
     let p = provider(&url, &key);
     let items: Vec<StreamEvent> = p
@@ -100,7 +85,9 @@ async fn real_stream_with_usage() {
 
 #[tokio::test]
 async fn real_seed_and_n_are_honoured() {
-    let Some((url, key)) = server() else { return };
+    let Some((url, key)) = common::llama() else {
+        return;
+    };
     let _serial = SERIAL.lock().await;
     let p = provider(&url, &key);
     let req = ask("Write a short line about the sea.")
@@ -116,7 +103,9 @@ async fn real_seed_and_n_are_honoured() {
 
 #[tokio::test]
 async fn real_wrong_key_is_permanent() {
-    let Some((url, _)) = server() else { return };
+    let Some((url, _)) = common::llama() else {
+        return;
+    };
     let _serial = SERIAL.lock().await;
     let wrong = "sk-wrong-key-0123456789";
     let p = provider(&url, wrong);
@@ -154,7 +143,9 @@ async fn raw_usage(url: &str, key: &str, body: serde_json::Value) -> Usage {
 
 #[tokio::test]
 async fn real_usage_matches_the_server() {
-    let Some((url, key)) = server() else { return };
+    let Some((url, key)) = common::llama() else {
+        return;
+    };
     let _serial = SERIAL.lock().await;
     let p = provider(&url, &key);
     let prompt = "Name three colours.";

@@ -747,6 +747,17 @@ impl Inner {
         parse_completion(&bytes).map_err(|e| self.scrub(e))
     }
 
+    /// The error of a request that got no response within the request timeout.
+    fn no_response(&self) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "Transport failure: no response within {:.1} s (request timeout)",
+                self.timeout.as_secs_f64()
+            ),
+        )
+    }
+
     /// `complete` over the lean HTTP/1.1 client: the same errors as over reqwest.
     async fn complete_fast(&self, fast: &Http1, body: &[u8]) -> Result<LlmResponse> {
         let reply = match tokio::time::timeout(self.timeout, fast.post(body)).await {
@@ -756,13 +767,7 @@ impl Inner {
                 return Err(Error::new(ErrorKind::Transport, msg).with_source(e));
             }
             Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "Transport failure: no response within {:.1} s (request timeout)",
-                        self.timeout.as_secs_f64()
-                    ),
-                ));
+                return Err(self.no_response());
             }
         };
         if !(200..300).contains(&reply.status) {
@@ -785,13 +790,7 @@ impl Inner {
         let resp = match tokio::time::timeout(self.timeout, self.client.execute(req)).await {
             Ok(r) => r.map_err(|e| self.transport_error(e))?,
             Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "Transport failure: no response within {:.1} s (request timeout)",
-                        self.timeout.as_secs_f64()
-                    ),
-                ));
+                return Err(self.no_response());
             }
         };
         if !resp.status().is_success() {

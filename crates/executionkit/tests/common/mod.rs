@@ -1,0 +1,27 @@
+//! Helpers shared by the integration tests that run against real servers.
+
+#![allow(dead_code)] // each test file uses part of this
+
+/// The URL in the environment variable `var`, without a trailing `/`, or `None` when it is
+/// unset: the test then says why and passes, unless `EK_REQUIRE_SERVERS=1` (scripts/test.sh),
+/// which makes a missing server a failure. `how` is the command that starts the server.
+pub fn server_url(var: &str, how: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(u) if !u.trim().is_empty() => Some(u.trim().trim_end_matches('/').to_owned()),
+        _ => {
+            assert!(
+                std::env::var("EK_REQUIRE_SERVERS").as_deref() != Ok("1"),
+                "EK_REQUIRE_SERVERS=1 but {var} is unset: run {how}"
+            );
+            eprintln!("skipping: {var} is unset (eval \"$({how})\" to run this test)");
+            None
+        }
+    }
+}
+
+/// llama-server's base URL and key (`EK_LLAMA_URL`, `EK_LLAMA_KEY`), or `None` to skip.
+pub fn llama() -> Option<(String, String)> {
+    let url = server_url("EK_LLAMA_URL", "scripts/start-llama.sh")?;
+    let key = std::env::var("EK_LLAMA_KEY").unwrap_or_else(|_| "ek-test-key".to_owned());
+    Some((url, key))
+}
