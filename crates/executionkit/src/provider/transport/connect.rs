@@ -245,6 +245,17 @@ pub(crate) struct Proxy {
     pub(crate) auth: Option<HeaderValue>,
 }
 
+/// Names the proxy in a failure to reach it.
+pub(crate) fn to_proxy(e: TransportError) -> TransportError {
+    match e {
+        TransportError::Connect { what, source } => TransportError::Connect {
+            what: format!("{what} (the proxy)"),
+            source,
+        },
+        other => other,
+    }
+}
+
 /// Opens a TCP connection with `TCP_NODELAY`.
 pub(crate) async fn tcp(target: &Target) -> Result<SharedTcp, TransportError> {
     let stream = TcpStream::connect((target.socket_host(), target.port))
@@ -263,7 +274,7 @@ pub(crate) async fn tunnel(
     proxy: &Proxy,
     origin: &Target,
 ) -> Result<(Box<dyn Io>, Peek), TransportError> {
-    let stream = tcp(&proxy.target).await?;
+    let stream = tcp(&proxy.target).await.map_err(to_proxy)?;
     let peek = stream.peek_handle();
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(64 * 1024)

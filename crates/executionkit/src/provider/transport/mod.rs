@@ -445,8 +445,10 @@ impl Transport {
     async fn open(&self) -> Result<Opened, TransportError> {
         let (stream, peek, h2) = match (&self.proxy, self.tls) {
             (None, false) | (Some(_), false) => {
-                let target = self.proxy.as_ref().map_or(&self.origin, |p| &p.target);
-                let tcp = connect::tcp(target).await?;
+                let tcp = match &self.proxy {
+                    Some(p) => connect::tcp(&p.target).await.map_err(connect::to_proxy)?,
+                    None => connect::tcp(&self.origin).await?,
+                };
                 let peek = tcp.peek_handle();
                 (ConnStream::Tcp(tcp), peek, false)
             }
