@@ -724,11 +724,13 @@ impl Inner {
         e.redacted_with(self.secret())
     }
 
-    /// A `transport` (or, for a timeout, `timeout`; for a protocol break or a cap, `provider`)
-    /// error: "Transport failure: <reason>".
+    /// A `transport` (or, for a timeout, `timeout`; for a protocol break or a cap, `provider`;
+    /// for a certificate that does not verify, `permanent`) error: "Transport failure: <reason>".
     fn transport_error(&self, e: TransportError) -> Error {
         let kind = if e.is_timeout() {
             ErrorKind::Timeout
+        } else if e.is_certificate() {
+            ErrorKind::Permanent
         } else if e.is_protocol() {
             ErrorKind::Provider
         } else {

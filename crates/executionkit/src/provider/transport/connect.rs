@@ -348,7 +348,25 @@ pub(crate) async fn tls<S: Io>(
     let stream = tokio_rustls::TlsConnector::from(config)
         .connect(name, io)
         .await
-        .map_err(|e| TransportError::connect("TLS handshake failed", e))?;
+        .map_err(|e| {
+            // A certificate that does not verify will not verify on a retry either.
+            let refused = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| {
+                    matches!(
+                        r,
+                        rustls::Error::InvalidCertificate(_)
+                            | rustls::Error::NoCertificatesPresented
+                            | rustls::Error::UnsupportedNameType
+                    )
+                });
+            if refused {
+                TransportError::Certificate(format!("TLS handshake failed: {e}"))
+            } else {
+                TransportError::connect("TLS handshake failed", e)
+            }
+        })?;
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     Ok(Tls {
         stream: Box::new(stream),

@@ -66,6 +66,8 @@ pub(crate) enum TransportError {
     ConnectTimeout(Duration),
     /// A proxy answered a tunnel request with an error.
     Proxy(String),
+    /// The server's certificate did not verify (retrying cannot help).
+    Certificate(String),
     /// The connection failed while the request was sent or the reply read.
     Http(hyper::Error),
     /// The server broke the protocol (a `101` nobody asked for, an unsupported framing).
@@ -92,6 +94,11 @@ impl TransportError {
         matches!(self, Self::ConnectTimeout(_) | Self::Deadline(_))
     }
 
+    /// `true` when the server's certificate did not verify.
+    pub(crate) fn is_certificate(&self) -> bool {
+        matches!(self, Self::Certificate(_))
+    }
+
     /// `true` when the server broke the protocol or a cap (a provider fault, not the network).
     pub(crate) fn is_protocol(&self) -> bool {
         matches!(self, Self::Protocol(_) | Self::TooLarge { .. })
@@ -109,7 +116,7 @@ impl fmt::Display for TransportError {
                     d.as_secs_f64()
                 )
             }
-            Self::Proxy(m) | Self::Protocol(m) => f.write_str(m),
+            Self::Proxy(m) | Self::Protocol(m) | Self::Certificate(m) => f.write_str(m),
             Self::Http(e) => write!(f, "{e}"),
             Self::TooLarge { what, limit } => {
                 write!(f, "the {what} exceeded the limit of {limit} bytes")
