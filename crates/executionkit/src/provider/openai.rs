@@ -729,7 +729,7 @@ impl Inner {
     fn transport_error(&self, e: TransportError) -> Error {
         let kind = if e.is_timeout() {
             ErrorKind::Timeout
-        } else if e.is_certificate() {
+        } else if e.is_refused() {
             ErrorKind::Permanent
         } else if e.is_protocol() {
             ErrorKind::Provider

@@ -302,7 +302,7 @@ pub(crate) async fn tunnel(
         StatusCode::OK => {}
         StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
             driver.abort();
-            return Err(TransportError::Proxy(format!(
+            return Err(TransportError::Refused(format!(
                 "the proxy at {} requires authentication (HTTP 407){}",
                 proxy.target.authority(),
                 if proxy.auth.is_some() {
@@ -310,6 +310,14 @@ pub(crate) async fn tunnel(
                 } else {
                     ""
                 }
+            )));
+        }
+        s if s.is_client_error() => {
+            driver.abort();
+            return Err(TransportError::Refused(format!(
+                "the proxy at {} refused the tunnel to {authority} (HTTP {})",
+                proxy.target.authority(),
+                s.as_u16()
             )));
         }
         s => {
@@ -362,7 +370,7 @@ pub(crate) async fn tls<S: Io>(
                     )
                 });
             if refused {
-                TransportError::Certificate(format!("TLS handshake failed: {e}"))
+                TransportError::Refused(format!("TLS handshake failed: {e}"))
             } else {
                 TransportError::connect("TLS handshake failed", e)
             }

@@ -66,8 +66,9 @@ pub(crate) enum TransportError {
     ConnectTimeout(Duration),
     /// A proxy answered a tunnel request with an error.
     Proxy(String),
-    /// The server's certificate did not verify (retrying cannot help).
-    Certificate(String),
+    /// Refused for good: the server's certificate did not verify, or the proxy refused the
+    /// tunnel with a 4xx (its credentials, its rules). Retrying cannot help.
+    Refused(String),
     /// The connection failed while the request was sent or the reply read.
     Http(hyper::Error),
     /// The server broke the protocol (a `101` nobody asked for, an unsupported framing).
@@ -94,9 +95,9 @@ impl TransportError {
         matches!(self, Self::ConnectTimeout(_) | Self::Deadline(_))
     }
 
-    /// `true` when the server's certificate did not verify.
-    pub(crate) fn is_certificate(&self) -> bool {
-        matches!(self, Self::Certificate(_))
+    /// `true` when retrying cannot help (a certificate that does not verify, a proxy's 4xx).
+    pub(crate) fn is_refused(&self) -> bool {
+        matches!(self, Self::Refused(_))
     }
 
     /// `true` when the server broke the protocol or a cap (a provider fault, not the network).
@@ -116,7 +117,7 @@ impl fmt::Display for TransportError {
                     d.as_secs_f64()
                 )
             }
-            Self::Proxy(m) | Self::Protocol(m) | Self::Certificate(m) => f.write_str(m),
+            Self::Proxy(m) | Self::Protocol(m) | Self::Refused(m) => f.write_str(m),
             Self::Http(e) => write!(f, "{e}"),
             Self::TooLarge { what, limit } => {
                 write!(f, "the {what} exceeded the limit of {limit} bytes")
