@@ -29,9 +29,9 @@
 //! | `max_tool_calls` | 128 | tool calls of the stream |
 //!
 //! The raw-byte limits are enforced by an adapter that goes in front of the SSE parser (the
-//! provider chains response body → raw-byte limits → idle timeout → `eventsource-stream`), before
-//! that parser buffers anything; the adapter also passes the bytes on in pieces of whole
-//! lines, which keeps the parser's work linear. The others are enforced by
+//! provider chains response body → idle timeout → raw-byte limits → `eventsource-stream`),
+//! before that parser buffers anything; the adapter also passes the bytes on in pieces of
+//! whole lines, which keeps the parser's work linear. The others are enforced by
 //! [`StreamAccumulator`]. A tool-call delta finds its call by `index` in O(1).
 //!
 //! ```
@@ -827,9 +827,11 @@ pin_project_lite::pin_project! {
     /// (a 1 MiB line in 64-byte chunks took 6 s of CPU), and copies the rest of its buffer for
     /// every line it takes (256 KiB of blank lines in one chunk took 20 s).
     ///
-    /// It composes with [`IdleTimeout`] either way round, e.g.
-    /// `EventStream::new(IdleTimeout::new(ByteLimits::new(body, &limits), idle))`, whose
-    /// errors are `EventStreamError<IdleError<ByteLimitError<E>>>`.
+    /// It goes after [`IdleTimeout`]:
+    /// `EventStream::new(ByteLimits::new(IdleTimeout::new(body, idle), &limits))`, whose errors
+    /// are `EventStreamError<ByteLimitError<IdleError<E>>>`. (The other way round also builds,
+    /// but the idle timer would then see only whole lines, so bytes of a line still arriving
+    /// would not count as activity.)
     pub(crate) struct ByteLimits<S> {
         #[pin]
         inner: S,
@@ -1340,31 +1342,59 @@ mod tests {
         assert_eq!((p.concat(), e), (b"a\r\nb\r\n".to_vec(), None));
     }
 
-    /// The chain the provider builds: body → raw-byte limits → idle timeout → SSE parser.
+    /// The chain the provider builds: body → idle timeout → raw-byte limits → SSE parser.
     #[tokio::test]
     async fn the_limits_compose_with_the_idle_timeout_and_the_sse_parser() {
         use futures::StreamExt;
         let l = small(16, 1000, 10_000);
         let body = futures::stream::iter(vec![
-            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"data: {\"a\":1}\n\n")),
-            Ok(bytes::Bytes::from_static(b"data: 0123456789")),
-            Ok(bytes::Bytes::from_static(b"0123456789\n\n")),
+            Ok::<_, std::io::Error>(Bytes::from_static(b"data: {\"a\":1}\n\n")),
+            Ok(Bytes::from_static(b"data: 0123456789")),
+            Ok(Bytes::from_static(b"0123456789\n\n")),
         ]);
-        let chained = IdleTimeout::new(ByteLimits::new(body, &l), Duration::from_secs(60));
+        let chained = ByteLimits::new(IdleTimeout::new(body, Duration::from_secs(60)), &l);
         let mut events = std::pin::pin!(eventsource_stream::EventStream::new(chained));
         assert_eq!(events.next().await.unwrap().unwrap().data, "{\"a\":1}");
         match events.next().await {
-            Some(Err(eventsource_stream::EventStreamError::Transport(IdleError::Inner(e)))) => {
+            Some(Err(eventsource_stream::EventStreamError::Transport(e))) => {
                 assert!(matches!(e, ByteLimitError::Line(16)), "{e:?}");
-                assert!(
-                    e.into_error(|e| provider_err(e.to_string()))
-                        .message()
-                        .contains("max_line_bytes")
-                );
+                let e = e.into_error(|e| provider_err(e.to_string()));
+                assert!(e.message().contains("max_line_bytes"));
             }
             other => panic!("{other:?}"),
         }
         assert!(events.next().await.is_none());
+    }
+
+    /// A body that sends `chunks`, each after `gap`.
+    fn slow_body(
+        chunks: &'static [&'static [u8]],
+        gap: Duration,
+    ) -> impl Stream<Item = std::result::Result<Bytes, std::io::Error>> {
+        futures::StreamExt::then(futures::stream::iter(chunks), move |c| async move {
+            tokio::time::sleep(gap).await;
+            Ok(Bytes::from_static(c))
+        })
+    }
+
+    /// Bytes of a line still arriving count as activity for the idle timeout in front of the
+    /// limits (behind them, the timer would see only whole lines).
+    #[tokio::test(start_paused = true)]
+    async fn a_line_arriving_slowly_is_not_idle() {
+        use futures::StreamExt;
+        const CHUNKS: &[&[u8]] = &[b"data: ", b"1", b"2", b"\n\n"];
+        let (gap, idle) = (Duration::from_secs(40), Duration::from_secs(60));
+        let chained = ByteLimits::new(IdleTimeout::new(slow_body(CHUNKS, gap), idle), &limits());
+        let mut events = std::pin::pin!(eventsource_stream::EventStream::new(chained));
+        assert_eq!(events.next().await.unwrap().unwrap().data, "12");
+        let reversed = IdleTimeout::new(ByteLimits::new(slow_body(CHUNKS, gap), &limits()), idle);
+        let mut events = std::pin::pin!(eventsource_stream::EventStream::new(reversed));
+        assert!(matches!(
+            events.next().await,
+            Some(Err(eventsource_stream::EventStreamError::Transport(
+                IdleError::Idle(_)
+            )))
+        ));
     }
 
     /// A straightforward model of the rules, one byte at a time.
