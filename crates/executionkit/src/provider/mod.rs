@@ -16,7 +16,6 @@ mod mock;
 mod offline;
 mod openai;
 pub mod parse;
-mod plain;
 pub mod sse;
 mod transport;
 

@@ -28,8 +28,10 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 use url::Url;
 
-use super::parse::{error_detail, is_insufficient_quota, parse_completion, parse_retry_after};
-use super::sse::{IdleError, IdleTimeout, StreamAccumulator};
+use super::parse::{error_detail, is_insufficient_quota, parse_reply, parse_retry_after};
+use super::sse::{
+    ByteLimitError, ByteLimits, IdleError, IdleTimeout, StreamAccumulator, StreamLimits,
+};
 use super::transport::{self, BodyStream, Reply, Settings, Transport, TransportError};
 use super::{ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent};
 use crate::error::{Error, ErrorKind, Result};
@@ -80,6 +82,7 @@ struct Inner {
     default_max_tokens: u32,
     supports_n: bool,
     stream_deadline: Duration,
+    stream_limits: StreamLimits,
 }
 
 impl fmt::Debug for Provider {
@@ -129,6 +132,7 @@ pub struct ProviderBuilder {
     max_response_bytes: usize,
     root_pems: Vec<Vec<u8>>,
     use_env_proxy: bool,
+    stream_limits: StreamLimits,
 }
 
 impl fmt::Debug for ProviderBuilder {
@@ -149,6 +153,7 @@ impl fmt::Debug for ProviderBuilder {
             .field("max_response_bytes", &self.max_response_bytes)
             .field("root_certificates", &self.root_pems.len())
             .field("use_env_proxy", &self.use_env_proxy)
+            .field("stream_limits", &self.stream_limits)
             .finish_non_exhaustive()
     }
 }
@@ -177,6 +182,7 @@ impl Provider {
             max_response_bytes: transport::DEFAULT_MAX_RESPONSE_BYTES,
             root_pems: Vec::new(),
             use_env_proxy: true,
+            stream_limits: StreamLimits::default(),
         }
     }
 
@@ -424,6 +430,21 @@ impl ProviderBuilder {
         self
     }
 
+    /// Sets the caps on one stream (raw bytes, line, event, text, tool calls; see
+    /// [`StreamLimits`]); passing one is a `provider` error naming it.
+    ///
+    /// ```
+    /// use executionkit::provider::sse::StreamLimits;
+    /// let mut limits = StreamLimits::default();
+    /// limits.max_text_bytes = 1 << 20;
+    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").stream_limits(limits).build();
+    /// assert!(p.is_ok());
+    /// ```
+    pub fn stream_limits(mut self, limits: StreamLimits) -> Self {
+        self.stream_limits = limits;
+        self
+    }
+
     /// Ignores the proxy variables (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, in
     /// either case), which are honoured by default.
     ///
@@ -574,6 +595,7 @@ impl ProviderBuilder {
                 default_max_tokens: self.default_max_tokens,
                 supports_n: self.supports_n,
                 stream_deadline: self.stream_deadline,
+                stream_limits: self.stream_limits,
             }),
         })
     }
@@ -804,11 +826,13 @@ impl Inner {
             // A server that ignores `"stream": true` answers with one JSON completion.
             return self.whole_reply_as_stream(reply).await;
         }
+        // The idle timer sees every chunk; the byte limits cut lines for the SSE parser.
         let bytes: BodyStream = (*reply).into_stream(self.stream_deadline);
         let bytes = IdleTimeout::new(bytes, self.stream_idle_timeout);
+        let bytes = ByteLimits::new(bytes, &self.stream_limits);
         let decoder = Decoder {
             events: eventsource_stream::EventStream::new(bytes).boxed(),
-            acc: StreamAccumulator::new(),
+            acc: StreamAccumulator::with_limits(self.stream_limits),
             pending: VecDeque::new(),
             scratch: Vec::new(),
             provider: self,
@@ -871,120 +895,6 @@ impl fmt::Display for StatusError {
 
 impl std::error::Error for StatusError {}
 
-/// A 2xx body of the common shape, read without building a JSON tree: a top-level object whose
-/// `choices` is a non-empty list of objects with an optional `message` object holding a string
-/// (or null) `content` and no `tool_calls`, and a string (or null) `finish_reason`.
-#[derive(serde::Deserialize)]
-struct PlainReply<'a> {
-    #[serde(borrow, default)]
-    id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    choices: Vec<PlainChoice<'a>>,
-    #[serde(default)]
-    usage: Option<PlainUsage>,
-}
-
-/// `usage` as whole token counts; each field tells "absent" (`None`) from `null`
-/// (`Some(None)`), as `parse_usage` does. Anything else (negative, fractional, another type)
-/// fails the fast path.
-#[derive(serde::Deserialize)]
-struct PlainUsage {
-    #[serde(default, deserialize_with = "present")]
-    input_tokens: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "present")]
-    prompt_tokens: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "present")]
-    output_tokens: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "present")]
-    completion_tokens: Option<Option<u64>>,
-}
-
-/// A field that is present, `null` or not.
-fn present<'de, D: serde::Deserializer<'de>>(
-    de: D,
-) -> std::result::Result<Option<Option<u64>>, D::Error> {
-    <Option<u64> as serde::Deserialize>::deserialize(de).map(Some)
-}
-
-impl PlainUsage {
-    /// The counts, or `None` when one is beyond what `parse_usage` accepts (it then reports the
-    /// error).
-    fn counts(&self) -> Option<super::Usage> {
-        let pick = |primary: Option<Option<u64>>, fallback: Option<Option<u64>>| {
-            let n = primary.or(fallback).flatten().unwrap_or(0);
-            (n <= super::parse::MAX_REPORTED_TOKENS).then_some(n)
-        };
-        Some(super::Usage {
-            input_tokens: pick(self.input_tokens, self.prompt_tokens)?,
-            output_tokens: pick(self.output_tokens, self.completion_tokens)?,
-        })
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct PlainChoice<'a> {
-    #[serde(borrow, default)]
-    message: Option<PlainMessage<'a>>,
-    #[serde(borrow, default)]
-    finish_reason: Option<std::borrow::Cow<'a, str>>,
-}
-
-#[derive(serde::Deserialize)]
-struct PlainMessage<'a> {
-    #[serde(borrow, default)]
-    content: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    tool_calls: Option<serde::de::IgnoredAny>,
-}
-
-/// [`parse_completion`], with a typed fast path for the common shape ([`PlainReply`]); any
-/// other body (tool calls, content parts, odd types, errors) goes through `parse_completion`,
-/// so the result is the same either way.
-fn parse_reply(body: &[u8]) -> Result<LlmResponse> {
-    if let Some(reply) = super::plain::scan(body) {
-        return Ok(reply);
-    }
-    let Ok(plain) = serde_json::from_slice::<PlainReply<'_>>(body) else {
-        return parse_completion(body);
-    };
-    if plain.choices.is_empty()
-        || plain
-            .choices
-            .iter()
-            .any(|c| c.message.as_ref().is_some_and(|m| m.tool_calls.is_some()))
-    {
-        return parse_completion(body);
-    }
-    let usage = match &plain.usage {
-        Some(u) => match u.counts() {
-            Some(c) => c,
-            None => return parse_completion(body),
-        },
-        None => super::Usage::default(),
-    };
-    let choices = plain
-        .choices
-        .into_iter()
-        .map(|c| super::Choice {
-            content: c
-                .message
-                .and_then(|m| m.content)
-                .map(std::borrow::Cow::into_owned)
-                .unwrap_or_default(),
-            tool_calls: Vec::new(),
-            finish_reason: c.finish_reason.map(std::borrow::Cow::into_owned),
-        })
-        .collect();
-    Ok(LlmResponse {
-        choices,
-        usage,
-        id: plain.id.map(std::borrow::Cow::into_owned),
-        model: plain.model.map(std::borrow::Cow::into_owned),
-    })
-}
-
 /// The SSE decoding state of one open stream.
 struct Decoder {
     events: stream::BoxStream<'static, std::result::Result<eventsource_stream::Event, SseError>>,
@@ -999,7 +909,7 @@ enum Step {
     Last(Result<StreamEvent>),
 }
 
-type SseError = eventsource_stream::EventStreamError<IdleError<TransportError>>;
+type SseError = eventsource_stream::EventStreamError<ByteLimitError<IdleError<TransportError>>>;
 
 impl Decoder {
     async fn next_item(&mut self) -> Step {
@@ -1033,14 +943,16 @@ impl Decoder {
     fn stream_error(&self, e: SseError) -> Error {
         use eventsource_stream::EventStreamError as E;
         match e {
-            E::Transport(IdleError::Inner(e)) => self.provider.transport_error(e),
-            E::Transport(IdleError::Idle(d)) => Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "Transport failure: the stream sent nothing for {:.1} s (stream idle timeout)",
-                    d.as_secs_f64()
+            E::Transport(e) => e.into_error(|e| match e {
+                IdleError::Inner(e) => self.provider.transport_error(e),
+                IdleError::Idle(d) => Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "Transport failure: the stream sent nothing for {:.1} s (stream idle timeout)",
+                        d.as_secs_f64()
+                    ),
                 ),
-            ),
+            }),
             E::Utf8(_) => Error::new(ErrorKind::Provider, "Provider stream is not valid UTF-8"),
             E::Parser(_) => Error::new(
                 ErrorKind::Provider,
@@ -1217,41 +1129,6 @@ mod tests {
             std::str::from_utf8(&body).unwrap(),
             r#"{"model":"other","messages":[{"role":"user","content":"x"}],"temperature":0.1,"max_tokens":4096,"stream":true,"stream_options":{"include_usage":true},"zeta":1}"#
         );
-    }
-
-    #[test]
-    fn plain_replies_parse_as_parse_completion_does() {
-        let bodies: [&[u8]; 17] = [
-            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"input_tokens":null,"prompt_tokens":9,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":2}}}"#,
-            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":1.5}}"#,
-            br#"{"choices":[{"message":{"content":"x"}}],"usage":"lots"}"#,
-            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"output_tokens":1000000001}}"#,
-            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":"7"}}"#,
-            br#"{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Paris"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":1,"total_tokens":13}}"#,
-            br#"{"choices":[{"message":{"content":"a\nb\u00e9"},"finish_reason":null},{"message":{"content":null}}],"usage":{"input_tokens":3,"prompt_tokens":9,"output_tokens":null}}"#,
-            br#"{"choices":[{"message":{"content":"x","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}}]}"#,
-            br#"{"choices":[{"message":{"content":[{"type":"text","text":"parts"}]},"finish_reason":7}]}"#,
-            br#"{"id":5,"model":null,"choices":[{"message":"odd"}],"usage":null}"#,
-            br#"{"choices":[],"usage":{}}"#,
-            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":-1}}"#,
-            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":2000000000}}"#,
-            br#"{"choices":[{"message":{"content":"a"}}],"choices":[{"message":{"content":"b"}}]}"#,
-            br#"[1,2]"#,
-            br#"not json"#,
-            br#"{"choices":[{"message":{"content":"x"}}]} trailing"#,
-        ];
-        for b in bodies {
-            let slow = parse_completion(b);
-            let fast = parse_reply(b);
-            match (slow, fast) {
-                (Ok(s), Ok(f)) => assert_eq!(s, f, "{}", String::from_utf8_lossy(b)),
-                (Err(s), Err(f)) => assert_eq!(
-                    (s.kind(), s.message().to_owned()),
-                    (f.kind(), f.message().to_owned())
-                ),
-                (s, f) => panic!("{}: {s:?} vs {f:?}", String::from_utf8_lossy(b)),
-            }
-        }
     }
 
     #[test]
