@@ -8,6 +8,7 @@ pub mod json;
 pub mod parallel;
 pub mod retry;
 pub mod schema;
+pub mod stop;
 pub mod stream;
 pub mod voting;
 
