@@ -2,10 +2,12 @@
 //! llama-server), and test servers started in the test on 127.0.0.1: [`tls`] (a throwaway CA
 //! and a byte-for-byte TLS relay), [`h2`] (an HTTPS + HTTP/2 server), [`hostile`] (a raw-TCP
 //! server that misbehaves at the byte level) and [`counting`] (a relay that counts each test's
-//! requests to a shared server). `tests/harness_selftest.rs` tests them.
+//! requests to a shared server); [`attacks`] holds the hostile-server suites' attacks.
+//! `tests/harness_selftest.rs` tests the servers.
 
 #![allow(dead_code)] // each test file uses part of this
 
+pub mod attacks;
 pub mod counting;
 pub mod h2;
 pub mod hostile;
