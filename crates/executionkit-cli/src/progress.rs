@@ -141,6 +141,7 @@ mod tests {
             finish_reason: None,
             spent: TokenUsage::new(5, 2, 2),
             remaining: Remaining::default(),
+            usage_over_grant: None,
         });
         assert_eq!(p.bar.position(), 2);
         assert_eq!(p.state.lock().unwrap().in_flight, 1);

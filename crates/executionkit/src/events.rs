@@ -69,6 +69,10 @@ pub enum Event {
         spent: TokenUsage,
         /// What the budget has left.
         remaining: Remaining,
+        /// The output tokens the server reported beyond this call's grant (the `max_tokens` it
+        /// was sent, times its choices); `None` when it stayed within. The usage above is as
+        /// reported either way.
+        usage_over_grant: Option<u64>,
     },
     /// A call failed and will be retried after `delay`.
     CallRetried {

@@ -44,7 +44,7 @@ pub use provider::{
 };
 pub use result::{Metadata, PatternResult};
 pub use tools::Tool;
-pub use usage::{Budget, CostRates, TokenUsage};
+pub use usage::{Budget, CostRates, TokenUsage, UsageOverGrant};
 
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::patterns::{Pattern, StepInput};
 use crate::provider::LlmProvider;
 use crate::result::{Metadata, PatternResult, cost_json};
-use crate::usage::{Budget, TokenUsage};
+use crate::usage::{Budget, TokenUsage, UsageOverGrant};
 
 /// A predicate deciding whether a conditional step runs.
 ///
@@ -46,6 +46,9 @@ struct PipeStep {
 ///   `{"skipped": true}` with zero cost and passes its input on unchanged.
 /// * An error in step k carries the spend of steps 1..k and `metadata.step_costs` (the failing
 ///   step's own spend last).
+/// * When a server reported more output tokens than a call was granted, in any step, the
+///   result's (or error's) `metadata.usage_over_grant` sums every step's
+///   ([`UsageOverGrant`](crate::UsageOverGrant)); each step's own is in its `step_metadata`.
 /// * An empty pipe returns the prompt at zero cost with empty metadata.
 ///
 /// ```
@@ -286,6 +289,7 @@ impl Pipe {
         };
         let mut total = TokenUsage::default();
         let mut total_usd: Option<f64> = None;
+        let mut over_grant = UsageOverGrant::default();
         let mut current: Option<String> = None;
         let mut last: Option<PatternResult<String>> = None;
         let mut step_metadata: Vec<Value> = Vec::with_capacity(self.steps.len());
@@ -320,6 +324,7 @@ impl Pipe {
                 Ok(r) => {
                     total += r.cost;
                     total_usd = add_usd(total_usd, r.usd);
+                    over_grant += UsageOverGrant::from_metadata(&r.metadata);
                     step_costs.push(cost_json(&r.cost, r.usd));
                     step_metadata.push(Value::Object(r.metadata.clone()));
                     current = Some(r.value.clone());
@@ -327,7 +332,9 @@ impl Pipe {
                 }
                 Err(e) => {
                     step_costs.push(cost_json(&e.cost(), e.usd()));
-                    return Err(e
+                    over_grant += UsageOverGrant::from_metadata(e.metadata());
+                    return Err(over_grant
+                        .apply_to_error(e)
                         .add_cost(total, total_usd)
                         .with_metadata("step_costs", Value::Array(step_costs))
                         .with_metadata("failed_step", i));
@@ -342,6 +349,8 @@ impl Pipe {
         metadata.insert("step_count".into(), Value::from(self.steps.len()));
         metadata.insert("step_metadata".into(), Value::Array(step_metadata));
         metadata.insert("step_costs".into(), Value::Array(step_costs));
+        // The last step's count is replaced by the whole chain's.
+        over_grant.apply_to_metadata(&mut metadata);
         Ok(PatternResult {
             value,
             score,

@@ -141,6 +141,128 @@ impl fmt::Display for TokenUsage {
     }
 }
 
+/// Output a server reported beyond what its calls were granted, summed over calls.
+///
+/// The ledger never grants past a limit: each call is sent the `max_tokens` it reserved. A server
+/// may still report more output tokens than that. The usage is recorded as reported (the spend
+/// is the truth), and the excess is counted here: `calls` is the number of calls whose reported
+/// output exceeded their grant, `output_tokens` the total excess. A result's or error's metadata
+/// holds it under [`UsageOverGrant::METADATA_KEY`] (`"usage_over_grant"`) as
+/// `{"calls": …, "output_tokens": …}`, only when it happened.
+///
+/// ```
+/// use executionkit::{Metadata, UsageOverGrant};
+/// let over = UsageOverGrant { calls: 1, output_tokens: 40 };
+/// let mut m = Metadata::new();
+/// over.apply_to_metadata(&mut m);
+/// assert_eq!(m["usage_over_grant"], serde_json::json!({"calls": 1, "output_tokens": 40}));
+/// assert_eq!(UsageOverGrant::from_metadata(&m), over);
+/// UsageOverGrant::default().apply_to_metadata(&mut m); // nothing over: no key
+/// assert!(m.is_empty());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UsageOverGrant {
+    /// Calls whose reported output tokens exceeded their grant.
+    pub calls: u64,
+    /// Output tokens reported beyond the grants, summed.
+    pub output_tokens: u64,
+}
+
+impl UsageOverGrant {
+    /// The metadata key: `"usage_over_grant"`.
+    ///
+    /// ```
+    /// assert_eq!(executionkit::UsageOverGrant::METADATA_KEY, "usage_over_grant");
+    /// ```
+    pub const METADATA_KEY: &'static str = "usage_over_grant";
+
+    /// `true` when no call went over its grant.
+    ///
+    /// ```
+    /// assert!(executionkit::UsageOverGrant::default().is_zero());
+    /// ```
+    #[must_use]
+    pub const fn is_zero(&self) -> bool {
+        self.calls == 0 && self.output_tokens == 0
+    }
+
+    /// `{"calls": …, "output_tokens": …}`.
+    ///
+    /// ```
+    /// let j = executionkit::UsageOverGrant { calls: 2, output_tokens: 7 }.to_json();
+    /// assert_eq!(j["output_tokens"], 7);
+    /// ```
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"calls": self.calls, "output_tokens": self.output_tokens})
+    }
+
+    /// Reads the value under [`METADATA_KEY`](Self::METADATA_KEY) (zero when absent or not of
+    /// that shape).
+    ///
+    /// ```
+    /// use executionkit::{Metadata, UsageOverGrant};
+    /// assert!(UsageOverGrant::from_metadata(&Metadata::new()).is_zero());
+    /// ```
+    #[must_use]
+    pub fn from_metadata(metadata: &serde_json::Map<String, serde_json::Value>) -> Self {
+        metadata
+            .get(Self::METADATA_KEY)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes itself under [`METADATA_KEY`](Self::METADATA_KEY), or removes the key when zero
+    /// (so metadata holds it only when some call went over its grant).
+    ///
+    /// ```
+    /// use executionkit::{Metadata, UsageOverGrant};
+    /// let mut m = Metadata::new();
+    /// UsageOverGrant { calls: 1, output_tokens: 3 }.apply_to_metadata(&mut m);
+    /// assert_eq!(m["usage_over_grant"]["calls"], 1);
+    /// ```
+    pub fn apply_to_metadata(&self, metadata: &mut serde_json::Map<String, serde_json::Value>) {
+        if self.is_zero() {
+            metadata.remove(Self::METADATA_KEY);
+        } else {
+            metadata.insert(Self::METADATA_KEY.to_owned(), self.to_json());
+        }
+    }
+
+    /// `error` with itself under [`METADATA_KEY`](Self::METADATA_KEY) when not zero.
+    ///
+    /// ```
+    /// use executionkit::{Error, UsageOverGrant};
+    /// let e = UsageOverGrant { calls: 1, output_tokens: 3 }.apply_to_error(Error::cancelled());
+    /// assert_eq!(e.metadata()["usage_over_grant"]["output_tokens"], 3);
+    /// assert!(UsageOverGrant::default().apply_to_error(Error::cancelled()).metadata().is_empty());
+    /// ```
+    #[must_use]
+    pub fn apply_to_error(&self, error: Error) -> Error {
+        if self.is_zero() {
+            error
+        } else {
+            error.with_metadata(Self::METADATA_KEY, self.to_json())
+        }
+    }
+}
+
+impl Add for UsageOverGrant {
+    type Output = Self;
+    fn add(self, rhs: Self) -> Self {
+        Self {
+            calls: self.calls.saturating_add(rhs.calls),
+            output_tokens: self.output_tokens.saturating_add(rhs.output_tokens),
+        }
+    }
+}
+
+impl AddAssign for UsageOverGrant {
+    fn add_assign(&mut self, rhs: Self) {
+        *self = *self + rhs;
+    }
+}
+
 /// Prices of one model, in US dollars per million tokens.
 ///
 /// ```

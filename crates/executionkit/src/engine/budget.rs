@@ -5,11 +5,16 @@
 //! * **Output tokens** are reserved too: a call reserves `min(max_tokens, output tokens not yet
 //!   spent or reserved)` and sends that as its `max_tokens`; the unused part returns when the
 //!   call finishes. With nothing left and calls in flight, a call waits for their returns; with
-//!   nothing left and nothing in flight it fails. The output limit is never exceeded.
+//!   nothing left and nothing in flight it fails. No grant ever goes past the output limit.
 //! * **Input tokens** are checked before dispatch (spent < limit). A call in flight can overshoot
 //!   by its own prompt: the one soft limit.
 //! * **Money** is tracked when prices are known; its output part is reserved like output tokens
 //!   and its input part checked like input tokens.
+//! * **Usage above the grant.** A server may report more output tokens than the `max_tokens` it
+//!   was sent. That usage is recorded as reported (the spend is the truth, never clamped), the
+//!   engine flags it ([`UsageOverGrant`](crate::UsageOverGrant)), and once any limit is passed
+//!   (spent > limit, through such usage or the soft input limit) every later reservation, retry
+//!   or not, fails with `budget_exhausted` before dispatch, without waiting for calls in flight.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -19,7 +24,7 @@ use tokio::sync::Notify;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Remaining;
 use crate::provider::Usage;
-use crate::usage::{Budget, CostRates, TokenUsage};
+use crate::usage::{Budget, CostRates, TokenUsage, UsageOverGrant};
 
 /// The shared spend and limits of one run.
 ///
@@ -178,9 +183,10 @@ impl BudgetLedger {
     /// Returns the reservation (its [`Reservation::max_tokens`] is what the request may ask
     /// for), or a `budget_exhausted` error whose metadata names the limits (`budget`) and the
     /// one that tripped (`exhausted`). `retry` marks a retry attempt: only the call limit and
-    /// the reserved limits (output tokens, dollars) are checked, and the message says "before
-    /// retry dispatch". Waits while output tokens (or dollars) are all reserved by calls in
-    /// flight.
+    /// the reserved limits (output tokens, dollars) are checked, plus the input limit once it is
+    /// passed, and the message says "before retry dispatch". Waits while output tokens (or
+    /// dollars) are all reserved by calls in flight; fails at once when what is already spent
+    /// reaches a limit (no return can free anything then).
     ///
     /// ```
     /// use std::sync::Arc;
@@ -293,15 +299,19 @@ impl BudgetLedger {
                 return Err(exhausted(b, "llm_calls", "LLM call", retry));
             }
         }
-        if !retry {
-            if let Some(limit) = b.input_tokens_limit() {
-                if s.spent.input_tokens >= limit {
-                    return Err(exhausted(b, "input_tokens", "Input token", false));
-                }
+        if let Some(limit) = b.input_tokens_limit() {
+            // A first attempt needs input left; a retry is refused once the limit is passed.
+            if s.spent.input_tokens > limit || (!retry && s.spent.input_tokens >= limit) {
+                return Err(exhausted(b, "input_tokens", "Input token", retry));
             }
         }
         let mut per = per_choice;
         if let Some(limit) = b.output_tokens_limit() {
+            // Spent alone uses it all (a server reported more than it was granted, or the
+            // grants were used in full): no return can free anything, so do not wait.
+            if s.spent.output_tokens >= limit {
+                return Err(exhausted(b, "output_tokens", "Output token", retry));
+            }
             let free = limit.saturating_sub(s.spent.output_tokens + s.reserved_output);
             if free / n == 0 {
                 return wait_or_fail(&s, "output_tokens", "Output token");
@@ -310,6 +320,9 @@ impl BudgetLedger {
         }
         let mut usd_reserved = 0.0;
         if let (Some(limit), Some(r)) = (b.usd_limit(), rates) {
+            if s.usd >= limit {
+                return Err(exhausted(b, "usd", "USD", retry));
+            }
             let free = limit - s.usd - s.reserved_usd;
             if free.is_nan() || free <= 0.0 {
                 return wait_or_fail(&s, "usd", "USD");
@@ -433,8 +446,8 @@ impl Reservation {
         self.call
     }
 
-    /// Records the usage and returns what was not used; returns the call's cost in USD (0 without
-    /// prices).
+    /// Records the usage as reported (even above the grant: never clamped) and returns what was
+    /// not used; returns the call's cost in USD (0 without prices).
     ///
     /// ```
     /// use std::sync::Arc;
@@ -481,6 +494,9 @@ struct TrackerInner {
     calls: AtomicU64,
     /// Micro-dollars ×1e6 (pico-dollars) to keep an atomic integer.
     pico_usd: AtomicU64,
+    /// Calls that reported more output tokens than they were granted, and the excess.
+    over_calls: AtomicU64,
+    over_output: AtomicU64,
 }
 
 impl CostTracker {
@@ -547,6 +563,36 @@ impl CostTracker {
         );
     }
 
+    /// Counts one call whose server reported `excess` output tokens beyond its grant (nothing
+    /// when `excess` is 0). [`RunContext::complete`](crate::RunContext::complete) calls it.
+    ///
+    /// ```
+    /// let t = executionkit::engine::CostTracker::new();
+    /// t.add_over_grant(0);
+    /// assert!(t.over_grant().is_zero());
+    /// t.add_over_grant(12);
+    /// assert_eq!(t.over_grant(), executionkit::UsageOverGrant { calls: 1, output_tokens: 12 });
+    /// ```
+    pub fn add_over_grant(&self, excess: u64) {
+        if excess > 0 {
+            self.0.over_calls.fetch_add(1, Ordering::Relaxed);
+            self.0.over_output.fetch_add(excess, Ordering::Relaxed);
+        }
+    }
+
+    /// The calls that went over their grant so far, and by how many output tokens.
+    ///
+    /// ```
+    /// assert!(executionkit::engine::CostTracker::new().over_grant().is_zero());
+    /// ```
+    #[must_use]
+    pub fn over_grant(&self) -> UsageOverGrant {
+        UsageOverGrant {
+            calls: self.0.over_calls.load(Ordering::Relaxed),
+            output_tokens: self.0.over_output.load(Ordering::Relaxed),
+        }
+    }
+
     /// The spend so far (a snapshot: reading it changes nothing).
     ///
     /// ```
@@ -571,5 +617,153 @@ impl CostTracker {
     #[allow(clippy::cast_precision_loss)]
     pub fn usd(&self) -> f64 {
         self.0.pico_usd.load(Ordering::Relaxed) as f64 / 1e12
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use futures::FutureExt;
+    use futures::executor::block_on;
+
+    use super::*;
+
+    fn ledger(b: Budget) -> Arc<BudgetLedger> {
+        Arc::new(BudgetLedger::new(b))
+    }
+
+    fn usage(input_tokens: u64, output_tokens: u64) -> Usage {
+        Usage {
+            input_tokens,
+            output_tokens,
+        }
+    }
+
+    /// A reservation that must resolve at once (no waiting for returns).
+    fn reserve_now(l: &Arc<BudgetLedger>, max_tokens: u64, retry: bool) -> Result<Reservation> {
+        l.reserve("m", max_tokens, retry)
+            .now_or_never()
+            .expect("the reservation waited instead of answering at once")
+    }
+
+    fn exhausted_field(r: Result<Reservation>) -> String {
+        let e = r.unwrap_err();
+        assert!(e.is_budget_exhausted(), "{e:?}");
+        e.metadata()["exhausted"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn usage_over_the_grant_is_recorded_as_reported() {
+        let l = ledger(Budget::new().max_output_tokens(10));
+        let r = reserve_now(&l, 64, false).unwrap();
+        assert_eq!(r.max_tokens(), 10);
+        r.settle(usage(7, 25));
+        assert_eq!(l.spent(), TokenUsage::new(7, 25, 1));
+        assert_eq!(l.remaining().output_tokens, Some(0));
+    }
+
+    #[test]
+    fn usd_over_the_reservation_is_recorded_as_reported() {
+        let b = Budget::new()
+            .default_price(CostRates::new(0.0, 1.0).unwrap())
+            .max_usd(1.0);
+        let l = ledger(b);
+        let r = reserve_now(&l, 100_000, false).unwrap();
+        // 100k tokens reserved ($0.10); the server reports 3M ($3).
+        let usd = r.settle(usage(0, 3_000_000));
+        assert!((usd - 3.0).abs() < 1e-9);
+        assert_eq!(l.spent_usd().map(|u| (u * 1e6).round()), Some(3e6));
+        assert_eq!(l.remaining().usd, Some(0.0));
+    }
+
+    #[test]
+    fn a_passed_output_limit_refuses_at_once_even_with_calls_in_flight() {
+        let l = ledger(Budget::new().max_output_tokens(100));
+        let a = reserve_now(&l, 10, false).unwrap();
+        let in_flight = reserve_now(&l, 10, false).unwrap();
+        a.settle(usage(0, 150)); // granted 10, reported 150: 150 > 100
+        // Before: 100 - 150 - 10 saturates to 0 free with a call in flight, so this waited for
+        // a return that could never free anything.
+        assert_eq!(exhausted_field(reserve_now(&l, 10, false)), "output_tokens");
+        assert_eq!(exhausted_field(reserve_now(&l, 10, true)), "output_tokens");
+        drop(in_flight);
+        assert_eq!(exhausted_field(reserve_now(&l, 1, false)), "output_tokens");
+        assert_eq!(l.spent().output_tokens, 150);
+        assert_eq!(l.spent().llm_calls, 2);
+    }
+
+    #[test]
+    fn output_spent_to_the_limit_exactly_refuses_at_once() {
+        let l = ledger(Budget::new().max_output_tokens(10));
+        let a = reserve_now(&l, 5, false).unwrap();
+        let _in_flight = reserve_now(&l, 5, false).unwrap();
+        a.settle(usage(0, 10));
+        assert_eq!(exhausted_field(reserve_now(&l, 1, false)), "output_tokens");
+    }
+
+    #[test]
+    fn a_passed_input_limit_refuses_retries_too() {
+        let l = ledger(Budget::new().max_input_tokens(100));
+        reserve_now(&l, 1, false).unwrap().settle(usage(100, 1));
+        // At the limit exactly: a first attempt is refused, a retry still goes (as before).
+        assert_eq!(exhausted_field(reserve_now(&l, 1, false)), "input_tokens");
+        reserve_now(&l, 1, true).unwrap().settle(usage(20, 1));
+        // Past it (the soft limit overshot): nothing more, retry or not.
+        assert_eq!(l.spent().input_tokens, 120);
+        assert_eq!(exhausted_field(reserve_now(&l, 1, false)), "input_tokens");
+        let e = reserve_now(&l, 1, true).unwrap_err();
+        assert_eq!(e.metadata()["exhausted"], "input_tokens");
+        assert!(e.message().contains("before retry dispatch"), "{e}");
+    }
+
+    #[test]
+    fn a_passed_usd_limit_refuses_at_once_even_with_calls_in_flight() {
+        let b = Budget::new()
+            .default_price(CostRates::new(0.0, 1.0).unwrap())
+            .max_usd(1.0);
+        let l = ledger(b);
+        let a = reserve_now(&l, 100_000, false).unwrap();
+        let _in_flight = reserve_now(&l, 100_000, false).unwrap();
+        a.settle(usage(0, 2_000_000)); // $2 spent against $1
+        assert_eq!(exhausted_field(reserve_now(&l, 10, false)), "usd");
+        assert_eq!(exhausted_field(reserve_now(&l, 10, true)), "usd");
+    }
+
+    #[test]
+    fn a_waiting_reservation_fails_when_a_return_passes_the_limit() {
+        let l = ledger(Budget::new().max_output_tokens(10));
+        let a = reserve_now(&l, 10, false).unwrap();
+        let mut waiting = Box::pin(l.reserve("m", 5, false));
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "nothing free: it waits"
+        );
+        a.settle(usage(0, 12));
+        let e = block_on(waiting).unwrap_err();
+        assert_eq!(e.metadata()["exhausted"], "output_tokens");
+    }
+
+    #[test]
+    fn within_the_limit_nothing_changes() {
+        let l = ledger(Budget::new().max_output_tokens(10).max_input_tokens(50));
+        reserve_now(&l, 4, false).unwrap().settle(usage(10, 4));
+        let r = reserve_now(&l, 64, false).unwrap();
+        assert_eq!(r.max_tokens(), 6);
+    }
+
+    #[test]
+    fn the_tracker_counts_calls_over_their_grant() {
+        let t = CostTracker::new();
+        t.add_over_grant(0);
+        t.add_over_grant(5);
+        let shared = t.clone(); // clones share the counters
+        shared.add_over_grant(7);
+        assert_eq!(
+            t.over_grant(),
+            UsageOverGrant {
+                calls: 2,
+                output_tokens: 12
+            }
+        );
     }
 }

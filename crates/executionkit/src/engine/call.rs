@@ -21,6 +21,7 @@ use crate::provider::{
     ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent,
 };
 use crate::redact::redact_with;
+use crate::result::PatternResult;
 use crate::telemetry::{
     ERROR_TYPE, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,
     GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS, GEN_AI_RESPONSE_ID,
@@ -227,6 +228,52 @@ impl RunContext {
         self.ledger.budget().has_prices().then(|| tracker.usd())
     }
 
+    /// `result` with `tracker`'s spend: its `cost`, its `usd` (when prices are known) and, when
+    /// some call went over its grant, `metadata.usage_over_grant` (see
+    /// [`UsageOverGrant`](crate::UsageOverGrant); the key is removed otherwise). Every pattern
+    /// finishes its result here.
+    ///
+    /// ```
+    /// use executionkit::{PatternResult, RunContext, TokenUsage, engine::CostTracker};
+    /// let t = CostTracker::new();
+    /// t.add_usage(TokenUsage::new(5, 3, 1), None);
+    /// t.add_over_grant(2);
+    /// let r = RunContext::new().spend_result(PatternResult::new("x"), &t);
+    /// assert_eq!(r.cost, TokenUsage::new(5, 3, 1));
+    /// assert_eq!(r.metadata["usage_over_grant"]["output_tokens"], 2);
+    /// ```
+    pub fn spend_result<T>(
+        &self,
+        mut result: PatternResult<T>,
+        tracker: &CostTracker,
+    ) -> PatternResult<T> {
+        result.cost = tracker.usage();
+        result.usd = self.tracker_usd(tracker);
+        tracker.over_grant().apply_to_metadata(&mut result.metadata);
+        result
+    }
+
+    /// `error` with `tracker`'s spend: its cost, its `usd` (when prices are known) and, when
+    /// some call went over its grant, `metadata.usage_over_grant`. Every pattern finishes its
+    /// errors here.
+    ///
+    /// ```
+    /// use executionkit::{Error, RunContext, TokenUsage, engine::CostTracker};
+    /// let t = CostTracker::new();
+    /// t.add_usage(TokenUsage::new(5, 3, 1), None);
+    /// let e = RunContext::new().spend_error(Error::cancelled(), &t);
+    /// assert_eq!(e.cost(), TokenUsage::new(5, 3, 1));
+    /// assert!(e.metadata().get("usage_over_grant").is_none()); // no call went over
+    /// ```
+    #[must_use]
+    pub fn spend_error(&self, error: Error, tracker: &CostTracker) -> Error {
+        tracker.over_grant().apply_to_error(
+            error
+                .with_cost(tracker.usage())
+                .with_usd(self.tracker_usd(tracker)),
+        )
+    }
+
     /// Streams `request` through the budget and retry policy.
     ///
     /// The first attempt's call is reserved before this returns, so a spent budget fails here,
@@ -305,13 +352,11 @@ impl RunContext {
             call,
             kind: e.kind(),
         });
-        redact_error(e, provider.secret())
-            .with_cost(tracker.usage())
-            .with_usd(self.tracker_usd(tracker))
+        self.spend_error(redact_error(e, provider.secret()), tracker)
     }
 
     /// Reserves one attempt's call: the reservation and the request to send (its `max_tokens`
-    /// clamped to the grant).
+    /// the grant).
     async fn reserve<'r>(
         &self,
         provider: &dyn LlmProvider,
@@ -327,13 +372,18 @@ impl RunContext {
             .reserve_choices(model, wanted, n, attempt > 1)
             .await?;
         tracker.add_call();
-        let granted = reservation.max_tokens_per_choice();
-        let req = if granted < wanted {
-            let mut r = request.clone();
-            r.max_tokens = Some(u32::try_from(granted).unwrap_or(u32::MAX).max(1));
-            Sent::Trimmed(Box::new(r))
-        } else {
+        // The request asks for exactly what was reserved: the grant replaces a larger
+        // `max_tokens`, and fills in a missing one (the provider's own default is never used).
+        // The grant is at least 1 and at most `wanted`, so it fits a `u32`.
+        let granted = u32::try_from(reservation.max_tokens_per_choice())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let req = if request.max_tokens == Some(granted) {
             Sent::Same(request)
+        } else {
+            let mut r = request.clone();
+            r.max_tokens = Some(granted);
+            Sent::Granted(Box::new(r))
         };
         if self.events.is_some() {
             self.emit(&Event::CallStarted {
@@ -354,8 +404,24 @@ impl RunContext {
         span: &tracing::Span,
     ) {
         let call = reservation.call();
+        // Recorded as reported, even past the grant (the spend is the truth); the excess is
+        // flagged in the tracker (and so in the pattern's metadata) and in the event.
+        let excess = resp
+            .usage
+            .output_tokens
+            .saturating_sub(reservation.max_tokens());
+        if excess > 0 {
+            tracing::warn!(
+                target: "executionkit",
+                call,
+                granted = reservation.max_tokens(),
+                output_tokens = resp.usage.output_tokens,
+                "the server reported more output tokens than the call was granted"
+            );
+        }
         let usd = reservation.settle(resp.usage);
         tracker.add_tokens(resp.usage, usd);
+        tracker.add_over_grant(excess);
         if !span.is_disabled() {
             let reasons: Vec<&str> = resp
                 .choices
@@ -380,6 +446,7 @@ impl RunContext {
                 finish_reason: resp.finish_reason().map(str::to_owned),
                 spent: self.ledger.spent(),
                 remaining: self.ledger.remaining(),
+                usage_over_grant: (excess > 0).then_some(excess),
             });
         }
     }
@@ -419,11 +486,12 @@ impl RunContext {
     }
 }
 
-/// The request an attempt sends: the caller's, or a copy whose `max_tokens` the budget trimmed.
+/// The request an attempt sends: the caller's when its `max_tokens` is the grant, else a copy
+/// whose `max_tokens` is set to the grant (trimmed, or filled in when the caller set none).
 /// The copy is boxed: held by value, it would sit in every call's future (240 bytes).
 enum Sent<'r> {
     Same(&'r ChatRequest),
-    Trimmed(Box<ChatRequest>),
+    Granted(Box<ChatRequest>),
 }
 
 impl Deref for Sent<'_> {
@@ -431,7 +499,7 @@ impl Deref for Sent<'_> {
     fn deref(&self) -> &ChatRequest {
         match self {
             Self::Same(r) => r,
-            Self::Trimmed(r) => r,
+            Self::Granted(r) => r,
         }
     }
 }
@@ -440,7 +508,7 @@ impl Sent<'_> {
     fn into_owned(self) -> ChatRequest {
         match self {
             Self::Same(r) => r.clone(),
-            Self::Trimmed(r) => *r,
+            Self::Granted(r) => *r,
         }
     }
 }

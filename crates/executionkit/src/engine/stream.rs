@@ -231,6 +231,7 @@ impl StreamingResult {
         let mut r = PatternResult::new(text).with_cost(self.cost());
         r.usd = self.usd();
         r.metadata = self.metadata.clone();
+        self.tracker.over_grant().apply_to_metadata(&mut r.metadata);
         Ok(r)
     }
 }

@@ -361,10 +361,7 @@ impl Consensus {
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
         let tracker = CostTracker::new();
-        let fail = |e: Error, tracker: &CostTracker| {
-            e.with_cost(tracker.usage())
-                .with_usd(ctx.tracker_usd(tracker))
-        };
+        let fail = |e: Error, tracker: &CostTracker| ctx.spend_error(e, tracker);
         let mut messages = Vec::with_capacity(2);
         if let Some(s) = &self.system {
             messages.push(Message::system(s.clone()));
@@ -417,14 +414,12 @@ impl Consensus {
         };
         let t = tally_keys(&keys, self.strategy).map_err(|e| fail(e, &tracker))?;
         let value = texts.into_iter().nth(t.winner_index).unwrap_or_default();
-        let mut result = PatternResult::new(value)
+        let result = PatternResult::new(value)
             .with_score(t.agreement_ratio)
-            .with_cost(tracker.usage())
             .with_metadata("agreement_ratio", t.agreement_ratio)
             .with_metadata("unique_responses", t.unique_responses)
             .with_metadata("tie_count", t.tie_count);
-        result.usd = ctx.tracker_usd(&tracker);
-        Ok(result)
+        Ok(ctx.spend_result(result, &tracker))
     }
 }
 

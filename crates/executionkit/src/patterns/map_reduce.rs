@@ -307,13 +307,12 @@ impl MapReduce {
             }
             outputs = reduced;
         };
-        Ok(PatternResult::new(value)
-            .with_cost(tracker.usage())
+        let result = PatternResult::new(value)
             .with_metadata("map_count", items.len())
             .with_metadata("reduce_calls", reduce_calls)
             .with_metadata("reduce_levels", levels)
-            .with_metadata("total_calls", tracker.usage().llm_calls)
-            .with_usd(ctx.tracker_usd(&tracker)))
+            .with_metadata("total_calls", tracker.usage().llm_calls);
+        Ok(ctx.spend_result(result, &tracker))
     }
 
     fn reduce_prompt(&self, outputs: &[String]) -> String {
@@ -391,25 +390,11 @@ impl MapReduce {
                 Ok(resp) => resp.content().clone_into(&mut out[i]),
                 Err(e) => {
                     drop(calls);
-                    return Err(e
-                        .with_cost(tracker.usage())
-                        .with_usd(ctx.tracker_usd(tracker)));
+                    return Err(ctx.spend_error(e, tracker));
                 }
             }
         }
         Ok(out)
-    }
-}
-
-/// A `PatternResult` money setter (the result type has none).
-trait WithUsd {
-    fn with_usd(self, usd: Option<f64>) -> Self;
-}
-
-impl<T> WithUsd for PatternResult<T> {
-    fn with_usd(mut self, usd: Option<f64>) -> Self {
-        self.usd = usd;
-        self
     }
 }
 

@@ -842,16 +842,15 @@ impl ReactLoop {
                 let content = resp.content().to_owned();
                 history.push(Message::assistant(content.clone()));
                 let metadata = self.metadata(&counters, ReactTermination::Natural, &history);
-                let mut result = PatternResult::new(content).with_cost(tracker.usage());
-                result.usd = ctx.tracker_usd(&tracker);
+                let mut result = PatternResult::new(content);
                 result.metadata = metadata;
-                return Ok((result, history));
+                return Ok((ctx.spend_result(result, &tracker), history));
             }
             history.push(Message::assistant_tool_calls(resp.content(), calls.clone()));
-            let replies = self.run_round(&calls, &by_name, ctx).await.map_err(|e| {
-                e.with_cost(tracker.usage())
-                    .with_usd(ctx.tracker_usd(&tracker))
-            })?;
+            let replies = self
+                .run_round(&calls, &by_name, ctx)
+                .await
+                .map_err(|e| ctx.spend_error(e, &tracker))?;
             for (obs, counted) in replies {
                 if counted {
                     counters.tool_calls_made += 1;
@@ -879,15 +878,16 @@ impl ReactLoop {
             }
         }
         let metadata = self.metadata(&counters, ReactTermination::MaxIterations, &history);
-        let mut err = Error::new(
-            ErrorKind::MaxIterations,
-            format!(
-                "react_loop reached max_rounds ({}) without a final answer",
-                self.max_rounds
+        let mut err = ctx.spend_error(
+            Error::new(
+                ErrorKind::MaxIterations,
+                format!(
+                    "react_loop reached max_rounds ({}) without a final answer",
+                    self.max_rounds
+                ),
             ),
-        )
-        .with_cost(tracker.usage())
-        .with_usd(ctx.tracker_usd(&tracker));
+            &tracker,
+        );
         for (k, v) in metadata {
             err = err.with_metadata(&k, v);
         }
@@ -938,9 +938,11 @@ impl ReactLoop {
             t.clone()
         } else {
             let dropped = history[1..boundary].to_vec();
-            let summary = summarizer(dropped)
-                .await
-                .map_err(|e| e.add_cost(tracker.usage(), None))?;
+            let summary = summarizer(dropped).await.map_err(|e| {
+                tracker
+                    .over_grant()
+                    .apply_to_error(e.add_cost(tracker.usage(), None))
+            })?;
             if let Some(u) = summary.usage {
                 tracker.add_usage(u, None);
             }

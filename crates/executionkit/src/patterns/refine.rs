@@ -439,9 +439,7 @@ impl RefineLoop {
         );
         match run.execute(draft).instrument(span).await {
             Ok(r) => Ok(r),
-            Err(e) => Err(e
-                .with_cost(run.tracker.usage())
-                .with_usd(ctx.tracker_usd(&run.tracker))),
+            Err(e) => Err(ctx.spend_error(e, &run.tracker)),
         }
     }
 }
@@ -515,15 +513,13 @@ impl Run<'_> {
             None => TerminationReason::MaxIterations,
         };
         let (text, score) = best;
-        let mut result = PatternResult::new(text)
+        let result = PatternResult::new(text)
             .with_score(score)
-            .with_cost(self.tracker.usage())
             .with_metadata("iterations", iterations)
             .with_metadata("converged", stop.is_some())
             .with_metadata("score_history", history)
             .with_metadata("termination_reason", reason.as_str());
-        result.usd = self.ctx.tracker_usd(&self.tracker);
-        Ok(result)
+        Ok(self.ctx.spend_result(result, &self.tracker))
     }
 
     fn task_messages(&self) -> Vec<Message> {

@@ -590,12 +590,11 @@ async fn run_core<A>(
                 Err(msg) => format!("JSON Schema validation failed: {msg}"),
                 Ok(()) => match accept(v.clone()) {
                     Ok(a) => {
-                        return Ok(PatternResult::new((a, v))
-                            .with_cost(tracker.usage())
-                            .with_usd_opt(ctx.tracker_usd(&tracker))
+                        let result = PatternResult::new((a, v))
                             .with_metadata("parse_attempts", parse_attempts)
                             .with_metadata("repair_attempts", repair_attempts)
-                            .with_metadata("validated", true));
+                            .with_metadata("validated", true);
+                        return Ok(ctx.spend_result(result, &tracker));
                     }
                     Err(msg) => msg,
                 },
@@ -617,22 +616,8 @@ async fn run_core<A>(
             .to_owned();
     }
     Err(with_counts(
-        Error::new(ErrorKind::Parse, last_error)
-            .with_cost(tracker.usage())
-            .with_usd(ctx.tracker_usd(&tracker)),
+        ctx.spend_error(Error::new(ErrorKind::Parse, last_error), &tracker),
         parse_attempts,
         repair_attempts,
     ))
-}
-
-/// `PatternResult::usd` setter kept local (the result type has no builder for it).
-trait WithUsd {
-    fn with_usd_opt(self, usd: Option<f64>) -> Self;
-}
-
-impl<T> WithUsd for PatternResult<T> {
-    fn with_usd_opt(mut self, usd: Option<f64>) -> Self {
-        self.usd = usd;
-        self
-    }
 }

@@ -12,13 +12,13 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 
-mod http1;
 mod mock;
 mod offline;
 mod openai;
 pub mod parse;
 mod plain;
 pub mod sse;
+mod transport;
 
 pub use mock::{MockCall, MockProvider};
 pub use offline::OfflineModel;

@@ -1,5 +1,6 @@
-//! The OpenAI-compatible HTTP provider: one pooled `reqwest` client (rustls, keep-alive,
-//! redirects disabled) speaking the chat-completions dialect in JSON and SSE.
+//! The OpenAI-compatible HTTP provider: one pooled hyper transport (HTTP/1.1 and HTTP/2,
+//! rustls, proxies from the environment, no redirects) speaking the chat-completions dialect in
+//! JSON and SSE.
 //!
 //! ```
 //! use std::time::Duration;
@@ -22,14 +23,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, stream};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, Url};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
+use url::Url;
 
-use super::http1::{Http1, StatusError};
 use super::parse::{error_detail, is_insufficient_quota, parse_completion, parse_retry_after};
 use super::sse::{IdleError, IdleTimeout, StreamAccumulator};
+use super::transport::{self, BodyStream, Reply, Settings, Transport, TransportError};
 use super::{ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent};
 use crate::error::{Error, ErrorKind, Result};
 use crate::redact::{REDACTED, redact};
@@ -38,6 +39,8 @@ use crate::redact::{REDACTED, redact};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The default stream idle timeout (60 s): a stream that sends nothing for this long fails.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default total deadline of a stream (10 minutes): keep-alives and comments do not extend it.
+pub const DEFAULT_STREAM_DEADLINE: Duration = Duration::from_secs(600);
 /// The default temperature of requests that set none (0.7).
 pub const DEFAULT_TEMPERATURE: f64 = 0.7;
 
@@ -67,9 +70,8 @@ pub struct Provider {
 }
 
 struct Inner {
-    client: reqwest::Client,
+    transport: Arc<Transport>,
     base_url: String,
-    url: Url,
     model: String,
     api_key: String,
     timeout: Duration,
@@ -77,8 +79,7 @@ struct Inner {
     default_temperature: f64,
     default_max_tokens: u32,
     supports_n: bool,
-    /// The lean HTTP/1.1 client for plain `http://` endpoints (the non-streaming hot path).
-    fast: Option<Http1>,
+    stream_deadline: Duration,
 }
 
 impl fmt::Debug for Provider {
@@ -124,6 +125,10 @@ pub struct ProviderBuilder {
     default_temperature: f64,
     default_max_tokens: u32,
     supports_n: bool,
+    stream_deadline: Duration,
+    max_response_bytes: usize,
+    root_pems: Vec<Vec<u8>>,
+    use_env_proxy: bool,
 }
 
 impl fmt::Debug for ProviderBuilder {
@@ -140,6 +145,10 @@ impl fmt::Debug for ProviderBuilder {
             .field("default_temperature", &self.default_temperature)
             .field("default_max_tokens", &self.default_max_tokens)
             .field("supports_n", &self.supports_n)
+            .field("stream_deadline", &self.stream_deadline)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("root_certificates", &self.root_pems.len())
+            .field("use_env_proxy", &self.use_env_proxy)
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +173,10 @@ impl Provider {
             default_temperature: DEFAULT_TEMPERATURE,
             default_max_tokens: DEFAULT_MAX_TOKENS,
             supports_n: true,
+            stream_deadline: DEFAULT_STREAM_DEADLINE,
+            max_response_bytes: transport::DEFAULT_MAX_RESPONSE_BYTES,
+            root_pems: Vec::new(),
+            use_env_proxy: true,
         }
     }
 
@@ -208,6 +221,17 @@ impl Provider {
     #[must_use]
     pub fn stream_idle_timeout(&self) -> Duration {
         self.inner.stream_idle_timeout
+    }
+
+    /// A stream's total deadline.
+    ///
+    /// ```
+    /// let p = executionkit::Provider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// assert_eq!(p.stream_deadline().as_secs(), 600);
+    /// ```
+    #[must_use]
+    pub fn stream_deadline(&self) -> Duration {
+        self.inner.stream_deadline
     }
 
     /// The temperature sent when a request sets none.
@@ -361,6 +385,57 @@ impl ProviderBuilder {
         self
     }
 
+    /// Sets a stream's total deadline (default 10 minutes): a stream still open this long after
+    /// its reply head arrived fails with a `timeout` error, however steadily it sends.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m")
+    ///     .stream_deadline(Duration::from_secs(30)).build().unwrap();
+    /// assert_eq!(p.stream_deadline(), Duration::from_secs(30));
+    /// ```
+    pub fn stream_deadline(mut self, deadline: Duration) -> Self {
+        self.stream_deadline = deadline;
+        self
+    }
+
+    /// Caps one reply body (default 64 MiB, counted in raw bytes read over HTTP/1.1): a larger
+    /// reply fails with a `provider` error and its connection is closed.
+    ///
+    /// ```
+    /// let e = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").max_response_bytes(0).build().unwrap_err();
+    /// assert_eq!(e.metadata()["argument"], "max_response_bytes");
+    /// ```
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = limit;
+        self
+    }
+
+    /// Trusts every certificate in `pem` (e.g. a private CA) for https, beside webpki's roots
+    /// and the system's (`SSL_CERT_FILE` / `SSL_CERT_DIR` replace the system's when set).
+    ///
+    /// ```
+    /// let e = executionkit::Provider::builder("https://127.0.0.1:1/v1", "m")
+    ///     .root_certificate_pem("not a certificate").build().unwrap_err();
+    /// assert_eq!(e.metadata()["argument"], "root_certificate_pem");
+    /// ```
+    pub fn root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.root_pems.push(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Ignores the proxy variables (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, in
+    /// either case), which are honoured by default.
+    ///
+    /// ```
+    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").no_proxy().build();
+    /// assert!(p.is_ok());
+    /// ```
+    pub fn no_proxy(mut self) -> Self {
+        self.use_env_proxy = false;
+        self
+    }
+
     /// Checks every argument and creates the pooled client. Fails with `invalid_argument`
     /// naming the argument: empty model, a scheme other than http/https, an unparsable URL, a
     /// non-finite or negative default temperature, zero default `max_tokens`, a zero timeout,
@@ -417,6 +492,7 @@ impl ProviderBuilder {
             ("timeout", Some(self.timeout)),
             ("stream_idle_timeout", Some(self.stream_idle_timeout)),
             ("connect_timeout", self.connect_timeout),
+            ("stream_deadline", Some(self.stream_deadline)),
         ] {
             if d.is_some_and(|d| d.is_zero()) {
                 return Err(Error::invalid_argument(
@@ -426,6 +502,12 @@ impl ProviderBuilder {
             }
         }
 
+        if self.max_response_bytes == 0 {
+            return Err(Error::invalid_argument(
+                "max_response_bytes",
+                "max_response_bytes must be >= 1, got 0",
+            ));
+        }
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if !self.api_key.is_empty() {
@@ -459,30 +541,31 @@ impl ProviderBuilder {
             headers.insert(n, v);
         }
 
-        let fast = Http1::for_url(&url, &headers, self.connect_timeout);
-        let mut client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .redirect(reqwest::redirect::Policy::none())
-            .default_headers(headers)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90));
-        if let Some(d) = self.connect_timeout {
-            client = client.connect_timeout(d);
+        let mut roots = Vec::new();
+        for pem in &self.root_pems {
+            roots.extend(transport::pem_certificates(pem).map_err(|e| {
+                Error::invalid_argument(
+                    "root_certificate_pem",
+                    format!("root_certificate_pem: {e}"),
+                )
+            })?);
         }
-        let client = client.build().map_err(|e| {
-            Error::new(
-                ErrorKind::Transport,
-                format!(
-                    "Transport failure: could not create the HTTP client: {}",
-                    redact(&error_chain(&e))
-                ),
+        let settings = Settings {
+            connect_timeout: self.connect_timeout,
+            max_response_bytes: self.max_response_bytes,
+            roots,
+            use_env_proxy: self.use_env_proxy,
+        };
+        let transport = Transport::new(&url, headers, settings).map_err(|e| {
+            Error::invalid_argument(
+                "base_url",
+                format!("base_url cannot be used: {}", redact(&e)),
             )
         })?;
         Ok(Provider {
             inner: Arc::new(Inner {
-                client,
+                transport: Arc::new(transport),
                 base_url: self.base_url,
-                url,
                 model: self.model,
                 api_key: self.api_key,
                 timeout: self.timeout,
@@ -490,7 +573,7 @@ impl ProviderBuilder {
                 default_temperature: self.default_temperature,
                 default_max_tokens: self.default_max_tokens,
                 supports_n: self.supports_n,
-                fast,
+                stream_deadline: self.stream_deadline,
             }),
         })
     }
@@ -626,13 +709,6 @@ impl Inner {
         Ok(buf)
     }
 
-    fn http_request(&self, body: Vec<u8>, timeout: Option<Duration>) -> reqwest::Request {
-        let mut req = reqwest::Request::new(Method::POST, self.url.clone());
-        *req.body_mut() = Some(body.into());
-        *req.timeout_mut() = timeout;
-        req
-    }
-
     fn secret(&self) -> Option<&str> {
         (!self.api_key.is_empty()).then_some(self.api_key.as_str())
     }
@@ -671,83 +747,62 @@ impl Inner {
         }
     }
 
-    /// A `transport` (or, for a timeout, `timeout`) error: "Transport failure: <reason>".
-    fn transport_error(&self, e: reqwest::Error) -> Error {
-        let e = e.without_url();
+    /// A `transport` (or, for a timeout, `timeout`; for a protocol break or a cap, `provider`)
+    /// error: "Transport failure: <reason>".
+    fn transport_error(&self, e: TransportError) -> Error {
         let kind = if e.is_timeout() {
             ErrorKind::Timeout
+        } else if e.is_protocol() {
+            ErrorKind::Provider
         } else {
             ErrorKind::Transport
         };
-        let mut msg = format!("Transport failure: {}", self.clean(&error_chain(&e)));
-        if e.is_timeout() {
-            if e.is_connect() {
-                msg.push_str(" (connect timeout)");
-            } else {
-                msg.push_str(&format!(
-                    " (request timeout {:.1} s)",
-                    self.timeout.as_secs_f64()
-                ));
-            }
-        }
+        let msg = format!("Transport failure: {}", self.clean(&error_chain(&e)));
         Error::new(kind, msg).with_source(e)
     }
 
     /// Reads (a bounded prefix of) a failed reply and classifies it (§3.1).
-    async fn status_error(&self, mut resp: reqwest::Response) -> Error {
-        let status = resp.status().as_u16();
-        let retry_after = (status == 429).then(|| retry_after_of(resp.headers()));
-        let cause = resp
-            .error_for_status_ref()
-            .err()
-            .map(reqwest::Error::without_url);
-        let mut body = Vec::new();
-        let read = async {
-            while let Ok(Some(chunk)) = resp.chunk().await {
-                body.extend_from_slice(&chunk);
-                if body.len() >= MAX_ERROR_BODY {
-                    break;
-                }
-            }
-        };
+    async fn status_error(&self, reply: Box<Reply>) -> Error {
+        let status = reply.status.as_u16();
+        let retry_after = (status == 429).then(|| retry_after_of(&reply.headers));
         // An unreadable or slow error body is treated as `{}`.
-        if tokio::time::timeout(self.timeout, read).await.is_err() {
-            body.clear();
+        let body = tokio::time::timeout(self.timeout, Box::pin((*reply).prefix(MAX_ERROR_BODY)))
+            .await
+            .unwrap_or_default();
+        let e = classify_status(status, &body, retry_after, |d| self.clean(d));
+        e.with_source(StatusError(status))
+    }
+
+    /// Sends `body` and waits for the reply head (within the request timeout).
+    /// The reply is boxed: it lives across the body's reads in every call's future.
+    async fn send(&self, body: Vec<u8>) -> Result<Box<Reply>> {
+        match tokio::time::timeout(
+            self.timeout,
+            Box::pin(self.transport.send(Bytes::from(body))),
+        )
+        .await
+        {
+            Ok(r) => r.map(Box::new).map_err(|e| self.transport_error(e)),
+            Err(_) => Err(self.no_response()),
         }
-        let mut e = classify_status(status, &body, retry_after, |d| self.clean(d));
-        if let Some(cause) = cause {
-            e = e.with_source(cause);
-        }
-        e
     }
 
     async fn complete(&self, request: &ChatRequest) -> Result<LlmResponse> {
         request.validate()?;
         let body = self.body(request, false)?;
-        match &self.fast {
-            Some(fast) => self.complete_fast(fast, &body).await,
-            // Boxed: inline, reqwest's future made every call's future too large for the
-            // allocator's fast size classes, the lean path's calls included.
-            None => Box::pin(self.complete_reqwest(body)).await,
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let reply = self.send(body).await?;
+        if !reply.status.is_success() {
+            return Err(self.status_error(reply).await);
         }
+        let bytes = match tokio::time::timeout_at(deadline, Box::pin((*reply).bytes())).await {
+            Ok(r) => r.map_err(|e| self.transport_error(e))?,
+            Err(_) => return Err(self.no_response()),
+        };
+        parse_reply(&bytes).map_err(|e| self.scrub(e))
     }
 
-    /// `complete` over reqwest (https, proxies).
-    async fn complete_reqwest(&self, body: Vec<u8>) -> Result<LlmResponse> {
-        let req = self.http_request(body, Some(self.timeout));
-        let resp = self
-            .client
-            .execute(req)
-            .await
-            .map_err(|e| self.transport_error(e))?;
-        if !resp.status().is_success() {
-            return Err(self.status_error(resp).await);
-        }
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
-        parse_completion(&bytes).map_err(|e| self.scrub(e))
-    }
-
-    /// The error of a request that got no response within the request timeout.
+    /// The error of a request that got no (whole) response within the request timeout.
     fn no_response(&self) -> Error {
         Error::new(
             ErrorKind::Timeout,
@@ -758,49 +813,20 @@ impl Inner {
         )
     }
 
-    /// `complete` over the lean HTTP/1.1 client: the same errors as over reqwest.
-    async fn complete_fast(&self, fast: &Http1, body: &[u8]) -> Result<LlmResponse> {
-        let reply = match tokio::time::timeout(self.timeout, fast.post(body)).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => {
-                let msg = format!("Transport failure: {}", self.clean(&error_chain(&e)));
-                return Err(Error::new(ErrorKind::Transport, msg).with_source(e));
-            }
-            Err(_) => {
-                return Err(self.no_response());
-            }
-        };
-        if !(200..300).contains(&reply.status) {
-            let retry_after = (reply.status == 429).then(|| retry_after_of(&reply.headers));
-            let body = &reply.body[..reply.body.len().min(MAX_ERROR_BODY)];
-            let e = classify_status(reply.status, body, retry_after, |d| self.clean(d));
-            return Err(match StatusError::of(reply.status) {
-                Some(cause) => e.with_source(cause),
-                None => e,
-            });
-        }
-        parse_reply(&reply.body).map_err(|e| self.scrub(e))
-    }
-
     async fn open_stream(self: Arc<Self>, request: ChatRequest) -> Result<ChatStream> {
         request.validate()?;
         let body = self.body(&request, true)?;
         drop(request);
-        let req = self.http_request(body, None);
-        let resp = match tokio::time::timeout(self.timeout, self.client.execute(req)).await {
-            Ok(r) => r.map_err(|e| self.transport_error(e))?,
-            Err(_) => {
-                return Err(self.no_response());
-            }
-        };
-        if !resp.status().is_success() {
-            return Err(self.status_error(resp).await);
+        let reply = self.send(body).await?;
+        if !reply.status.is_success() {
+            return Err(self.status_error(reply).await);
         }
-        if is_json(resp.headers()) {
+        if is_json(&reply.headers) {
             // A server that ignores `"stream": true` answers with one JSON completion.
-            return self.whole_reply_as_stream(resp).await;
+            return self.whole_reply_as_stream(reply).await;
         }
-        let bytes = IdleTimeout::new(resp.bytes_stream(), self.stream_idle_timeout);
+        let bytes: BodyStream = (*reply).into_stream(self.stream_deadline);
+        let bytes = IdleTimeout::new(bytes, self.stream_idle_timeout);
         let decoder = Decoder {
             events: eventsource_stream::EventStream::new(bytes).boxed(),
             acc: StreamAccumulator::new(),
@@ -819,8 +845,8 @@ impl Inner {
     }
 
     /// A non-streamed JSON reply to a stream request, as the events a stream would give.
-    async fn whole_reply_as_stream(&self, resp: reqwest::Response) -> Result<ChatStream> {
-        let bytes = match tokio::time::timeout(self.timeout, resp.bytes()).await {
+    async fn whole_reply_as_stream(&self, reply: Box<Reply>) -> Result<ChatStream> {
+        let bytes = match tokio::time::timeout(self.timeout, (*reply).bytes()).await {
             Ok(r) => r.map_err(|e| self.transport_error(e))?,
             Err(_) => {
                 return Err(Error::new(
@@ -832,7 +858,7 @@ impl Inner {
                 ));
             }
         };
-        let r = parse_completion(&bytes).map_err(|e| self.scrub(e))?;
+        let r = parse_reply(&bytes).map_err(|e| self.scrub(e))?;
         let mut events = Vec::with_capacity(2 + r.tool_calls().len());
         if !r.content().is_empty() {
             events.push(Ok(StreamEvent::TextDelta(r.content().to_owned())));
@@ -849,6 +875,22 @@ impl Inner {
         Ok(stream::iter(events).boxed())
     }
 }
+
+/// The cause attached to an error built from a 4xx or 5xx reply.
+#[derive(Debug)]
+struct StatusError(u16);
+
+impl fmt::Display for StatusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reason = http::StatusCode::from_u16(self.0)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        write!(f, "HTTP status {} {reason}", self.0)
+    }
+}
+
+impl std::error::Error for StatusError {}
 
 /// A 2xx body of the common shape, read without building a JSON tree: a top-level object whose
 /// `choices` is a non-empty list of objects with an optional `message` object holding a string
@@ -978,7 +1020,7 @@ enum Step {
     Last(Result<StreamEvent>),
 }
 
-type SseError = eventsource_stream::EventStreamError<IdleError<reqwest::Error>>;
+type SseError = eventsource_stream::EventStreamError<IdleError<TransportError>>;
 
 impl Decoder {
     async fn next_item(&mut self) -> Step {
@@ -1051,7 +1093,7 @@ fn retry_after_of(headers: &HeaderMap) -> Duration {
         .filter(|x| x.is_finite());
     let secs = match ms {
         Some(ms) => (ms / 1000.0).max(0.0),
-        None => match headers.get(reqwest::header::RETRY_AFTER) {
+        None => match headers.get(RETRY_AFTER) {
             Some(v) => parse_retry_after(v.to_str().unwrap_or(""), 1.0),
             None => 1.0,
         },
