@@ -166,10 +166,18 @@ pub enum Framing {
     Interim,
 }
 
-/// A server answering each request with `kind`, the reply's content `echo:<prompt>`. When the
-/// client sends another request on the same connection afterwards, it notes `reused`.
+/// A server answering the first request of its first connection with `kind` (the reply's
+/// content `echo:<prompt>`), and every other request plainly. When the client sends another
+/// request on that first connection, it notes `reused`.
 pub async fn framing(kind: Framing) -> Hostile {
     Hostile::start(move |mut conn: Conn| async move {
+        if conn.index > 0 {
+            while let Some(req) = conn.try_read_request().await? {
+                conn.write_all(&ok_json(&completion(&format!("echo:{}", req.prompt()))))
+                    .await?;
+            }
+            return Ok(());
+        }
         let req = conn.read_request().await?;
         let body = completion(&format!("echo:{}", req.prompt()));
         let reply: Vec<u8> = match kind {
