@@ -11,6 +11,7 @@
 //! ```
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure here is a failed test
+#![allow(dead_code)] // each test file uses part of this
 
 use std::io;
 use std::net::SocketAddr;

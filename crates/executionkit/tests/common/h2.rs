@@ -3,7 +3,9 @@
 //! with a closure of the request: a status, headers and a body, whole or as chunks (SSE events)
 //! with delays. It counts connections and requests, records the most streams in flight at once,
 //! takes a `max_concurrent_streams`, and can send GOAWAY (a graceful shutdown of a connection:
-//! hyper sends GOAWAY, lets open streams finish, refuses new ones) or answer a stream with
+//! hyper sends GOAWAY, lets open streams finish, refuses new ones), drop a connection with its
+//! open streams (hyper's server offers no GOAWAY with a chosen last stream id or error code, so
+//! an abrupt end is a dropped connection), or answer a stream with
 //! `RST_STREAM(REFUSED_STREAM)` (a service error carrying an `h2::Error` of that reason, which
 //! hyper turns into the reset's code).
 //!
@@ -13,6 +15,7 @@
 //! ```
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure here is a failed test
+#![allow(dead_code)] // each test file uses part of this
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -86,6 +89,9 @@ pub struct H2Reply {
     pub delay: Duration,
     /// Start a graceful shutdown (GOAWAY) of this request's connection once it is received.
     pub goaway: bool,
+    /// Close this request's connection at once, unanswered (no GOAWAY: the TCP connection is
+    /// dropped with every stream on it).
+    pub close: bool,
 }
 
 impl H2Reply {
@@ -102,6 +108,7 @@ impl H2Reply {
             body: H2Body::Full(Bytes::from(body.into())),
             delay: Duration::ZERO,
             goaway: false,
+            close: false,
         }
     }
 
@@ -118,6 +125,7 @@ impl H2Reply {
             ),
             delay: Duration::ZERO,
             goaway: false,
+            close: false,
         }
     }
 
@@ -144,6 +152,13 @@ impl H2Reply {
     /// Sends GOAWAY on this request's connection (the request itself is still answered).
     pub fn then_goaway(mut self) -> Self {
         self.goaway = true;
+        self
+    }
+
+    /// Drops this request's connection at once (this request and every other one open on it
+    /// stay unanswered).
+    pub fn then_close(mut self) -> Self {
+        self.close = true;
         self
     }
 }
@@ -206,12 +221,13 @@ impl H2Server {
                         return;
                     };
                     let local_goaway = Arc::new(Notify::new());
-                    let notify = Arc::clone(&local_goaway);
+                    let local_close = Arc::new(Notify::new());
+                    let notify = (Arc::clone(&local_goaway), Arc::clone(&local_close));
                     let service = service_fn(move |req: hyper::Request<Incoming>| {
                         let handler = Arc::clone(&handler);
                         let stats = Arc::clone(&stats);
-                        let notify = Arc::clone(&notify);
-                        serve(req, index, handler, stats, notify)
+                        let (goaway, close) = (Arc::clone(&notify.0), Arc::clone(&notify.1));
+                        serve(req, index, handler, stats, goaway, close)
                     });
                     let mut builder = http2::Builder::new(TokioExecutor::new());
                     if let Some(n) = max_streams {
@@ -233,6 +249,8 @@ impl H2Server {
                                 conn.as_mut().graceful_shutdown();
                                 shutting_down = true;
                             }
+                            // Dropping the connection closes the socket under every stream.
+                            () = local_close.notified() => break,
                         }
                     }
                 });
@@ -280,6 +298,7 @@ async fn serve<F>(
     handler: Arc<F>,
     stats: Arc<Stats>,
     goaway: Arc<Notify>,
+    close: Arc<Notify>,
 ) -> Result<hyper::Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>
 where
     F: Fn(H2Request) -> H2Reply,
@@ -312,6 +331,9 @@ where
     let reply = handler(request);
     if reply.goaway {
         goaway.notify_one();
+    }
+    if reply.close {
+        close.notify_one();
     }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;

@@ -10,6 +10,7 @@
 //! ```
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure here is a failed test
+#![allow(dead_code)] // each test file uses part of this
 
 use std::io;
 use std::net::SocketAddr;
@@ -238,7 +239,8 @@ impl TlsRelay {
     }
 }
 
-/// The socket address of an `http://host:port…` URL (e.g. `EK_LLMOCK_URL`).
+/// The socket address of an `http://[user:pass@]host:port…` URL (e.g. `EK_LLMOCK_URL`,
+/// `EK_PROXY_AUTH_URL`).
 pub fn addr_of(url: &str) -> SocketAddr {
     use std::net::ToSocketAddrs;
     let rest = url
@@ -246,6 +248,7 @@ pub fn addr_of(url: &str) -> SocketAddr {
         .or_else(|| url.strip_prefix("https://"))
         .unwrap_or(url);
     let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
     authority
         .to_socket_addrs()
         .expect("resolve")
