@@ -70,14 +70,18 @@ pub fn select(common: &Common, env: &Env) -> Result<Selected, Error> {
             Error::invalid_argument(
                 "model",
                 format!(
-                    "an endpoint ({base_url}) needs a model: pass --model NAME or set EXECUTIONKIT_MODEL"
+                    "an endpoint ({}) needs a model: pass --model NAME or set EXECUTIONKIT_MODEL",
+                    shown(&base_url)
                 ),
             )
         })?;
     let url = url::Url::parse(&base_url).map_err(|e| {
         Error::invalid_argument(
             "base_url",
-            format!("--base-url / EXECUTIONKIT_BASE_URL is not a valid URL ({e}): {base_url}"),
+            format!(
+                "--base-url / EXECUTIONKIT_BASE_URL is not a valid URL ({e}): {}",
+                shown(&base_url)
+            ),
         )
     })?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -100,6 +104,12 @@ pub fn select(common: &Common, env: &Env) -> Result<Selected, Error> {
         provider: Arc::new(provider),
         offline: false,
     })
+}
+
+/// `url` as it may be printed: user information (`user:pass@`) and credential-shaped query
+/// parameters replaced by `[REDACTED]`.
+fn shown(url: &str) -> String {
+    executionkit::redact::redact(url)
 }
 
 /// The key for `url`: `--api-key`, else `EXECUTIONKIT_API_KEY`, else `OPENAI_API_KEY` only when
@@ -167,6 +177,39 @@ mod tests {
             Some("flag")
         );
         assert_eq!(api_key_for(&other, None, &e).as_deref(), Some("ek-key"));
+    }
+
+    fn select_for(base_url: &str, model: Option<&str>) -> Error {
+        use clap::Parser;
+        let mut args = vec!["ek", "refine", "p", "--base-url", base_url];
+        if let Some(m) = model {
+            args.extend(["--model", m]);
+        }
+        let cli = crate::cli::Cli::try_parse_from(args).unwrap();
+        select(cli.command.common(), &Env::default()).err().unwrap()
+    }
+
+    #[test]
+    fn url_credentials_are_never_in_errors() {
+        for (url, model) in [
+            ("http://bot:hunter2pass@127.0.0.1:8080/v1", None),
+            ("http://bot:hunter2pass@127.0.0.1:99999/v1", Some("m")),
+            ("ftp://bot:hunter2pass@127.0.0.1/v1", Some("m")),
+        ] {
+            let e = select_for(url, model);
+            for text in [
+                e.message().to_owned(),
+                format!("{e:?}"),
+                e.to_json().to_string(),
+            ] {
+                assert!(!text.contains("hunter2pass"), "{text}");
+            }
+        }
+        assert!(
+            select_for("http://bot:hunter2pass@127.0.0.1:8080/v1", None)
+                .message()
+                .contains("http://[REDACTED]@127.0.0.1:8080/v1")
+        );
     }
 
     #[test]

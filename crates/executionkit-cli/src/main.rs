@@ -9,11 +9,12 @@ mod endpoint;
 mod inputs;
 mod output;
 mod progress;
+mod secrets;
 mod step;
 mod tools;
 
 use std::ffi::OsString;
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use crate::cli::{
 };
 use crate::output::Shape;
 use crate::progress::Progress;
+use crate::secrets::Secrets;
 use crate::step::{Globals, StepPattern, parse_step};
 
 /// Exit code: the run failed after it started.
@@ -42,6 +44,9 @@ const EXIT_INTERRUPTED: u8 = 130;
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let json_requested = args.iter().any(|a| a == "--json");
+    let env = endpoint::Env::from_process();
+    // Gathered before parsing, so that a usage error quoting an argument is redacted too.
+    let secrets = Secrets::gather(&args, &env);
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -50,8 +55,18 @@ fn main() -> ExitCode {
                 let msg = msg.trim();
                 let msg = msg.strip_prefix("error: ").unwrap_or(msg);
                 let err = Error::invalid_argument("arguments", msg.to_owned());
-                output::print_json(&output::error_json(&err));
+                output::print_json(output::error_json(&err), &secrets);
                 return ExitCode::from(EXIT_USAGE);
+            }
+            let rendered = e.render().to_string();
+            if let std::borrow::Cow::Owned(clean) = secrets.text(&rendered) {
+                // clap quoted a secret: print the message without it (and without colour).
+                let _ = if e.use_stderr() {
+                    std::io::stderr().write_all(clean.as_bytes())
+                } else {
+                    std::io::stdout().write_all(clean.as_bytes())
+                };
+                return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
             }
             e.exit();
         }
@@ -70,11 +85,11 @@ fn main() -> ExitCode {
                 ErrorKind::Provider,
                 format!("cannot start the runtime: {e}"),
             );
-            output::print_error(&err, json);
+            output::print_error(&err, json, &secrets);
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let code = runtime.block_on(run(cli.command, json));
+    let code = runtime.block_on(run(cli.command, json, &env, &secrets));
     // In-flight requests of an interrupted run are dropped with the runtime, not awaited.
     runtime.shutdown_background();
     ExitCode::from(code)
@@ -107,15 +122,15 @@ struct Prepared {
     progress: Option<Progress>,
 }
 
-async fn run(command: Command, json: bool) -> u8 {
+async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secrets) -> u8 {
     let shape = match command {
         Command::Pipe(_) => Shape::Pipe,
         _ => Shape::Single,
     };
-    let prepared = match prepare(&command) {
+    let prepared = match prepare(&command, env, secrets) {
         Ok(p) => p,
         Err(e) => {
-            output::print_error(&e, json);
+            output::print_error(&e, json, secrets);
             return EXIT_USAGE;
         }
     };
@@ -158,31 +173,30 @@ async fn run(command: Command, json: bool) -> u8 {
     match outcome {
         Ok(done) => {
             match &done {
-                Done::Text(r) => output::print_success(r, json, shape),
-                Done::Json(r) => output::print_success(r, json, shape),
+                Done::Text(r) => output::print_success(r, json, shape, secrets),
+                Done::Json(r) => output::print_success(r, json, shape, secrets),
             }
             0
         }
         Err((e, code)) => {
-            output::print_error(&e, json);
+            output::print_error(&e, json, secrets);
             code
         }
     }
 }
 
 /// Reads and validates everything; no request is sent here.
-fn prepare(command: &Command) -> Result<Prepared, Error> {
+fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<Prepared, Error> {
     let common = command.common();
-    let env = endpoint::Env::from_process();
     let prompt = match command.prompt() {
         Some(p) => read_prompt(p)?,
         None => String::new(),
     };
     // Checked here too, so a bad --timeout is an error on the offline model as well.
     endpoint::timeout(common.timeout)?;
-    let selected = endpoint::select(common, &env)?;
+    let selected = endpoint::select(common, env)?;
     if selected.offline {
-        eprintln!("{}", endpoint::OFFLINE_NOTICE);
+        output::eprint_line(endpoint::OFFLINE_NOTICE, secrets);
     }
     let retry = RetryPolicy::new().try_max_retries(common.max_retries)?;
     let budget = budget(common)?;
@@ -216,7 +230,7 @@ fn prepare(command: &Command) -> Result<Prepared, Error> {
     // The bar exists only on a terminal; otherwise no event callback is registered at all.
     let progress = std::io::stderr()
         .is_terminal()
-        .then(|| Progress::new(&budget));
+        .then(|| Progress::new(&budget, secrets.clone()));
     if let Some(p) = &progress {
         let p = p.clone();
         ctx = ctx.on_event(move |e| p.on_event(e));

@@ -8,6 +8,8 @@ use executionkit::events::{Event, Remaining};
 use executionkit::{Budget, TokenUsage};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::secrets::Secrets;
+
 /// What the bar shows besides its position.
 #[derive(Default)]
 struct State {
@@ -22,11 +24,12 @@ struct State {
 pub struct Progress {
     bar: ProgressBar,
     state: Arc<Mutex<State>>,
+    secrets: Secrets,
 }
 
 impl Progress {
     /// A bar sized by the call limit when there is one, else a spinner with a counter.
-    pub fn new(budget: &Budget) -> Self {
+    pub fn new(budget: &Budget, secrets: Secrets) -> Self {
         let limit = budget.calls_limit();
         let bar = ProgressBar::with_draw_target(limit, ProgressDrawTarget::stderr());
         let template = if limit.is_some() {
@@ -41,6 +44,7 @@ impl Progress {
         Self {
             bar,
             state: Arc::new(Mutex::new(State::default())),
+            secrets,
         }
     }
 
@@ -64,7 +68,9 @@ impl Progress {
             }
             _ => return,
         }
-        self.bar.set_message(describe(&s));
+        // Numbers only today; redacted like every other line `ek` prints all the same.
+        let line = describe(&s);
+        self.bar.set_message(self.secrets.text(&line).into_owned());
     }
 
     /// Removes the bar from the terminal.
@@ -127,6 +133,7 @@ mod tests {
         let p = Progress {
             bar: ProgressBar::hidden(),
             state: Arc::new(Mutex::new(State::default())),
+            secrets: Secrets::default(),
         };
         let started = Event::CallStarted {
             call: 1,

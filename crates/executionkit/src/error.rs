@@ -3,8 +3,10 @@
 //! Every error has a [`kind`](Error::kind) from a closed set, a message that reads like help,
 //! the spend so far ([`cost`](Error::cost), [`usd`](Error::usd)) and JSON
 //! [`metadata`](Error::metadata). Messages that carry server or transport text are redacted
-//! (see [`redact`](crate::redact::redact)).
+//! (see [`redact`](crate::redact::redact)), and every error a pattern returns has had the
+//! provider's key removed from its message and metadata ([`Error::redacted_with`]).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -481,6 +483,68 @@ impl Error {
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.inner.source = Some(Box::new(source));
+        self
+    }
+
+    /// The same error with every echo of `secret` (the literal key, any letter case,
+    /// percent-encoded, cut short or in base64: see
+    /// [`redact_secret`](crate::redact::redact_secret)) replaced by `[REDACTED]` in the message
+    /// and in every string of the metadata, object keys included. The source chain is dropped
+    /// when any of its messages holds the secret. Kind, spend, HTTP status and `Retry-After`
+    /// are kept. `None`, or a secret shorter than 4 bytes, changes nothing.
+    ///
+    /// Every pattern's `run` returns its errors through this with the provider's
+    /// [`secret`](crate::LlmProvider::secret), so a key a server echoes into a judge reply or a
+    /// structured reply never reaches the caller.
+    ///
+    /// ```
+    /// use executionkit::{Error, ErrorKind};
+    /// let key = "sk-test-0123456789abcdef";
+    /// let e = Error::new(ErrorKind::Parse, "Cannot parse score from judge reply \"SK-TEST-0123456789ABCDEF\"")
+    ///     .with_metadata("reply", "sk%2Dtest%2D0123456789abcdef")
+    ///     .redacted_with(Some(key));
+    /// assert_eq!(e.message(), "Cannot parse score from judge reply \"[REDACTED]\"");
+    /// assert_eq!(e.metadata()["reply"], "[REDACTED]");
+    /// assert!(e.is_parse());
+    /// ```
+    #[must_use]
+    pub fn redacted_with(self, secret: Option<&str>) -> Self {
+        match secret {
+            Some(s) if s.len() >= crate::redact::MIN_SECRET_LEN => {
+                self.redact_text(&|t| crate::redact::redact_secret(t, s))
+            }
+            _ => self,
+        }
+    }
+
+    /// Rewrites the message and every metadata string with `f` (which borrows back what it
+    /// leaves unchanged); drops the source chain when `f` would change any of its messages.
+    pub(crate) fn redact_text(mut self, f: &dyn Fn(&str) -> Cow<'_, str>) -> Self {
+        if let Cow::Owned(m) = f(&self.inner.message) {
+            if m != self.inner.message {
+                self.inner.message = m;
+            }
+        }
+        if !self.inner.metadata.is_empty() {
+            let mut meta = Value::Object(std::mem::take(&mut self.inner.metadata));
+            crate::redact::redact_json_by(&mut meta, f);
+            if let Value::Object(m) = meta {
+                self.inner.metadata = m;
+            }
+        }
+        let mut leaks = false;
+        let mut src = std::error::Error::source(&self);
+        while let Some(s) = src {
+            let text = s.to_string();
+            if matches!(f(&text), Cow::Owned(r) if r != text) {
+                leaks = true;
+                break;
+            }
+            src = s.source();
+        }
+        if leaks {
+            self.inner.source = None;
+        }
         self
     }
 

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::engine::RunContext;
+use crate::engine::{RunContext, seal};
 use crate::error::Result;
 use crate::patterns::{Pattern, StepInput};
 use crate::provider::LlmProvider;
@@ -274,6 +274,15 @@ impl Pipe {
     /// # });
     /// ```
     pub async fn run(
+        &self,
+        provider: &dyn LlmProvider,
+        prompt: &str,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>> {
+        seal(self.run_unsealed(provider, prompt, ctx).await, provider)
+    }
+
+    async fn run_unsealed(
         &self,
         provider: &dyn LlmProvider,
         prompt: &str,

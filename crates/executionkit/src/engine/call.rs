@@ -2,6 +2,7 @@
 //! [`RunContext::complete`], which reserves budget, retries, emits events and tracing spans,
 //! and records usage.
 
+use std::borrow::Cow;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,7 +21,7 @@ use crate::events::{Event, EventSink};
 use crate::provider::{
     ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent,
 };
-use crate::redact::redact_with;
+use crate::redact::{redact_secret_json, redact_with};
 use crate::result::PatternResult;
 use crate::telemetry::{
     ERROR_TYPE, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,
@@ -638,62 +639,46 @@ impl CheckedStream<'_> {
 }
 
 /// Redacts credential shapes and the provider's own key from an error's message, metadata and
-/// source chain. Budget and argument errors hold no server text and pass unchanged.
+/// source chain. Budget and argument errors hold no server text: only the key is looked for.
 fn redact_error(e: Error, secret: Option<&str>) -> Error {
     if e.is_budget_exhausted() || e.is_invalid_argument() {
-        return e;
+        return e.redacted_with(secret);
     }
-    let msg = redact_with(e.message(), secret);
-    let mut metadata = Value::Object(e.metadata().clone());
-    let metadata_changed = redact_value(&mut metadata, secret);
-    let mut source_leaks = false;
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        let text = s.to_string();
-        if redact_with(&text, secret) != text {
-            source_leaks = true;
-            break;
+    e.redact_text(&|t| {
+        let r = redact_with(t, secret);
+        if r == t {
+            Cow::Borrowed(t)
+        } else {
+            Cow::Owned(r)
         }
-        src = s.source();
-    }
-    if msg == e.message() && !metadata_changed && !source_leaks {
-        return e;
-    }
-    let mut out = Error::new(e.kind(), msg);
-    if let Value::Object(m) = metadata {
-        for (k, v) in m {
-            out = out.with_metadata(&k, v);
-        }
-    }
-    if let Some(ra) = e.retry_after() {
-        out = out.with_retry_after(ra);
-    }
-    if let Some(s) = e.http_status() {
-        out = out.with_http_status(s);
-    }
-    out
+    })
 }
 
-/// Redacts every string inside `v`; `true` when anything changed.
-fn redact_value(v: &mut Value, secret: Option<&str>) -> bool {
-    let mut changed = false;
-    match v {
-        Value::String(s) => {
-            let r = redact_with(s, secret);
-            changed = r != *s;
-            *s = r;
-        }
-        Value::Array(items) => {
-            for x in items {
-                changed |= redact_value(x, secret);
+/// The boundary every pattern's public `run` returns through: the provider's key, in every
+/// form [`redact_secret`](crate::redact::redact_secret) knows, is removed from an error's
+/// message and metadata and from a result's metadata (the value itself, the model's answer, is
+/// returned as given).
+pub(crate) fn seal<T>(
+    r: crate::error::Result<PatternResult<T>>,
+    provider: &dyn LlmProvider,
+) -> crate::error::Result<PatternResult<T>> {
+    let Some(secret) = provider
+        .secret()
+        .filter(|s| s.len() >= crate::redact::MIN_SECRET_LEN)
+    else {
+        return r;
+    };
+    match r {
+        Ok(mut result) => {
+            if !result.metadata.is_empty() {
+                let mut meta = Value::Object(std::mem::take(&mut result.metadata));
+                redact_secret_json(&mut meta, secret);
+                if let Value::Object(m) = meta {
+                    result.metadata = m;
+                }
             }
+            Ok(result)
         }
-        Value::Object(m) => {
-            for x in m.values_mut() {
-                changed |= redact_value(x, secret);
-            }
-        }
-        _ => {}
+        Err(e) => Err(e.redacted_with(Some(secret))),
     }
-    changed
 }

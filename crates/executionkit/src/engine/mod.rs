@@ -13,5 +13,6 @@ pub mod voting;
 
 pub use budget::{BudgetLedger, CostTracker, Reservation};
 pub use call::RunContext;
+pub(crate) use call::seal;
 pub use retry::RetryPolicy;
 pub use voting::VotingStrategy;

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::{Pattern, StepInput, check_max_tokens, check_model};
 use crate::engine::voting::{VotingStrategy, normalized, tally_keys};
-use crate::engine::{CostTracker, RunContext};
+use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, Result};
 use crate::provider::{ChatRequest, LlmProvider, Message, check_temperature};
 use crate::result::PatternResult;
@@ -351,7 +351,10 @@ impl Consensus {
             samples = self.samples,
             strategy = self.strategy.as_str(),
         );
-        self.vote(provider, prompt, ctx).instrument(span).await
+        seal(
+            self.vote(provider, prompt, ctx).instrument(span).await,
+            provider,
+        )
     }
 
     async fn vote(

@@ -14,7 +14,7 @@
 use futures::StreamExt;
 
 use super::{check_max_tokens, check_model};
-use crate::engine::{CostTracker, RunContext};
+use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, Result};
 use crate::provider::{ChatRequest, DEFAULT_MAX_TOKENS, LlmProvider, Message, check_temperature};
 use crate::result::PatternResult;
@@ -282,6 +282,15 @@ impl MapReduce {
     /// # });
     /// ```
     pub async fn run(
+        &self,
+        provider: &dyn LlmProvider,
+        items: &[String],
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>> {
+        seal(self.run_unsealed(provider, items, ctx).await, provider)
+    }
+
+    async fn run_unsealed(
         &self,
         provider: &dyn LlmProvider,
         items: &[String],

@@ -44,7 +44,7 @@ use futures::{FutureExt, StreamExt};
 use serde_json::{Map, Value};
 
 use crate::approval::{ApprovalGate, ApprovalRequest};
-use crate::engine::{CostTracker, RunContext};
+use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Event;
 use crate::provider::{
@@ -780,6 +780,19 @@ impl ReactLoop {
 
     /// [`run_messages`](Self::run_messages), also returning the final transcript.
     pub(crate) async fn run_transcript(
+        &self,
+        provider: &dyn LlmProvider,
+        messages: Vec<Message>,
+        tools: &[Tool],
+        ctx: &RunContext,
+    ) -> Result<(PatternResult<String>, Vec<Message>)> {
+        match self.run_unsealed(provider, messages, tools, ctx).await {
+            Ok((r, transcript)) => seal(Ok(r), provider).map(|r| (r, transcript)),
+            Err(e) => Err(e.redacted_with(provider.secret())),
+        }
+    }
+
+    async fn run_unsealed(
         &self,
         provider: &dyn LlmProvider,
         messages: Vec<Message>,

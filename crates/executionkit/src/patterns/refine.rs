@@ -27,7 +27,7 @@ use super::{Pattern, StepInput, TerminationReason, check_max_tokens, check_model
 use crate::engine::convergence::{
     ConvergenceDetector, StopRule, check_delta_threshold, check_patience,
 };
-use crate::engine::{CostTracker, RunContext};
+use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, ErrorKind, Result};
 use crate::provider::{ChatRequest, LlmProvider, Message, check_temperature};
 use crate::result::PatternResult;
@@ -437,10 +437,11 @@ impl RefineLoop {
             target_score = self.target_score,
             from_draft = draft.is_some(),
         );
-        match run.execute(draft).instrument(span).await {
+        let r = match run.execute(draft).instrument(span).await {
             Ok(r) => Ok(r),
             Err(e) => Err(ctx.spend_error(e, &run.tracker)),
-        }
+        };
+        seal(r, provider)
     }
 }
 

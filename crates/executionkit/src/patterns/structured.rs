@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::{Pattern, StepInput, check_max_tokens, check_model};
 use crate::engine::json::extract_json;
 use crate::engine::schema::OutputSchema;
-use crate::engine::{CostTracker, RunContext};
+use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, ErrorKind, Result};
 use crate::provider::{ChatRequest, LlmProvider, Message, check_temperature};
 use crate::result::PatternResult;
@@ -550,8 +550,22 @@ fn repair_prompt(error: &str, prompt: &str, previous: &str) -> String {
 }
 
 /// The loop shared by both variants: `accept` turns an extracted JSON value into the result
-/// or a reason to repair.
+/// or a reason to repair. Its errors and metadata leave with the key removed.
 async fn run_core<A>(
+    opts: &Options,
+    schema: Option<&OutputSchema>,
+    provider: &dyn LlmProvider,
+    prompt: &str,
+    ctx: &RunContext,
+    accept: impl Fn(Value) -> std::result::Result<A, String>,
+) -> Result<PatternResult<(A, Value)>> {
+    seal(
+        repair_loop(opts, schema, provider, prompt, ctx, accept).await,
+        provider,
+    )
+}
+
+async fn repair_loop<A>(
     opts: &Options,
     schema: Option<&OutputSchema>,
     provider: &dyn LlmProvider,

@@ -137,7 +137,9 @@ pub trait LlmProvider: Send + Sync + fmt::Debug {
         false
     }
 
-    /// An API key whose text must never appear in output (redacted from errors by the engine).
+    /// An API key whose text must never appear in output: the engine redacts it from every
+    /// failed call's error, and every pattern from its errors and result metadata (in every
+    /// form [`redact_secret`](crate::redact::redact_secret) knows). Wrappers must forward it.
     ///
     /// ```
     /// use executionkit::{LlmProvider, MockProvider};

@@ -33,7 +33,7 @@ use super::sse::{IdleError, IdleTimeout, StreamAccumulator};
 use super::transport::{self, BodyStream, Reply, Settings, Transport, TransportError};
 use super::{ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent};
 use crate::error::{Error, ErrorKind, Result};
-use crate::redact::{REDACTED, redact};
+use crate::redact::{redact, redact_with};
 
 /// The default per-request timeout (120 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -713,45 +713,24 @@ impl Inner {
         (!self.api_key.is_empty()).then_some(self.api_key.as_str())
     }
 
-    /// The key, when long enough to be replaced literally in text (as `redact_with` does).
-    fn replaceable_secret(&self) -> Option<&str> {
-        self.secret().filter(|k| k.len() >= 4)
-    }
-
-    /// Redacts credential shapes and the key itself from server or transport text.
+    /// Redacts credential shapes and the key itself (any case, percent-encoded, base64) from
+    /// server or transport text.
     fn clean(&self, text: &str) -> String {
-        let out = redact(text);
-        match self.replaceable_secret() {
-            Some(k) if out.contains(k) => out.replace(k, REDACTED),
-            _ => out,
-        }
+        redact_with(text, self.secret())
     }
 
-    /// Makes sure the key appears nowhere in an error's message.
+    /// Makes sure the key appears nowhere in an error's message or metadata.
     fn scrub(&self, e: Error) -> Error {
-        match self.replaceable_secret() {
-            Some(k) if e.message().contains(k) => {
-                let mut out = Error::new(e.kind(), e.message().replace(k, REDACTED));
-                for (name, v) in e.metadata() {
-                    out = out.with_metadata(name, v.clone());
-                }
-                if let Some(s) = e.http_status() {
-                    out = out.with_http_status(s);
-                }
-                if let Some(ra) = e.retry_after() {
-                    out = out.with_retry_after(ra);
-                }
-                out
-            }
-            _ => e,
-        }
+        e.redacted_with(self.secret())
     }
 
-    /// A `transport` (or, for a timeout, `timeout`; for a protocol break or a cap, `provider`)
-    /// error: "Transport failure: <reason>".
+    /// A `transport` (or, for a timeout, `timeout`; for a protocol break or a cap, `provider`;
+    /// for a certificate that does not verify, `permanent`) error: "Transport failure: <reason>".
     fn transport_error(&self, e: TransportError) -> Error {
         let kind = if e.is_timeout() {
             ErrorKind::Timeout
+        } else if e.is_refused() {
+            ErrorKind::Permanent
         } else if e.is_protocol() {
             ErrorKind::Provider
         } else {

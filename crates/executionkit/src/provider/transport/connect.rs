@@ -245,6 +245,17 @@ pub(crate) struct Proxy {
     pub(crate) auth: Option<HeaderValue>,
 }
 
+/// Names the proxy in a failure to reach it.
+pub(crate) fn to_proxy(e: TransportError) -> TransportError {
+    match e {
+        TransportError::Connect { what, source } => TransportError::Connect {
+            what: format!("{what} (the proxy)"),
+            source,
+        },
+        other => other,
+    }
+}
+
 /// Opens a TCP connection with `TCP_NODELAY`.
 pub(crate) async fn tcp(target: &Target) -> Result<SharedTcp, TransportError> {
     let stream = TcpStream::connect((target.socket_host(), target.port))
@@ -263,7 +274,7 @@ pub(crate) async fn tunnel(
     proxy: &Proxy,
     origin: &Target,
 ) -> Result<(Box<dyn Io>, Peek), TransportError> {
-    let stream = tcp(&proxy.target).await?;
+    let stream = tcp(&proxy.target).await.map_err(to_proxy)?;
     let peek = stream.peek_handle();
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(64 * 1024)
@@ -291,7 +302,7 @@ pub(crate) async fn tunnel(
         StatusCode::OK => {}
         StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
             driver.abort();
-            return Err(TransportError::Proxy(format!(
+            return Err(TransportError::Refused(format!(
                 "the proxy at {} requires authentication (HTTP 407){}",
                 proxy.target.authority(),
                 if proxy.auth.is_some() {
@@ -299,6 +310,14 @@ pub(crate) async fn tunnel(
                 } else {
                     ""
                 }
+            )));
+        }
+        s if s.is_client_error() => {
+            driver.abort();
+            return Err(TransportError::Refused(format!(
+                "the proxy at {} refused the tunnel to {authority} (HTTP {})",
+                proxy.target.authority(),
+                s.as_u16()
             )));
         }
         s => {
@@ -337,7 +356,25 @@ pub(crate) async fn tls<S: Io>(
     let stream = tokio_rustls::TlsConnector::from(config)
         .connect(name, io)
         .await
-        .map_err(|e| TransportError::connect("TLS handshake failed", e))?;
+        .map_err(|e| {
+            // A certificate that does not verify will not verify on a retry either.
+            let refused = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| {
+                    matches!(
+                        r,
+                        rustls::Error::InvalidCertificate(_)
+                            | rustls::Error::NoCertificatesPresented
+                            | rustls::Error::UnsupportedNameType
+                    )
+                });
+            if refused {
+                TransportError::Refused(format!("TLS handshake failed: {e}"))
+            } else {
+                TransportError::connect("TLS handshake failed", e)
+            }
+        })?;
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     Ok(Tls {
         stream: Box::new(stream),

@@ -66,6 +66,9 @@ pub(crate) enum TransportError {
     ConnectTimeout(Duration),
     /// A proxy answered a tunnel request with an error.
     Proxy(String),
+    /// Refused for good: the server's certificate did not verify, or the proxy refused the
+    /// tunnel with a 4xx (its credentials, its rules). Retrying cannot help.
+    Refused(String),
     /// The connection failed while the request was sent or the reply read.
     Http(hyper::Error),
     /// The server broke the protocol (a `101` nobody asked for, an unsupported framing).
@@ -92,6 +95,11 @@ impl TransportError {
         matches!(self, Self::ConnectTimeout(_) | Self::Deadline(_))
     }
 
+    /// `true` when retrying cannot help (a certificate that does not verify, a proxy's 4xx).
+    pub(crate) fn is_refused(&self) -> bool {
+        matches!(self, Self::Refused(_))
+    }
+
     /// `true` when the server broke the protocol or a cap (a provider fault, not the network).
     pub(crate) fn is_protocol(&self) -> bool {
         matches!(self, Self::Protocol(_) | Self::TooLarge { .. })
@@ -109,7 +117,7 @@ impl fmt::Display for TransportError {
                     d.as_secs_f64()
                 )
             }
-            Self::Proxy(m) | Self::Protocol(m) => f.write_str(m),
+            Self::Proxy(m) | Self::Protocol(m) | Self::Refused(m) => f.write_str(m),
             Self::Http(e) => write!(f, "{e}"),
             Self::TooLarge { what, limit } => {
                 write!(f, "the {what} exceeded the limit of {limit} bytes")
@@ -445,8 +453,10 @@ impl Transport {
     async fn open(&self) -> Result<Opened, TransportError> {
         let (stream, peek, h2) = match (&self.proxy, self.tls) {
             (None, false) | (Some(_), false) => {
-                let target = self.proxy.as_ref().map_or(&self.origin, |p| &p.target);
-                let tcp = connect::tcp(target).await?;
+                let tcp = match &self.proxy {
+                    Some(p) => connect::tcp(&p.target).await.map_err(connect::to_proxy)?,
+                    None => connect::tcp(&self.origin).await?,
+                };
                 let peek = tcp.peek_handle();
                 (ConnStream::Tcp(tcp), peek, false)
             }
