@@ -359,9 +359,8 @@ fn shown(o: &Output, secret: &str) -> Option<String> {
 // percent-encoded, in a malformed reply, or as the reply itself — which becomes a consensus
 // value, a refine draft and judge reply, a structured reply that fails its schema), `ek`
 // prints none of it, in `--json` or text mode. FAILED on the old code for the percent-encoded
-// echo, the consensus value and refine's judge parse error (which quotes the reply); on main
-// with the hyper transport it still FAILS for the percent-encoded echo in an error (issue #9,
-// 7).
+// echo, the consensus value and refine's judge parse error (which quotes the reply); passes on
+// main since the secrets work (issue #9, 7).
 #[tokio::test]
 async fn secrets_key_echoed_by_the_server_is_never_printed() {
     let schema = temp_file(

@@ -438,9 +438,9 @@ fn leaks(e: &Error, secret: &str) -> Option<String> {
 }
 
 // Expected: an error built from a reply that echoes the key (as sent, upper-cased or
-// percent-encoded; in a 400, a 500 or a malformed 200) shows none of it. FAILS (before and
-// after the hyper transport): the percent-encoded echo is shown; redaction knows only the key
-// as sent and upper-cased (issue #9, 7).
+// percent-encoded; in a 400, a 500 or a malformed 200) shows none of it. FAILED on the old
+// code for the percent-encoded echo (redaction knew the key as sent and upper-cased only);
+// passes on main since the secrets work (issue #9, 7).
 #[tokio::test]
 async fn secrets_key_echoed_in_errors_is_never_shown() {
     let mut shown = Vec::new();
@@ -465,9 +465,9 @@ async fn secrets_key_echoed_in_errors_is_never_shown() {
 }
 
 // Expected: a password in the base URL is in no error and no `Debug` (a server that resets
-// every connection makes a transport error; one that answers 400, a status error). FAILS
-// (before and after the hyper transport): `Provider`'s `Debug` prints the base URL with its
-// password (the errors do not; issue #9, 7).
+// every connection makes a transport error; one that answers 400, a status error). FAILED on
+// the old code: `Provider`'s `Debug` printed the base URL with its password; passes on main
+// since the secrets work (issue #9, 7).
 #[tokio::test]
 async fn secrets_url_password_is_never_shown() {
     let reset = Hostile::start(|conn: Conn| async move { conn.reset() }).await;
