@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, the way CI does:
-#   1. starts llmock (fault injection, TESTING.md §2) via scripts/start-llmock.sh,
+#   0. installs the system packages the tests use when missing (tinyproxy, nginx-light, openssl;
+#      apt-get, as root or through sudo),
+#   1. starts llmock (fault injection, TESTING.md §2) via scripts/start-llmock.sh, and two
+#      tinyproxy instances (an open one and one with BasicAuth, for the proxy tests) via
+#      scripts/start-tinyproxy.sh,
 #   2. starts llama-server + SmolLM2-135M (a real model, TESTING.md §1) via scripts/start-llama.sh
 #      (the first run builds llama.cpp: ~7 minutes on 2 cores; later runs reuse .cache/ek), and
 #      llama-cpp-python's server for real tool calls via scripts/start-llama-tools.sh (first run
 #      ~10 minutes) — in the background while cargo compiles the tests,
 #   3. `cargo test --workspace --all-targets` and `cargo test --workspace --doc` with
-#      EK_LLMOCK_URL, EK_LLAMA_URL, EK_LLAMA_KEY, EK_LLAMA_TOOLS_URL and EK_REQUIRE_SERVERS=1
+#      EK_LLMOCK_URL, EK_LLAMA_URL, EK_LLAMA_KEY, EK_LLAMA_TOOLS_URL, EK_PROXY_URL,
+#      EK_PROXY_AUTH_URL and EK_REQUIRE_SERVERS=1
 #      exported (so tests that need a server fail instead of skipping),
 #   4. runs every example and the README's first command on the embedded offline model,
 # and stops the servers it started, whatever happens.
@@ -44,10 +49,31 @@ trap cleanup EXIT INT TERM
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-# The servers: "start script" "pid file it writes". start-llama.sh runs before
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi
+}
+
+# System packages the tests use: tinyproxy (the proxy tests), nginx-light and openssl (TLS and
+# HTTP/2 servers of the transport tests and benches). Installed only when missing.
+install_test_packages() {
+  local pkgs=()
+  command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ] || pkgs+=(tinyproxy)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || pkgs+=(nginx-light)
+  command -v openssl >/dev/null || pkgs+=(openssl)
+  command -v curl >/dev/null || pkgs+=(curl)
+  if [ "${#pkgs[@]}" -gt 0 ]; then
+    echo "   installing ${pkgs[*]} (apt-get)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -q >&2
+    as_root apt-get install -y -q --no-install-recommends "${pkgs[@]}" >&2
+  fi
+}
+
+# The servers: "start script" "pid files it writes…". start-llama.sh runs before
 # start-llama-tools.sh, which reuses the model that setup-llama.sh unpacks.
 servers=(
   "scripts/start-llmock.sh $EK_CACHE/llmock.pid"
+  "scripts/start-tinyproxy.sh $EK_CACHE/tinyproxy.pid $EK_CACHE/tinyproxy-auth.pid"
   "scripts/start-llama.sh $EK_CACHE/llama-server.pid"
 )
 [ -x scripts/start-llama-tools.sh ] && servers+=("scripts/start-llama-tools.sh $EK_CACHE/llama-tools.pid")
@@ -55,11 +81,15 @@ servers=(
 if [ "${EK_NO_SERVERS:-0}" != 1 ]; then
   # Start (and on the first run build) the servers in the background, one after another, while
   # cargo compiles the tests: the builds' serial phases overlap.
-  stage "start servers in the background (first run: builds llama.cpp) + compile the tests"
   server_out=$EK_CACHE/test-servers.out
+  stage "install test packages (when missing)"
+  install_test_packages
+  stage "start servers in the background (first run: builds llama.cpp) + compile the tests"
   for entry in "${servers[@]}"; do
-    read -r script pidfile <<<"$entry"
-    alive "$pidfile" || started_pidfiles+=("$pidfile")
+    read -r script pidfiles <<<"$entry"
+    for pidfile in $pidfiles; do
+      alive "$pidfile" || started_pidfiles+=("$pidfile")
+    done
   done
   (
     set -e

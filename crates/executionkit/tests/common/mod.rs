@@ -1,6 +1,17 @@
-//! Helpers shared by the integration tests that run against real servers.
+//! Helpers shared by the integration tests: real servers from the environment (llmock,
+//! llama-server), and test servers started in the test on 127.0.0.1: [`tls`] (a throwaway CA
+//! and a byte-for-byte TLS relay), [`h2`] (an HTTPS + HTTP/2 server), [`hostile`] (a raw-TCP
+//! server that misbehaves at the byte level) and [`counting`] (a relay that counts each test's
+//! requests to a shared server); [`attacks`] holds the hostile-server suites' attacks.
+//! `tests/harness_selftest.rs` tests the servers.
 
 #![allow(dead_code)] // each test file uses part of this
+
+pub mod attacks;
+pub mod counting;
+pub mod h2;
+pub mod hostile;
+pub mod tls;
 
 /// The URL in the environment variable `var`, without a trailing `/`, or `None` when it is
 /// unset: the test then says why and passes, unless `EK_REQUIRE_SERVERS=1` (scripts/test.sh),
