@@ -176,6 +176,11 @@ pub struct ConsensusArgs {
     /// Output tokens per sample.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_tokens: u32,
+    /// Stop sampling when the answer is settled: `none`, `window[:K]` (the last K answers
+    /// agree; K defaults to 5) or `adaptive[:P]` (the leader beats the runner-up with posterior
+    /// probability P; default 0.95). With a rule, --samples is the cap.
+    #[arg(long, default_value = "none", value_name = "RULE")]
+    pub early_stop: String,
 }
 
 // `ek refine` (no doc comment: see `ConsensusArgs`).

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use executionkit::engine::stop::StopRule;
 use executionkit::{
     Budget, Consensus, CostRates, Error, ErrorKind, LlmProvider, MapReduce, Pattern, PatternResult,
     Pipe, ReactLoop, RefineLoop, RetryPolicy, RunContext, StructuredValue, Tool, ToolChoice,
@@ -313,12 +314,16 @@ fn consensus(a: &ConsensusArgs, g: &Globals) -> Result<Consensus, Error> {
             ),
         )
     })?;
+    let early_stop: StopRule = a.early_stop.parse().map_err(|e: Error| {
+        Error::invalid_argument("early_stop", format!("--early-stop: {}", e.message()))
+    })?;
     let mut c = Consensus::default()
         .samples(a.samples)
         .temperature(a.temperature)
         .max_concurrency(a.max_concurrency)
         .strategy(strategy)
-        .max_tokens(a.max_tokens);
+        .max_tokens(a.max_tokens)
+        .early_stop(early_stop);
     if let Some(s) = g.seed {
         c = c.seed(s);
     }

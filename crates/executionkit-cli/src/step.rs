@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 
+use executionkit::engine::stop::StopRule;
 use executionkit::{Consensus, Error, Pattern, RefineLoop, VotingStrategy};
 
 /// The step names `ek pipe` knows.
@@ -20,6 +21,7 @@ pub const CONSENSUS_KEYS: &[&str] = &[
     "max_concurrency",
     "strategy",
     "max_tokens",
+    "early_stop",
 ];
 /// Keys of a refine step.
 pub const REFINE_KEYS: &[&str] = &[
@@ -177,6 +179,11 @@ pub fn parse_step(index: usize, spec: &str, globals: &Globals) -> Result<StepSpe
                 let s = VotingStrategy::from_str(value)
                     .map_err(|_| bad("one of: majority, unanimous"))?;
                 StepPattern::Consensus(c.strategy(s))
+            }
+            ("early_stop", StepPattern::Consensus(c)) => {
+                let rule = StopRule::from_str(value)
+                    .map_err(|_| bad("none, window[:K] (K >= 2) or adaptive[:P] (0.5 < P < 1)"))?;
+                StepPattern::Consensus(c.early_stop(rule))
             }
             ("temperature", StepPattern::Consensus(c)) => StepPattern::Consensus(
                 c.temperature(parse_f64(value).ok_or_else(|| bad("a number >= 0"))?),

@@ -19,6 +19,7 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use super::{Pattern, StepInput, check_max_tokens, check_model};
+use crate::engine::stop::{StopRule, VoteBook};
 use crate::engine::voting::{VotingStrategy, normalized, tally_keys};
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, Result};
@@ -93,6 +94,7 @@ pub struct Consensus {
     model: Option<String>,
     vote_key: Option<VoteKey>,
     use_n: bool,
+    early_stop: StopRule,
 }
 
 impl Default for Consensus {
@@ -108,6 +110,7 @@ impl Default for Consensus {
             model: None,
             vote_key: None,
             use_n: false,
+            early_stop: StopRule::Fixed,
         }
     }
 }
@@ -125,6 +128,7 @@ impl fmt::Debug for Consensus {
             .field("model", &self.model)
             .field("vote_key", &self.vote_key.as_ref().map(|_| "<fn>"))
             .field("use_n", &self.use_n)
+            .field("early_stop", &self.early_stop)
             .finish()
     }
 }
@@ -301,6 +305,13 @@ impl Consensus {
         check_max_tokens(self.max_tokens)?;
         check_temperature(self.temperature)?;
         check_model(self.model.as_deref())?;
+        self.early_stop.check()?;
+        if self.early_stop.stops_early() && self.strategy == VotingStrategy::Unanimous {
+            return Err(Error::invalid_argument(
+                "early_stop",
+                "early_stop needs the majority strategy (a unanimous vote must see every sample)",
+            ));
+        }
         Ok(())
     }
 
@@ -315,6 +326,38 @@ impl Consensus {
             req = req.model(m.clone());
         }
         req
+    }
+
+    /// Stops sampling when the answer is settled ([`StopRule`]; default [`StopRule::Fixed`]:
+    /// every sample). With a rule, `samples` is the cap; samples go out `max_concurrency` at a
+    /// time, each its own request (sample *i* still sends seed + *i*; `use_n` is not used), and
+    /// when the rule fires the calls in flight are cancelled (what they cost is counted) and no
+    /// more start. Votes are counted in the order replies arrive, and a tie goes to the answer
+    /// that arrived first. The metadata then adds `samples_used`, `stopped_early`, `stop_rule`
+    /// and `vote_counts` (`[{"answer", "count", "weight"}]`, highest first), and
+    /// `agreement_ratio` is the winner's weight over `samples_used`. A rule needs the majority
+    /// strategy.
+    ///
+    /// ```
+    /// use executionkit::{Consensus, MockProvider, RunContext, engine::stop::StopRule};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["Paris"]);
+    /// let r = Consensus::new()
+    ///     .samples(40)
+    ///     .max_concurrency(1)
+    ///     .early_stop(StopRule::window(3))
+    ///     .run(&p, "Capital of France?", &RunContext::new())
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(r.cost.llm_calls, 3);
+    /// assert_eq!(r.metadata["samples_used"], 3);
+    /// assert_eq!(r.metadata["stopped_early"], true);
+    /// assert_eq!(r.metadata["stop_rule"], "window:3");
+    /// # });
+    /// ```
+    pub fn early_stop(mut self, rule: StopRule) -> Self {
+        self.early_stop = rule;
+        self
     }
 
     /// Runs the vote on `prompt`.
@@ -371,6 +414,12 @@ impl Consensus {
         }
         messages.push(Message::user(prompt));
 
+        if self.early_stop.stops_early() {
+            return self
+                .vote_until_settled(provider, &messages, ctx, tracker)
+                .await;
+        }
+
         let mut texts: Vec<Option<String>> = vec![None; self.samples];
 
         if self.use_n && self.samples > 1 && provider.supports_n() {
@@ -422,6 +471,83 @@ impl Consensus {
             .with_metadata("agreement_ratio", t.agreement_ratio)
             .with_metadata("unique_responses", t.unique_responses)
             .with_metadata("tie_count", t.tie_count);
+        Ok(ctx.spend_result(result, &tracker))
+    }
+}
+
+impl Consensus {
+    /// Samples until the stop rule fires or the cap is reached, counting votes as they arrive.
+    #[allow(clippy::cast_precision_loss)]
+    async fn vote_until_settled(
+        &self,
+        provider: &dyn LlmProvider,
+        messages: &[Message],
+        ctx: &RunContext,
+        tracker: CostTracker,
+    ) -> Result<PatternResult<String>> {
+        let mut book = VoteBook::new();
+        // (key, first text with that key, count), in order of first arrival.
+        let mut answers: Vec<(String, String, u64)> = Vec::new();
+        let mut stopped_early = false;
+        {
+            let tracker = &tracker;
+            let mut in_flight = futures::stream::iter(0..self.samples)
+                .map(|i| {
+                    let req = self.request(messages, i);
+                    async move { ctx.complete(provider, req, tracker).await }
+                })
+                .buffer_unordered(self.max_concurrency);
+            while let Some(r) = in_flight.next().await {
+                let text = match r {
+                    Ok(resp) => resp.into_content(),
+                    Err(e) => {
+                        drop(in_flight);
+                        return Err(ctx.spend_error(e, tracker));
+                    }
+                };
+                let key = match &self.vote_key {
+                    Some(key) => key(&text),
+                    None => normalized(&text).into_owned(),
+                };
+                book.push(&key);
+                match answers.iter_mut().find(|a| a.0 == key) {
+                    Some(a) => a.2 += 1,
+                    None => answers.push((key, text, 1)),
+                }
+                if book.len() < self.samples && self.early_stop.should_stop(&book) {
+                    // Dropping the stream cancels the samples in flight; their reserved calls
+                    // stay counted in the tracker.
+                    stopped_early = true;
+                    break;
+                }
+            }
+        }
+        let used = book.len();
+        let top = answers.iter().map(|a| a.2).max().unwrap_or(0);
+        let tie_count = answers.iter().filter(|a| a.2 == top).count();
+        let unique = answers.len();
+        // A stable sort keeps arrival order among equal counts: the first is the winner.
+        let mut ranked: Vec<&(String, String, u64)> = answers.iter().collect();
+        ranked.sort_by_key(|a| std::cmp::Reverse(a.2));
+        let vote_counts: Vec<serde_json::Value> = ranked
+            .iter()
+            .map(|a| serde_json::json!({"answer": a.0, "count": a.2, "weight": a.2 as f64}))
+            .collect();
+        let value = ranked.first().map(|a| a.1.clone()).unwrap_or_default();
+        let agreement = if used == 0 {
+            0.0
+        } else {
+            top as f64 / used as f64
+        };
+        let result = PatternResult::new(value)
+            .with_score(agreement)
+            .with_metadata("agreement_ratio", agreement)
+            .with_metadata("unique_responses", unique)
+            .with_metadata("tie_count", tie_count)
+            .with_metadata("samples_used", used)
+            .with_metadata("stopped_early", stopped_early)
+            .with_metadata("stop_rule", self.early_stop.to_string())
+            .with_metadata("vote_counts", vote_counts);
         Ok(ctx.spend_result(result, &tracker))
     }
 }

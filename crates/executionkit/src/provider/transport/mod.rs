@@ -49,6 +49,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const MAX_BUF: usize = 128 * 1024;
 /// Header fields in one response head.
 const MAX_HEADERS: usize = 128;
+/// HTTP/2 streams opened before the server's SETTINGS say how many it allows.
+const INITIAL_H2_STREAMS: usize = 16;
 /// Raw bytes allowed beyond the body cap for the head and chunk framing.
 const FRAMING_ALLOWANCE: u64 = MAX_BUF as u64;
 
@@ -475,7 +477,10 @@ impl Transport {
         let (io, read) = Counted::new(stream);
         let io = TokioIo::new(io);
         if h2 {
+            // Until the server's SETTINGS arrive, open few streams: a burst beyond its
+            // max_concurrent_streams would be refused (REFUSED_STREAM) and cost retries.
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .initial_max_send_streams(INITIAL_H2_STREAMS)
                 .max_header_list_size(MAX_BUF as u32)
                 .handshake::<_, Body>(io)
                 .await
@@ -638,6 +643,18 @@ impl Reply {
             if parts.headers.contains_key(CONTENT_LENGTH) {
                 lease = None;
             }
+        }
+        // A success whose declared length is over the cap fails before any of the body is read
+        // (an error reply is read only up to a short prefix anyway).
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        if parts.status.is_success() && declared.is_some_and(|n| n > limit as u64) {
+            return Err(TransportError::TooLarge {
+                what: "reply",
+                limit: limit as u64,
+            });
         }
         if let Some(ce) = parts.headers.get(CONTENT_ENCODING) {
             if !ce.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity") {
