@@ -750,18 +750,32 @@ pub fn check_temperature(t: f64) -> Result<()> {
 
 /// Token counts a server reported for one response.
 ///
+/// `input_tokens` counts every prompt token billed (cached ones included: for Anthropic the sum
+/// of its `input_tokens`, `cache_read_input_tokens` and `cache_creation_input_tokens`);
+/// `output_tokens` every completion token (reasoning included). The other three fields are
+/// subsets of those two, zero when the server reported none.
+///
 /// ```
 /// use executionkit::{LlmResponse, provider::Usage};
 /// let r = LlmResponse::text("x").with_usage(12, 3);
-/// assert_eq!(r.usage, Usage { input_tokens: 12, output_tokens: 3 });
+/// assert_eq!(r.usage, Usage { input_tokens: 12, output_tokens: 3, ..Usage::default() });
 /// assert_eq!(LlmResponse::text("x").usage, Usage::default());
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens (every one billed, cached ones included).
     pub input_tokens: u64,
-    /// Completion tokens.
+    /// Completion tokens (reasoning included).
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the prompt cache.
+    #[serde(default)]
+    pub cache_read_input_tokens: u64,
+    /// Of `input_tokens`, those written to the prompt cache.
+    #[serde(default)]
+    pub cache_write_input_tokens: u64,
+    /// Of `output_tokens`, the reasoning tokens.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 /// One choice of a response.
@@ -837,6 +851,7 @@ impl LlmResponse {
         self.usage = Usage {
             input_tokens,
             output_tokens,
+            ..Usage::default()
         };
         self
     }

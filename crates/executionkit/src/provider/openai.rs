@@ -897,6 +897,20 @@ struct PlainUsage {
     output_tokens: Option<Option<u64>>,
     #[serde(default, deserialize_with = "present")]
     completion_tokens: Option<Option<u64>>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PlainDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<PlainDetails>,
+}
+
+/// `prompt_tokens_details` / `completion_tokens_details`: the one count each that is read (any
+/// other shape of it fails the fast path; `with_usage_details` then reads it).
+#[derive(serde::Deserialize)]
+struct PlainDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
 }
 
 /// A field that is present, `null` or not.
@@ -914,9 +928,19 @@ impl PlainUsage {
             let n = primary.or(fallback).flatten().unwrap_or(0);
             (n <= super::parse::MAX_REPORTED_TOKENS).then_some(n)
         };
+        let input_tokens = pick(self.input_tokens, self.prompt_tokens)?;
+        let output_tokens = pick(self.output_tokens, self.completion_tokens)?;
+        let detail = |d: &Option<PlainDetails>, f: fn(&PlainDetails) -> Option<u64>| {
+            d.as_ref().and_then(f).unwrap_or(0)
+        };
         Some(super::Usage {
-            input_tokens: pick(self.input_tokens, self.prompt_tokens)?,
-            output_tokens: pick(self.output_tokens, self.completion_tokens)?,
+            input_tokens,
+            output_tokens,
+            cache_read_input_tokens: detail(&self.prompt_tokens_details, |d| d.cached_tokens)
+                .min(input_tokens),
+            reasoning_tokens: detail(&self.completion_tokens_details, |d| d.reasoning_tokens)
+                .min(output_tokens),
+            ..super::Usage::default()
         })
     }
 }
@@ -1219,7 +1243,11 @@ mod tests {
 
     #[test]
     fn plain_replies_parse_as_parse_completion_does() {
-        let bodies: [&[u8]; 17] = [
+        let bodies: [&[u8]; 21] = [
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":9,"completion_tokens":40,"prompt_tokens_details":{"cached_tokens":6},"completion_tokens_details":{"reasoning_tokens":32}}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":9,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":"6"},"completion_tokens_details":{"reasoning_tokens":-1}}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":9,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":90},"completion_tokens_details":null}}"#,
+            br#"{"choices":[{"message":{"content":"x\n"}}],"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":2}}}"#,
             br#"{"choices":[{"message":{"content":"x"}}],"usage":{"input_tokens":null,"prompt_tokens":9,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":2}}}"#,
             br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":1.5}}"#,
             br#"{"choices":[{"message":{"content":"x"}}],"usage":"lots"}"#,

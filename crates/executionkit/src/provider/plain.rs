@@ -300,18 +300,43 @@ fn usage(cur: &mut Cur<'_>) -> Option<Usage> {
         return Some(Usage::default());
     }
     let (mut input, mut prompt, mut output, mut completion) = (None, None, None, None);
+    let (mut cached, mut reasoning) = (None, None);
     cur.object(|cur, key| match key {
         b"input_tokens" => once(&mut input, cur.count()?),
         b"prompt_tokens" => once(&mut prompt, cur.count()?),
         b"output_tokens" => once(&mut output, cur.count()?),
         b"completion_tokens" => once(&mut completion, cur.count()?),
+        b"prompt_tokens_details" => once(&mut cached, detail(cur, b"cached_tokens")?),
+        b"completion_tokens_details" => once(&mut reasoning, detail(cur, b"reasoning_tokens")?),
         _ => cur.skip_value(1),
     })?;
     let pick = |a: Option<Option<u64>>, b: Option<Option<u64>>| a.or(b).flatten().unwrap_or(0);
+    let (input_tokens, output_tokens) = (pick(input, prompt), pick(output, completion));
     Some(Usage {
-        input_tokens: pick(input, prompt),
-        output_tokens: pick(output, completion),
+        input_tokens,
+        output_tokens,
+        cache_read_input_tokens: cached.flatten().unwrap_or(0).min(input_tokens),
+        reasoning_tokens: reasoning.flatten().unwrap_or(0).min(output_tokens),
+        ..Usage::default()
     })
+}
+
+/// A `*_tokens_details` object (or `null`) and its count under `name` (as `with_usage_details`
+/// reads it: a repeated or odd count goes to the general parser).
+fn detail(cur: &mut Cur<'_>, name: &[u8]) -> Option<Option<u64>> {
+    if cur.peek()? == b'n' {
+        cur.lit(b"null")?;
+        return Some(None);
+    }
+    let mut count: Option<Option<u64>> = None;
+    cur.object(|cur, key| {
+        if key == name {
+            once(&mut count, cur.count()?)
+        } else {
+            cur.skip_value(2)
+        }
+    })?;
+    Some(count.flatten())
 }
 
 /// The reply, when `body` has the common shape; `None` sends it to the general parser.
@@ -415,6 +440,40 @@ mod tests {
                 "accepted: {}",
                 String::from_utf8_lossy(b)
             );
+        }
+    }
+
+    #[test]
+    fn usage_details_are_read_as_the_general_parser_reads_them() {
+        let accepted: [&[u8]; 4] = [
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":9,"completion_tokens":40,"prompt_tokens_details":{"cached_tokens":6,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":32,"accepted_prediction_tokens":0}}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":9,"completion_tokens":4,"prompt_tokens_details":null,"completion_tokens_details":{}}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":9,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":50},"completion_tokens_details":{"reasoning_tokens":null}}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"completion_tokens_details":{"reasoning_tokens":3},"completion_tokens":4}}"#,
+        ];
+        for b in accepted {
+            assert!(agrees(b), "not accepted: {}", String::from_utf8_lossy(b));
+        }
+        let r = scan(accepted[0]).unwrap();
+        assert_eq!(
+            (r.usage.cache_read_input_tokens, r.usage.reasoning_tokens),
+            (6, 32)
+        );
+        // A cache count above the prompt is capped at it, as the general parser caps it.
+        assert_eq!(scan(accepted[2]).unwrap().usage.cache_read_input_tokens, 9);
+        let refused: [&[u8]; 4] = [
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":2}}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":1.0}}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":9,"prompt_tokens_details":5}}"#,
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":9,"prompt_tokens_details":{},"prompt_tokens_details":{}}}"#,
+        ];
+        for b in refused {
+            assert!(
+                scan(b).is_none(),
+                "accepted: {}",
+                String::from_utf8_lossy(b)
+            );
+            parse_completion(b).unwrap(); // the general parser reads it (details count 0 or last)
         }
     }
 
