@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 
+mod http;
 mod mock;
 mod offline;
 mod openai;
