@@ -1,5 +1,7 @@
 //! The provider seam: [`LlmProvider`], the request and response types, and the providers
-//! that ship with the crate ([`Provider`] over HTTP, [`MockProvider`], [`OfflineModel`]).
+//! that ship with the crate ([`Provider`] for OpenAI-compatible endpoints and
+//! [`AnthropicProvider`] for Anthropic's Messages API over HTTP, [`MockProvider`],
+//! [`OfflineModel`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 
+mod anthropic;
 mod http;
 mod mock;
 mod offline;
@@ -21,6 +24,9 @@ mod plain;
 pub mod sse;
 mod transport;
 
+pub use anthropic::{
+    ANTHROPIC_BASE_URL, ANTHROPIC_VERSION, AnthropicProvider, AnthropicProviderBuilder,
+};
 pub use mock::{MockCall, MockProvider};
 pub use offline::OfflineModel;
 pub use openai::{Provider, ProviderBuilder};
