@@ -832,6 +832,59 @@ async fn money_budget_reports_usd() {
 }
 
 #[tokio::test]
+async fn json_cost_shows_cached_and_reasoning_tokens_only_when_reported() {
+    let s = MockServer::start().await;
+    let mut reply = completion("ok");
+    reply["usage"]["prompt_tokens_details"] = json!({"cached_tokens": 8, "audio_tokens": 0});
+    reply["usage"]["completion_tokens_details"] = json!({"reasoning_tokens": 5});
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(reply))
+        .mount(&s)
+        .await;
+    let o = ek_at(
+        &s,
+        &[
+            "consensus",
+            "q",
+            "--samples",
+            "2",
+            "--price-in",
+            "1000",
+            "--price-out",
+            "2000",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json_out(&o);
+    let mut cost = v["cost"].clone();
+    cost.as_object_mut().unwrap().remove("usd");
+    assert_eq!(
+        cost,
+        json!({
+            "input_tokens": 2 * IN_TOKENS,
+            "output_tokens": 2 * OUT_TOKENS,
+            "llm_calls": 2,
+            "cache_read_input_tokens": 16,
+            "reasoning_tokens": 10,
+        }),
+        "{v}"
+    );
+    // Without cache prices cached tokens cost the input price: 2 × (11 × 1000 + 7 × 2000) / 1e6.
+    let usd = v["cost"]["usd"].as_f64().unwrap();
+    assert!((usd - 0.05).abs() < 1e-9, "{v}");
+    // A server that reports no details: the cost object is exactly the three counts.
+    let plain = server(Script::new(&["ok"], &["9"])).await;
+    let v = json_out(&ek_at(&plain, &["consensus", "q", "--samples", "1", "--json"]).await);
+    assert_eq!(
+        v["cost"].to_string(),
+        format!(r#"{{"input_tokens":{IN_TOKENS},"llm_calls":1,"output_tokens":{OUT_TOKENS}}}"#)
+    );
+}
+
+#[tokio::test]
 async fn ctrl_c_exits_130_and_reports_spend() {
     let mut script = Script::new(&["slow"], &["9"]);
     script.delay = Some(Duration::from_secs(30));

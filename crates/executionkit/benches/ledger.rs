@@ -41,6 +41,7 @@ fn contend(rt: &tokio::runtime::Runtime, ledger: &Arc<BudgetLedger>, tasks: usiz
                         r.settle(Usage {
                             input_tokens: 12,
                             output_tokens: 1,
+                            ..Usage::default()
                         });
                         tokio::task::yield_now().await;
                     }

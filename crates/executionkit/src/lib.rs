@@ -39,8 +39,9 @@ pub use patterns::{
 pub use patterns::{MapReduce, Structured, StructuredValue, structured};
 pub use pipe::Pipe;
 pub use provider::{
-    ChatRequest, Choice, LlmProvider, LlmResponse, Message, MockProvider, OfflineModel, Provider,
-    ProviderBuilder, Role, StreamEvent, ToolCall, ToolChoice, ToolSpec,
+    AnthropicProvider, AnthropicProviderBuilder, ChatRequest, Choice, LlmProvider, LlmResponse,
+    Message, MockProvider, OfflineModel, Provider, ProviderBuilder, Role, StreamEvent, ToolCall,
+    ToolChoice, ToolSpec,
 };
 pub use result::{Metadata, PatternResult};
 pub use tools::Tool;

@@ -113,12 +113,20 @@ impl<T> PatternResult<T> {
 
 impl<T: Serialize> PatternResult<T> {
     /// The `ek --json` success shape: `{"value", "score", "cost", "metadata"}`, with `cost.usd`
-    /// present when money was tracked.
+    /// present when money was tracked, and `cost.cache_read_input_tokens`,
+    /// `cost.cache_write_input_tokens` and `cost.reasoning_tokens` each present when not zero.
     ///
     /// ```
-    /// let j = executionkit::PatternResult::new("x").to_json();
+    /// use executionkit::{PatternResult, TokenUsage};
+    /// let j = PatternResult::new("x").to_json();
     /// assert_eq!(j["value"], "x");
     /// assert!(j["score"].is_null());
+    /// assert_eq!(j["cost"].to_string(), r#"{"input_tokens":0,"llm_calls":0,"output_tokens":0}"#);
+    /// let mut r = PatternResult::new("x");
+    /// r.cost = TokenUsage::new(10, 4, 1).with_cache(6, 0).with_reasoning(3);
+    /// let cost = &r.to_json()["cost"];
+    /// assert_eq!((cost["cache_read_input_tokens"].as_u64(), cost["reasoning_tokens"].as_u64()), (Some(6), Some(3)));
+    /// assert!(cost.get("cache_write_input_tokens").is_none());
     /// ```
     #[must_use]
     pub fn to_json(&self) -> Value {
@@ -137,12 +145,23 @@ impl<T: fmt::Display> fmt::Display for PatternResult<T> {
     }
 }
 
-/// `{"input_tokens", "output_tokens", "llm_calls"[, "usd"]}`.
+/// `{"input_tokens", "output_tokens", "llm_calls"[, "cache_read_input_tokens",
+/// "cache_write_input_tokens", "reasoning_tokens"][, "usd"]}`: each subset only when it is not
+/// zero, so a cost without them keeps its shape.
 pub(crate) fn cost_json(cost: &TokenUsage, usd: Option<f64>) -> Value {
     let mut m = Map::new();
     m.insert("input_tokens".into(), cost.input_tokens.into());
     m.insert("output_tokens".into(), cost.output_tokens.into());
     m.insert("llm_calls".into(), cost.llm_calls.into());
+    for (key, n) in [
+        ("cache_read_input_tokens", cost.cache_read_input_tokens),
+        ("cache_write_input_tokens", cost.cache_write_input_tokens),
+        ("reasoning_tokens", cost.reasoning_tokens),
+    ] {
+        if n > 0 {
+            m.insert(key.into(), n.into());
+        }
+    }
     if let Some(usd) = usd {
         m.insert("usd".into(), usd.into());
     }

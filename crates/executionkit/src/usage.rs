@@ -10,11 +10,21 @@ use std::ops::{Add, AddAssign};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::provider::Usage;
 
 /// Tokens and calls spent by a call, a pattern or a whole run.
 ///
+/// `input_tokens` counts every prompt token billed (cached ones included) and `output_tokens`
+/// every completion token (reasoning included). Three subsets say what part of them was what:
+/// [`cache_read_input_tokens`](Self::cache_read_input_tokens) and
+/// [`cache_write_input_tokens`](Self::cache_write_input_tokens) of the input, and
+/// [`reasoning_tokens`](Self::reasoning_tokens) of the output. They are never added to the
+/// totals a second time; [`CostRates`] prices them.
+///
 /// All fields are unsigned: there is no subtraction that can go negative, only
 /// [`checked_sub`](TokenUsage::checked_sub) and [`saturating_sub`](TokenUsage::saturating_sub).
+/// Serialised, a subset that is zero is left out (so the shape of a usage without them is
+/// unchanged).
 ///
 /// ```
 /// use executionkit::TokenUsage;
@@ -27,12 +37,29 @@ use crate::error::{Error, Result};
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TokenUsage {
-    /// Prompt tokens, as reported by the server.
+    /// Prompt tokens, as reported by the server: every one billed, cached ones included.
     pub input_tokens: u64,
-    /// Completion tokens, as reported by the server.
+    /// Completion tokens, as reported by the server, reasoning included.
     pub output_tokens: u64,
     /// LLM calls dispatched (every wire attempt counts, retries included).
     pub llm_calls: u64,
+    /// Of `input_tokens`, those read from the server's prompt cache (OpenAI's
+    /// `prompt_tokens_details.cached_tokens`, Anthropic's `cache_read_input_tokens`).
+    #[serde(default, skip_serializing_if = "u64_is_zero")]
+    pub cache_read_input_tokens: u64,
+    /// Of `input_tokens`, those written to the server's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`).
+    #[serde(default, skip_serializing_if = "u64_is_zero")]
+    pub cache_write_input_tokens: u64,
+    /// Of `output_tokens`, the reasoning tokens (OpenAI's
+    /// `completion_tokens_details.reasoning_tokens`).
+    #[serde(default, skip_serializing_if = "u64_is_zero")]
+    pub reasoning_tokens: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn u64_is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl TokenUsage {
@@ -48,10 +75,56 @@ impl TokenUsage {
             input_tokens,
             output_tokens,
             llm_calls,
+            cache_read_input_tokens: 0,
+            cache_write_input_tokens: 0,
+            reasoning_tokens: 0,
         }
     }
 
-    /// Field-wise difference, or `None` when any field would go below zero.
+    /// The same usage with these cache subsets of `input_tokens` (read from and written to the
+    /// server's prompt cache).
+    ///
+    /// ```
+    /// let u = executionkit::TokenUsage::new(100, 5, 1).with_cache(60, 30);
+    /// assert_eq!((u.cache_read_input_tokens, u.cache_write_input_tokens), (60, 30));
+    /// assert_eq!(u.uncached_input_tokens(), 10);
+    /// ```
+    #[must_use]
+    pub const fn with_cache(mut self, read: u64, write: u64) -> Self {
+        self.cache_read_input_tokens = read;
+        self.cache_write_input_tokens = write;
+        self
+    }
+
+    /// The same usage with `reasoning` of its `output_tokens` marked as reasoning.
+    ///
+    /// ```
+    /// let u = executionkit::TokenUsage::new(10, 50, 1).with_reasoning(40);
+    /// assert_eq!(u.reasoning_tokens, 40);
+    /// assert_eq!(u.output_tokens, 50); // reasoning is part of the output, not added to it
+    /// ```
+    #[must_use]
+    pub const fn with_reasoning(mut self, reasoning: u64) -> Self {
+        self.reasoning_tokens = reasoning;
+        self
+    }
+
+    /// The input tokens neither read from nor written to a cache:
+    /// `input_tokens - cache_read_input_tokens - cache_write_input_tokens`, at least 0.
+    ///
+    /// ```
+    /// use executionkit::TokenUsage;
+    /// assert_eq!(TokenUsage::new(10, 0, 1).uncached_input_tokens(), 10);
+    /// assert_eq!(TokenUsage::new(10, 0, 1).with_cache(8, 8).uncached_input_tokens(), 0);
+    /// ```
+    #[must_use]
+    pub const fn uncached_input_tokens(&self) -> u64 {
+        self.input_tokens
+            .saturating_sub(self.cache_read_input_tokens)
+            .saturating_sub(self.cache_write_input_tokens)
+    }
+
+    /// Field-wise difference (the subsets too), or `None` when any field would go below zero.
     ///
     /// ```
     /// use executionkit::TokenUsage;
@@ -59,6 +132,8 @@ impl TokenUsage {
     ///     TokenUsage::new(10, 7, 3).checked_sub(TokenUsage::new(4, 2, 1)),
     ///     Some(TokenUsage::new(6, 5, 2))
     /// );
+    /// let cached = TokenUsage::new(10, 7, 3).with_cache(1, 0);
+    /// assert_eq!(TokenUsage::new(10, 7, 3).checked_sub(cached), None);
     /// ```
     #[must_use]
     pub fn checked_sub(self, other: Self) -> Option<Self> {
@@ -66,10 +141,17 @@ impl TokenUsage {
             input_tokens: self.input_tokens.checked_sub(other.input_tokens)?,
             output_tokens: self.output_tokens.checked_sub(other.output_tokens)?,
             llm_calls: self.llm_calls.checked_sub(other.llm_calls)?,
+            cache_read_input_tokens: self
+                .cache_read_input_tokens
+                .checked_sub(other.cache_read_input_tokens)?,
+            cache_write_input_tokens: self
+                .cache_write_input_tokens
+                .checked_sub(other.cache_write_input_tokens)?,
+            reasoning_tokens: self.reasoning_tokens.checked_sub(other.reasoning_tokens)?,
         })
     }
 
-    /// Field-wise difference clamped at zero.
+    /// Field-wise difference (the subsets too) clamped at zero.
     ///
     /// ```
     /// use executionkit::TokenUsage;
@@ -77,6 +159,9 @@ impl TokenUsage {
     ///     TokenUsage::new(4, 2, 1).saturating_sub(TokenUsage::new(10, 1, 3)),
     ///     TokenUsage::new(0, 1, 0)
     /// );
+    /// let a = TokenUsage::new(9, 9, 1).with_cache(5, 2).with_reasoning(4);
+    /// let b = TokenUsage::new(1, 1, 0).with_cache(1, 3).with_reasoning(1);
+    /// assert_eq!(a.saturating_sub(b), TokenUsage::new(8, 8, 1).with_cache(4, 0).with_reasoning(3));
     /// ```
     #[must_use]
     pub fn saturating_sub(self, other: Self) -> Self {
@@ -84,6 +169,13 @@ impl TokenUsage {
             input_tokens: self.input_tokens.saturating_sub(other.input_tokens),
             output_tokens: self.output_tokens.saturating_sub(other.output_tokens),
             llm_calls: self.llm_calls.saturating_sub(other.llm_calls),
+            cache_read_input_tokens: self
+                .cache_read_input_tokens
+                .saturating_sub(other.cache_read_input_tokens),
+            cache_write_input_tokens: self
+                .cache_write_input_tokens
+                .saturating_sub(other.cache_write_input_tokens),
+            reasoning_tokens: self.reasoning_tokens.saturating_sub(other.reasoning_tokens),
         }
     }
 
@@ -101,10 +193,36 @@ impl TokenUsage {
     ///
     /// ```
     /// assert!(executionkit::TokenUsage::default().is_zero());
+    /// assert!(!executionkit::TokenUsage::default().with_reasoning(1).is_zero());
     /// ```
     #[must_use]
     pub const fn is_zero(&self) -> bool {
-        self.input_tokens == 0 && self.output_tokens == 0 && self.llm_calls == 0
+        self.input_tokens == 0
+            && self.output_tokens == 0
+            && self.llm_calls == 0
+            && self.cache_read_input_tokens == 0
+            && self.cache_write_input_tokens == 0
+            && self.reasoning_tokens == 0
+    }
+}
+
+impl From<Usage> for TokenUsage {
+    /// The tokens of one response (the subsets included), with no call counted.
+    ///
+    /// ```
+    /// use executionkit::{TokenUsage, provider::Usage};
+    /// let u = Usage { input_tokens: 9, output_tokens: 2, cache_read_input_tokens: 4, ..Usage::default() };
+    /// assert_eq!(TokenUsage::from(u), TokenUsage::new(9, 2, 0).with_cache(4, 0));
+    /// ```
+    fn from(u: Usage) -> Self {
+        Self {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            llm_calls: 0,
+            cache_read_input_tokens: u.cache_read_input_tokens,
+            cache_write_input_tokens: u.cache_write_input_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+        }
     }
 }
 
@@ -115,6 +233,13 @@ impl Add for TokenUsage {
             input_tokens: self.input_tokens.saturating_add(rhs.input_tokens),
             output_tokens: self.output_tokens.saturating_add(rhs.output_tokens),
             llm_calls: self.llm_calls.saturating_add(rhs.llm_calls),
+            cache_read_input_tokens: self
+                .cache_read_input_tokens
+                .saturating_add(rhs.cache_read_input_tokens),
+            cache_write_input_tokens: self
+                .cache_write_input_tokens
+                .saturating_add(rhs.cache_write_input_tokens),
+            reasoning_tokens: self.reasoning_tokens.saturating_add(rhs.reasoning_tokens),
         }
     }
 }
@@ -265,11 +390,19 @@ impl AddAssign for UsageOverGrant {
 
 /// Prices of one model, in US dollars per million tokens.
 ///
+/// Input tokens read from or written to a prompt cache can have their own prices
+/// ([`with_cache_read`](Self::with_cache_read), [`with_cache_write`](Self::with_cache_write));
+/// without them they cost the input price.
+///
 /// ```
 /// use executionkit::{CostRates, TokenUsage};
 /// let rates = CostRates::new(3.0, 15.0).unwrap();
 /// let usd = rates.usd(&TokenUsage::new(1000, 500, 1));
 /// assert!((usd - 0.0105).abs() < 1e-12);
+/// // Anthropic-like prices: cache reads at a tenth, cache writes at 1.25x the input price.
+/// let rates = rates.with_cache_read(0.3).unwrap().with_cache_write(3.75).unwrap();
+/// let cached = TokenUsage::new(1_000_000, 0, 1).with_cache(600_000, 300_000);
+/// assert!((rates.usd(&cached) - (0.3 + 0.18 + 1.125)).abs() < 1e-12);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CostRates {
@@ -277,53 +410,121 @@ pub struct CostRates {
     pub input_per_million: f64,
     /// USD per million output (completion) tokens.
     pub output_per_million: f64,
+    /// USD per million input tokens read from a prompt cache (`None`: the input price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_per_million: Option<f64>,
+    /// USD per million input tokens written to a prompt cache (`None`: the input price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_million: Option<f64>,
+}
+
+/// A price must be finite and ≥ 0.
+fn check_price(name: &str, v: f64) -> Result<()> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(Error::invalid_argument(
+            name,
+            format!("{name} must be a finite number >= 0, got {v}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `tokens` at `per_million` USD per million tokens.
+#[allow(clippy::cast_precision_loss)]
+fn priced(tokens: u64, per_million: f64) -> f64 {
+    tokens as f64 * per_million / 1e6
 }
 
 impl CostRates {
-    /// Rates in USD per million input and output tokens; both must be finite and ≥ 0.
+    /// Rates in USD per million input and output tokens; both must be finite and ≥ 0. Cache
+    /// reads and writes cost the input price until set otherwise.
     ///
     /// ```
     /// assert!(executionkit::CostRates::new(-1.0, 2.0).unwrap_err().is_invalid_argument());
     /// ```
     pub fn new(input_per_million: f64, output_per_million: f64) -> Result<Self> {
-        for (name, v) in [
-            ("price_in", input_per_million),
-            ("price_out", output_per_million),
-        ] {
-            if !v.is_finite() || v < 0.0 {
-                return Err(Error::invalid_argument(
-                    name,
-                    format!("{name} must be a finite number >= 0, got {v}"),
-                ));
-            }
-        }
+        check_price("price_in", input_per_million)?;
+        check_price("price_out", output_per_million)?;
         Ok(Self {
             input_per_million,
             output_per_million,
+            cache_read_per_million: None,
+            cache_write_per_million: None,
         })
     }
 
-    /// Dollars for `usage` (calls are free).
+    /// The same rates with a price for input tokens read from a prompt cache (finite, ≥ 0).
+    ///
+    /// ```
+    /// use executionkit::CostRates;
+    /// let r = CostRates::new(1.0, 2.0).unwrap().with_cache_read(0.1).unwrap();
+    /// assert_eq!(r.cache_read_per_million, Some(0.1));
+    /// let e = CostRates::new(1.0, 2.0).unwrap().with_cache_read(f64::NAN).unwrap_err();
+    /// assert_eq!(e.metadata()["argument"], "price_cache_read");
+    /// ```
+    pub fn with_cache_read(mut self, usd_per_million: f64) -> Result<Self> {
+        check_price("price_cache_read", usd_per_million)?;
+        self.cache_read_per_million = Some(usd_per_million);
+        Ok(self)
+    }
+
+    /// The same rates with a price for input tokens written to a prompt cache (finite, ≥ 0).
+    ///
+    /// ```
+    /// use executionkit::CostRates;
+    /// let r = CostRates::new(1.0, 2.0).unwrap().with_cache_write(1.25).unwrap();
+    /// assert_eq!(r.cache_write_per_million, Some(1.25));
+    /// assert!(CostRates::new(1.0, 2.0).unwrap().with_cache_write(-1.0).is_err());
+    /// ```
+    pub fn with_cache_write(mut self, usd_per_million: f64) -> Result<Self> {
+        check_price("price_cache_write", usd_per_million)?;
+        self.cache_write_per_million = Some(usd_per_million);
+        Ok(self)
+    }
+
+    /// Dollars for `usage` (calls are free): uncached input at the input price, cache reads and
+    /// cache writes at theirs (the input price when unset), output at the output price.
+    /// Reasoning tokens are output tokens and cost the output price.
     ///
     /// ```
     /// use executionkit::{CostRates, TokenUsage};
     /// let r = CostRates::new(1.0, 2.0).unwrap();
     /// assert_eq!(r.usd(&TokenUsage::new(1_000_000, 1_000_000, 9)), 3.0);
+    /// // Without cache prices, cached tokens cost the input price: the same total.
+    /// assert_eq!(r.usd(&TokenUsage::new(1_000_000, 1_000_000, 9).with_cache(500_000, 0)), 3.0);
+    /// let r = r.with_cache_read(0.0).unwrap();
+    /// assert_eq!(r.usd(&TokenUsage::new(1_000_000, 1_000_000, 9).with_cache(500_000, 0)), 2.5);
     /// ```
     #[must_use]
     pub fn usd(&self, usage: &TokenUsage) -> f64 {
-        self.input_usd(usage.input_tokens) + self.output_usd(usage.output_tokens)
+        // The subsets are clamped to the input they are part of, reads first.
+        let read = usage.cache_read_input_tokens.min(usage.input_tokens);
+        let write = usage
+            .cache_write_input_tokens
+            .min(usage.input_tokens - read);
+        let uncached = usage.input_tokens - read - write;
+        self.input_usd(uncached)
+            + priced(
+                read,
+                self.cache_read_per_million
+                    .unwrap_or(self.input_per_million),
+            )
+            + priced(
+                write,
+                self.cache_write_per_million
+                    .unwrap_or(self.input_per_million),
+            )
+            + self.output_usd(usage.output_tokens)
     }
 
-    /// Dollars for `tokens` input tokens.
+    /// Dollars for `tokens` input tokens (at the input price: uncached).
     ///
     /// ```
     /// assert_eq!(executionkit::CostRates::new(2.0, 0.0).unwrap().input_usd(500_000), 1.0);
     /// ```
     #[must_use]
-    #[allow(clippy::cast_precision_loss)]
     pub fn input_usd(&self, tokens: u64) -> f64 {
-        tokens as f64 * self.input_per_million / 1e6
+        priced(tokens, self.input_per_million)
     }
 
     /// Dollars for `tokens` output tokens.
@@ -332,9 +533,8 @@ impl CostRates {
     /// assert_eq!(executionkit::CostRates::new(0.0, 4.0).unwrap().output_usd(250_000), 1.0);
     /// ```
     #[must_use]
-    #[allow(clippy::cast_precision_loss)]
     pub fn output_usd(&self, tokens: u64) -> f64 {
-        tokens as f64 * self.output_per_million / 1e6
+        priced(tokens, self.output_per_million)
     }
 }
 

@@ -538,6 +538,7 @@ async fn s051_budget_exhausted_before_dispatch() {
     ledger.reserve("m", 1, false).await.unwrap().settle(Usage {
         input_tokens: 500,
         output_tokens: 0,
+        ..Usage::default()
     });
     let e = ledger.reserve("m", 1, false).await.unwrap_err();
     assert!(e.message().contains("Input token"));
@@ -554,6 +555,7 @@ async fn s052_spent_input_budget_blocks_dispatch() {
         .settle(Usage {
             input_tokens: 100,
             output_tokens: 0,
+            ..Usage::default()
         });
     let p = Scripted::new(vec![Ok(LlmResponse::text("never"))]);
     let e = RunContext::new()

@@ -1012,6 +1012,7 @@ async fn s139_budget_remaining_never_negative() {
             l.reserve("m", 10, false).await.unwrap().settle(Usage {
                 input_tokens: i,
                 output_tokens: o,
+                ..Usage::default()
             });
         }
     };

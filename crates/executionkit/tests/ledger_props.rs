@@ -67,6 +67,7 @@ fn hammer(ledger: &Arc<BudgetLedger>, max_tokens: u64, seed: u64) -> Outcome {
                 let used = Usage {
                     input_tokens: amount(i, seed, 50),
                     output_tokens: amount(i, seed ^ 0xABCD, r.max_tokens()),
+                    ..Usage::default()
                 };
                 input.fetch_add(used.input_tokens, Ordering::SeqCst);
                 output.fetch_add(used.output_tokens, Ordering::SeqCst);
@@ -153,18 +154,21 @@ async fn a_waiting_reservation_proceeds_when_another_returns() {
     first.settle(Usage {
         input_tokens: 1,
         output_tokens: 4,
+        ..Usage::default()
     });
     let second = waiting.await.unwrap();
     assert_eq!(second.max_tokens(), 5, "6 came back; 5 were asked for");
     second.settle(Usage {
         input_tokens: 1,
         output_tokens: 5,
+        ..Usage::default()
     });
     let third = ledger.reserve("m", 5, false).await.unwrap();
     assert_eq!(third.max_tokens(), 1);
     third.settle(Usage {
         input_tokens: 0,
         output_tokens: 1,
+        ..Usage::default()
     });
     // Nothing left and nothing in flight: fail at once.
     let e = ledger.reserve("m", 5, false).await.unwrap_err();
@@ -197,6 +201,7 @@ async fn usd_budget_reserves_output_and_checks_input() {
     let usd = r.settle(Usage {
         input_tokens: 10,
         output_tokens: 5,
+        ..Usage::default()
     });
     assert!((usd - (10.0 * 100.0 + 5.0 * 1000.0) / 1e6).abs() < 1e-12);
     assert!((ledger.spent_usd().unwrap() - 0.006).abs() < 1e-12);
@@ -205,6 +210,7 @@ async fn usd_budget_reserves_output_and_checks_input() {
     r.settle(Usage {
         input_tokens: 0,
         output_tokens: 4,
+        ..Usage::default()
     });
     let e = ledger.reserve("m", 100, false).await.unwrap_err();
     assert!(e.is_budget_exhausted());
@@ -262,6 +268,7 @@ async fn n_choices_reserve_whole_tokens_per_choice() {
     r.settle(Usage {
         input_tokens: 0,
         output_tokens: 8,
+        ..Usage::default()
     });
     // 2 left, 4 choices: not even one token each, nothing in flight → exhausted.
     let e = ledger.reserve_choices("m", 64, 4, false).await.unwrap_err();

@@ -1,5 +1,6 @@
 //! One conformance suite, run unchanged against every provider that ships with the crate: the
-//! mock, the embedded offline model, and the HTTP `Provider` against llama-server + SmolLM2 when
+//! mock, the embedded offline model, the `AnthropicProvider` against a loopback fake of the
+//! Messages API (wiremock), and the HTTP `Provider` against llama-server + SmolLM2 when
 //! `EK_LLAMA_URL` is set (see `tests/real_server.rs` for how to start it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,10 +11,13 @@ use std::sync::Arc;
 
 use executionkit::engine::CostTracker;
 use executionkit::{
-    ChatRequest, LlmProvider, LlmResponse, Message, MockProvider, OfflineModel, Provider,
-    RunContext, StreamEvent,
+    AnthropicProvider, ChatRequest, LlmProvider, LlmResponse, Message, MockProvider, OfflineModel,
+    Provider, RunContext, StreamEvent,
 };
 use futures::StreamExt;
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 fn request() -> ChatRequest {
     ChatRequest::new(vec![Message::user("Name a colour.")])
@@ -98,6 +102,60 @@ async fn mock_provider_conforms() {
 #[tokio::test]
 async fn offline_model_conforms() {
     conformance("offline", Arc::new(OfflineModel::new())).await;
+}
+
+/// A fake of Anthropic's Messages API: "Blue." as one JSON message, or as the documented event
+/// stream when the request asks to stream.
+struct FakeMessages;
+
+impl Respond for FakeMessages {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let usage = json!({"input_tokens": 6, "output_tokens": 2});
+        if body["stream"] != true {
+            return ResponseTemplate::new(200).set_body_json(json!({
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+                "content": [{"type": "text", "text": "Blue."}],
+                "stop_reason": "end_turn", "stop_sequence": null, "usage": usage,
+            }));
+        }
+        let events = [
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+                "role": "assistant", "model": "claude-test", "content": [],
+                "usage": {"input_tokens": 6, "output_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0,
+                   "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "ping"}),
+            json!({"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": "Bl"}}),
+            json!({"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": "ue."}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                   "usage": {"output_tokens": 2}}),
+            json!({"type": "message_stop"}),
+        ];
+        let text: String = events
+            .iter()
+            .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+            .collect();
+        ResponseTemplate::new(200).set_body_raw(text, "text/event-stream")
+    }
+}
+
+#[tokio::test]
+async fn anthropic_provider_conforms_against_a_fake() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(FakeMessages)
+        .mount(&server)
+        .await;
+    let p = AnthropicProvider::builder(server.uri(), "claude-test")
+        .api_key("sk-ant-test")
+        .build()
+        .unwrap();
+    conformance("anthropic", Arc::new(p)).await;
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ use crate::usage::{Budget, CostRates, TokenUsage, UsageOverGrant};
 /// # futures::executor::block_on(async {
 /// let ledger = Arc::new(BudgetLedger::new(Budget::new().max_calls(1)));
 /// let r = ledger.reserve("m", 100, false).await.unwrap();
-/// r.settle(executionkit::provider::Usage { input_tokens: 5, output_tokens: 3 });
+/// r.settle(executionkit::provider::Usage { input_tokens: 5, output_tokens: 3, ..Default::default() });
 /// let err = ledger.reserve("m", 100, false).await.unwrap_err();
 /// assert!(err.is_budget_exhausted());
 /// assert_eq!(err.metadata()["exhausted"], "llm_calls");
@@ -195,7 +195,7 @@ impl BudgetLedger {
     /// let ledger = Arc::new(BudgetLedger::new(Budget::new().max_output_tokens(10)));
     /// let r = ledger.reserve("m", 64, false).await.unwrap();
     /// assert_eq!(r.max_tokens(), 10); // clamped to what is left
-    /// r.settle(Usage { input_tokens: 3, output_tokens: 4 });
+    /// r.settle(Usage { input_tokens: 3, output_tokens: 4, ..Usage::default() });
     /// assert_eq!(ledger.remaining().output_tokens, Some(6)); // the unused 6 came back
     /// # });
     /// ```
@@ -371,10 +371,10 @@ impl BudgetLedger {
         s.reserved_usd = (s.reserved_usd - r.usd_reserved).max(0.0);
         let mut usd = 0.0;
         if let Some(u) = usage {
-            s.spent.input_tokens += u.input_tokens;
-            s.spent.output_tokens += u.output_tokens;
+            let tokens = TokenUsage::from(u);
+            s.spent += tokens;
             if let Some(rates) = r.rates {
-                usd = rates.input_usd(u.input_tokens) + rates.output_usd(u.output_tokens);
+                usd = rates.usd(&tokens);
                 s.usd += usd;
             }
         }
@@ -456,7 +456,7 @@ impl Reservation {
     /// let b = Budget::new().default_price(CostRates::new(1.0, 2.0).unwrap());
     /// let l = Arc::new(BudgetLedger::new(b));
     /// let usd = l.reserve("m", 8, false).await.unwrap()
-    ///     .settle(Usage { input_tokens: 1_000_000, output_tokens: 0 });
+    ///     .settle(Usage { input_tokens: 1_000_000, ..Usage::default() });
     /// assert_eq!(usd, 1.0);
     /// assert_eq!(l.spent_usd(), Some(1.0));
     /// # });
@@ -481,7 +481,7 @@ impl Drop for Reservation {
 /// ```
 /// let t = executionkit::engine::CostTracker::new();
 /// t.add_call();
-/// t.add_tokens(executionkit::provider::Usage { input_tokens: 2, output_tokens: 1 }, 0.0);
+/// t.add_tokens(executionkit::provider::Usage { input_tokens: 2, output_tokens: 1, ..Default::default() }, 0.0);
 /// assert_eq!(t.usage(), executionkit::TokenUsage::new(2, 1, 1));
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -492,6 +492,9 @@ struct TrackerInner {
     input: AtomicU64,
     output: AtomicU64,
     calls: AtomicU64,
+    cache_read: AtomicU64,
+    cache_write: AtomicU64,
+    reasoning: AtomicU64,
     /// Micro-dollars ×1e6 (pico-dollars) to keep an atomic integer.
     pico_usd: AtomicU64,
     /// Calls that reported more output tokens than they were granted, and the excess.
@@ -521,12 +524,13 @@ impl CostTracker {
         self.0.calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Adds tokens (no call) and dollars.
+    /// Adds tokens (no call; the cache and reasoning subsets too) and dollars.
     ///
     /// ```
+    /// use executionkit::{TokenUsage, provider::Usage};
     /// let t = executionkit::engine::CostTracker::new();
-    /// t.add_tokens(executionkit::provider::Usage { input_tokens: 4, output_tokens: 2 }, 0.25);
-    /// assert_eq!(t.usage(), executionkit::TokenUsage::new(4, 2, 0));
+    /// t.add_tokens(Usage { input_tokens: 4, output_tokens: 2, cache_read_input_tokens: 3, ..Usage::default() }, 0.25);
+    /// assert_eq!(t.usage(), TokenUsage::new(4, 2, 0).with_cache(3, 0));
     /// assert_eq!(t.usd(), 0.25);
     /// ```
     pub fn add_tokens(&self, usage: Usage, usd: f64) {
@@ -536,6 +540,16 @@ impl CostTracker {
         self.0
             .output
             .fetch_add(usage.output_tokens, Ordering::Relaxed);
+        // The subsets are usually zero: skip the atomic writes then.
+        for (counter, n) in [
+            (&self.0.cache_read, usage.cache_read_input_tokens),
+            (&self.0.cache_write, usage.cache_write_input_tokens),
+            (&self.0.reasoning, usage.reasoning_tokens),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
         if usd > 0.0 {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             self.0
@@ -558,6 +572,9 @@ impl CostTracker {
             Usage {
                 input_tokens: usage.input_tokens,
                 output_tokens: usage.output_tokens,
+                cache_read_input_tokens: usage.cache_read_input_tokens,
+                cache_write_input_tokens: usage.cache_write_input_tokens,
+                reasoning_tokens: usage.reasoning_tokens,
             },
             usd.unwrap_or(0.0),
         );
@@ -605,6 +622,9 @@ impl CostTracker {
             input_tokens: self.0.input.load(Ordering::Relaxed),
             output_tokens: self.0.output.load(Ordering::Relaxed),
             llm_calls: self.0.calls.load(Ordering::Relaxed),
+            cache_read_input_tokens: self.0.cache_read.load(Ordering::Relaxed),
+            cache_write_input_tokens: self.0.cache_write.load(Ordering::Relaxed),
+            reasoning_tokens: self.0.reasoning.load(Ordering::Relaxed),
         }
     }
 
@@ -636,6 +656,7 @@ mod tests {
         Usage {
             input_tokens,
             output_tokens,
+            ..Usage::default()
         }
     }
 
@@ -674,6 +695,37 @@ mod tests {
         assert!((usd - 3.0).abs() < 1e-9);
         assert_eq!(l.spent_usd().map(|u| (u * 1e6).round()), Some(3e6));
         assert_eq!(l.remaining().usd, Some(0.0));
+    }
+
+    #[test]
+    fn cached_input_is_priced_at_the_cache_rates_and_recorded() {
+        let rates = CostRates::new(10.0, 0.0)
+            .unwrap()
+            .with_cache_read(1.0)
+            .unwrap()
+            .with_cache_write(20.0)
+            .unwrap();
+        let l = ledger(Budget::new().default_price(rates).max_usd(100.0));
+        let cached = Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 10,
+            cache_read_input_tokens: 500_000,
+            cache_write_input_tokens: 250_000,
+            reasoning_tokens: 4,
+        };
+        let usd = reserve_now(&l, 10, false).unwrap().settle(cached);
+        // 250k uncached at $10, 500k read at $1, 250k written at $20.
+        assert!((usd - (2.5 + 0.5 + 5.0)).abs() < 1e-9, "{usd}");
+        assert_eq!(
+            l.spent(),
+            TokenUsage::new(1_000_000, 10, 1)
+                .with_cache(500_000, 250_000)
+                .with_reasoning(4)
+        );
+        // Without cache rates the same usage costs the input rate throughout.
+        let l = ledger(Budget::new().default_price(CostRates::new(10.0, 0.0).unwrap()));
+        let usd = reserve_now(&l, 10, false).unwrap().settle(cached);
+        assert!((usd - 10.0).abs() < 1e-9, "{usd}");
     }
 
     #[test]

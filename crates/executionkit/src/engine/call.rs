@@ -443,7 +443,10 @@ impl RunContext {
         if self.events.is_some() {
             self.emit(&Event::CallFinished {
                 call,
-                usage: TokenUsage::new(resp.usage.input_tokens, resp.usage.output_tokens, 1),
+                usage: TokenUsage {
+                    llm_calls: 1,
+                    ..TokenUsage::from(resp.usage)
+                },
                 finish_reason: resp.finish_reason().map(str::to_owned),
                 spent: self.ledger.spent(),
                 remaining: self.ledger.remaining(),

@@ -266,8 +266,12 @@ impl LlmProvider for MockProvider {
         if self.inner.supports_n {
             for _ in 1..request.n.unwrap_or(1) {
                 let extra = self.next_response();
-                resp.usage.input_tokens += extra.usage.input_tokens;
-                resp.usage.output_tokens += extra.usage.output_tokens;
+                let u = &mut resp.usage;
+                u.input_tokens += extra.usage.input_tokens;
+                u.output_tokens += extra.usage.output_tokens;
+                u.cache_read_input_tokens += extra.usage.cache_read_input_tokens;
+                u.cache_write_input_tokens += extra.usage.cache_write_input_tokens;
+                u.reasoning_tokens += extra.usage.reasoning_tokens;
                 resp.choices.extend(extra.choices);
             }
         }

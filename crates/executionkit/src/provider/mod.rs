@@ -1,5 +1,7 @@
 //! The provider seam: [`LlmProvider`], the request and response types, and the providers
-//! that ship with the crate ([`Provider`] over HTTP, [`MockProvider`], [`OfflineModel`]).
+//! that ship with the crate ([`Provider`] for OpenAI-compatible endpoints and
+//! [`AnthropicProvider`] for Anthropic's Messages API over HTTP, [`MockProvider`],
+//! [`OfflineModel`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -12,6 +14,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 
+mod anthropic;
+mod http;
 mod mock;
 mod offline;
 mod openai;
@@ -19,6 +23,9 @@ pub mod parse;
 pub mod sse;
 mod transport;
 
+pub use anthropic::{
+    ANTHROPIC_BASE_URL, ANTHROPIC_VERSION, AnthropicProvider, AnthropicProviderBuilder,
+};
 pub use mock::{MockCall, MockProvider};
 pub use offline::OfflineModel;
 pub use openai::{Provider, ProviderBuilder};
@@ -749,18 +756,32 @@ pub fn check_temperature(t: f64) -> Result<()> {
 
 /// Token counts a server reported for one response.
 ///
+/// `input_tokens` counts every prompt token billed (cached ones included: for Anthropic the sum
+/// of its `input_tokens`, `cache_read_input_tokens` and `cache_creation_input_tokens`);
+/// `output_tokens` every completion token (reasoning included). The other three fields are
+/// subsets of those two, zero when the server reported none.
+///
 /// ```
 /// use executionkit::{LlmResponse, provider::Usage};
 /// let r = LlmResponse::text("x").with_usage(12, 3);
-/// assert_eq!(r.usage, Usage { input_tokens: 12, output_tokens: 3 });
+/// assert_eq!(r.usage, Usage { input_tokens: 12, output_tokens: 3, ..Usage::default() });
 /// assert_eq!(LlmResponse::text("x").usage, Usage::default());
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens (every one billed, cached ones included).
     pub input_tokens: u64,
-    /// Completion tokens.
+    /// Completion tokens (reasoning included).
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the prompt cache.
+    #[serde(default)]
+    pub cache_read_input_tokens: u64,
+    /// Of `input_tokens`, those written to the prompt cache.
+    #[serde(default)]
+    pub cache_write_input_tokens: u64,
+    /// Of `output_tokens`, the reasoning tokens.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 /// One choice of a response.
@@ -836,6 +857,7 @@ impl LlmResponse {
         self.usage = Usage {
             input_tokens,
             output_tokens,
+            ..Usage::default()
         };
         self
     }

@@ -100,7 +100,7 @@ impl OfflineModel {
         let limit = request.max_tokens.map(u64::from);
         let mut usage = Usage {
             input_tokens: prompt_tokens(&request.messages),
-            output_tokens: 0,
+            ..Usage::default()
         };
         let choices = (0..u64::from(n))
             .map(|i| {

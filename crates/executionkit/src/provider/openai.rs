@@ -23,19 +23,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, stream};
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
-use url::Url;
 
-use super::parse::{error_detail, is_insufficient_quota, parse_reply, parse_retry_after};
-use super::sse::{
-    ByteLimitError, ByteLimits, IdleError, IdleTimeout, StreamAccumulator, StreamLimits,
+use super::http::{
+    ConnectOptions, Endpoint, SseError, SseEvents, add_headers, check_durations, endpoint_url,
+    is_json, mask, secret_header,
 };
-use super::transport::{self, BodyStream, Reply, Settings, Transport, TransportError};
+use super::parse::parse_reply;
+use super::sse::{StreamAccumulator, StreamLimits};
+use super::transport::{self, Reply, Transport};
 use super::{ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent};
-use crate::error::{Error, ErrorKind, Result};
-use crate::redact::{redact, redact_with};
+use crate::error::{Error, Result};
+use crate::redact::redact;
 
 /// The default per-request timeout (120 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -45,11 +46,6 @@ pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_STREAM_DEADLINE: Duration = Duration::from_secs(600);
 /// The default temperature of requests that set none (0.7).
 pub const DEFAULT_TEMPERATURE: f64 = 0.7;
-
-/// The longest error-body prefix read to classify a failed reply.
-const MAX_ERROR_BODY: usize = 64 * 1024;
-/// The longest server-supplied detail kept in an error message.
-const MAX_DETAIL_CHARS: usize = 1000;
 
 /// The OpenAI-compatible HTTP provider.
 ///
@@ -72,11 +68,9 @@ pub struct Provider {
 }
 
 struct Inner {
-    transport: Arc<Transport>,
+    http: Endpoint,
     base_url: String,
     model: String,
-    api_key: String,
-    timeout: Duration,
     stream_idle_timeout: Duration,
     default_temperature: f64,
     default_max_tokens: u32,
@@ -90,13 +84,9 @@ impl fmt::Debug for Provider {
         f.debug_struct("Provider")
             .field("base_url", &redact(&self.inner.base_url))
             .field("model", &self.inner.model)
-            .field("api_key", &mask(&self.inner.api_key))
+            .field("api_key", &mask(&self.inner.http.api_key))
             .finish_non_exhaustive()
     }
-}
-
-fn mask(key: &str) -> &'static str {
-    if key.is_empty() { "" } else { "***" }
 }
 
 /// Builds a [`Provider`]; every argument is checked by [`ProviderBuilder::build`] before any
@@ -150,10 +140,10 @@ impl fmt::Debug for ProviderBuilder {
             .field("default_max_tokens", &self.default_max_tokens)
             .field("supports_n", &self.supports_n)
             .field("stream_deadline", &self.stream_deadline)
+            .field("stream_limits", &self.stream_limits)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("root_certificates", &self.root_pems.len())
             .field("use_env_proxy", &self.use_env_proxy)
-            .field("stream_limits", &self.stream_limits)
             .finish_non_exhaustive()
     }
 }
@@ -215,7 +205,7 @@ impl Provider {
     /// ```
     #[must_use]
     pub fn timeout(&self) -> Duration {
-        self.inner.timeout
+        self.inner.http.timeout
     }
 
     /// The stream idle timeout.
@@ -417,19 +407,6 @@ impl ProviderBuilder {
         self
     }
 
-    /// Trusts every certificate in `pem` (e.g. a private CA) for https, beside webpki's roots
-    /// and the system's (`SSL_CERT_FILE` / `SSL_CERT_DIR` replace the system's when set).
-    ///
-    /// ```
-    /// let e = executionkit::Provider::builder("https://127.0.0.1:1/v1", "m")
-    ///     .root_certificate_pem("not a certificate").build().unwrap_err();
-    /// assert_eq!(e.metadata()["argument"], "root_certificate_pem");
-    /// ```
-    pub fn root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
-        self.root_pems.push(pem.as_ref().to_vec());
-        self
-    }
-
     /// Sets the caps on one stream (raw bytes, line, event, text, tool calls; see
     /// [`StreamLimits`]); passing one is a `provider` error naming it.
     ///
@@ -442,6 +419,19 @@ impl ProviderBuilder {
     /// ```
     pub fn stream_limits(mut self, limits: StreamLimits) -> Self {
         self.stream_limits = limits;
+        self
+    }
+
+    /// Trusts every certificate in `pem` (e.g. a private CA) for https, beside webpki's roots
+    /// and the system's (`SSL_CERT_FILE` / `SSL_CERT_DIR` replace the system's when set).
+    ///
+    /// ```
+    /// let e = executionkit::Provider::builder("https://127.0.0.1:1/v1", "m")
+    ///     .root_certificate_pem("not a certificate").build().unwrap_err();
+    /// assert_eq!(e.metadata()["argument"], "root_certificate_pem");
+    /// ```
+    pub fn root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.root_pems.push(pem.as_ref().to_vec());
         self
     }
 
@@ -470,24 +460,7 @@ impl ProviderBuilder {
         if self.model.trim().is_empty() {
             return Err(Error::invalid_argument("model", "model must not be empty"));
         }
-        let scheme = scheme_of(&self.base_url);
-        if scheme != "http" && scheme != "https" {
-            return Err(Error::invalid_argument(
-                "base_url",
-                format!("base_url scheme must be 'http' or 'https', got '{scheme}://'"),
-            ));
-        }
-        let mut url = Url::parse(self.base_url.trim()).map_err(|e| {
-            Error::invalid_argument("base_url", format!("base_url is not a valid URL: {e}"))
-        })?;
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(Error::invalid_argument(
-                "base_url",
-                "base_url is not a valid URL: it has no host",
-            ));
-        }
-        let path = format!("{}/chat/completions", url.path().trim_end_matches('/'));
-        url.set_path(&path);
+        let mut url = endpoint_url(&self.base_url, "/chat/completions")?;
         if !self.query.is_empty() {
             let mut pairs = url.query_pairs_mut();
             for (k, v) in &self.query {
@@ -509,19 +482,12 @@ impl ProviderBuilder {
                 "default_max_tokens must be >= 1, got 0",
             ));
         }
-        for (name, d) in [
+        check_durations(&[
             ("timeout", Some(self.timeout)),
             ("stream_idle_timeout", Some(self.stream_idle_timeout)),
             ("connect_timeout", self.connect_timeout),
             ("stream_deadline", Some(self.stream_deadline)),
-        ] {
-            if d.is_some_and(|d| d.is_zero()) {
-                return Err(Error::invalid_argument(
-                    name,
-                    format!("{name} must be greater than zero"),
-                ));
-            }
-        }
+        ])?;
 
         if self.max_response_bytes == 0 {
             return Err(Error::invalid_argument(
@@ -532,64 +498,27 @@ impl ProviderBuilder {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if !self.api_key.is_empty() {
-            let mut v =
-                HeaderValue::from_str(&format!("Bearer {}", self.api_key)).map_err(|_| {
-                    Error::invalid_argument(
-                        "api_key",
-                        "api_key contains characters that cannot be sent in an HTTP header",
-                    )
-                })?;
-            v.set_sensitive(true);
+            let v = secret_header(&format!("Bearer {}", self.api_key), "api_key")?;
             headers.insert(AUTHORIZATION, v);
         }
-        for (name, value) in &self.headers {
-            let n = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-                Error::invalid_argument(
-                    "header",
-                    format!(
-                        "header name {:?} is not a valid HTTP header name",
-                        redact(name)
-                    ),
-                )
-            })?;
-            let mut v = HeaderValue::from_str(value).map_err(|_| {
-                Error::invalid_argument(
-                    "header",
-                    format!("the value of header '{n}' cannot be sent in an HTTP header"),
-                )
-            })?;
-            v.set_sensitive(true);
-            headers.insert(n, v);
-        }
+        add_headers(&mut headers, &self.headers)?;
 
-        let mut roots = Vec::new();
-        for pem in &self.root_pems {
-            roots.extend(transport::pem_certificates(pem).map_err(|e| {
-                Error::invalid_argument(
-                    "root_certificate_pem",
-                    format!("root_certificate_pem: {e}"),
-                )
-            })?);
-        }
-        let settings = Settings {
+        let transport: Transport = ConnectOptions {
             connect_timeout: self.connect_timeout,
             max_response_bytes: self.max_response_bytes,
-            roots,
+            root_pems: &self.root_pems,
             use_env_proxy: self.use_env_proxy,
-        };
-        let transport = Transport::new(&url, headers, settings).map_err(|e| {
-            Error::invalid_argument(
-                "base_url",
-                format!("base_url cannot be used: {}", redact(&e)),
-            )
-        })?;
+        }
+        .transport(&url, headers)?;
         Ok(Provider {
             inner: Arc::new(Inner {
-                transport: Arc::new(transport),
+                http: Endpoint {
+                    transport: Arc::new(transport),
+                    api_key: self.api_key,
+                    timeout: self.timeout,
+                },
                 base_url: self.base_url,
                 model: self.model,
-                api_key: self.api_key,
-                timeout: self.timeout,
                 stream_idle_timeout: self.stream_idle_timeout,
                 default_temperature: self.default_temperature,
                 default_max_tokens: self.default_max_tokens,
@@ -599,16 +528,6 @@ impl ProviderBuilder {
             }),
         })
     }
-}
-
-/// The text before the first `://` (or the first `:`), lower-cased.
-fn scheme_of(url: &str) -> String {
-    let url = url.trim();
-    let end = url
-        .find("://")
-        .or_else(|| url.find(':'))
-        .unwrap_or(url.len());
-    url[..end].to_ascii_lowercase()
 }
 
 /// The JSON body: model, messages, temperature, max_tokens, tools, tool_choice,
@@ -732,106 +651,40 @@ impl Inner {
     }
 
     fn secret(&self) -> Option<&str> {
-        (!self.api_key.is_empty()).then_some(self.api_key.as_str())
-    }
-
-    /// Redacts credential shapes and the key itself (any case, percent-encoded, base64) from
-    /// server or transport text.
-    fn clean(&self, text: &str) -> String {
-        redact_with(text, self.secret())
-    }
-
-    /// Makes sure the key appears nowhere in an error's message or metadata.
-    fn scrub(&self, e: Error) -> Error {
-        e.redacted_with(self.secret())
-    }
-
-    /// A `transport` (or, for a timeout, `timeout`; for a protocol break or a cap, `provider`;
-    /// for a certificate that does not verify, `permanent`) error: "Transport failure: <reason>".
-    fn transport_error(&self, e: TransportError) -> Error {
-        let kind = if e.is_timeout() {
-            ErrorKind::Timeout
-        } else if e.is_refused() {
-            ErrorKind::Permanent
-        } else if e.is_protocol() {
-            ErrorKind::Provider
-        } else {
-            ErrorKind::Transport
-        };
-        let msg = format!("Transport failure: {}", self.clean(&error_chain(&e)));
-        Error::new(kind, msg).with_source(e)
-    }
-
-    /// Reads (a bounded prefix of) a failed reply and classifies it (§3.1).
-    async fn status_error(&self, reply: Box<Reply>) -> Error {
-        let status = reply.status.as_u16();
-        let retry_after = (status == 429).then(|| retry_after_of(&reply.headers));
-        // An unreadable or slow error body is treated as `{}`.
-        let body = tokio::time::timeout(self.timeout, Box::pin((*reply).prefix(MAX_ERROR_BODY)))
-            .await
-            .unwrap_or_default();
-        let e = classify_status(status, &body, retry_after, |d| self.clean(d));
-        e.with_source(StatusError(status))
-    }
-
-    /// Sends `body` and waits for the reply head (within the request timeout).
-    /// The reply is boxed: it lives across the body's reads in every call's future.
-    async fn send(&self, body: Vec<u8>) -> Result<Box<Reply>> {
-        match tokio::time::timeout(
-            self.timeout,
-            Box::pin(self.transport.send(Bytes::from(body))),
-        )
-        .await
-        {
-            Ok(r) => r.map(Box::new).map_err(|e| self.transport_error(e)),
-            Err(_) => Err(self.no_response()),
-        }
+        self.http.secret()
     }
 
     async fn complete(&self, request: &ChatRequest) -> Result<LlmResponse> {
         request.validate()?;
         let body = self.body(request, false)?;
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let reply = self.send(body).await?;
+        let deadline = tokio::time::Instant::now() + self.http.timeout;
+        let reply = self.http.send(body).await?;
         if !reply.status.is_success() {
-            return Err(self.status_error(reply).await);
+            return Err(self.http.status_error(reply).await);
         }
-        let bytes = match tokio::time::timeout_at(deadline, Box::pin((*reply).bytes())).await {
-            Ok(r) => r.map_err(|e| self.transport_error(e))?,
-            Err(_) => return Err(self.no_response()),
-        };
-        parse_reply(&bytes).map_err(|e| self.scrub(e))
-    }
-
-    /// The error of a request that got no (whole) response within the request timeout.
-    fn no_response(&self) -> Error {
-        Error::new(
-            ErrorKind::Timeout,
-            format!(
-                "Transport failure: no response within {:.1} s (request timeout)",
-                self.timeout.as_secs_f64()
-            ),
-        )
+        let bytes = self.http.read_body(reply, deadline).await?;
+        parse_reply(&bytes).map_err(|e| self.http.scrub(e))
     }
 
     async fn open_stream(self: Arc<Self>, request: ChatRequest) -> Result<ChatStream> {
         request.validate()?;
         let body = self.body(&request, true)?;
         drop(request);
-        let reply = self.send(body).await?;
+        let reply = self.http.send(body).await?;
         if !reply.status.is_success() {
-            return Err(self.status_error(reply).await);
+            return Err(self.http.status_error(reply).await);
         }
         if is_json(&reply.headers) {
             // A server that ignores `"stream": true` answers with one JSON completion.
             return self.whole_reply_as_stream(reply).await;
         }
-        // The idle timer sees every chunk; the byte limits cut lines for the SSE parser.
-        let bytes: BodyStream = (*reply).into_stream(self.stream_deadline);
-        let bytes = IdleTimeout::new(bytes, self.stream_idle_timeout);
-        let bytes = ByteLimits::new(bytes, &self.stream_limits);
         let decoder = Decoder {
-            events: eventsource_stream::EventStream::new(bytes).boxed(),
+            events: Endpoint::sse_events(
+                reply,
+                self.stream_deadline,
+                self.stream_idle_timeout,
+                &self.stream_limits,
+            ),
             acc: StreamAccumulator::with_limits(self.stream_limits),
             pending: VecDeque::new(),
             scratch: Vec::new(),
@@ -849,19 +702,8 @@ impl Inner {
 
     /// A non-streamed JSON reply to a stream request, as the events a stream would give.
     async fn whole_reply_as_stream(&self, reply: Box<Reply>) -> Result<ChatStream> {
-        let bytes = match tokio::time::timeout(self.timeout, (*reply).bytes()).await {
-            Ok(r) => r.map_err(|e| self.transport_error(e))?,
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "Transport failure: the reply was not read within {:.1} s (request timeout)",
-                        self.timeout.as_secs_f64()
-                    ),
-                ));
-            }
-        };
-        let r = parse_reply(&bytes).map_err(|e| self.scrub(e))?;
+        let bytes = self.http.read_whole_reply(reply).await?;
+        let r = parse_reply(&bytes).map_err(|e| self.http.scrub(e))?;
         let mut events = Vec::with_capacity(2 + r.tool_calls().len());
         if !r.content().is_empty() {
             events.push(Ok(StreamEvent::TextDelta(r.content().to_owned())));
@@ -879,25 +721,9 @@ impl Inner {
     }
 }
 
-/// The cause attached to an error built from a 4xx or 5xx reply.
-#[derive(Debug)]
-struct StatusError(u16);
-
-impl fmt::Display for StatusError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let reason = http::StatusCode::from_u16(self.0)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
-        write!(f, "HTTP status {} {reason}", self.0)
-    }
-}
-
-impl std::error::Error for StatusError {}
-
 /// The SSE decoding state of one open stream.
 struct Decoder {
-    events: stream::BoxStream<'static, std::result::Result<eventsource_stream::Event, SseError>>,
+    events: SseEvents,
     acc: StreamAccumulator,
     pending: VecDeque<StreamEvent>,
     scratch: Vec<StreamEvent>,
@@ -908,8 +734,6 @@ enum Step {
     Item(StreamEvent),
     Last(Result<StreamEvent>),
 }
-
-type SseError = eventsource_stream::EventStreamError<ByteLimitError<IdleError<TransportError>>>;
 
 impl Decoder {
     async fn next_item(&mut self) -> Step {
@@ -924,7 +748,7 @@ impl Decoder {
                 None => return Step::Last(self.finish()),
                 Some(Ok(event)) => {
                     if let Err(e) = self.acc.push_data(&event.data, &mut self.scratch) {
-                        return Step::Last(Err(self.provider.scrub(e)));
+                        return Step::Last(Err(self.provider.http.scrub(e)));
                     }
                     self.pending.extend(self.scratch.drain(..));
                 }
@@ -937,112 +761,12 @@ impl Decoder {
         std::mem::take(&mut self.acc)
             .finish()
             .map(StreamEvent::Finished)
-            .map_err(|e| self.provider.scrub(e))
+            .map_err(|e| self.provider.http.scrub(e))
     }
 
     fn stream_error(&self, e: SseError) -> Error {
-        use eventsource_stream::EventStreamError as E;
-        match e {
-            E::Transport(e) => e.into_error(|e| match e {
-                IdleError::Inner(e) => self.provider.transport_error(e),
-                IdleError::Idle(d) => Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "Transport failure: the stream sent nothing for {:.1} s (stream idle timeout)",
-                        d.as_secs_f64()
-                    ),
-                ),
-            }),
-            E::Utf8(_) => Error::new(ErrorKind::Provider, "Provider stream is not valid UTF-8"),
-            E::Parser(_) => Error::new(
-                ErrorKind::Provider,
-                "Provider stream is not valid server-sent events",
-            ),
-        }
+        self.provider.http.sse_error(e)
     }
-}
-
-/// `true` when the reply's `Content-Type` is JSON.
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .get(..16)
-                .is_some_and(|t| t.eq_ignore_ascii_case("application/json"))
-        })
-}
-
-/// The wait a 429 asks for: `retry-after-ms` when present and valid, else `Retry-After`
-/// (§3.2; an absent header counts as "1").
-fn retry_after_of(headers: &HeaderMap) -> Duration {
-    let ms = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|x| x.is_finite());
-    let secs = match ms {
-        Some(ms) => (ms / 1000.0).max(0.0),
-        None => match headers.get(RETRY_AFTER) {
-            Some(v) => parse_retry_after(v.to_str().unwrap_or(""), 1.0),
-            None => 1.0,
-        },
-    };
-    Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(u64::from(u32::MAX)))
-}
-
-/// Classifies a non-2xx reply (reference §3.1 and OVERRIDES): 429 → `rate_limited` (unless
-/// the body says `insufficient_quota`, then `permanent`); 400, 401, 403, 404, 405, 413, 422 →
-/// `permanent`; anything else → `provider`. `clean` redacts the server's detail.
-fn classify_status(
-    status: u16,
-    body: &[u8],
-    retry_after: Option<Duration>,
-    clean: impl Fn(&str) -> String,
-) -> Error {
-    let detail = error_detail(body)
-        .filter(|d| !d.trim().is_empty())
-        .map(|d| clean(&super::parse::truncate_chars(&d, MAX_DETAIL_CHARS)));
-    let with_detail = |head: String| match &detail {
-        Some(d) => format!("{head}: {d}"),
-        None => head,
-    };
-    let e = match status {
-        429 if is_insufficient_quota(body) => Error::new(
-            ErrorKind::Permanent,
-            with_detail("Provider request failed with HTTP 429 (insufficient quota)".to_owned()),
-        ),
-        429 => Error::new(
-            ErrorKind::RateLimited,
-            "Provider rate limited the request (HTTP 429)",
-        )
-        .with_retry_after(retry_after.unwrap_or(Duration::from_secs(1))),
-        400 | 401 | 403 | 404 | 405 | 413 | 422 => Error::new(
-            ErrorKind::Permanent,
-            with_detail(format!("Provider request failed with HTTP {status}")),
-        ),
-        _ => Error::new(
-            ErrorKind::Provider,
-            with_detail(format!("Provider request failed with HTTP {status}")),
-        ),
-    };
-    e.with_http_status(status)
-}
-
-/// An error and its causes, joined by ": ", skipping repeats.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !text.is_empty() && !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[async_trait]
@@ -1085,6 +809,7 @@ impl LlmProvider for Provider {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::http::{classify_status, scheme_of};
     use super::*;
 
     /// glibc's malloc serves requests up to 1,032 bytes from its per-thread cache; a call's

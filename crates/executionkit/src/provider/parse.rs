@@ -722,6 +722,8 @@ mod wire {
         prompt_tokens: Option<Count>,
         output_tokens: Option<Count>,
         completion_tokens: Option<Count>,
+        prompt_tokens_details: Option<Value>,
+        completion_tokens_details: Option<Value>,
     }
 
     impl<'de> Fields<'de> for WireUsage {
@@ -731,6 +733,10 @@ mod wire {
                 "prompt_tokens" => self.prompt_tokens = Some(map.next_value()?),
                 "output_tokens" => self.output_tokens = Some(map.next_value()?),
                 "completion_tokens" => self.completion_tokens = Some(map.next_value()?),
+                "prompt_tokens_details" => self.prompt_tokens_details = Some(map.next_value()?),
+                "completion_tokens_details" => {
+                    self.completion_tokens_details = Some(map.next_value()?);
+                }
                 _ => {
                     map.next_value::<Skip>()?;
                 }
@@ -747,10 +753,20 @@ mod wire {
                 let n = primary.or(fallback).and_then(|Count(n)| n).unwrap_or(0);
                 (n <= MAX_REPORTED_TOKENS).then_some(n)
             };
-            Some(Usage {
+            let usage = Usage {
                 input_tokens: pick(self.input_tokens, self.prompt_tokens)?,
                 output_tokens: pick(self.output_tokens, self.completion_tokens)?,
-            })
+                ..Usage::default()
+            };
+            // The subsets, read as `with_usage_details` reads them.
+            let mut details = serde_json::Map::new();
+            if let Some(d) = self.prompt_tokens_details {
+                details.insert("prompt_tokens_details".to_owned(), d);
+            }
+            if let Some(d) = self.completion_tokens_details {
+                details.insert("completion_tokens_details".to_owned(), d);
+            }
+            Some(super::with_usage_details(&details, usage))
         }
     }
 }
@@ -937,10 +953,42 @@ pub fn parse_arguments(v: Option<&Value>, name: &str) -> Result<Map<String, Valu
 /// assert!(parse_usage(bad.as_object().unwrap()).unwrap_err().message().contains("cannot be negative"));
 /// ```
 pub fn parse_usage(u: &Map<String, Value>) -> Result<Usage> {
-    Ok(Usage {
-        input_tokens: usage_field(u, "input_tokens", "prompt_tokens")?,
-        output_tokens: usage_field(u, "output_tokens", "completion_tokens")?,
-    })
+    Ok(with_usage_details(
+        u,
+        Usage {
+            input_tokens: usage_field(u, "input_tokens", "prompt_tokens")?,
+            output_tokens: usage_field(u, "output_tokens", "completion_tokens")?,
+            ..Usage::default()
+        },
+    ))
+}
+
+/// `usage` with the subsets OpenAI reports in a usage object: `prompt_tokens_details.cached_tokens`
+/// (cache reads, part of the input) and `completion_tokens_details.reasoning_tokens` (part of the
+/// output). Each is a subset, so it is capped at its total; a detail that is absent, `null` or not
+/// a whole number counts 0 (it only informs, and never fails a reply).
+///
+/// ```
+/// use executionkit::provider::{Usage, parse::with_usage_details};
+/// let u = serde_json::json!({"prompt_tokens_details": {"cached_tokens": 7},
+///                            "completion_tokens_details": {"reasoning_tokens": 99}});
+/// let base = Usage { input_tokens: 10, output_tokens: 20, ..Usage::default() };
+/// let d = with_usage_details(u.as_object().unwrap(), base);
+/// assert_eq!((d.cache_read_input_tokens, d.reasoning_tokens), (7, 20));
+/// ```
+#[must_use]
+pub fn with_usage_details(u: &Map<String, Value>, mut usage: Usage) -> Usage {
+    let detail = |outer: &str, inner: &str| {
+        u.get(outer)
+            .and_then(|d| d.get(inner))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    usage.cache_read_input_tokens =
+        detail("prompt_tokens_details", "cached_tokens").min(usage.input_tokens);
+    usage.reasoning_tokens =
+        detail("completion_tokens_details", "reasoning_tokens").min(usage.output_tokens);
+    usage
 }
 
 fn usage_field(u: &Map<String, Value>, primary: &str, fallback: &str) -> Result<u64> {

@@ -1020,6 +1020,23 @@ mod tests {
     }
 
     #[test]
+    fn usage_details_of_a_stream_are_recorded() {
+        let mut acc = StreamAccumulator::new();
+        feed(
+            &mut acc,
+            r#"{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}]}"#,
+        );
+        feed(
+            &mut acc,
+            r#"{"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":9,"prompt_tokens_details":{"cached_tokens":16},"completion_tokens_details":{"reasoning_tokens":5}}}"#,
+        );
+        let u = acc.finish().unwrap().usage;
+        assert_eq!((u.input_tokens, u.output_tokens), (20, 9));
+        assert_eq!((u.cache_read_input_tokens, u.reasoning_tokens), (16, 5));
+        assert_eq!(u.cache_write_input_tokens, 0);
+    }
+
+    #[test]
     fn error_chunk_is_a_provider_error() {
         let mut acc = StreamAccumulator::new();
         let e = acc
