@@ -444,6 +444,13 @@ impl Budget {
         self
     }
 
+    /// Takes `other`'s prices (a nested ledger without its own prices prices calls like its
+    /// parent).
+    pub(crate) fn inherit_prices(&mut self, other: &Budget) {
+        self.default_rates = other.default_rates;
+        self.rates.clone_from(&other.rates);
+    }
+
     /// The input-token limit, if any.
     ///
     /// ```
