@@ -55,14 +55,14 @@ struct PipeStep {
 /// * An empty pipe returns the prompt at zero cost with empty metadata.
 ///
 /// ```
-/// use executionkit::{Consensus, MockProvider, Pipe, RefineLoop, RunContext, TokenUsage};
+/// use executionkit::{Budget, Consensus, MockProvider, Pipe, RefineLoop, RunContext};
 /// # futures::executor::block_on(async {
 /// // 3 consensus samples, then the judge scores the winner 9/10: the target is reached.
 /// let p = MockProvider::new(["Paris", "Paris", "Lyon", "9"]);
 /// let r = Pipe::new()
 ///     .step(Consensus::new().samples(3))
 ///     .step(RefineLoop::new().target_score(0.9))
-///     .max_budget(TokenUsage::new(20_000, 10_000, 20))
+///     .max_budget(Budget::new().max_input_tokens(20_000).max_output_tokens(10_000).max_calls(20))
 ///     .run(&p, "Capital of France?", &RunContext::new())
 ///     .await
 ///     .unwrap();
@@ -222,8 +222,8 @@ impl Pipe {
     /// assert_eq!(ctx.ledger().spent().llm_calls, 1);
     /// # });
     /// ```
-    pub fn max_budget(mut self, budget: impl Into<Budget>) -> Self {
-        self.max_budget = Some(budget.into());
+    pub fn max_budget(mut self, budget: Budget) -> Self {
+        self.max_budget = Some(budget);
         self
     }
 

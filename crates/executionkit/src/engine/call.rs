@@ -73,8 +73,8 @@ impl RunContext {
     /// let ctx = executionkit::RunContext::new().budget(executionkit::Budget::new().max_calls(1));
     /// assert_eq!(ctx.ledger().remaining().llm_calls, Some(1));
     /// ```
-    pub fn budget(mut self, budget: impl Into<Budget>) -> Self {
-        self.ledger = Arc::new(BudgetLedger::new(budget.into()));
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.ledger = Arc::new(BudgetLedger::new(budget));
         self
     }
 
@@ -90,8 +90,8 @@ impl RunContext {
     /// assert!(Arc::ptr_eq(inner.ledger().parent().unwrap(), outer.ledger()));
     /// assert_eq!(inner.ledger().remaining().llm_calls, Some(5)); // the outer limit is tighter
     /// ```
-    pub fn nested_budget(mut self, budget: impl Into<Budget>) -> Self {
-        self.ledger = Arc::new(BudgetLedger::child(Arc::clone(&self.ledger), budget.into()));
+    pub fn nested_budget(mut self, budget: Budget) -> Self {
+        self.ledger = Arc::new(BudgetLedger::child(Arc::clone(&self.ledger), budget));
         self
     }
 
