@@ -11,6 +11,7 @@
 //! ```
 
 pub mod approval;
+pub mod blocking;
 pub mod engine;
 pub mod error;
 pub mod events;
