@@ -9,7 +9,7 @@
 
 mod support;
 
-use executionkit::{Consensus, Pipe, RefineLoop, RunContext, TokenUsage};
+use executionkit::{Budget, Consensus, Pipe, RefineLoop, RunContext};
 
 #[tokio::main]
 async fn main() -> Result<(), executionkit::Error> {
@@ -26,7 +26,12 @@ async fn main() -> Result<(), executionkit::Error> {
         .step(consensus)
         .step(refine)
         // End-to-end ceiling: hard cap at 20 LLM calls / 30K tokens.
-        .max_budget(TokenUsage::new(20_000, 10_000, 20))
+        .max_budget(
+            Budget::new()
+                .max_input_tokens(20_000)
+                .max_output_tokens(10_000)
+                .max_calls(20),
+        )
         .run(
             provider.as_ref(),
             "Write a one-paragraph executive summary of the Turing test \

@@ -33,6 +33,8 @@ async fn main() -> Result<(), executionkit::Error> {
         .step(classify)
         .step(answer)
         .step(polish)
+        // The seed's `TokenUsage(llm_calls=30)`: 30 calls, tokens unlimited (a zero token
+        // field there means "no limit"; here it would be a limit of zero).
         .max_budget(Budget::new().max_calls(30))
         .run(
             provider.as_ref(),

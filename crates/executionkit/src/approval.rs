@@ -138,14 +138,18 @@ impl From<bool> for ApprovalDecision {
 /// assert_eq!(OnTimeout::default(), OnTimeout::Raise);
 /// let never = || ApprovalGate::new(|_r| futures::future::pending::<executionkit::Result<bool>>());
 /// let raise = never().timeout(Duration::from_millis(5), OnTimeout::Raise);
-/// assert!(raise.request(ApprovalRequest::new("a", "b")).await.unwrap_err().is_timeout());
+/// let err = raise.request(ApprovalRequest::new("a", "b")).await.unwrap_err();
+/// assert!(err.is_approval_denied());
+/// assert_eq!(err.metadata()["reason"], "timeout");
 /// let deny = never().timeout(Duration::from_millis(5), OnTimeout::Deny);
 /// assert!(!deny.request(ApprovalRequest::new("a", "b")).await.unwrap().approved);
 /// # });
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnTimeout {
-    /// Fail with a `timeout` error naming the action and subject (the default).
+    /// Fail with an `approval_denied` error naming the action and subject, its
+    /// `metadata.reason` `"timeout"` (the default). Not a `timeout` error: that kind is retried,
+    /// and nobody said yes.
     #[default]
     Raise,
     /// Deny the action.
@@ -295,8 +299,9 @@ impl ApprovalGate {
     }
 
     /// Asks the callback. Its errors propagate; an expired timeout is handled per
-    /// [`OnTimeout`] (a `timeout` error whose message names the timeout, action and subject,
-    /// for [`OnTimeout::Raise`]). Needs a Tokio runtime when a timeout is set.
+    /// [`OnTimeout`] (for [`OnTimeout::Raise`], an `approval_denied` error with
+    /// `metadata.reason = "timeout"` whose message names the timeout, action and subject).
+    /// Needs a Tokio runtime when a timeout is set.
     ///
     /// ```
     /// use executionkit::approval::{ApprovalDecision, ApprovalGate, ApprovalRequest};
@@ -335,17 +340,18 @@ impl ApprovalGate {
                         "approval timed out after {secs}s and was auto-denied"
                     ))),
                     OnTimeout::Raise => Err(Error::new(
-                        ErrorKind::Timeout,
+                        ErrorKind::ApprovalDenied,
                         format!("approval for {action} {subject} timed out after {secs}s"),
                     )
-                    .with_metadata("approval_timeout", true)),
+                    .with_metadata("reason", "timeout")),
                 }
             }
         }
     }
 
     /// Asks, and fails with `approval_denied` (`Approval denied for <action> <subject>[:
-    /// <reason>]`) unless approved. Timeout errors pass through unchanged.
+    /// <reason>]`) unless approved. A timeout under [`OnTimeout::Raise`] passes through
+    /// unchanged (already `approval_denied`, `metadata.reason = "timeout"`).
     ///
     /// ```
     /// # use executionkit::approval::{ApprovalGate, ApprovalRequest};

@@ -5,12 +5,13 @@
 //! all under **one shared budget**.
 //!
 //! ```
-//! use executionkit::{Budget, TokenUsage};
-//! let budget: Budget = TokenUsage::new(20_000, 10_000, 20).into();
+//! use executionkit::Budget;
+//! let budget = Budget::new().max_input_tokens(20_000).max_output_tokens(10_000).max_calls(20);
 //! assert_eq!(budget.calls_limit(), Some(20));
 //! ```
 
 pub mod approval;
+pub mod blocking;
 pub mod engine;
 pub mod error;
 pub mod events;

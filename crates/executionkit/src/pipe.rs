@@ -37,8 +37,11 @@ struct PipeStep {
 ///
 /// * Step k+1 receives step k's value as [`StepInput::previous`] and the pipe's prompt as
 ///   [`StepInput::task`]; a consensus step votes on the previous value, a refine step improves it.
-/// * Every step uses the run's ledger: the context's, or a fresh one from
-///   [`Pipe::max_budget`]. The limits are a ceiling for the whole chain, not per step.
+/// * Every step uses the run's ledger: the context's, or with [`Pipe::max_budget`] a child of
+///   it ([`RunContext::nested_budget`]). The limits are a ceiling for the whole chain, not per
+///   step, and they add to the context's: a pipe with its own budget inside a budgeted run (a
+///   pipe step of a pipe, [`Kit::pipe`](crate::kit::Kit::pipe) on a budgeted session) stays
+///   within every enclosing limit, and the enclosing ledger records its spend.
 /// * The result's value and score are the last run step's; `cost` is the sum of the steps';
 ///   metadata holds the last run step's keys plus `step_count`, `step_metadata` (one map per
 ///   step) and `step_costs` (one `{input_tokens, output_tokens, llm_calls}` per step).
@@ -52,14 +55,14 @@ struct PipeStep {
 /// * An empty pipe returns the prompt at zero cost with empty metadata.
 ///
 /// ```
-/// use executionkit::{Consensus, MockProvider, Pipe, RefineLoop, RunContext, TokenUsage};
+/// use executionkit::{Budget, Consensus, MockProvider, Pipe, RefineLoop, RunContext};
 /// # futures::executor::block_on(async {
 /// // 3 consensus samples, then the judge scores the winner 9/10: the target is reached.
 /// let p = MockProvider::new(["Paris", "Paris", "Lyon", "9"]);
 /// let r = Pipe::new()
 ///     .step(Consensus::new().samples(3))
 ///     .step(RefineLoop::new().target_score(0.9))
-///     .max_budget(TokenUsage::new(20_000, 10_000, 20))
+///     .max_budget(Budget::new().max_input_tokens(20_000).max_output_tokens(10_000).max_calls(20))
 ///     .run(&p, "Capital of France?", &RunContext::new())
 ///     .await
 ///     .unwrap();
@@ -199,15 +202,28 @@ impl Pipe {
         self
     }
 
-    /// Runs the pipe on a fresh ledger with these limits, shared by all steps (instead of the
-    /// context's ledger).
+    /// Limits the pipe's whole chain of steps. The limits hold together with the context's:
+    /// the pipe runs on a child of the context's ledger, so a call must fit both (the tighter
+    /// wins) and the context's ledger records what the pipe spends.
     ///
     /// ```
-    /// let p = executionkit::Pipe::new().max_budget(executionkit::Budget::new().max_calls(20));
-    /// # let _ = p;
+    /// use executionkit::{Budget, Consensus, MockProvider, Pipe, RunContext};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["a", "b", "c"]);
+    /// let pipe = Pipe::new()
+    ///     .step(Consensus::new().samples(1))
+    ///     .step(Consensus::new().samples(1))
+    ///     .max_budget(Budget::new().max_calls(30));
+    /// // The enclosing run allows one call: the pipe's own 30 cannot lift that.
+    /// let ctx = RunContext::new().budget(Budget::new().max_calls(1));
+    /// let err = pipe.run(&p, "q", &ctx).await.unwrap_err();
+    /// assert!(err.is_budget_exhausted());
+    /// assert_eq!(err.metadata()["budget_level"], 1);
+    /// assert_eq!(ctx.ledger().spent().llm_calls, 1);
+    /// # });
     /// ```
-    pub fn max_budget(mut self, budget: impl Into<Budget>) -> Self {
-        self.max_budget = Some(budget.into());
+    pub fn max_budget(mut self, budget: Budget) -> Self {
+        self.max_budget = Some(budget);
         self
     }
 
@@ -293,7 +309,7 @@ impl Pipe {
             return Ok(PatternResult::new(prompt.to_owned()));
         }
         let ctx = match &self.max_budget {
-            Some(b) => ctx.clone().budget(b.clone()),
+            Some(b) => ctx.clone().nested_budget(b.clone()),
             None => ctx.clone(),
         };
         let mut total = TokenUsage::default();

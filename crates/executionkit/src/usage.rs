@@ -544,13 +544,23 @@ impl CostRates {
 /// model with [`Budget::price`] or for every model with [`Budget::default_price`].
 ///
 /// ```
-/// use executionkit::{Budget, TokenUsage};
+/// use executionkit::Budget;
 /// let b = Budget::new().max_calls(20).max_output_tokens(10_000);
 /// assert_eq!(b.calls_limit(), Some(20));
 /// assert_eq!(b.input_tokens_limit(), None);
-/// // The seed's `max_budget=TokenUsage(...)` becomes a budget with all three limits:
-/// let b: Budget = TokenUsage::new(20_000, 10_000, 20).into();
-/// assert_eq!(b.input_tokens_limit(), Some(20_000));
+/// // The Python `max_budget=TokenUsage(llm_calls=30)` (0 there means "no limit") is only a call
+/// // limit here: a zero would be a limit of zero.
+/// let b = Budget::new().max_calls(30);
+/// assert_eq!((b.calls_limit(), b.output_tokens_limit()), (Some(30), None));
+/// ```
+///
+/// There is deliberately no conversion from [`TokenUsage`]: a usage is a spend, every field a
+/// number, so a zero field would have to mean either "nothing allowed" or "unlimited"; name the
+/// limits you mean instead.
+///
+/// ```compile_fail
+/// use executionkit::{Budget, TokenUsage};
+/// let b: Budget = TokenUsage::new(0, 0, 30).into(); // no such conversion
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 #[must_use]
@@ -642,6 +652,13 @@ impl Budget {
     pub fn default_price(mut self, rates: CostRates) -> Self {
         self.default_rates = Some(rates);
         self
+    }
+
+    /// Takes `other`'s prices (a nested ledger without its own prices prices calls like its
+    /// parent).
+    pub(crate) fn inherit_prices(&mut self, other: &Budget) {
+        self.default_rates = other.default_rates;
+        self.rates.clone_from(&other.rates);
     }
 
     /// The input-token limit, if any.
@@ -756,15 +773,5 @@ impl Budget {
             "llm_calls": self.max_calls,
             "usd": self.max_usd,
         })
-    }
-}
-
-impl From<TokenUsage> for Budget {
-    /// Every field becomes a limit (a zero field is a limit of zero, not "unlimited").
-    fn from(u: TokenUsage) -> Self {
-        Self::new()
-            .max_input_tokens(u.input_tokens)
-            .max_output_tokens(u.output_tokens)
-            .max_calls(u.llm_calls)
     }
 }

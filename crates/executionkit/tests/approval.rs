@@ -24,7 +24,10 @@ async fn s158_timeouts_raise_approve_or_deny() {
         gate.request(delete()).await.unwrap_err(),
         gate.require(delete()).await.unwrap_err(),
     ] {
-        assert!(err.is_timeout());
+        // Denied, not a (retryable) timeout; the metadata says why.
+        assert!(err.is_approval_denied(), "{err:?}");
+        assert!(!err.is_timeout());
+        assert_eq!(err.metadata()["reason"], "timeout");
         for part in ["delete", "file.txt", "0.05"] {
             assert!(err.message().contains(part), "{}", err.message());
         }

@@ -963,7 +963,12 @@ async fn s138_pipe_steps_share_one_ledger() {
     let r = Pipe::new()
         .step(Spy(seen.clone()))
         .step(Spy(seen.clone()))
-        .max_budget(TokenUsage::new(100, 50, 10))
+        .max_budget(
+            Budget::new()
+                .max_input_tokens(100)
+                .max_output_tokens(50)
+                .max_calls(10),
+        )
         .run(&p, "q", &ctx())
         .await
         .unwrap();
@@ -994,7 +999,12 @@ async fn s138_pipe_steps_share_one_ledger() {
     let e = Pipe::new()
         .step(Spy(seen3.clone()))
         .step(Spy(seen3.clone()))
-        .max_budget(TokenUsage::new(3, 1, 1))
+        .max_budget(
+            Budget::new()
+                .max_input_tokens(3)
+                .max_output_tokens(1)
+                .max_calls(1),
+        )
         .run(&p, "q", &ctx())
         .await
         .unwrap_err();
@@ -1035,7 +1045,12 @@ async fn s139_budget_remaining_never_negative() {
     let e = l.reserve("m", 10, false).await.unwrap_err();
     assert_eq!(e.metadata()["exhausted"], "input_tokens");
     // (100,50,3) − (100,20,1) → input exhausted, (30, 2) left.
-    let l = Arc::new(BudgetLedger::new(TokenUsage::new(100, 50, 3).into()));
+    let l = Arc::new(BudgetLedger::new(
+        Budget::new()
+            .max_input_tokens(100)
+            .max_output_tokens(50)
+            .max_calls(3),
+    ));
     settle(&l, 100, 20).await;
     let r = l.remaining();
     assert_eq!(

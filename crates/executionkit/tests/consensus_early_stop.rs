@@ -161,12 +161,18 @@ async fn when_the_rule_fires_calls_in_flight_are_cancelled_and_counted() {
     // and so are the (up to two) samples started as 0 and 1 freed their slots.
     assert_eq!(r.metadata["samples_used"], 3);
     let calls = r.cost.llm_calls;
-    assert!((6..=8).contains(&calls), "the cancelled calls are counted: {calls}");
+    assert!(
+        (6..=8).contains(&calls),
+        "the cancelled calls are counted: {calls}"
+    );
     assert_eq!(
         r.cost.input_tokens, 9,
         "only the answered calls report tokens"
     );
     let received = server.received_requests().await.unwrap().len();
-    assert!(received as u64 <= calls, "{received} requests received for {calls} calls");
+    assert!(
+        received as u64 <= calls,
+        "{received} requests received for {calls} calls"
+    );
     assert_eq!(ctx.ledger().spent().llm_calls, calls);
 }

@@ -12,8 +12,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use executionkit::{
-    ChatRequest, Consensus, LlmProvider, LlmResponse, Pipe, Provider, RefineLoop, RunContext,
-    TokenUsage,
+    Budget, ChatRequest, Consensus, LlmProvider, LlmResponse, Pipe, Provider, RefineLoop,
+    RunContext, TokenUsage,
 };
 
 const MODEL: &str = "smollm2";
@@ -73,7 +73,12 @@ async fn real_seed_pipeline_ends_in_a_value_or_a_typed_error_and_costs_what_the_
                 .max_tokens(128)
                 .seed(7),
         )
-        .max_budget(TokenUsage::new(20_000, 10_000, 20))
+        .max_budget(
+            Budget::new()
+                .max_input_tokens(20_000)
+                .max_output_tokens(10_000)
+                .max_calls(20),
+        )
         .run(&p, SEED_PROMPT, &RunContext::new())
         .await;
     let seen = *p.seen.lock().unwrap();

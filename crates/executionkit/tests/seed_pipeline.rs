@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use executionkit::{
-    Consensus, LlmResponse, Message, MockProvider, Pipe, RefineLoop, RetryPolicy, Role, RunContext,
-    TokenUsage,
+    Budget, Consensus, LlmResponse, Message, MockProvider, Pipe, RefineLoop, RetryPolicy, Role,
+    RunContext, TokenUsage,
 };
 use serde_json::Value;
 
@@ -50,7 +50,12 @@ fn seed_pipe(calls: u64) -> Pipe {
     Pipe::new()
         .step(Consensus::new().samples(5).temperature(0.9))
         .step(RefineLoop::new().target_score(0.9).max_iterations(3))
-        .max_budget(TokenUsage::new(20_000, 10_000, calls))
+        .max_budget(
+            Budget::new()
+                .max_input_tokens(20_000)
+                .max_output_tokens(10_000)
+                .max_calls(calls),
+        )
 }
 
 fn ctx() -> RunContext {
@@ -165,7 +170,12 @@ async fn seed_variation_gated_refinement() {
                 |prev| prev.score.is_none_or(|s| s < 0.95),
                 RefineLoop::new().target_score(0.9).max_iterations(3),
             )
-            .max_budget(TokenUsage::new(20_000, 10_000, 20))
+            .max_budget(
+                Budget::new()
+                    .max_input_tokens(20_000)
+                    .max_output_tokens(10_000)
+                    .max_calls(20),
+            )
     };
 
     // Unanimous consensus (agreement 1.0): refinement is skipped.
@@ -229,7 +239,7 @@ async fn seed_variation_three_step_pipe() {
         .step(Consensus::new().samples(3).temperature(0.0))
         .step(Consensus::new().samples(5))
         .step(RefineLoop::new().target_score(0.9))
-        .max_budget(executionkit::Budget::new().max_calls(30))
+        .max_budget(Budget::new().max_calls(30))
         .run(&p, "I was charged twice", &ctx())
         .await
         .unwrap();

@@ -15,6 +15,12 @@
 //!   engine flags it ([`UsageOverGrant`](crate::UsageOverGrant)), and once any limit is passed
 //!   (spent > limit, through such usage or the soft input limit) every later reservation, retry
 //!   or not, fails with `budget_exhausted` before dispatch, without waiting for calls in flight.
+//! * **Nesting.** A ledger made with [`BudgetLedger::child`] (a pipe with its own `max_budget`
+//!   inside a budgeted run) reserves every call in itself and in each ancestor, all at once under
+//!   their locks (taken child first, so two nested runs never wait on each other's locks): the
+//!   call goes only when every level has room, its grant is the smallest any level allows, and
+//!   settling or dropping it returns and records at every level. So an inner limit holds, every
+//!   outer limit holds, and an outer ledger's spend includes its children's.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -45,9 +51,17 @@ use crate::usage::{Budget, CostRates, TokenUsage, UsageOverGrant};
 pub struct BudgetLedger {
     budget: Budget,
     state: Mutex<State>,
+    /// The enclosing run's ledger, which every reservation here also reserves from.
+    parent: Option<Arc<BudgetLedger>>,
+    /// How many ancestors this ledger has (0 for a run's own ledger).
+    depth: u32,
+    /// Used at the root only: every reservation holds a part of the root, so every release
+    /// (the only thing that can let a waiter through) passes there.
     returned: Notify,
     /// Reservations waiting for a return (a release wakes waiters only when there are some).
+    /// Root only, like `returned`.
     waiting: AtomicUsize,
+    /// Root only: call numbers are unique across the whole tree.
     next_call: AtomicU64,
 }
 
@@ -76,19 +90,36 @@ struct State {
     in_flight: u64,
 }
 
-/// Which dimension of a budget tripped.
-fn exhausted(budget: &Budget, field: &str, label: &str, retry: bool) -> Error {
+/// The price and reserved dollars of one call at one level of the ledger tree.
+#[derive(Debug, Clone, Copy)]
+struct LevelGrant {
+    usd_reserved: f64,
+    rates: Option<CostRates>,
+}
+
+/// Which dimension of a budget tripped, at which level: `level` is `None` for a ledger without
+/// a parent (its errors keep their historical shape), else how many levels above the
+/// reserving ledger the tripped one is (0: its own limit, 1: the enclosing run's, …).
+fn exhausted(budget: &Budget, field: &str, label: &str, retry: bool, level: Option<u32>) -> Error {
     let when = if retry {
         "before retry dispatch"
     } else {
         "before dispatch"
     };
-    Error::new(
+    let whose = match level {
+        Some(l) if l > 0 => " (an enclosing budget)",
+        _ => "",
+    };
+    let e = Error::new(
         ErrorKind::BudgetExhausted,
-        format!("{label} budget exhausted {when}"),
+        format!("{label} budget{whose} exhausted {when}"),
     )
     .with_metadata("budget", budget.to_json())
-    .with_metadata("exhausted", field)
+    .with_metadata("exhausted", field);
+    match level {
+        Some(l) => e.with_metadata("budget_level", l),
+        None => e,
+    }
 }
 
 impl BudgetLedger {
@@ -103,10 +134,75 @@ impl BudgetLedger {
         Self {
             budget,
             state: Mutex::new(State::default()),
+            parent: None,
+            depth: 0,
             returned: Notify::new(),
             waiting: AtomicUsize::new(0),
             next_call: AtomicU64::new(1),
         }
+    }
+
+    /// A ledger enforcing `budget` inside `parent`: every call reserved here is also reserved
+    /// in `parent` (and its ancestors), so both limits hold and the parent's spend includes this
+    /// ledger's. A `budget` without prices takes the parent's, so both price calls alike.
+    ///
+    /// A reservation refused by an ancestor is a `budget_exhausted` error naming that level's
+    /// limits (`metadata.budget`) and how far up it is (`metadata.budget_level`: 0 is this
+    /// ledger, 1 its parent, …); nothing is taken at any level then.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use executionkit::{Budget, engine::BudgetLedger, provider::Usage};
+    /// # futures::executor::block_on(async {
+    /// let outer = Arc::new(BudgetLedger::new(Budget::new().max_calls(2)));
+    /// let inner = Arc::new(BudgetLedger::child(outer.clone(), Budget::new().max_calls(30)));
+    /// inner.reserve("m", 10, false).await.unwrap().settle(Usage { input_tokens: 4, output_tokens: 2 });
+    /// inner.reserve("m", 10, false).await.unwrap().settle(Usage { input_tokens: 4, output_tokens: 2, ..Usage::default() });
+    /// // The inner limit (30) has room; the outer one (2) does not.
+    /// let err = inner.reserve("m", 10, false).await.unwrap_err();
+    /// assert_eq!(err.metadata()["budget_level"], 1);
+    /// assert_eq!(err.metadata()["exhausted"], "llm_calls");
+    /// assert_eq!(outer.spent(), inner.spent()); // the outer spend includes the inner one
+    /// # });
+    /// ```
+    #[must_use]
+    pub fn child(parent: Arc<BudgetLedger>, mut budget: Budget) -> Self {
+        if !budget.has_prices() {
+            budget.inherit_prices(&parent.budget);
+        }
+        Self {
+            budget,
+            state: Mutex::new(State::default()),
+            depth: parent.depth + 1,
+            parent: Some(parent),
+            returned: Notify::new(),
+            waiting: AtomicUsize::new(0),
+            next_call: AtomicU64::new(1),
+        }
+    }
+
+    /// The enclosing ledger, for one made with [`child`](Self::child).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use executionkit::{Budget, engine::BudgetLedger};
+    /// let outer = Arc::new(BudgetLedger::unlimited());
+    /// let inner = BudgetLedger::child(outer.clone(), Budget::new().max_calls(3));
+    /// assert!(Arc::ptr_eq(inner.parent().unwrap(), &outer));
+    /// assert!(outer.parent().is_none());
+    /// ```
+    #[must_use]
+    pub fn parent(&self) -> Option<&Arc<BudgetLedger>> {
+        self.parent.as_ref()
+    }
+
+    /// The outermost ledger (`self` without a parent).
+    fn root(&self) -> &BudgetLedger {
+        let mut l = self;
+        while let Some(p) = &l.parent {
+            l = p;
+        }
+        l
     }
 
     /// A ledger with no limits.
@@ -155,15 +251,39 @@ impl BudgetLedger {
         self.budget.has_prices().then(|| self.lock().usd)
     }
 
-    /// What is left of each limit.
+    /// What is left of each limit: for a [`child`](Self::child) ledger, the least left at
+    /// any level (what a call reserved here can still use).
     ///
     /// ```
-    /// let l = executionkit::engine::BudgetLedger::new(executionkit::Budget::new().max_calls(4));
+    /// use std::sync::Arc;
+    /// use executionkit::{Budget, engine::BudgetLedger};
+    /// let l = BudgetLedger::new(Budget::new().max_calls(4));
     /// assert_eq!(l.remaining().llm_calls, Some(4));
     /// assert_eq!(l.remaining().input_tokens, None);
+    /// let inner = BudgetLedger::child(Arc::new(l), Budget::new().max_calls(30).max_input_tokens(9));
+    /// assert_eq!((inner.remaining().llm_calls, inner.remaining().input_tokens), (Some(4), Some(9)));
     /// ```
     #[must_use]
     pub fn remaining(&self) -> Remaining {
+        let own = self.own_remaining();
+        match &self.parent {
+            None => own,
+            Some(p) => {
+                let up = p.remaining();
+                Remaining {
+                    input_tokens: min_limit(own.input_tokens, up.input_tokens),
+                    output_tokens: min_limit(own.output_tokens, up.output_tokens),
+                    llm_calls: min_limit(own.llm_calls, up.llm_calls),
+                    usd: match (own.usd, up.usd) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    },
+                }
+            }
+        }
+    }
+
+    fn own_remaining(&self) -> Remaining {
         let s = self.lock();
         let b = &self.budget;
         Remaining {
@@ -229,34 +349,35 @@ impl BudgetLedger {
         n: u64,
         retry: bool,
     ) -> Result<Reservation> {
-        let rates = self.rates(model)?;
         let n = n.max(1);
         let per_choice = max_tokens.max(1);
         // Most reservations succeed at once; only one that must wait registers for returns.
-        if let Some(r) = self.try_reserve(rates, per_choice, n, retry)? {
+        if let Some(r) = self.try_reserve(model, per_choice, n, retry)? {
             return Ok(r);
         }
         // Boxed: inline, the waiting state (tokio's `Notified`) would sit in every call's
         // future, and make it too large for the allocator's fast size classes.
-        Box::pin(self.wait_and_reserve(rates, per_choice, n, retry)).await
+        Box::pin(self.wait_and_reserve(model, per_choice, n, retry)).await
     }
 
     /// Waits for returns until the reservation fits (or can never fit).
     async fn wait_and_reserve(
         self: &Arc<Self>,
-        rates: Option<CostRates>,
+        model: &str,
         per_choice: u64,
         n: u64,
         retry: bool,
     ) -> Result<Reservation> {
-        // Counted before the state is read again under the lock, so a release that follows
-        // that read sees the count and wakes this waiter.
-        let _waiting = Waiting::new(&self.waiting);
+        // Waits at the root: whatever level is full, only a release there can free room, and
+        // every release reaches the root. Counted before the state is read again under the
+        // locks, so a release that follows that read sees the count and wakes this waiter.
+        let root = self.root();
+        let _waiting = Waiting::new(&root.waiting);
         loop {
-            let notified = self.returned.notified();
+            let notified = root.returned.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_reserve(rates, per_choice, n, retry)? {
+            match self.try_reserve(model, per_choice, n, retry)? {
                 Some(r) => return Ok(r),
                 None => notified.await,
             }
@@ -276,33 +397,116 @@ impl BudgetLedger {
         Ok(rates)
     }
 
-    /// One attempt under the lock: `Ok(None)` means "wait for a return".
+    /// One attempt under the locks of this ledger and its ancestors: `Ok(None)` means "wait
+    /// for a return".
     fn try_reserve(
         self: &Arc<Self>,
-        rates: Option<CostRates>,
+        model: &str,
         per_choice: u64,
         n: u64,
         retry: bool,
     ) -> Result<Option<Reservation>> {
-        let b = &self.budget;
+        let mut ancestors = Vec::new();
+        let Some((per, own)) =
+            self.reserve_level(model, per_choice, n, retry, 0, &mut ancestors)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Reservation {
+            ledger: Arc::clone(self),
+            call: self.root().next_call.fetch_add(1, Ordering::Relaxed),
+            max_tokens: per.saturating_mul(n),
+            per_choice: per,
+            own,
+            ancestors,
+            settled: false,
+        }))
+    }
+
+    /// Checks this level under its lock, then (still holding it) the levels above; when all
+    /// fit, takes the call at each level on the way back down with the smallest grant any
+    /// level allowed. Returns that grant per choice and this level's part; the ancestors'
+    /// parts are pushed to `ancestors`, nearest first. Nothing is taken unless every level fits.
+    fn reserve_level(
+        &self,
+        model: &str,
+        per_choice: u64,
+        n: u64,
+        retry: bool,
+        level: u32,
+        ancestors: &mut Vec<LevelGrant>,
+    ) -> Result<Option<(u64, LevelGrant)>> {
+        let rates = self.rates(model)?;
         let mut s = self.lock();
+        let Some(per) = self.check(&s, rates, per_choice, n, retry, level)? else {
+            return Ok(None);
+        };
+        let per = match &self.parent {
+            None => per,
+            Some(p) => {
+                let Some((per, up)) =
+                    p.reserve_level(model, per, n, retry, level + 1, ancestors)?
+                else {
+                    return Ok(None);
+                };
+                // Pushed after the parent's own ancestors: reverse to nearest first below.
+                ancestors.push(up);
+                if level == 0 {
+                    ancestors.reverse();
+                }
+                per
+            }
+        };
+        let grant = per.saturating_mul(n);
+        let usd_reserved = match (self.budget.usd_limit(), rates) {
+            (Some(_), Some(r)) => r.output_usd(grant),
+            _ => 0.0,
+        };
+        s.spent.llm_calls += 1;
+        s.in_flight += 1;
+        if self.budget.output_tokens_limit().is_some() {
+            s.reserved_output += grant;
+        }
+        s.reserved_usd += usd_reserved;
+        Ok(Some((
+            per,
+            LevelGrant {
+                usd_reserved,
+                rates,
+            },
+        )))
+    }
+
+    /// Whether one call fits this level's limits: the grant per choice it allows (at most
+    /// `per_choice`), `None` to wait for a return, or the `budget_exhausted` error.
+    fn check(
+        &self,
+        s: &State,
+        rates: Option<CostRates>,
+        per_choice: u64,
+        n: u64,
+        retry: bool,
+        level: u32,
+    ) -> Result<Option<u64>> {
+        let b = &self.budget;
+        let level = (self.depth > 0 || level > 0).then_some(level);
         // Nothing left, but calls in flight may return some: wait. Nothing in flight: fail.
-        let wait_or_fail = |s: &State, field: &str, label: &str| {
+        let wait_or_fail = |field: &str, label: &str| {
             if s.in_flight > 0 {
                 Ok(None)
             } else {
-                Err(exhausted(b, field, label, retry))
+                Err(exhausted(b, field, label, retry, level))
             }
         };
         if let Some(limit) = b.calls_limit() {
             if s.spent.llm_calls >= limit {
-                return Err(exhausted(b, "llm_calls", "LLM call", retry));
+                return Err(exhausted(b, "llm_calls", "LLM call", retry, level));
             }
         }
         if let Some(limit) = b.input_tokens_limit() {
             // A first attempt needs input left; a retry is refused once the limit is passed.
             if s.spent.input_tokens > limit || (!retry && s.spent.input_tokens >= limit) {
-                return Err(exhausted(b, "input_tokens", "Input token", retry));
+                return Err(exhausted(b, "input_tokens", "Input token", retry, level));
             }
         }
         let mut per = per_choice;
@@ -310,22 +514,21 @@ impl BudgetLedger {
             // Spent alone uses it all (a server reported more than it was granted, or the
             // grants were used in full): no return can free anything, so do not wait.
             if s.spent.output_tokens >= limit {
-                return Err(exhausted(b, "output_tokens", "Output token", retry));
+                return Err(exhausted(b, "output_tokens", "Output token", retry, level));
             }
             let free = limit.saturating_sub(s.spent.output_tokens + s.reserved_output);
             if free / n == 0 {
-                return wait_or_fail(&s, "output_tokens", "Output token");
+                return wait_or_fail("output_tokens", "Output token");
             }
             per = per.min(free / n);
         }
-        let mut usd_reserved = 0.0;
         if let (Some(limit), Some(r)) = (b.usd_limit(), rates) {
             if s.usd >= limit {
-                return Err(exhausted(b, "usd", "USD", retry));
+                return Err(exhausted(b, "usd", "USD", retry, level));
             }
             let free = limit - s.usd - s.reserved_usd;
             if free.is_nan() || free <= 0.0 {
-                return wait_or_fail(&s, "usd", "USD");
+                return wait_or_fail("usd", "USD");
             }
             if r.output_per_million > 0.0 {
                 #[allow(
@@ -335,55 +538,56 @@ impl BudgetLedger {
                 )]
                 let affordable = (free * 1e6 / r.output_per_million / n as f64).floor() as u64;
                 if affordable == 0 {
-                    return wait_or_fail(&s, "usd", "USD");
+                    return wait_or_fail("usd", "USD");
                 }
                 per = per.min(affordable);
             }
-            usd_reserved = r.output_usd(per.saturating_mul(n));
         }
-        let grant = per.saturating_mul(n);
-        let counted_output = b.output_tokens_limit().is_some();
-        s.spent.llm_calls += 1;
-        s.in_flight += 1;
-        if counted_output {
-            s.reserved_output += grant;
-        }
-        s.reserved_usd += usd_reserved;
-        drop(s);
-        Ok(Some(Reservation {
-            ledger: Arc::clone(self),
-            call: self.next_call.fetch_add(1, Ordering::Relaxed),
-            max_tokens: grant,
-            per_choice: per,
-            counted_output,
-            usd_reserved,
-            rates,
-            settled: false,
-        }))
+        Ok(Some(per))
     }
 
+    /// Returns `r` at this level and every level above, recording `usage` at each; wakes
+    /// waiters once every level is updated. Returns the call's cost at this level's prices.
     fn release(&self, r: &Reservation, usage: Option<Usage>) -> f64 {
+        let usd = self.release_level(r.max_tokens, r.own, usage);
+        let mut level = self.parent.as_deref();
+        for grant in &r.ancestors {
+            let Some(l) = level else { break };
+            l.release_level(r.max_tokens, *grant, usage);
+            level = l.parent.as_deref();
+        }
+        // Read after the locks are released: a waiter counts itself before it reads the state.
+        let root = self.root();
+        if root.waiting.load(Ordering::SeqCst) > 0 {
+            root.returned.notify_waiters();
+        }
+        usd
+    }
+
+    fn release_level(&self, granted: u64, grant: LevelGrant, usage: Option<Usage>) -> f64 {
         let mut s = self.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
-        if r.counted_output {
-            s.reserved_output = s.reserved_output.saturating_sub(r.max_tokens);
+        if self.budget.output_tokens_limit().is_some() {
+            s.reserved_output = s.reserved_output.saturating_sub(granted);
         }
-        s.reserved_usd = (s.reserved_usd - r.usd_reserved).max(0.0);
+        s.reserved_usd = (s.reserved_usd - grant.usd_reserved).max(0.0);
         let mut usd = 0.0;
         if let Some(u) = usage {
             let tokens = TokenUsage::from(u);
             s.spent += tokens;
-            if let Some(rates) = r.rates {
+            if let Some(rates) = grant.rates {
                 usd = rates.usd(&tokens);
                 s.usd += usd;
             }
         }
-        drop(s);
-        // Read after the lock is released: a waiter counts itself before it reads the state.
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.returned.notify_waiters();
-        }
         usd
+    }
+}
+
+fn min_limit(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -396,9 +600,10 @@ pub struct Reservation {
     call: u64,
     max_tokens: u64,
     per_choice: u64,
-    counted_output: bool,
-    usd_reserved: f64,
-    rates: Option<CostRates>,
+    /// This ledger's part.
+    own: LevelGrant,
+    /// Each ancestor's part, nearest first (empty, so no allocation, without a parent).
+    ancestors: Vec<LevelGrant>,
     settled: bool,
 }
 
@@ -801,6 +1006,134 @@ mod tests {
         reserve_now(&l, 4, false).unwrap().settle(usage(10, 4));
         let r = reserve_now(&l, 64, false).unwrap();
         assert_eq!(r.max_tokens(), 6);
+    }
+
+    fn child(parent: &Arc<BudgetLedger>, b: Budget) -> Arc<BudgetLedger> {
+        Arc::new(BudgetLedger::child(Arc::clone(parent), b))
+    }
+
+    fn in_flight(l: &BudgetLedger) -> u64 {
+        l.lock().in_flight
+    }
+
+    #[test]
+    fn a_nested_grant_is_the_smallest_any_level_allows() {
+        let root = ledger(Budget::new().max_output_tokens(100));
+        let mid = child(&root, Budget::new().max_output_tokens(7));
+        let leaf = child(&mid, Budget::new().max_calls(5));
+        let r = reserve_now(&leaf, 64, false).unwrap();
+        assert_eq!(r.max_tokens(), 7);
+        assert_eq!(
+            (
+                root.remaining().output_tokens,
+                mid.remaining().output_tokens
+            ),
+            (Some(93), Some(0))
+        );
+        assert_eq!(leaf.remaining().output_tokens, Some(0));
+        r.settle(usage(3, 2));
+        for l in [&root, &mid, &leaf] {
+            assert_eq!(l.spent(), TokenUsage::new(3, 2, 1));
+            assert_eq!(in_flight(l), 0);
+        }
+        assert_eq!(root.remaining().output_tokens, Some(98));
+    }
+
+    #[test]
+    fn a_refusal_at_any_level_takes_nothing_anywhere() {
+        let root = ledger(Budget::new().max_calls(1));
+        let leaf = child(&root, Budget::new().max_calls(5));
+        reserve_now(&leaf, 4, false).unwrap().settle(usage(1, 1));
+        let e = reserve_now(&leaf, 4, false).unwrap_err();
+        assert_eq!(e.metadata()["exhausted"], "llm_calls");
+        assert_eq!(e.metadata()["budget_level"], 1);
+        assert_eq!(e.metadata()["budget"]["llm_calls"], 1);
+        assert!(e.message().contains("enclosing"), "{e}");
+        assert_eq!(
+            leaf.spent().llm_calls,
+            1,
+            "the refused call is not counted below"
+        );
+        assert_eq!((in_flight(&root), in_flight(&leaf)), (0, 0));
+
+        // Refused by the inner level: the outer one is untouched.
+        let root = ledger(Budget::new().max_calls(10));
+        let leaf = child(&root, Budget::new().max_calls(1));
+        reserve_now(&leaf, 4, false).unwrap().settle(usage(1, 1));
+        let e = reserve_now(&leaf, 4, false).unwrap_err();
+        assert_eq!(e.metadata()["budget_level"], 0);
+        assert!(!e.message().contains("enclosing"), "{e}");
+        assert_eq!(root.spent().llm_calls, 1);
+        // A ledger without a parent keeps its errors as they were.
+        let e = reserve_now(&ledger(Budget::new().max_calls(0)), 1, false).unwrap_err();
+        assert!(e.metadata().get("budget_level").is_none());
+    }
+
+    #[test]
+    fn a_dropped_nested_reservation_returns_at_every_level() {
+        let root = ledger(Budget::new().max_output_tokens(10));
+        let leaf = child(&root, Budget::new().max_output_tokens(50));
+        let r = reserve_now(&leaf, 8, false).unwrap();
+        assert_eq!(root.remaining().output_tokens, Some(2));
+        drop(r);
+        assert_eq!(root.remaining().output_tokens, Some(10));
+        assert_eq!(leaf.remaining().output_tokens, Some(10)); // the root's is tighter
+        assert_eq!(leaf.spent(), TokenUsage::new(0, 0, 1));
+        assert_eq!((in_flight(&root), in_flight(&leaf)), (0, 0));
+    }
+
+    #[test]
+    fn a_waiter_blocked_by_an_ancestor_wakes_when_a_sibling_returns() {
+        let root = ledger(Budget::new().max_output_tokens(10));
+        let a = child(&root, Budget::new().max_calls(5));
+        let b = child(&root, Budget::new().max_calls(5));
+        let held = reserve_now(&a, 10, false).unwrap();
+        let mut waiting = Box::pin(b.reserve("m", 4, false));
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "the root is full: it waits"
+        );
+        held.settle(usage(0, 3));
+        let r = block_on(waiting).unwrap();
+        assert_eq!(r.max_tokens(), 4);
+        assert_eq!(root.spent().llm_calls, 2);
+        assert_eq!(b.spent().llm_calls, 1);
+    }
+
+    #[test]
+    fn call_numbers_are_unique_across_the_tree() {
+        let root = ledger(Budget::new());
+        let a = child(&root, Budget::new());
+        let b = child(&a, Budget::new());
+        let calls: Vec<u64> = [&root, &a, &b, &a]
+            .iter()
+            .map(|l| reserve_now(l, 1, false).unwrap().call())
+            .collect();
+        assert_eq!(calls, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_child_without_prices_prices_like_its_parent() {
+        let rates = CostRates::new(1.0, 2.0).unwrap();
+        let root = ledger(Budget::new().default_price(rates).max_usd(10.0));
+        let leaf = child(&root, Budget::new().max_calls(3));
+        assert!(leaf.budget().has_prices());
+        assert!(leaf.budget().usd_limit().is_none(), "prices, not limits");
+        let usd = reserve_now(&leaf, 8, false)
+            .unwrap()
+            .settle(usage(1_000_000, 0));
+        assert!((usd - 1.0).abs() < 1e-9);
+        assert_eq!(root.spent_usd(), leaf.spent_usd());
+        // A child with its own prices keeps them; each level counts at its own prices.
+        let own = child(
+            &root,
+            Budget::new().default_price(CostRates::new(3.0, 0.0).unwrap()),
+        );
+        let usd = reserve_now(&own, 8, false)
+            .unwrap()
+            .settle(usage(1_000_000, 0));
+        assert!((usd - 3.0).abs() < 1e-9);
+        assert!((root.spent_usd().unwrap() - 2.0).abs() < 1e-9);
     }
 
     #[test]

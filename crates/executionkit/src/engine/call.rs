@@ -66,14 +66,32 @@ impl RunContext {
         }
     }
 
-    /// Starts a fresh ledger enforcing `budget`.
+    /// Starts a fresh ledger enforcing `budget`, replacing the context's (to stay inside the
+    /// context's limits, use [`nested_budget`](Self::nested_budget)).
     ///
     /// ```
     /// let ctx = executionkit::RunContext::new().budget(executionkit::Budget::new().max_calls(1));
     /// assert_eq!(ctx.ledger().remaining().llm_calls, Some(1));
     /// ```
-    pub fn budget(mut self, budget: impl Into<Budget>) -> Self {
-        self.ledger = Arc::new(BudgetLedger::new(budget.into()));
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.ledger = Arc::new(BudgetLedger::new(budget));
+        self
+    }
+
+    /// Runs under a child of the context's ledger enforcing `budget` as well
+    /// ([`BudgetLedger::child`]): calls must fit both, and the context's ledger records them
+    /// too. [`Pipe::max_budget`](crate::Pipe::max_budget) uses this.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use executionkit::{Budget, RunContext};
+    /// let outer = RunContext::new().budget(Budget::new().max_calls(5));
+    /// let inner = outer.clone().nested_budget(Budget::new().max_calls(30));
+    /// assert!(Arc::ptr_eq(inner.ledger().parent().unwrap(), outer.ledger()));
+    /// assert_eq!(inner.ledger().remaining().llm_calls, Some(5)); // the outer limit is tighter
+    /// ```
+    pub fn nested_budget(mut self, budget: Budget) -> Self {
+        self.ledger = Arc::new(BudgetLedger::child(Arc::clone(&self.ledger), budget));
         self
     }
 

@@ -315,7 +315,8 @@ impl RefineLoop {
         self
     }
 
-    /// Calls `f` after the first score (iteration 0) and after each refinement's score.
+    /// Calls `f` after the first score (iteration 0) and after each refinement's score. A panic
+    /// inside `f` is logged and ignored: the loop goes on.
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
@@ -584,12 +585,17 @@ impl Run<'_> {
 
     fn checkpoint(&self, iteration: usize, text: &str, score: f64) {
         if let Some(f) = &self.cfg.on_checkpoint {
-            f(&RefineCheckpoint {
+            let checkpoint = RefineCheckpoint {
                 iteration,
                 current_text: text.to_owned(),
                 current_score: score,
                 cost: self.tracker.usage(),
-            });
+            };
+            // A callback is an observer: its panic must not lose the loop's work and spend.
+            let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&checkpoint)));
+            if called.is_err() {
+                tracing::warn!(target: "executionkit", iteration, "refine_loop: the checkpoint callback panicked");
+            }
         }
     }
 }
