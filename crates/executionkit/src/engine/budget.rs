@@ -156,7 +156,7 @@ impl BudgetLedger {
     /// # futures::executor::block_on(async {
     /// let outer = Arc::new(BudgetLedger::new(Budget::new().max_calls(2)));
     /// let inner = Arc::new(BudgetLedger::child(outer.clone(), Budget::new().max_calls(30)));
-    /// inner.reserve("m", 10, false).await.unwrap().settle(Usage { input_tokens: 4, output_tokens: 2 });
+    /// inner.reserve("m", 10, false).await.unwrap().settle(Usage { input_tokens: 4, output_tokens: 2, ..Usage::default() });
     /// inner.reserve("m", 10, false).await.unwrap().settle(Usage { input_tokens: 4, output_tokens: 2, ..Usage::default() });
     /// // The inner limit (30) has room; the outer one (2) does not.
     /// let err = inner.reserve("m", 10, false).await.unwrap_err();
