@@ -751,14 +751,10 @@ impl Inner {
     }
 
     /// Sends `body` and waits for the reply head (within the request timeout).
-    /// The reply is boxed: it lives across the body's reads in every call's future.
+    /// The reply is boxed: it lives across the body's reads in every call's future. (The
+    /// transport's future comes boxed.)
     async fn send(&self, body: Vec<u8>) -> Result<Box<Reply>> {
-        match tokio::time::timeout(
-            self.timeout,
-            Box::pin(self.transport.send(Bytes::from(body))),
-        )
-        .await
-        {
+        match tokio::time::timeout(self.timeout, self.transport.send(Bytes::from(body))).await {
             Ok(r) => r.map(Box::new).map_err(|e| self.transport_error(e)),
             Err(_) => Err(self.no_response()),
         }

@@ -537,3 +537,17 @@ async fn a_refused_connection_is_a_connect_error() {
     assert!(matches!(e, TransportError::Connect { .. }), "{e:?}");
     assert!(e.to_string().contains(&addr.to_string()), "{e}");
 }
+
+/// glibc's malloc serves up to 1,032 bytes from its per-thread cache; the boxed future of an
+/// HTTP/1.1 call above that took its slow path on every call (and was copied whole into its
+/// box). Connecting and HTTP/2 are boxed apart for that reason.
+#[tokio::test]
+async fn an_http1_call_future_fits_the_allocators_fast_sizes() {
+    let s = Server::start(echo).await;
+    let t = s.transport(1 << 20);
+    let f = t.send(Bytes::from_static(b"x"));
+    assert!(size_of_val(&*f) <= 1024, "{} bytes", size_of_val(&*f));
+    drop(f);
+    // The future still does its work.
+    assert_eq!(call(&t, "q").await.unwrap(), (200, "q".to_owned()));
+}
