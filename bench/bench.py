@@ -347,11 +347,11 @@ def args_variants(runs: dict) -> list[str]:
 
 def render(args, mach: dict, wrk: dict, runs: dict, py_status: dict, micro: str) -> tuple[str, list]:
     lines: list[str] = []
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = mach.get("run_at") or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     names = {"ek": args.ek_label,
              "ek-before": f"ek before ({args.before_label})",
-             "ek-reqwest": f"ek before over reqwest ({args.before_label}'s https and stream path,"
-                           " here over http)"}
+             "ek-reqwest": "ek before, over its reqwest path (what it used for https, streams"
+                           " and proxies; here over http)"}
     body = Path(args.body).read_text().strip()
     lines += [
         f"Run {now} on {mach['nproc']} CPUs ({mach['cpu']}), {mach['kernel']}, {mach['memory']} RAM;"
@@ -362,8 +362,8 @@ def render(args, mach: dict, wrk: dict, runs: dict, py_status: dict, micro: str)
         "",
         f"nginx: one worker, keep-alive, `keepalive_requests` 10,000,000,"
         f" `http2_max_concurrent_streams` {H2_MAX_STREAMS}, on 127.0.0.1 (plain http, https/1.1"
-        f" and https/2 on three ports of one server; a throwaway RSA-2048 certificate, TLS 1.2 and"
-        f" 1.3); the same machine runs the client. Prompt `{args.prompt}`, model `{args.model}`;"
+        f" and https/2 on three ports of one server; a throwaway CA and RSA-2048 server"
+        f" certificate, TLS 1.2 and 1.3); the same machine runs the client. Prompt `{args.prompt}`, model `{args.model}`;"
         f" every sample is one `POST /v1/chat/completions` answered with content `Paris`, usage"
         f" 12/1. wrk: one thread, {args.wrk_duration} s per run; h2load: {args.h2load_requests:,}"
         f" requests, 4 connections × 50 streams; both POST the exact body `ek` sends (`{body}`)."
@@ -539,8 +539,8 @@ def render(args, mach: dict, wrk: dict, runs: dict, py_status: dict, micro: str)
             per[k] = (cpu - cpu1) / (ev - 1) * 1e3
             if k == "curl-stream":
                 curl_per = per[k]
-        label = {"curl-stream": "curl", "ek-stream": f"ek's stream example ({args.ek_label})",
-                 "ek-stream-before": f"ek's stream example before ({args.before_label}, reqwest)"}
+        label = {"curl-stream": "curl", "ek-stream": "`examples/stream`, this tree",
+                 "ek-stream-before": f"`examples/stream` at {args.before_label}"}
         for k in ("curl-stream", "ek-stream", "ek-stream-before"):
             rs, r1 = st[k], st1[k]
             if not rs:
@@ -672,6 +672,9 @@ def main() -> int:
     ap.add_argument("--wrk-duration", type=int, default=5)
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     ap.add_argument("--raw", default="")
+    ap.add_argument("--from-raw", default="",
+                    help="render a raw file of an earlier run (--raw) instead of measuring; give "
+                    "the same other arguments")
     ap.add_argument("--only", default="", help="comma list of clients to run (debugging): "
                     "wrk, ek, ek-before, ek-reqwest, tls, h2, stream, py labels")
     ap.add_argument("--ek-variant", action="append", default=[],
@@ -682,7 +685,26 @@ def main() -> int:
     global RUSAGE_HELPER
     RUSAGE_HELPER = args.rusage_helper
 
+    if args.from_raw:
+        raw = json.loads(Path(args.from_raw).read_text())
+
+        def key(k: str, parts: int) -> tuple:
+            fields = k.rsplit("/", parts - 1)
+            return (fields[0], *map(int, fields[1:]))
+
+        wrk = {key(k, 2): [Run(**r) for r in rs] for k, rs in raw["wrk"].items()}
+        runs = {key(k, 3): [Run(**r) for r in rs] for k, rs in raw["runs"].items()}
+        micro = Path(args.micro).read_text() if args.micro else ""
+        pys = [p.split("=", 1)[0] for p in args.py]
+        block, _ = render(args, raw["machine"], wrk, runs,
+                          {"version": args.py_version, "labels": pys or ["py-urllib", "py-httpx"]},
+                          micro)
+        print(block)
+        write_results(Path(args.out), block)
+        return 0
+
     mach = machine()
+    mach["run_at"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     base = f"http://127.0.0.1:{args.port}/v1"
     pys = [tuple(p.split("=", 1)) for p in args.py]
     variants = [tuple(v.split("=", 1)) for v in args.ek_variant]

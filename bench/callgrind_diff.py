@@ -2,9 +2,12 @@
 profiles of `ek` (a run of N + 1 calls minus a run of one call), divided by N.
 
 Usage: python3 callgrind_diff.py BIG.callgrind ONE.callgrind CALLS [--top 30] [--inclusive]
+                                                                    [--by-crate]
 
 Runs `callgrind_annotate` on both (all functions, no threshold), subtracts function by function
-and prints the functions with the most instructions per call, exclusive (self) cost by default.
+and prints the functions with the most instructions per call, exclusive (self) cost by default;
+`--by-crate` sums the self cost by crate instead (the first path segment of the function; libc
+and the dynamic loader by name).
 """
 
 from __future__ import annotations
@@ -33,6 +36,20 @@ def costs(path: str, inclusive: bool) -> dict[str, int]:
     return result
 
 
+def crate_of(func: str) -> str:
+    name = func.strip()
+    while name.startswith(("<", "&", "mut ", "dyn ")):
+        name = name.lstrip("<&").removeprefix("mut ").removeprefix("dyn ")
+    if "::" not in name:
+        if name.startswith(("ring_core", "_aesni", "_vpaes", "ecp_nistz", "gcm_")):
+            return "ring (assembly)"
+        return "libc (malloc, free, memcpy, memset, ...)" if not name.startswith("???") else name
+    head = name.split("::", 1)[0]
+    if head in ("core", "alloc", "std"):
+        return "Rust std (core, alloc, std)"
+    return head
+
+
 def total(path: str) -> int:
     with open(path, errors="replace") as f:
         for line in f:
@@ -48,10 +65,18 @@ def main() -> int:
     ap.add_argument("calls", type=int)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--inclusive", action="store_true")
+    ap.add_argument("--by-crate", action="store_true")
     args = ap.parse_args()
+    if args.by_crate:
+        args.inclusive = False
     big, one = costs(args.big, args.inclusive), costs(args.one, args.inclusive)
     per_call = (total(args.big) - total(args.one)) / args.calls
     diff = {k: (big.get(k, 0) - one.get(k, 0)) / args.calls for k in set(big) | set(one)}
+    if args.by_crate:
+        grouped: dict[str, float] = {}
+        for k, v in diff.items():
+            grouped[crate_of(k)] = grouped.get(crate_of(k), 0.0) + v
+        diff = grouped
     rows = sorted(diff.items(), key=lambda kv: -kv[1])[: args.top]
     print(f"instructions per call: {per_call:,.0f} "
           f"({'inclusive' if args.inclusive else 'self'} cost by function below)")
