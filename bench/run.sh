@@ -1,27 +1,39 @@
 #!/usr/bin/env bash
-# Benchmarks side by side (issue 4): `ek consensus` against wrk (the physical limit) and against
-# executionkit (Python) 0.4.0, all against one nginx fixed-response endpoint on 127.0.0.1.
+# Benchmarks side by side (issues 4 and 9): `ek consensus` against the physical-limit clients
+# (wrk over plain http and over TLS, h2load over HTTP/2), a streamed completion against curl,
+# and executionkit (Python) 0.4.0, all against one nginx fixed-response endpoint on 127.0.0.1.
 #
-#   bench/run.sh [--runs N] [--wrk-duration S] [--no-micro] [--no-python]
+#   bench/run.sh [--runs N] [--wrk-duration S] [--no-micro] [--no-python] [--no-tls]
+#                [--no-stream] [--before PATH_TO_OLD_EK [--before-stream PATH] [--before-label L]]
+#                [--ek-label LABEL]   (the name of this tree's ek in the tables)
 #                [--ek-variant LABEL=PATH]...   (another ek build measured alongside)
 #
-# Installs what it needs (Debian nginx-light, wrk and a C compiler; executionkit 0.4.0 in two
-# venvs on CPython 3.13 from pyenv, the second with httpx and sniffio), builds bench/rusage.c
-# (which measures each client) and `ek` in release mode, runs
-# the divan micro-benchmarks, starts nginx (one worker, keep-alive, keepalive_requests high),
-# captures the exact body `ek` sends, measures everything (bench/bench.py), writes the medians to
-# bench/RESULTS.md and stops nginx by its own pid. Scratch files go to target/bench
-# (BENCH_WORK); the port is BENCH_PORT (default 18480). Needs root (or sudo) for apt-get only
-# when nginx, wrk or cc is missing.
+# Installs what it needs (Debian nginx-light, wrk, nghttp2-client (h2load), openssl, curl and a
+# C compiler; executionkit 0.4.0 in two venvs on CPython 3.13 from pyenv, the second with httpx
+# and sniffio), builds bench/rusage.c (which measures each client), `ek` and the `stream`
+# example in release mode, runs the divan micro-benchmarks, makes a throwaway certificate,
+# starts nginx (one worker, keep-alive, keepalive_requests high; plain http on BENCH_PORT
+# (default 18480), https/1.1 on BENCH_PORT+1, https/2 on BENCH_PORT+2), captures the exact body
+# `ek` sends, measures everything (bench/bench.py), writes the medians to bench/RESULTS.md and
+# stops nginx by its own pid. Scratch files go to $CARGO_TARGET_DIR/bench (or target/bench;
+# BENCH_WORK overrides). --before runs an older `ek` (and its stream example) on the same
+# workloads for before/after rows. Needs root (or sudo) for apt-get only when a tool is
+# missing. Instruction counts (the figure a noisy machine cannot move): bench/callgrind.sh.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-WORK=${BENCH_WORK:-$ROOT/target/bench}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+WORK=${BENCH_WORK:-$TARGET/bench}
 PORT=${BENCH_PORT:-18480}
+TLS_PORT=$((PORT + 1))
+H2_PORT=$((PORT + 2))
+SSE_EVENTS=1000
 RUNS=3
 WRK_DURATION=5
 MICRO=1
 PYTHON=1
+TLS=1
+STREAM=1
 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -29,8 +41,14 @@ while [ $# -gt 0 ]; do
         --wrk-duration) WRK_DURATION=$2; shift 2 ;;
         --no-micro) MICRO=0; shift ;;
         --no-python) PYTHON=0; shift ;;
+        --no-tls) TLS=0; shift ;;
+        --no-stream) STREAM=0; shift ;;
+        --before) EXTRA+=(--before "$2"); shift 2 ;;
+        --before-stream) EXTRA+=(--before-stream "$2"); shift 2 ;;
+        --before-label) EXTRA+=(--before-label "$2"); shift 2 ;;
+        --ek-label) EXTRA+=(--ek-label "$2"); shift 2 ;;
         --ek-variant) EXTRA+=(--ek-variant "$2"); shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -46,16 +64,18 @@ mkdir -p "$WORK"
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    $SUDO apt-get install -y --no-install-recommends "${need[@]}" >/dev/null ||
-        { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
+    $SUDO apt-get update >/dev/null
+    $SUDO apt-get install -y --no-install-recommends "${need[@]}" >/dev/null
 fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # --- 2. executionkit (Python) 0.4.0 on CPython 3.13 ------------------------------------------
 PY_ARGS=()
@@ -92,9 +112,11 @@ fi
 # peak RSS (see run_measured in bench.py for why not straight from Python).
 cc -O2 -Wall -o "$WORK/rusage" "$ROOT/bench/rusage.c"
 
-log "building ek (release)"
+log "building ek and the stream example (release)"
 (cd "$ROOT" && cargo build --release -q -p executionkit-cli --bin ek)
-EK="$ROOT/target/release/ek"
+(cd "$ROOT" && cargo build --release -q -p executionkit --example stream)
+EK="$TARGET/release/ek"
+STREAM_EXAMPLE="$TARGET/release/examples/stream"
 
 # --- 4. Micro-benchmarks (before nginx starts, so nothing else runs) --------------------------
 MICRO_OUT=""
@@ -102,45 +124,21 @@ if [ "$MICRO" = 1 ]; then
     log "micro-benchmarks (divan)"
     MICRO_OUT="$WORK/micro.txt"
     (cd "$ROOT" && cargo bench -q -p executionkit --bench voting --bench ledger \
-        --bench consensus_overhead --bench pipe_overhead --bench extract_json 2>&1) | tee "$MICRO_OUT"
+        --bench consensus_overhead --bench pipe_overhead --bench extract_json --bench sse 2>&1) |
+        tee "$MICRO_OUT"
 fi
 
 # --- 5. nginx --------------------------------------------------------------------------------
+. "$ROOT/bench/nginx.sh"
 NG="$WORK/nginx"
-mkdir -p "$NG/tmp"
-if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-    echo "run.sh: port $PORT is in use; set BENCH_PORT" >&2
-    exit 1
-fi
-sed -e "s|@WORK@|$NG|g" -e "s|@PORT@|$PORT|g" -e "s|@RESPONSE@|$RESPONSE|g" \
-    "$ROOT/bench/nginx.conf.template" >"$NG/nginx.conf"
-"$NGINX" -t -q -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log"
-log "starting nginx on 127.0.0.1:$PORT"
-"$NGINX" -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log" -g 'daemon off;' &
-NGINX_PID=$!
 CAPTURE_PID=""
 cleanup() {
     [ -n "$CAPTURE_PID" ] && kill "$CAPTURE_PID" 2>/dev/null || true
-    if kill -0 "$NGINX_PID" 2>/dev/null; then
-        kill -QUIT "$NGINX_PID" 2>/dev/null || true # graceful stop of the master we started
-        for _ in $(seq 50); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -TERM "$NGINX_PID" 2>/dev/null || true
-    fi
-    wait "$NGINX_PID" 2>/dev/null || true
+    nginx_stop
 }
 trap cleanup EXIT
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.05
-done
-reply=$(python3 - "$PORT" <<'EOF'
-import sys, urllib.request
-req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/v1/chat/completions",
-                             data=b"{}", headers={"Content-Type": "application/json"})
-print(urllib.request.urlopen(req, timeout=10).read().decode())
-EOF
-)
-[ "$reply" = "$RESPONSE" ] || { echo "run.sh: nginx answers $reply" >&2; exit 1; }
+log "starting nginx on 127.0.0.1:$PORT (http), $TLS_PORT (https/1.1), $H2_PORT (https/2)"
+nginx_start "$NG" "$PORT" "$TLS_PORT" "$H2_PORT" "$RESPONSE" "$SSE_EVENTS"
 
 # --- 6. The exact body ek sends ----------------------------------------------------------------
 BODY="$WORK/ek-body.json"
@@ -156,9 +154,19 @@ CAPTURE_PID=""
 log "ek sends: $(cat "$BODY")"
 
 # --- 7. Measure --------------------------------------------------------------------------------
+TRANSPORT_ARGS=()
+if [ "$TLS" = 1 ]; then
+    TRANSPORT_ARGS+=(--tls-port "$TLS_PORT" --h2-port "$H2_PORT" --ca "$NG/ca.pem"
+        --handshake-log "$NG/handshakes.log")
+fi
+if [ "$STREAM" = 1 ]; then
+    TRANSPORT_ARGS+=(--stream-example "$STREAM_EXAMPLE" --sse-events "$SSE_EVENTS"
+        --sse-bytes "$(stat -c %s "$NG/events-$SSE_EVENTS.sse")"
+        --sse-one-bytes "$(stat -c %s "$NG/events-1.sse")")
+fi
 mkdir -p "$ROOT/bench/out"
 python3 "$ROOT/bench/bench.py" --port "$PORT" --ek "$EK" --rusage-helper "$WORK/rusage" \
-    --body "$BODY" --prompt "$PROMPT" \
+    --body "$BODY" --prompt "$PROMPT" ${TRANSPORT_ARGS[@]+"${TRANSPORT_ARGS[@]}"} \
     --model "$MODEL" --runs "$RUNS" --wrk-duration "$WRK_DURATION" \
     --py-version "$PY_VERSION" ${PY_ARGS[@]+"${PY_ARGS[@]}"} ${MICRO_OUT:+--micro "$MICRO_OUT"} \
     ${EXTRA[@]+"${EXTRA[@]}"} \

@@ -5,6 +5,7 @@
 //! transport can cap what one reply costs in raw bytes (chunk framing, trailers and all), not
 //! only in decoded body bytes.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +19,7 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::TransportError;
@@ -68,23 +69,79 @@ impl Peek {
     }
 }
 
+/// The largest [`SCRATCH`]: the most one read of a connection takes from the socket.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+thread_local! {
+    /// A read buffer per thread, zeroed once (per size it grows to). hyper hands every read of
+    /// a plain TCP connection a fresh, uninitialised buffer, and reading into it through
+    /// tokio's `ReadBuf` would zero all of it first (`initialize_unfilled`): 8 KiB or more per
+    /// read, two reads per call. Reading here and copying what was read costs only the bytes
+    /// read. (tokio-rustls reads into its own, initialised buffer, and copies into hyper's.)
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl SharedTcp {
+    /// Reads into `dst` once the socket is readable.
+    fn poll_read_into(&self, cx: &mut Context<'_>, dst: &mut [u8]) -> Poll<io::Result<usize>> {
+        let len = dst.len();
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            let mut read = None;
+            // As tokio's own `TcpStream` does: a read that did not fill the buffer emptied the
+            // socket, so its readiness is cleared at once (the readiness seen before the read is
+            // cleared; bytes arriving later raise a new one). Otherwise the next poll (hyper
+            // polls a kept-alive connection after every reply) costs a `recv` that fails with
+            // EAGAIN.
+            let result = self.0.try_io(Interest::READABLE, || {
+                let n = self.0.try_read(&mut *dst)?;
+                read = Some(n);
+                if 0 < n && n < len {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
+                }
+            });
+            match (read, result) {
+                (Some(n), _) => return Poll::Ready(Ok(n)),
+                (None, Err(e)) if e.kind() != io::ErrorKind::WouldBlock => {
+                    return Poll::Ready(Err(e));
+                }
+                (None, _) => {}
+            }
+        }
+    }
+}
+
 impl AsyncRead for SharedTcp {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            std::task::ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+        // An initialised buffer (tokio-rustls's) is read into straight; an uninitialised one
+        // (hyper's) through the thread's scratch buffer.
+        if buf.initialized().len() < buf.capacity() {
+            let scratch = SCRATCH.with(|cell| {
+                let Ok(mut scratch) = cell.try_borrow_mut() else {
+                    return None; // only if a read ever ran inside another one on this thread
+                };
+                // Grown to what reads ask for (hyper starts at 8 KiB), zeroed once per size.
+                let want = buf.remaining().min(SCRATCH_LEN);
+                if scratch.len() < want {
+                    scratch.resize(want, 0);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
+                Some(self.poll_read_into(cx, &mut scratch[..want]).map_ok(|n| {
+                    buf.put_slice(&scratch[..n]);
+                }))
+            });
+            if let Some(poll) = scratch {
+                return poll;
             }
         }
+        let n = std::task::ready!(self.poll_read_into(cx, buf.initialize_unfilled()))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -280,37 +280,32 @@ impl Transport {
 
     /// Sends one POST with `body` and returns the reply head; the body is read through the
     /// returned [`Reply`]. Nothing is re-sent unless hyper handed it back unwritten.
-    pub(crate) async fn send(self: &Arc<Self>, body: Bytes) -> Result<Reply, TransportError> {
-        if self.proto.load(Ordering::Acquire) != PROTO_H1 {
+    ///
+    /// The future is boxed here, one layout per protocol: an HTTP/1.1 call does not carry the
+    /// larger HTTP/2 states, and stays within glibc's per-thread cache (≤ 1,032 bytes).
+    pub(crate) fn send(self: &Arc<Self>, body: Bytes) -> SendFuture<'_> {
+        if self.proto.load(Ordering::Acquire) == PROTO_H1 {
+            return Box::pin(self.send_h1(body));
+        }
+        Box::pin(async move {
             if let Some(reply) = self.send_h2(&body).await? {
                 return Ok(reply);
             }
-        }
-        self.send_h1(body).await
+            self.send_h1(body).await
+        })
     }
 
     /// Over HTTP/2 when the origin speaks it; `None` when it speaks HTTP/1.1.
+    ///
+    /// The rare paths (the first connection, a connection found gone) are boxed, so that the
+    /// common one, a stream on the live connection, keeps the call's future small.
     async fn send_h2(self: &Arc<Self>, body: &Bytes) -> Result<Option<Reply>, TransportError> {
         let mut sender = match self.live_h2() {
             Some(s) => s,
-            None => {
-                let _gate = self.h2_gate.lock().await;
-                match self.live_h2() {
-                    Some(s) => s,
-                    None => {
-                        if self.proto.load(Ordering::Acquire) == PROTO_H1 {
-                            return Ok(None);
-                        }
-                        match self.connect().await? {
-                            Opened::H2(s) => s,
-                            Opened::H1(conn) => {
-                                drop(_gate);
-                                return self.send_on_fresh_h1(conn, body.clone()).await.map(Some);
-                            }
-                        }
-                    }
-                }
-            }
+            None => match Box::pin(self.first_h2(body)).await? {
+                H2Sender::Ready(s) => s,
+                H2Sender::Done(reply) => return Ok(reply),
+            },
         };
         let mut req = self.request(body.clone(), &self.h2_uri);
         req.headers_mut().remove(HOST);
@@ -318,29 +313,57 @@ impl Transport {
             Ok(resp) => resp,
             Err(mut e) => match e.take_message() {
                 // Never written: the connection was already gone. Once more on a new one.
-                Some(req) => {
-                    self.pool().h2 = None;
-                    let _gate = self.h2_gate.lock().await;
-                    let mut sender = match self.live_h2() {
-                        Some(s) => s,
-                        None => match self.connect().await? {
-                            Opened::H2(s) => s,
-                            Opened::H1(conn) => {
-                                drop(_gate);
-                                return self.send_on_fresh_h1(conn, body.clone()).await.map(Some);
-                            }
-                        },
-                    };
-                    drop(_gate);
-                    sender
-                        .send_request(req)
-                        .await
-                        .map_err(TransportError::Http)?
-                }
+                Some(req) => return Box::pin(self.resend_h2(req, body)).await.map(Some),
                 None => return Err(TransportError::Http(e.into_error())),
             },
         };
         Reply::new(resp, None, self.settings.max_response_bytes).map(Some)
+    }
+
+    /// The HTTP/2 sender when no connection is live: opened under the gate (concurrent first
+    /// calls share it), or the outcome when the origin turned out to speak HTTP/1.1.
+    async fn first_h2(self: &Arc<Self>, body: &Bytes) -> Result<H2Sender, TransportError> {
+        let gate = self.h2_gate.lock().await;
+        if let Some(s) = self.live_h2() {
+            return Ok(H2Sender::Ready(s));
+        }
+        if self.proto.load(Ordering::Acquire) == PROTO_H1 {
+            return Ok(H2Sender::Done(None));
+        }
+        match self.connect().await? {
+            Opened::H2(s) => Ok(H2Sender::Ready(s)),
+            Opened::H1(conn) => {
+                drop(gate);
+                let reply = self.send_on_fresh_h1(conn, body.clone()).await?;
+                Ok(H2Sender::Done(Some(reply)))
+            }
+        }
+    }
+
+    /// Sends `req`, which hyper handed back unwritten, on a new (or newly live) connection.
+    async fn resend_h2(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        body: &Bytes,
+    ) -> Result<Reply, TransportError> {
+        self.pool().h2 = None;
+        let gate = self.h2_gate.lock().await;
+        let mut sender = match self.live_h2() {
+            Some(s) => s,
+            None => match self.connect().await? {
+                Opened::H2(s) => s,
+                Opened::H1(conn) => {
+                    drop(gate);
+                    return self.send_on_fresh_h1(conn, body.clone()).await;
+                }
+            },
+        };
+        drop(gate);
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(TransportError::Http)?;
+        Reply::new(resp, None, self.settings.max_response_bytes)
     }
 
     /// The pooled HTTP/2 sender, when its connection is still open.
@@ -391,6 +414,13 @@ impl Transport {
                 },
             }
         }
+        // No idle connection: a new one (boxed: it holds the connect and the handshake, once
+        // per connection).
+        Box::pin(self.send_on_new(req)).await
+    }
+
+    /// Opens a connection and sends `req` on it.
+    async fn send_on_new(self: &Arc<Self>, req: Request<Body>) -> Result<Reply, TransportError> {
         match self.connect().await? {
             Opened::H1(conn) => self.send_on(conn, req).await,
             Opened::H2(mut sender) => {
@@ -448,8 +478,12 @@ impl Transport {
     }
 
     /// Opens a connection (through the proxy and TLS as configured) and runs hyper's handshake.
-    async fn connect(&self) -> Result<Opened, TransportError> {
-        connect::within(self.settings.connect_timeout, self.open()).await
+    ///
+    /// Boxed: connecting (TCP, a proxy tunnel, a TLS handshake) is a large future that runs once
+    /// per connection. Held inline it made every call's `send` future 4 KiB, copied into its box
+    /// and allocated past glibc's per-thread cache on every call (bench/RESULTS.md).
+    fn connect(&self) -> ConnectFuture<'_> {
+        Box::pin(connect::within(self.settings.connect_timeout, self.open()))
     }
 
     async fn open(&self) -> Result<Opened, TransportError> {
@@ -527,6 +561,19 @@ enum Opened {
     H1(FreshH1),
     H2(http2::SendRequest<Body>),
 }
+
+/// A sender for HTTP/2, or the call's outcome when the origin spoke HTTP/1.1.
+enum H2Sender {
+    Ready(http2::SendRequest<Body>),
+    Done(Option<Reply>),
+}
+
+/// The future of one [`Transport::send`].
+pub(crate) type SendFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Reply, TransportError>> + Send + 'a>>;
+
+type ConnectFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Opened, TransportError>> + Send + 'a>>;
 
 struct FreshH1 {
     sender: http1::SendRequest<Body>,

@@ -461,6 +461,63 @@ async fn a_stream_fails_at_its_deadline_however_steadily_it_sends() {
     assert!(futures::StreamExt::next(&mut stream).await.is_none());
 }
 
+/// A reply that arrives in pieces with pauses between them: every read comes back short (and
+/// clears the socket's readiness), yet every later piece is read.
+async fn replies_in_pieces_arrive_whole() {
+    let s = Server::start(|mut c: Conn| async move {
+        while c.request().await.is_some() {
+            let whole = ok(&"x".repeat(3000));
+            for piece in whole.chunks(700) {
+                c.send(piece).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+    .await;
+    let t = s.transport(1 << 20);
+    for _ in 0..3 {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(20), call(&t, "q"))
+            .await
+            .expect("a piece was never read")
+            .unwrap();
+        assert_eq!((status, body.len()), (200, 3000));
+    }
+    assert_eq!(s.accepted(), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn replies_in_pieces_arrive_whole_on_one_thread() {
+    replies_in_pieces_arrive_whole().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_in_pieces_arrive_whole_on_two_threads() {
+    replies_in_pieces_arrive_whole().await;
+}
+
+/// A body larger than one read (the per-thread read buffer is 64 KiB) arrives byte for byte.
+#[tokio::test]
+async fn a_body_larger_than_one_read_arrives_intact() {
+    fn body() -> String {
+        (0..300_000)
+            .map(|i: u32| char::from(b'a' + u8::try_from(i % 26).unwrap()))
+            .collect()
+    }
+    let s = Server::start(|mut c: Conn| async move {
+        while c.request().await.is_some() {
+            c.send(&ok(&body())).await;
+        }
+    })
+    .await;
+    let t = s.transport(1 << 20);
+    for _ in 0..2 {
+        let (status, got) = call(&t, "q").await.unwrap();
+        assert_eq!(status, 200);
+        assert!(got == body(), "the body was altered ({} bytes)", got.len());
+    }
+    assert_eq!(s.accepted(), 1);
+}
+
 #[tokio::test]
 async fn a_refused_connection_is_a_connect_error() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -479,4 +536,18 @@ async fn a_refused_connection_is_a_connect_error() {
     let e = call(&t, "x").await.unwrap_err();
     assert!(matches!(e, TransportError::Connect { .. }), "{e:?}");
     assert!(e.to_string().contains(&addr.to_string()), "{e}");
+}
+
+/// glibc's malloc serves up to 1,032 bytes from its per-thread cache; the boxed future of an
+/// HTTP/1.1 call above that took its slow path on every call (and was copied whole into its
+/// box). Connecting and HTTP/2 are boxed apart for that reason.
+#[tokio::test]
+async fn an_http1_call_future_fits_the_allocators_fast_sizes() {
+    let s = Server::start(echo).await;
+    let t = s.transport(1 << 20);
+    let f = t.send(Bytes::from_static(b"x"));
+    assert!(size_of_val(&*f) <= 1024, "{} bytes", size_of_val(&*f));
+    drop(f);
+    // The future still does its work.
+    assert_eq!(call(&t, "q").await.unwrap(), (200, "q".to_owned()));
 }
