@@ -1,18 +1,23 @@
-//! Tests of the test servers in `tests/common` (TLS relay, HTTP/2 server, hostile server,
-//! counting relay), driven by plain clients (hyper's connection-level client, raw bytes), so a
-//! failure of a transport test is the transport's and not the harness's.
+//! Tests of the test servers in `tests/common` (TLS relay, HTTP/2 server, HTTP/2 relay and the
+//! wires' fronts, hostile server, counting relay), driven by plain clients (hyper's
+//! connection-level client, raw bytes), so a failure of a transport test is the transport's and
+//! not the harness's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::counting::CountingRelay;
 use common::h2::{H2Options, H2Reply, H2Server};
+use common::h2relay::H2Relay;
 use common::hostile::{self, Conn, Hostile};
 use common::tls::{self, H2, HTTP11, TestPki, TlsRelay};
+use common::wire::{Wire, WireMock};
+use executionkit::{ChatRequest, LlmProvider, Message};
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -278,6 +283,234 @@ async fn h2_server_goaway_all_lets_open_streams_finish() {
         .expect("the client connection ends after GOAWAY")
         .unwrap()
         .unwrap();
+}
+
+// ---- h2 relay and wires ----
+
+/// An HTTP/2 client connection to an [`H2Relay`] (asserting ALPN `h2`).
+async fn h2_relay_client(relay: &H2Relay) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = tls::connect(relay.addr, &relay.ca_pem, &[H2, HTTP11])
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(H2));
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+fn relay_post(relay: &H2Relay, path: &str) -> hyper::Request<Full<Bytes>> {
+    hyper::Request::post(format!("{}{path}", relay.url()))
+        .header("x-test", "yes")
+        .body(Full::new(Bytes::from_static(b"{\"q\":1}")))
+        .unwrap()
+}
+
+/// The `RST_STREAM` reason in an error's chain, if any.
+fn reset_reason(e: &(dyn std::error::Error + 'static)) -> Option<::h2::Reason> {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<::h2::Error>() {
+            return h2.reason();
+        }
+        source = s.source();
+    }
+    None
+}
+
+const CHUNKED_SSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+    Transfer-Encoding: chunked\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Up: 1\r\n\r\n";
+
+#[tokio::test]
+async fn h2_relay_forwards_each_stream_and_streams_frames_as_they_come() {
+    // The upstream sends its second chunk only once the client holds the first, so the first
+    // can only have arrived if the relay streams (no timing involved).
+    let go = Arc::new(tokio::sync::Notify::new());
+    let next = Arc::clone(&go);
+    let server = Hostile::start(move |mut conn: Conn| {
+        let next = Arc::clone(&next);
+        async move {
+            let req = conn.read_request().await?;
+            conn.note(format!(
+                "{} {} host={} x-test={} body={}",
+                req.method,
+                req.path,
+                req.header("host").unwrap_or(""),
+                req.header("x-test").unwrap_or(""),
+                String::from_utf8_lossy(&req.body)
+            ));
+            conn.write_all(CHUNKED_SSE).await?;
+            conn.write_all(b"5\r\nfirst\r\n").await?;
+            next.notified().await;
+            conn.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await?;
+            // Keep the connection: the terminating chunk alone must end the stream.
+            conn.drain_until_closed(Duration::from_secs(30)).await;
+            Ok(())
+        }
+    })
+    .await;
+    let relay = H2Relay::start(server.addr).await;
+    let mut send = h2_relay_client(&relay).await;
+    let r = send
+        .send_request(relay_post(&relay, "/v1/chat/completions?x=1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), hyper::Version::HTTP_2);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    assert_eq!(r.headers()["x-up"], "1");
+    for hop in ["connection", "keep-alive", "transfer-encoding"] {
+        assert!(r.headers().get(hop).is_none(), "{hop} was relayed");
+    }
+    let mut body = r.into_body();
+    // A relay that buffered the body would never deliver this (the upstream waits for us).
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the relay held back the first chunk")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(first, "first");
+    go.notify_one();
+    let mut rest = Vec::new();
+    while let Some(frame) = body.frame().await {
+        rest.extend_from_slice(&frame.unwrap().into_data().unwrap());
+    }
+    assert_eq!(rest, b"second");
+    assert_eq!(
+        server.notes(),
+        [format!(
+            "POST /v1/chat/completions?x=1 host={} x-test=yes body={{\"q\":1}}",
+            server.addr
+        )]
+    );
+    assert_eq!((relay.connections(), relay.requests()), (1, 1));
+}
+
+#[tokio::test]
+async fn h2_relay_turns_an_upstream_reset_or_early_close_into_a_reset_stream() {
+    let go = Arc::new(tokio::sync::Notify::new());
+    let next = Arc::clone(&go);
+    let server = Hostile::start(move |mut conn: Conn| {
+        let next = Arc::clone(&next);
+        async move {
+            let req = conn.read_request().await?;
+            match req.path.as_str() {
+                "/reset-mid-body" => {
+                    conn.write_all(CHUNKED_SSE).await?;
+                    conn.write_all(b"4\r\npart\r\n").await?;
+                    next.notified().await;
+                    conn.reset()
+                }
+                "/short-body" => {
+                    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+                        .await?;
+                    conn.close().await
+                }
+                "/close-before-head" => conn.close().await,
+                _ => {
+                    conn.write_all(&hostile::ok_json("{}")).await?;
+                    conn.close().await
+                }
+            }
+        }
+    })
+    .await;
+    let relay = H2Relay::start(server.addr).await;
+    let mut send = h2_relay_client(&relay).await;
+
+    // A reset mid-body: the bytes before it, then RST_STREAM.
+    let r = send
+        .send_request(relay_post(&relay, "/reset-mid-body"))
+        .await
+        .unwrap();
+    let mut body = r.into_body();
+    let part = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(part, "part");
+    go.notify_one();
+    let e = loop {
+        match body.frame().await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break e,
+            None => panic!("a reset upstream must not end the stream cleanly"),
+        }
+    };
+    assert_eq!(
+        reset_reason(&e),
+        Some(::h2::Reason::INTERNAL_ERROR),
+        "{e:?}"
+    );
+
+    // A body shorter than its Content-Length: RST_STREAM, not END_STREAM.
+    let r = send
+        .send_request(relay_post(&relay, "/short-body"))
+        .await
+        .unwrap();
+    let e = r.into_body().collect().await.unwrap_err();
+    assert_eq!(
+        reset_reason(&e),
+        Some(::h2::Reason::INTERNAL_ERROR),
+        "{e:?}"
+    );
+
+    // No response head at all: the stream is reset instead of answered.
+    let e = send
+        .send_request(relay_post(&relay, "/close-before-head"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reset_reason(&e),
+        Some(::h2::Reason::INTERNAL_ERROR),
+        "{e:?}"
+    );
+
+    // Each was one stream's reset: the connection still carries the next request.
+    let r = send.send_request(relay_post(&relay, "/ok")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(relay.connections(), 1);
+}
+
+#[tokio::test]
+async fn each_wire_front_speaks_its_protocol() {
+    for wire in Wire::ALL {
+        let server = WireMock::start(wire).await;
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_string(hostile::completion("hi"))
+                    .insert_header("content-type", "application/json"),
+            )
+            .mount(&server)
+            .await;
+        assert!(server.uri().starts_with(&format!("{}://", wire.scheme())));
+        let p = server
+            .builder(format!("{}/v1", server.uri()), "m")
+            .build()
+            .unwrap();
+        let r = p
+            .complete(&ChatRequest::new(vec![Message::user("x")]))
+            .await
+            .unwrap();
+        assert_eq!(r.content(), "hi", "{wire}");
+        assert_eq!(server.received_requests().await.unwrap().len(), 1);
+        let front = server.front();
+        match wire {
+            Wire::Http1 => assert_eq!(front.connections(), None),
+            Wire::Https1 | Wire::Https2 => {
+                assert_eq!(front.connections(), Some(1), "{wire}");
+                // Offered both, the front picks its own protocol.
+                let addr = tls::addr_of(&server.uri());
+                let s = tls::connect(addr, front.ca_pem().unwrap(), &[H2, HTTP11])
+                    .await
+                    .unwrap();
+                let want = if wire == Wire::Https2 { H2 } else { HTTP11 };
+                assert_eq!(s.get_ref().1.alpn_protocol(), Some(want), "{wire}");
+            }
+        }
+    }
 }
 
 // ---- hostile ----

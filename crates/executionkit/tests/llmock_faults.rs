@@ -6,7 +6,11 @@
 //! `EK_REQUIRE_SERVERS=1`, in which case it fails.
 //!
 //! llmock holds one global script of behaviours, so the cases run one after another inside a
-//! single test, and each case sends a different prompt (llmock groups retries by body).
+//! single test, and each case sends a different prompt (llmock groups retries by body). The
+//! suite runs over plain http/1.1, https/1.1 and https/2 (`llmock_fault_suite::http1`, …; see
+//! `common::wire`), one wire at a time: llmock's faults reach the https/1.1 client byte for
+//! byte through the TLS relay, and the https/2 client as the h2 relay translates them (a
+//! disconnect mid-body becomes `RST_STREAM`, a truncated stream an early `END_STREAM`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,10 +28,15 @@ use executionkit::{
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use common::wire::{Front, Wire};
+
 const API_KEY: &str = "sk-llmock-test-key-0123456789";
 
 struct Llmock {
+    /// llmock's own URL, for its control routes (`/_llmock/...`), always over plain http.
     url: String,
+    /// The wire the provider under test talks to llmock over.
+    front: Front,
     http: reqwest::Client,
 }
 
@@ -77,7 +86,8 @@ impl Llmock {
     }
 
     fn provider(&self) -> Provider {
-        Provider::builder(format!("{}/v1", self.url), "gpt-4o-mini")
+        self.front
+            .builder(format!("{}/v1", self.front.uri()), "gpt-4o-mini")
             .api_key(API_KEY)
             .stream_idle_timeout(Duration::from_millis(300))
             .timeout(Duration::from_secs(20))
@@ -237,13 +247,19 @@ async fn broken_stream_is_retried_by_the_engine(m: &Llmock, kind: &str, expected
     assert_eq!(retries[0].0, expected, "{kind}");
 }
 
-#[tokio::test]
-async fn llmock_fault_suite() {
+/// llmock holds one global script and one verdict, so the wires take turns.
+static LLMOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+over_wires!(llmock_fault_suite);
+async fn llmock_fault_suite(wire: Wire) {
     let Some(url) = common::server_url("EK_LLMOCK_URL", "scripts/start-llmock.sh") else {
         return;
     };
+    let _turn = LLMOCK.lock().await;
+    let front = Front::start(wire, &url).await;
     let m = Llmock {
         url,
+        front,
         http: reqwest::Client::new(),
     };
     m.reset().await;
@@ -271,7 +287,7 @@ async fn llmock_fault_suite() {
         .text()
         .await
         .unwrap();
-    println!("{report}");
+    println!("over {wire}:\n{report}");
     assert_eq!(verdict["passed"], true, "{report}");
     assert_eq!(verdict["errors"], 0, "{report}");
     assert!(

@@ -1,7 +1,9 @@
 //! One conformance suite, run unchanged against every provider that ships with the crate: the
 //! mock, the embedded offline model, the `AnthropicProvider` against a loopback fake of the
 //! Messages API (wiremock), and the HTTP `Provider` against llama-server + SmolLM2 when
-//! `EK_LLAMA_URL` is set (see `tests/real_server.rs` for how to start it).
+//! `EK_LLAMA_URL` is set (see `tests/real_server.rs` for how to start it). The two HTTP
+//! providers run over plain http/1.1, https/1.1 and https/2 (`name::http1`, `name::https1`,
+//! `name::https2`; see `common::wire`); the mock and the offline model have no wire.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,13 +13,15 @@ use std::sync::Arc;
 
 use executionkit::engine::CostTracker;
 use executionkit::{
-    AnthropicProvider, ChatRequest, LlmProvider, LlmResponse, Message, MockProvider, OfflineModel,
-    Provider, RunContext, StreamEvent,
+    ChatRequest, LlmProvider, LlmResponse, Message, MockProvider, OfflineModel, RunContext,
+    StreamEvent,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{Mock, Request, Respond, ResponseTemplate};
+
+use common::wire::{Front, Wire, WireMock};
 
 fn request() -> ChatRequest {
     ChatRequest::new(vec![Message::user("Name a colour.")])
@@ -143,30 +147,34 @@ impl Respond for FakeMessages {
     }
 }
 
-#[tokio::test]
-async fn anthropic_provider_conforms_against_a_fake() {
-    let server = MockServer::start().await;
+over_wires!(anthropic_provider_conforms_against_a_fake);
+async fn anthropic_provider_conforms_against_a_fake(wire: Wire) {
+    let server = WireMock::start(wire).await;
     Mock::given(method("POST"))
         .and(path("/v1/messages"))
         .respond_with(FakeMessages)
         .mount(&server)
         .await;
-    let p = AnthropicProvider::builder(server.uri(), "claude-test")
+    let p = server
+        .front()
+        .anthropic(server.uri(), "claude-test")
         .api_key("sk-ant-test")
         .build()
         .unwrap();
-    conformance("anthropic", Arc::new(p)).await;
+    conformance(&format!("anthropic over {wire}"), Arc::new(p)).await;
 }
 
-#[tokio::test]
-async fn http_provider_conforms_against_llama_server() {
+over_wires!(http_provider_conforms_against_llama_server);
+async fn http_provider_conforms_against_llama_server(wire: Wire) {
     let Some((url, key)) = common::llama() else {
         return;
     };
-    let p = Provider::builder(url, "smollm2")
+    let front = Front::start(wire, &url).await;
+    let p = front
+        .builder(front.uri(), "smollm2")
         .api_key(key)
         .supports_n(true)
         .build()
         .unwrap();
-    conformance("llama-server", Arc::new(p)).await;
+    conformance(&format!("llama-server over {wire}"), Arc::new(p)).await;
 }

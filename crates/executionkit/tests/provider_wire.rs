@@ -1,5 +1,7 @@
 //! Wire tests of the HTTP provider against wiremock (127.0.0.1 only): the exact request,
-//! every status mapping, the parsing edge cases, transport failures and redaction.
+//! every status mapping, the parsing edge cases, transport failures and redaction. Each test
+//! that talks to a server runs over plain http/1.1, https/1.1 and https/2 (`name::http1`,
+//! `name::https1`, `name::https2`; see `common::wire`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +19,10 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+mod common;
+
+use common::wire::{Wire, WireMock, closed_port_url};
+
 const PATH: &str = "/v1/chat/completions";
 
 fn ok_body(content: &str) -> Value {
@@ -28,8 +34,8 @@ fn ok_body(content: &str) -> Value {
     })
 }
 
-async fn server_with(template: ResponseTemplate) -> MockServer {
-    let server = MockServer::start().await;
+async fn server_with(wire: Wire, template: ResponseTemplate) -> WireMock {
+    let server = WireMock::start(wire).await;
     Mock::given(method("POST"))
         .and(path(PATH))
         .respond_with(template)
@@ -38,8 +44,9 @@ async fn server_with(template: ResponseTemplate) -> MockServer {
     server
 }
 
-fn provider(server: &MockServer) -> Provider {
-    Provider::builder(format!("{}/v1", server.uri()), "test-model")
+fn provider(server: &WireMock) -> Provider {
+    server
+        .builder(format!("{}/v1", server.uri()), "test-model")
         .build()
         .unwrap()
 }
@@ -48,13 +55,13 @@ fn hi() -> ChatRequest {
     ChatRequest::new(vec![Message::user("hi")])
 }
 
-async fn complete_with(template: ResponseTemplate) -> Result<LlmResponse, Error> {
-    let server = server_with(template).await;
+async fn complete_with(wire: Wire, template: ResponseTemplate) -> Result<LlmResponse, Error> {
+    let server = server_with(wire, template).await;
     provider(&server).complete(&hi()).await
 }
 
-async fn complete_json(body: Value) -> Result<LlmResponse, Error> {
-    complete_with(ResponseTemplate::new(200).set_body_json(body)).await
+async fn complete_json(wire: Wire, body: Value) -> Result<LlmResponse, Error> {
+    complete_with(wire, ResponseTemplate::new(200).set_body_json(body)).await
 }
 
 async fn only_request(server: &MockServer) -> wiremock::Request {
@@ -173,10 +180,15 @@ fn s012_debug_masks_the_api_key() {
     assert_eq!(p.secret(), None);
 }
 
-#[tokio::test]
-async fn s013_default_body_is_exact() {
-    let server = server_with(ResponseTemplate::new(200).set_body_json(ok_body("hello"))).await;
-    let p = Provider::builder(format!("{}/v1/", server.uri()), "test-model")
+over_wires!(s013_default_body_is_exact);
+async fn s013_default_body_is_exact(wire: Wire) {
+    let server = server_with(
+        wire,
+        ResponseTemplate::new(200).set_body_json(ok_body("hello")),
+    )
+    .await;
+    let p = server
+        .builder(format!("{}/v1/", server.uri()), "test-model")
         .default_temperature(0.25)
         .default_max_tokens(321)
         .build()
@@ -193,11 +205,11 @@ async fn s013_default_body_is_exact() {
     assert!(req.headers.get("authorization").is_none());
 }
 
-#[tokio::test]
-async fn s014_body_with_tools_and_top_p_and_a_truncated_reply() {
+over_wires!(s014_body_with_tools_and_top_p_and_a_truncated_reply);
+async fn s014_body_with_tools_and_top_p_and_a_truncated_reply(wire: Wire) {
     let mut body = ok_body("partial");
     body["choices"][0]["finish_reason"] = json!("length");
-    let server = server_with(ResponseTemplate::new(200).set_body_json(body)).await;
+    let server = server_with(wire, ResponseTemplate::new(200).set_body_json(body)).await;
     let tool = ToolSpec::new(
         "search",
         "Search the web",
@@ -225,9 +237,9 @@ async fn s014_body_with_tools_and_top_p_and_a_truncated_reply() {
     );
 }
 
-#[tokio::test]
-async fn full_body_key_order_and_extras_merged_last() {
-    let server = server_with(ResponseTemplate::new(200).set_body_json(ok_body("x"))).await;
+over_wires!(full_body_key_order_and_extras_merged_last);
+async fn full_body_key_order_and_extras_merged_last(wire: Wire) {
+    let server = server_with(wire, ResponseTemplate::new(200).set_body_json(ok_body("x"))).await;
     let req = hi()
         .model("other-model")
         .temperature(0.5)
@@ -277,10 +289,11 @@ async fn full_body_key_order_and_extras_merged_last() {
     assert_eq!(sent["response_format"], json!({"type": "json_object"}));
 }
 
-#[tokio::test]
-async fn headers_api_key_extra_headers_and_query() {
-    let server = server_with(ResponseTemplate::new(200).set_body_json(ok_body("x"))).await;
-    let p = Provider::builder(format!("{}/v1", server.uri()), "m")
+over_wires!(headers_api_key_extra_headers_and_query);
+async fn headers_api_key_extra_headers_and_query(wire: Wire) {
+    let server = server_with(wire, ResponseTemplate::new(200).set_body_json(ok_body("x"))).await;
+    let p = server
+        .builder(format!("{}/v1", server.uri()), "m")
         .api_key("sk-test-key-123")
         .header("X-Org", "acme")
         .header("api-key", "azure-style")
@@ -297,9 +310,9 @@ async fn headers_api_key_extra_headers_and_query() {
     assert_eq!(req.url.query(), Some("api-version=2024-10-21"));
 }
 
-#[tokio::test]
-async fn clones_share_one_pooled_client() {
-    let server = server_with(ResponseTemplate::new(200).set_body_json(ok_body("x"))).await;
+over_wires!(clones_share_one_pooled_client);
+async fn clones_share_one_pooled_client(wire: Wire) {
+    let server = server_with(wire, ResponseTemplate::new(200).set_body_json(ok_body("x"))).await;
     let p = provider(&server);
     let q = p.clone();
     let req = hi();
@@ -309,9 +322,9 @@ async fn clones_share_one_pooled_client() {
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn invalid_request_is_rejected_before_sending() {
-    let server = server_with(ResponseTemplate::new(200).set_body_json(ok_body("x"))).await;
+over_wires!(invalid_request_is_rejected_before_sending);
+async fn invalid_request_is_rejected_before_sending(wire: Wire) {
+    let server = server_with(wire, ResponseTemplate::new(200).set_body_json(ok_body("x"))).await;
     let p = provider(&server);
     let e = p.complete(&hi().temperature(f64::NAN)).await.unwrap_err();
     assert!(e.is_invalid_argument());
@@ -320,9 +333,10 @@ async fn invalid_request_is_rejected_before_sending() {
     assert!(server.received_requests().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn s016_rate_limited_with_retry_after() {
+over_wires!(s016_rate_limited_with_retry_after);
+async fn s016_rate_limited_with_retry_after(wire: Wire) {
     let e = complete_with(
+        wire,
         ResponseTemplate::new(429)
             .insert_header("Retry-After", "3")
             .set_body_json(json!({"error": {"message": "slow down", "type": "rate_limit_error"}})),
@@ -337,9 +351,12 @@ async fn s016_rate_limited_with_retry_after() {
     assert!(!e.message().contains("slow down"));
 
     // Without the header the default is one second; an HTTP date is honoured.
-    let e = complete_with(ResponseTemplate::new(429)).await.unwrap_err();
+    let e = complete_with(wire, ResponseTemplate::new(429))
+        .await
+        .unwrap_err();
     assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
     let e = complete_with(
+        wire,
         ResponseTemplate::new(429).insert_header("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT"),
     )
     .await
@@ -347,6 +364,7 @@ async fn s016_rate_limited_with_retry_after() {
     assert_eq!(e.retry_after(), Some(Duration::ZERO));
     // retry-after-ms (sent by some servers for sub-second waits) wins over Retry-After.
     let e = complete_with(
+        wire,
         ResponseTemplate::new(429)
             .insert_header("Retry-After", "1")
             .insert_header("retry-after-ms", "250"),
@@ -356,10 +374,14 @@ async fn s016_rate_limited_with_retry_after() {
     assert_eq!(e.retry_after(), Some(Duration::from_millis(250)));
 }
 
-#[tokio::test]
-async fn s016_rate_limited_while_streaming() {
+over_wires!(s016_rate_limited_while_streaming);
+async fn s016_rate_limited_while_streaming(wire: Wire) {
     use futures::StreamExt;
-    let server = server_with(ResponseTemplate::new(429).insert_header("Retry-After", "3")).await;
+    let server = server_with(
+        wire,
+        ResponseTemplate::new(429).insert_header("Retry-After", "3"),
+    )
+    .await;
     let items: Vec<_> = provider(&server).stream(hi()).collect().await;
     assert_eq!(items.len(), 1);
     let e = items.into_iter().next().unwrap().unwrap_err();
@@ -367,10 +389,10 @@ async fn s016_rate_limited_while_streaming() {
     assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
 }
 
-#[tokio::test]
-async fn insufficient_quota_429_is_permanent() {
+over_wires!(insufficient_quota_429_is_permanent);
+async fn insufficient_quota_429_is_permanent(wire: Wire) {
     for key in ["code", "type"] {
-        let e = complete_with(ResponseTemplate::new(429).set_body_json(
+        let e = complete_with(wire, ResponseTemplate::new(429).set_body_json(
             json!({"error": {"message": "You exceeded your current quota", key: "insufficient_quota"}}),
         ))
         .await
@@ -382,10 +404,10 @@ async fn insufficient_quota_429_is_permanent() {
     }
 }
 
-#[tokio::test]
-async fn s017_status_mapping() {
+over_wires!(s017_status_mapping);
+async fn s017_status_mapping(wire: Wire) {
     for status in [400, 401, 403, 404, 405, 413, 422] {
-        let e = complete_with(ResponseTemplate::new(status))
+        let e = complete_with(wire, ResponseTemplate::new(status))
             .await
             .unwrap_err();
         assert!(e.is_permanent(), "{status}: {e:?}");
@@ -398,7 +420,7 @@ async fn s017_status_mapping() {
         );
     }
     for status in [408, 409, 500, 502, 503, 504] {
-        let e = complete_with(ResponseTemplate::new(status))
+        let e = complete_with(wire, ResponseTemplate::new(status))
             .await
             .unwrap_err();
         assert!(e.is_provider(), "{status}: {e:?}");
@@ -412,10 +434,10 @@ async fn s017_status_mapping() {
     }
 }
 
-#[tokio::test]
-async fn redirects_are_not_followed_and_are_errors() {
+over_wires!(redirects_are_not_followed_and_are_errors);
+async fn redirects_are_not_followed_and_are_errors(wire: Wire) {
     for status in [301, 302, 307, 308] {
-        let server = MockServer::start().await;
+        let server = WireMock::start(wire).await;
         Mock::given(method("POST"))
             .and(path(PATH))
             .respond_with(
@@ -430,9 +452,10 @@ async fn redirects_are_not_followed_and_are_errors() {
     }
 }
 
-#[tokio::test]
-async fn s018_error_details() {
+over_wires!(s018_error_details);
+async fn s018_error_details(wire: Wire) {
     let e = complete_with(
+        wire,
         ResponseTemplate::new(500).set_body_json(json!({"error": {"message": "server error"}})),
     )
     .await
@@ -443,30 +466,38 @@ async fn s018_error_details() {
         "Provider request failed with HTTP 500: server error"
     );
     for body in [&b"not-json"[..], br#"["not","a","dict"]"#, b"{\"error\": {"] {
-        let e = complete_with(ResponseTemplate::new(500).set_body_bytes(body.to_vec()))
-            .await
-            .unwrap_err();
+        let e = complete_with(
+            wire,
+            ResponseTemplate::new(500).set_body_bytes(body.to_vec()),
+        )
+        .await
+        .unwrap_err();
         assert!(e.message().contains("HTTP 500"), "{e:?}");
         assert_eq!(e.message(), "Provider request failed with HTTP 500");
     }
     let e = complete_with(
+        wire,
         ResponseTemplate::new(502).set_body_json(json!({"error": {"code": "bad_gateway"}})),
     )
     .await
     .unwrap_err();
     assert_eq!(e.message(), "Provider request failed with HTTP 502");
-    let e = complete_with(ResponseTemplate::new(503).set_body_json(json!({"error": "overloaded"})))
-        .await
-        .unwrap_err();
+    let e = complete_with(
+        wire,
+        ResponseTemplate::new(503).set_body_json(json!({"error": "overloaded"})),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         e.message(),
         "Provider request failed with HTTP 503: overloaded"
     );
 }
 
-#[tokio::test]
-async fn s019_error_details_are_redacted() {
+over_wires!(s019_error_details_are_redacted);
+async fn s019_error_details_are_redacted(wire: Wire) {
     let e = complete_with(
+        wire,
         ResponseTemplate::new(401)
             .set_body_json(json!({"error": {"message": "key sk-abc123xyz invalid"}})),
     )
@@ -476,6 +507,7 @@ async fn s019_error_details_are_redacted() {
     assert!(e.message().contains("[REDACTED]"), "{e:?}");
     assert!(!e.message().contains("sk-abc123xyz"));
     let e = complete_with(
+        wire,
         ResponseTemplate::new(500).set_body_json(json!({"error": "token secret-abcdef failed"})),
     )
     .await
@@ -484,8 +516,8 @@ async fn s019_error_details_are_redacted() {
     assert!(e.message().contains("[REDACTED]"));
 }
 
-#[tokio::test]
-async fn hostile_server_echoing_the_key_never_leaks_it() {
+over_wires!(hostile_server_echoing_the_key_never_leaks_it);
+async fn hostile_server_echoing_the_key_never_leaks_it(wire: Wire) {
     // A key with no credential shape: only the literal replacement can catch it.
     let key = "plainkey0123456789";
     let echo = format!("your key {key} is invalid; Authorization: Bearer {key}");
@@ -497,8 +529,9 @@ async fn hostile_server_echoing_the_key_never_leaks_it() {
         } else {
             json!({"error": {"message": echo, "code": "invalid_api_key"}})
         };
-        let server = server_with(ResponseTemplate::new(status).set_body_json(body)).await;
-        let p = Provider::builder(format!("{}/v1", server.uri()), "m")
+        let server = server_with(wire, ResponseTemplate::new(status).set_body_json(body)).await;
+        let p = server
+            .builder(format!("{}/v1", server.uri()), "m")
             .api_key(key)
             .build()
             .unwrap();
@@ -536,22 +569,28 @@ async fn hostile_server_echoing_the_key_never_leaks_it() {
     }
 }
 
-#[tokio::test]
-async fn non_json_and_non_object_2xx_bodies_are_provider_errors() {
+over_wires!(non_json_and_non_object_2xx_bodies_are_provider_errors);
+async fn non_json_and_non_object_2xx_bodies_are_provider_errors(wire: Wire) {
     for body in [&b"not json at all"[..], b"[1,2,3]", b"\"text\"", b"42", b""] {
-        let e = complete_with(ResponseTemplate::new(200).set_body_bytes(body.to_vec()))
-            .await
-            .unwrap_err();
+        let e = complete_with(
+            wire,
+            ResponseTemplate::new(200).set_body_bytes(body.to_vec()),
+        )
+        .await
+        .unwrap_err();
         assert!(e.is_provider(), "{body:?}: {e:?}");
     }
 }
 
-#[tokio::test]
-async fn s022_null_finish_reason_and_non_object_usage() {
-    let r = complete_json(json!({
-        "choices": [{"message": {"content": "hello"}, "finish_reason": null}],
-        "usage": ["not", "a", "dict"]
-    }))
+over_wires!(s022_null_finish_reason_and_non_object_usage);
+async fn s022_null_finish_reason_and_non_object_usage(wire: Wire) {
+    let r = complete_json(
+        wire,
+        json!({
+            "choices": [{"message": {"content": "hello"}, "finish_reason": null}],
+            "usage": ["not", "a", "dict"]
+        }),
+    )
     .await
     .unwrap();
     assert_eq!(r.content(), "hello");
@@ -562,46 +601,51 @@ async fn s022_null_finish_reason_and_non_object_usage() {
     assert!(!r.was_truncated());
 }
 
-#[tokio::test]
-async fn s023_missing_or_malformed_choices() {
-    let e = complete_json(json!({})).await.unwrap_err();
+over_wires!(s023_missing_or_malformed_choices);
+async fn s023_missing_or_malformed_choices(wire: Wire) {
+    let e = complete_json(wire, json!({})).await.unwrap_err();
     assert!(e.is_provider());
     assert!(e.message().contains("did not include any choices"));
-    let e = complete_json(json!({"choices": []})).await.unwrap_err();
+    let e = complete_json(wire, json!({"choices": []}))
+        .await
+        .unwrap_err();
     assert!(e.message().contains("did not include any choices"));
-    let e = complete_json(json!({"choices": ["bad"]}))
+    let e = complete_json(wire, json!({"choices": ["bad"]}))
         .await
         .unwrap_err();
     assert!(e.is_provider());
     assert!(e.message().contains("was not an object"));
 }
 
-#[tokio::test]
-async fn s024_content_shapes() {
-    let r = complete_json(json!({"choices": [{"message": {"content":
+over_wires!(s024_content_shapes);
+async fn s024_content_shapes(wire: Wire) {
+    let r = complete_json(wire, json!({"choices": [{"message": {"content":
         ["alpha", {"type": "text", "text": "beta"}, {"type": "output_text", "text": {"value": "gamma"}},
          {"value": "delta"}, 123]}}]}))
     .await
     .unwrap();
     assert_eq!(r.content(), "alphabetagammadelta");
-    let r = complete_json(json!({"choices": [{"message": {"content": 42}}]}))
+    let r = complete_json(wire, json!({"choices": [{"message": {"content": 42}}]}))
         .await
         .unwrap();
     assert_eq!(r.content(), "42");
-    let r = complete_json(json!({"choices": [{"message": {"content": null}}]}))
+    let r = complete_json(wire, json!({"choices": [{"message": {"content": null}}]}))
         .await
         .unwrap();
     assert_eq!(r.content(), "");
-    let r = complete_json(json!({"choices": [{}]})).await.unwrap();
+    let r = complete_json(wire, json!({"choices": [{}]})).await.unwrap();
     assert_eq!(r.content(), "");
 }
 
-#[tokio::test]
-async fn every_choice_is_returned() {
-    let r = complete_json(json!({"choices": [
-        {"index": 0, "message": {"content": "a"}, "finish_reason": "stop"},
-        {"index": 1, "message": {"content": "b"}, "finish_reason": "length"}
-    ]}))
+over_wires!(every_choice_is_returned);
+async fn every_choice_is_returned(wire: Wire) {
+    let r = complete_json(
+        wire,
+        json!({"choices": [
+            {"index": 0, "message": {"content": "a"}, "finish_reason": "stop"},
+            {"index": 1, "message": {"content": "b"}, "finish_reason": "length"}
+        ]}),
+    )
     .await
     .unwrap();
     assert_eq!(r.choices.len(), 2);
@@ -609,13 +653,16 @@ async fn every_choice_is_returned() {
     assert_eq!(r.choices[1].finish_reason.as_deref(), Some("length"));
 }
 
-async fn tool_calls_reply(tool_calls: Value) -> Result<LlmResponse, Error> {
-    complete_json(json!({"choices": [{"message": {"content": null, "tool_calls": tool_calls}}]}))
-        .await
+async fn tool_calls_reply(wire: Wire, tool_calls: Value) -> Result<LlmResponse, Error> {
+    complete_json(
+        wire,
+        json!({"choices": [{"message": {"content": null, "tool_calls": tool_calls}}]}),
+    )
+    .await
 }
 
-#[tokio::test]
-async fn s026_tool_call_payload_errors() {
+over_wires!(s026_tool_call_payload_errors);
+async fn s026_tool_call_payload_errors(wire: Wire) {
     for (payload, fragment) in [
         (json!("bad"), "payload was not a list"),
         (json!(["bad"]), "payload was not an object"),
@@ -628,20 +675,23 @@ async fn s026_tool_call_payload_errors() {
             "name was missing",
         ),
     ] {
-        let e = tool_calls_reply(payload).await.unwrap_err();
+        let e = tool_calls_reply(wire, payload).await.unwrap_err();
         assert!(e.is_provider());
         assert!(e.message().contains(fragment), "{fragment}: {e:?}");
     }
-    let r = tool_calls_reply(json!([{"id": "c1", "type": "function",
-        "function": {"name": "search", "arguments": "{\"q\":\"rust\"}"}}]))
+    let r = tool_calls_reply(
+        wire,
+        json!([{"id": "c1", "type": "function",
+        "function": {"name": "search", "arguments": "{\"q\":\"rust\"}"}}]),
+    )
     .await
     .unwrap();
     assert_eq!(r.tool_calls()[0].id, "c1");
     assert_eq!(r.tool_calls()[0].name, "search");
     assert_eq!(r.tool_calls()[0].arguments["q"], "rust");
-    let r = tool_calls_reply(json!(null)).await.unwrap();
+    let r = tool_calls_reply(wire, json!(null)).await.unwrap();
     assert!(r.tool_calls().is_empty());
-    let r = tool_calls_reply(json!([{"id": 7, "function": {"name": "f"}}]))
+    let r = tool_calls_reply(wire, json!([{"id": 7, "function": {"name": "f"}}]))
         .await
         .unwrap();
     assert_eq!(r.tool_calls()[0].id, "");
@@ -651,14 +701,20 @@ fn call_with(arguments: &Value) -> Value {
     json!([{"id": "c", "function": {"name": "f", "arguments": arguments}}])
 }
 
-#[tokio::test]
-async fn s027_tool_call_arguments() {
-    let r = tool_calls_reply(call_with(&json!(null))).await.unwrap();
+over_wires!(s027_tool_call_arguments);
+async fn s027_tool_call_arguments(wire: Wire) {
+    let r = tool_calls_reply(wire, call_with(&json!(null)))
+        .await
+        .unwrap();
     assert!(r.tool_calls()[0].arguments.is_empty());
-    let r = tool_calls_reply(call_with(&json!({"x": 1}))).await.unwrap();
+    let r = tool_calls_reply(wire, call_with(&json!({"x": 1})))
+        .await
+        .unwrap();
     assert_eq!(r.tool_calls()[0].arguments["x"], 1);
     // A non-string, non-object value is a malformed reply.
-    let e = tool_calls_reply(call_with(&json!(123))).await.unwrap_err();
+    let e = tool_calls_reply(wire, call_with(&json!(123)))
+        .await
+        .unwrap_err();
     assert!(e.is_provider());
     assert!(e.message().contains("dict or JSON string"), "{e:?}");
     // The parser itself rejects bad argument strings, with the reference's messages...
@@ -686,7 +742,7 @@ async fn s027_tool_call_arguments() {
         ),
         (leaky, "arguments were not valid JSON"),
     ] {
-        let r = tool_calls_reply(call_with(&args)).await.unwrap();
+        let r = tool_calls_reply(wire, call_with(&args)).await.unwrap();
         let call = &r.tool_calls()[0];
         assert_eq!((call.id.as_str(), call.name.as_str()), ("c", "f"));
         assert!(call.arguments.is_empty());
@@ -697,27 +753,33 @@ async fn s027_tool_call_arguments() {
             assert!(!reason.contains(raw), "{raw}: {reason}");
         }
     }
-    let r = tool_calls_reply(call_with(&json!("{\"x\": 1}")))
+    let r = tool_calls_reply(wire, call_with(&json!("{\"x\": 1}")))
         .await
         .unwrap();
     assert_eq!(r.tool_calls()[0].arguments_error, None);
 }
 
-#[tokio::test]
-async fn s028_usage_names_and_max_tokens_truncation() {
-    let r = complete_json(json!({
-        "choices": [{"message": {"content": "x"}, "finish_reason": "max_tokens"}],
-        "usage": {"input_tokens": 0, "prompt_tokens": 5, "completion_tokens": 2}
-    }))
+over_wires!(s028_usage_names_and_max_tokens_truncation);
+async fn s028_usage_names_and_max_tokens_truncation(wire: Wire) {
+    let r = complete_json(
+        wire,
+        json!({
+            "choices": [{"message": {"content": "x"}, "finish_reason": "max_tokens"}],
+            "usage": {"input_tokens": 0, "prompt_tokens": 5, "completion_tokens": 2}
+        }),
+    )
     .await
     .unwrap();
     assert_eq!(r.usage.input_tokens, 0);
     assert_eq!(r.usage.output_tokens, 2);
     assert!(r.was_truncated());
-    let e = complete_json(json!({
-        "choices": [{"message": {"content": "x"}}],
-        "usage": {"prompt_tokens": -1}
-    }))
+    let e = complete_json(
+        wire,
+        json!({
+            "choices": [{"message": {"content": "x"}}],
+            "usage": {"prompt_tokens": -1}
+        }),
+    )
     .await
     .unwrap_err();
     assert!(e.is_provider());
@@ -767,9 +829,9 @@ fn s031_redaction() {
     assert_eq!(redact("key=abc"), "key=abc");
 }
 
-#[tokio::test]
-async fn s031_server_error_text_is_redacted_end_to_end() {
-    let e = complete_with(ResponseTemplate::new(400).set_body_json(json!({"error": {
+over_wires!(s031_server_error_text_is_redacted_end_to_end);
+async fn s031_server_error_text_is_redacted_end_to_end(wire: Wire) {
+    let e = complete_with(wire, ResponseTemplate::new(400).set_body_json(json!({"error": {
         "message": "bad request to https://host/v1?foo=bar&api_key=supersecretval with password=hunter2hunter"
     }})))
     .await
@@ -779,14 +841,12 @@ async fn s031_server_error_text_is_redacted_end_to_end() {
     assert!(e.message().contains("[REDACTED]"));
 }
 
-#[tokio::test]
-async fn connection_refused_is_a_transport_failure() {
+// The refusal comes before TLS, so ALPN (https/1.1 or https/2) is never reached: the
+// https case runs once, as `https1`.
+over_wires!(connection_refused_is_a_transport_failure => [http1: Http1, https1: Https1]);
+async fn connection_refused_is_a_transport_failure(wire: Wire) {
     // Bind then drop a listener: the port is closed.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let p = Provider::new(format!("http://127.0.0.1:{port}/v1"), "m").unwrap();
+    let p = Provider::new(closed_port_url(wire), "m").unwrap();
     let e = p.complete(&hi()).await.unwrap_err();
     assert!(e.is_transport(), "{e:?}");
     assert!(e.is_retryable());
@@ -794,15 +854,17 @@ async fn connection_refused_is_a_transport_failure() {
     assert!(e.source().is_some());
 }
 
-#[tokio::test]
-async fn slow_reply_is_a_timeout() {
+over_wires!(slow_reply_is_a_timeout);
+async fn slow_reply_is_a_timeout(wire: Wire) {
     let server = server_with(
+        wire,
         ResponseTemplate::new(200)
             .set_body_json(ok_body("late"))
             .set_delay(Duration::from_secs(5)),
     )
     .await;
-    let p = Provider::builder(format!("{}/v1", server.uri()), "m")
+    let p = server
+        .builder(format!("{}/v1", server.uri()), "m")
         .timeout(Duration::from_millis(200))
         .build()
         .unwrap();
@@ -811,15 +873,17 @@ async fn slow_reply_is_a_timeout() {
     assert!(e.message().contains("Transport failure"), "{e:?}");
 }
 
-#[tokio::test]
-async fn s021_every_read_times_out_and_is_retried() {
+over_wires!(s021_every_read_times_out_and_is_retried);
+async fn s021_every_read_times_out_and_is_retried(wire: Wire) {
     let server = server_with(
+        wire,
         ResponseTemplate::new(200)
             .set_body_json(ok_body("late"))
             .set_delay(Duration::from_secs(5)),
     )
     .await;
-    let p = Provider::builder(format!("{}/v1", server.uri()), "m")
+    let p = server
+        .builder(format!("{}/v1", server.uri()), "m")
         .timeout(Duration::from_millis(150))
         .build()
         .unwrap();
@@ -837,9 +901,9 @@ async fn s021_every_read_times_out_and_is_retried() {
     assert_eq!(server.received_requests().await.unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn engine_retries_a_500_then_succeeds() {
-    let server = MockServer::start().await;
+over_wires!(engine_retries_a_500_then_succeeds);
+async fn engine_retries_a_500_then_succeeds(wire: Wire) {
+    let server = WireMock::start(wire).await;
     Mock::given(method("POST"))
         .and(path(PATH))
         .respond_with(ResponseTemplate::new(500))

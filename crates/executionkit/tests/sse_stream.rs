@@ -1,6 +1,8 @@
 //! Streaming: the SSE line rules, the accumulator, the decoder under arbitrary splits
 //! (proptest), and real streams from wiremock and from a small TCP server inside the test
-//! (truncated, stalled, malformed, disconnected, tool-call deltas). 127.0.0.1 only.
+//! (truncated, stalled, malformed, disconnected, tool-call deltas). 127.0.0.1 only. Each test
+//! that talks to a server runs over plain http/1.1, https/1.1 and https/2 (`name::http1`,
+//! `name::https1`, `name::https2`; see `common::wire`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +16,11 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, ResponseTemplate};
+
+mod common;
+
+use common::wire::{Front, Wire, WireMock, closed_port_url};
 
 fn hi() -> ChatRequest {
     ChatRequest::new(vec![Message::user("hi")])
@@ -146,21 +152,22 @@ fn s033_accumulator() {
     assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (1, 2));
 }
 
-#[tokio::test]
-async fn s034_stream_text_usage_and_request_body() {
+over_wires!(s034_stream_text_usage_and_request_body);
+async fn s034_stream_text_usage_and_request_body(wire: Wire) {
     let body = sse(&[
         text_chunk("He"),
         text_chunk("llo"),
         finish_chunk("stop"),
         usage_chunk(3, 2),
     ]) + "data: [DONE]\n\n";
-    let server = MockServer::start().await;
+    let server = WireMock::start(wire).await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
         .respond_with(ResponseTemplate::new(200).set_body_raw(body, "text/event-stream"))
         .mount(&server)
         .await;
-    let p = Provider::builder(format!("{}/v1", server.uri()), "test-model")
+    let p = server
+        .builder(format!("{}/v1", server.uri()), "test-model")
         .api_key("sk-stream-key")
         .build()
         .unwrap();
@@ -197,9 +204,9 @@ async fn s034_stream_text_usage_and_request_body() {
     );
 }
 
-#[tokio::test]
-async fn stream_options_can_be_overridden_by_extras() {
-    let server = MockServer::start().await;
+over_wires!(stream_options_can_be_overridden_by_extras);
+async fn stream_options_can_be_overridden_by_extras(wire: Wire) {
+    let server = WireMock::start(wire).await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_raw(
             sse(&[text_chunk("x"), finish_chunk("stop")]),
@@ -207,7 +214,10 @@ async fn stream_options_can_be_overridden_by_extras() {
         ))
         .mount(&server)
         .await;
-    let p = Provider::new(format!("{}/v1", server.uri()), "m").unwrap();
+    let p = server
+        .builder(format!("{}/v1", server.uri()), "m")
+        .build()
+        .unwrap();
     let (events, err) = drain(
         &p,
         hi().extra("stream_options", json!({"include_usage": false})),
@@ -223,9 +233,9 @@ async fn stream_options_can_be_overridden_by_extras() {
     assert_eq!(sent["stream"], true);
 }
 
-#[tokio::test]
-async fn a_server_that_ignores_stream_true_still_works() {
-    let server = MockServer::start().await;
+over_wires!(a_server_that_ignores_stream_true_still_works);
+async fn a_server_that_ignores_stream_true_still_works(wire: Wire) {
+    let server = WireMock::start(wire).await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "choices": [{"message": {"content": "whole", "tool_calls": [
@@ -235,7 +245,10 @@ async fn a_server_that_ignores_stream_true_still_works() {
         })))
         .mount(&server)
         .await;
-    let p = Provider::new(format!("{}/v1", server.uri()), "m").unwrap();
+    let p = server
+        .builder(format!("{}/v1", server.uri()), "m")
+        .build()
+        .unwrap();
     let (events, err) = drain(&p, hi()).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(texts(&events), vec!["whole"]);
@@ -248,16 +261,19 @@ async fn a_server_that_ignores_stream_true_still_works() {
     assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (4, 2));
 }
 
-#[tokio::test]
-async fn s036_stream_http_error_and_connection_refused() {
-    let server = MockServer::start().await;
+over_wires!(s036_stream_http_error_and_connection_refused);
+async fn s036_stream_http_error_and_connection_refused(wire: Wire) {
+    let server = WireMock::start(wire).await;
     Mock::given(method("POST"))
         .respond_with(
             ResponseTemplate::new(500).set_body_json(json!({"error": {"message": "boom"}})),
         )
         .mount(&server)
         .await;
-    let p = Provider::new(format!("{}/v1", server.uri()), "m").unwrap();
+    let p = server
+        .builder(format!("{}/v1", server.uri()), "m")
+        .build()
+        .unwrap();
     let (events, err) = drain(&p, hi()).await;
     assert!(events.is_empty());
     let e = err.unwrap();
@@ -266,23 +282,22 @@ async fn s036_stream_http_error_and_connection_refused() {
     assert_eq!(e.http_status(), Some(500));
 
     for (status, permanent) in [(401, true), (404, true), (302, false), (503, false)] {
-        let server = MockServer::start().await;
+        let server = WireMock::start(wire).await;
         Mock::given(method("POST"))
             .respond_with(ResponseTemplate::new(status))
             .mount(&server)
             .await;
-        let p = Provider::new(format!("{}/v1", server.uri()), "m").unwrap();
+        let p = server
+            .builder(format!("{}/v1", server.uri()), "m")
+            .build()
+            .unwrap();
         let (_, err) = drain(&p, hi()).await;
         let e = err.unwrap();
         assert_eq!(e.is_permanent(), permanent, "{status}: {e:?}");
         assert_eq!(e.is_provider(), !permanent, "{status}: {e:?}");
     }
 
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let p = Provider::new(format!("http://127.0.0.1:{port}/v1"), "m").unwrap();
+    let p = Provider::new(closed_port_url(wire), "m").unwrap();
     let (events, err) = drain(&p, hi()).await;
     assert!(events.is_empty());
     let e = err.unwrap();
@@ -327,8 +342,12 @@ fn chunk(data: &str) -> Vec<u8> {
     format!("{:x}\r\n{data}\r\n", data.len()).into_bytes()
 }
 
-/// Serves one connection with `script` and returns the base URL.
-async fn serve<F, Fut>(script: F) -> String
+/// Serves one connection with `script` and returns `wire`'s front before it (its URL ends in
+/// `/v1`). On https/1.1 the TLS relay passes the script's bytes unchanged; on https/2 the h2
+/// relay turns its HTTP/1.1 framing into HTTP/2's: the body's frames as they come, its
+/// terminating chunk into `END_STREAM`, a reset or a close mid-body into `RST_STREAM`, so each
+/// script still means the same fault on every wire.
+async fn serve<F, Fut>(wire: Wire, script: F) -> Front
 where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -340,7 +359,7 @@ where
         read_request(&mut sock).await;
         script(sock).await;
     });
-    format!("http://127.0.0.1:{}/v1", addr.port())
+    Front::start(wire, &format!("http://127.0.0.1:{}/v1", addr.port())).await
 }
 
 /// Keeps the connection open until the client goes away.
@@ -353,16 +372,17 @@ async fn hold(mut sock: TcpStream) {
     }
 }
 
-fn quick_provider(url: String) -> Provider {
-    Provider::builder(url, "m")
+fn quick_provider(front: &Front) -> Provider {
+    front
+        .builder(front.uri(), "m")
         .stream_idle_timeout(Duration::from_millis(300))
         .build()
         .unwrap()
 }
 
-#[tokio::test]
-async fn truncated_stream_is_a_provider_error() {
-    let url = serve(|mut sock| async move {
+over_wires!(truncated_stream_is_a_provider_error);
+async fn truncated_stream_is_a_provider_error(wire: Wire) {
+    let front = serve(wire, |mut sock| async move {
         sock.write_all(SSE_HEAD).await.unwrap();
         sock.write_all(&chunk(&sse(&[text_chunk("He")])))
             .await
@@ -371,29 +391,29 @@ async fn truncated_stream_is_a_provider_error() {
         hold(sock).await;
     })
     .await;
-    let (events, err) = drain(&quick_provider(url), hi()).await;
+    let (events, err) = drain(&quick_provider(&front), hi()).await;
     assert_eq!(texts(&events), vec!["He"]);
     let e = err.unwrap();
     assert!(e.is_provider(), "{e:?}");
     assert!(e.message().contains("stream ended early"), "{e:?}");
 }
 
-#[tokio::test]
-async fn empty_stream_is_a_provider_error() {
-    let url = serve(|mut sock| async move {
+over_wires!(empty_stream_is_a_provider_error);
+async fn empty_stream_is_a_provider_error(wire: Wire) {
+    let front = serve(wire, |mut sock| async move {
         sock.write_all(SSE_HEAD).await.unwrap();
         sock.write_all(b"0\r\n\r\n").await.unwrap();
         hold(sock).await;
     })
     .await;
-    let (events, err) = drain(&quick_provider(url), hi()).await;
+    let (events, err) = drain(&quick_provider(&front), hi()).await;
     assert!(events.is_empty());
     assert!(err.unwrap().message().contains("stream ended early"));
 }
 
-#[tokio::test]
-async fn stalled_stream_is_a_timeout() {
-    let url = serve(|mut sock| async move {
+over_wires!(stalled_stream_is_a_timeout);
+async fn stalled_stream_is_a_timeout(wire: Wire) {
+    let front = serve(wire, |mut sock| async move {
         sock.write_all(SSE_HEAD).await.unwrap();
         sock.write_all(&chunk(&sse(&[text_chunk("He")])))
             .await
@@ -401,7 +421,7 @@ async fn stalled_stream_is_a_timeout() {
         hold(sock).await;
     })
     .await;
-    let (events, err) = drain(&quick_provider(url), hi()).await;
+    let (events, err) = drain(&quick_provider(&front), hi()).await;
     assert_eq!(texts(&events), vec!["He"]);
     let e = err.unwrap();
     assert!(e.is_timeout(), "{e:?}");
@@ -409,10 +429,11 @@ async fn stalled_stream_is_a_timeout() {
     assert!(e.message().contains("idle"), "{e:?}");
 }
 
-#[tokio::test]
-async fn no_response_head_is_a_timeout() {
-    let url = serve(|sock| async move { hold(sock).await }).await;
-    let p = Provider::builder(url, "m")
+over_wires!(no_response_head_is_a_timeout);
+async fn no_response_head_is_a_timeout(wire: Wire) {
+    let front = serve(wire, |sock| async move { hold(sock).await }).await;
+    let p = front
+        .builder(front.uri(), "m")
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();
@@ -422,9 +443,9 @@ async fn no_response_head_is_a_timeout() {
     assert!(e.message().contains("Transport failure"));
 }
 
-#[tokio::test]
-async fn keep_alive_comments_reset_the_idle_timer() {
-    let url = serve(|mut sock| async move {
+over_wires!(keep_alive_comments_reset_the_idle_timer);
+async fn keep_alive_comments_reset_the_idle_timer(wire: Wire) {
+    let front = serve(wire, |mut sock| async move {
         sock.write_all(SSE_HEAD).await.unwrap();
         for _ in 0..12 {
             sock.write_all(&chunk(": ping\n\n")).await.unwrap();
@@ -436,7 +457,8 @@ async fn keep_alive_comments_reset_the_idle_timer() {
         hold(sock).await;
     })
     .await;
-    let p = Provider::builder(url, "m")
+    let p = front
+        .builder(front.uri(), "m")
         .stream_idle_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
@@ -445,25 +467,25 @@ async fn keep_alive_comments_reset_the_idle_timer() {
     assert_eq!(finished(&events).unwrap().content(), "ok");
 }
 
-#[tokio::test]
-async fn done_ends_the_stream_even_if_the_server_keeps_the_connection() {
-    let url = serve(|mut sock| async move {
+over_wires!(done_ends_the_stream_even_if_the_server_keeps_the_connection);
+async fn done_ends_the_stream_even_if_the_server_keeps_the_connection(wire: Wire) {
+    let front = serve(wire, |mut sock| async move {
         sock.write_all(SSE_HEAD).await.unwrap();
         let body = sse(&[text_chunk("a")]) + "data: [DONE]\n\n";
         sock.write_all(&chunk(&body)).await.unwrap();
         hold(sock).await;
     })
     .await;
-    let (events, err) = drain(&quick_provider(url), hi()).await;
+    let (events, err) = drain(&quick_provider(&front), hi()).await;
     assert!(err.is_none(), "{err:?}");
     let r = finished(&events).unwrap();
     assert_eq!(r.content(), "a");
     assert_eq!(r.finish_reason(), None);
 }
 
-#[tokio::test]
-async fn malformed_frame_is_a_provider_error() {
-    let url = serve(|mut sock| async move {
+over_wires!(malformed_frame_is_a_provider_error);
+async fn malformed_frame_is_a_provider_error(wire: Wire) {
+    let front = serve(wire, |mut sock| async move {
         sock.write_all(SSE_HEAD).await.unwrap();
         let body = sse(&[text_chunk("He")]) + "data: {\"choices\":[{\"delta\":{\"cont\n\n";
         sock.write_all(&chunk(&body)).await.unwrap();
@@ -471,16 +493,16 @@ async fn malformed_frame_is_a_provider_error() {
         hold(sock).await;
     })
     .await;
-    let (events, err) = drain(&quick_provider(url), hi()).await;
+    let (events, err) = drain(&quick_provider(&front), hi()).await;
     assert_eq!(texts(&events), vec!["He"]);
     let e = err.unwrap();
     assert!(e.is_provider(), "{e:?}");
     assert!(e.message().contains("non-JSON SSE data frame"), "{e:?}");
 }
 
-#[tokio::test]
-async fn s036_disconnect_mid_body_is_a_transport_failure_after_the_deltas() {
-    let url = serve(|mut sock| async move {
+over_wires!(s036_disconnect_mid_body_is_a_transport_failure_after_the_deltas);
+async fn s036_disconnect_mid_body_is_a_transport_failure_after_the_deltas(wire: Wire) {
+    let front = serve(wire, |mut sock| async move {
         sock.write_all(SSE_HEAD).await.unwrap();
         sock.write_all(&chunk(&sse(&[text_chunk("He")])))
             .await
@@ -493,15 +515,15 @@ async fn s036_disconnect_mid_body_is_a_transport_failure_after_the_deltas() {
         drop(sock);
     })
     .await;
-    let (events, err) = drain(&quick_provider(url), hi()).await;
+    let (events, err) = drain(&quick_provider(&front), hi()).await;
     assert_eq!(texts(&events), vec!["He"]);
     let e = err.unwrap();
     assert!(e.is_transport(), "{e:?}");
     assert!(e.message().contains("Transport failure"), "{e:?}");
 }
 
-#[tokio::test]
-async fn tool_call_deltas_with_repeated_id_and_name() {
+over_wires!(tool_call_deltas_with_repeated_id_and_name);
+async fn tool_call_deltas_with_repeated_id_and_name(wire: Wire) {
     // The llama-cpp-python server shape: id, type and name repeated in every delta.
     let delta = |args: &str| {
         json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
@@ -518,14 +540,14 @@ async fn tool_call_deltas_with_repeated_id_and_name() {
         finish_chunk("tool_calls"),
         usage_chunk(10, 4),
     ]) + "data: [DONE]\n\n";
-    let url = serve(move |mut sock| async move {
+    let front = serve(wire, move |mut sock| async move {
         sock.write_all(SSE_HEAD).await.unwrap();
         sock.write_all(&chunk(&body)).await.unwrap();
         sock.write_all(b"0\r\n\r\n").await.unwrap();
         hold(sock).await;
     })
     .await;
-    let (events, err) = drain(&quick_provider(url), hi()).await;
+    let (events, err) = drain(&quick_provider(&front), hi()).await;
     assert!(err.is_none(), "{err:?}");
     let deltas: Vec<_> = events
         .iter()
@@ -569,13 +591,13 @@ async fn tool_call_deltas_with_repeated_id_and_name() {
     assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (10, 4));
 }
 
-#[tokio::test]
-async fn invalid_streamed_tool_arguments_are_kept_with_a_reason() {
+over_wires!(invalid_streamed_tool_arguments_are_kept_with_a_reason);
+async fn invalid_streamed_tool_arguments_are_kept_with_a_reason(wire: Wire) {
     let body = sse(&[
         json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{oops"}}]}}]}),
         finish_chunk("tool_calls"),
     ]);
-    let url = serve(move |mut sock| async move {
+    let front = serve(wire, move |mut sock| async move {
         sock.write_all(SSE_HEAD).await.unwrap();
         sock.write_all(&chunk(&body)).await.unwrap();
         sock.write_all(b"0\r\n\r\n").await.unwrap();
@@ -584,7 +606,7 @@ async fn invalid_streamed_tool_arguments_are_kept_with_a_reason() {
     .await;
     // Issue 5: the stream is not failed; the call arrives with empty arguments and a reason
     // that holds none of the argument text.
-    let (events, err) = drain(&quick_provider(url), hi()).await;
+    let (events, err) = drain(&quick_provider(&front), hi()).await;
     assert!(err.is_none(), "{err:?}");
     let r = finished(&events).unwrap();
     let call = &r.tool_calls()[0];

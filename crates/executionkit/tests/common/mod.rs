@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: real servers from the environment (llmock,
 //! llama-server), and test servers started in the test on 127.0.0.1: [`tls`] (a throwaway CA
-//! and a byte-for-byte TLS relay), [`h2`] (an HTTPS + HTTP/2 server), [`hostile`] (a raw-TCP
+//! and a byte-for-byte TLS relay), [`h2`] (an HTTPS + HTTP/2 server), [`h2relay`] (an HTTP/2
+//! terminating reverse proxy before a plain-http/1.1 server), [`wire`] (the three wires a suite
+//! runs over: http/1.1, https/1.1, https/2, and `over_wires!`), [`hostile`] (a raw-TCP
 //! server that misbehaves at the byte level) and [`counting`] (a relay that counts each test's
 //! requests to a shared server); [`attacks`] holds the hostile-server suites' attacks.
 //! `tests/harness_selftest.rs` tests the servers.
@@ -10,8 +12,10 @@
 pub mod attacks;
 pub mod counting;
 pub mod h2;
+pub mod h2relay;
 pub mod hostile;
 pub mod tls;
+pub mod wire;
 
 /// The URL in the environment variable `var`, without a trailing `/`, or `None` when it is
 /// unset: the test then says why and passes, unless `EK_REQUIRE_SERVERS=1` (scripts/test.sh),
