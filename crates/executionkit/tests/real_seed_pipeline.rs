@@ -36,7 +36,8 @@ impl LlmProvider for Counting {
     async fn complete(&self, request: &ChatRequest) -> executionkit::Result<LlmResponse> {
         let r = self.inner.complete(request).await?;
         let mut seen = self.seen.lock().unwrap();
-        *seen += TokenUsage::new(r.usage.input_tokens, r.usage.output_tokens, 1);
+        // The subsets too (llama-server reports cached prompt tokens).
+        *seen += TokenUsage::from(r.usage) + TokenUsage::new(0, 0, 1);
         Ok(r)
     }
 }
