@@ -27,20 +27,20 @@ struct Conn {
 }
 
 impl Conn {
-    /// Reads one request (head and Content-Length body); `None` at EOF.
+    /// Reads one request (head by httparse, then its Content-Length body); `None` at EOF.
     async fn request(&mut self) -> Option<String> {
         loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (n, v) = l.split_once(':')?;
-                        n.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().ok())?
-                    })
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head_len)) = req.parse(&self.buf) {
+                let len: usize = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
                     .unwrap_or(0);
-                while self.buf.len() < end + 4 + len {
+                let head = String::from_utf8_lossy(&self.buf[..head_len]).to_string();
+                while self.buf.len() < head_len + len {
                     let mut chunk = [0u8; 4096];
                     let n = self.stream.read(&mut chunk).await.ok()?;
                     if n == 0 {
@@ -48,10 +48,10 @@ impl Conn {
                     }
                     self.buf.extend_from_slice(&chunk[..n]);
                 }
-                let body = String::from_utf8_lossy(&self.buf[end + 4..end + 4 + len]).to_string();
-                self.buf.drain(..end + 4 + len);
+                let body = String::from_utf8_lossy(&self.buf[head_len..head_len + len]).to_string();
+                self.buf.drain(..head_len + len);
                 self.requests.fetch_add(1, Ordering::SeqCst);
-                return Some(format!("{head}\r\n\r\n{body}"));
+                return Some(format!("{head}{body}"));
             }
             let mut chunk = [0u8; 4096];
             let n = self.stream.read(&mut chunk).await.ok()?;
