@@ -127,3 +127,43 @@ async fn real_consensus_at_temperature_zero_answers_paris_unanimously() {
     assert_eq!(r.score, Some(1.0));
     assert_eq!(r.cost, *p.seen.lock().unwrap());
 }
+
+/// With the judge's JSON-schema `response_format` (a grammar in llama-server), the seed pipeline
+/// on SmolLM2-135M ends with a value, not a judge `parse` error (10 of 10 seeds by hand; CI
+/// runs two).
+#[tokio::test]
+async fn real_seed_pipeline_ends_with_a_value_on_two_seeds() {
+    let Some((url, key)) = common::llama() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    for seed in [1, 2] {
+        let p = counting(&url, &key);
+        let r = Pipe::new()
+            .step(
+                Consensus::default()
+                    .samples(5)
+                    .temperature(0.9)
+                    .max_tokens(128)
+                    .seed(seed),
+            )
+            .step(
+                RefineLoop::default()
+                    .target_score(0.9)
+                    .max_iterations(3)
+                    .max_tokens(128)
+                    .seed(seed),
+            )
+            .max_budget(
+                Budget::new()
+                    .max_input_tokens(20_000)
+                    .max_output_tokens(10_000)
+                    .max_calls(20),
+            )
+            .run(&p, SEED_PROMPT, &RunContext::new())
+            .await;
+        let r = r.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(!r.value.trim().is_empty());
+        assert_eq!(r.cost, *p.seen.lock().unwrap(), "seed {seed}");
+    }
+}

@@ -5,7 +5,8 @@
 //! `response_to_rate` tag (so it cannot close its envelope), and sent between
 //! `<response_to_rate>` tags under a system prompt that casts the model as a neutral scorer and
 //! tells it to ignore any instruction inside the tags. The call uses temperature 0.1 and
-//! `max_tokens` 16; the reply must hold a number in [0, 10], which becomes a score in [0, 1].
+//! `max_tokens` 16 and asks for `{"score": N}` through a JSON-schema `response_format`
+//! ([`judge_response_format`]); the reply must hold a number in [0, 10], which becomes a score in [0, 1].
 //! An unparsable reply is asked again once with [`JUDGE_REPAIR_PROMPT`].
 //!
 //! ```
@@ -151,6 +152,39 @@ pub fn judge_repair_messages(reply: &str) -> Vec<Message> {
     ]
 }
 
+/// The `response_format` of every judge call: a JSON schema for `{"score": <integer 0..10>}`.
+/// Servers that support it constrain the reply to that shape (llama-server turns the schema into
+/// a grammar, so even a 135M-parameter model gives a number); the refine loop asks again in
+/// plain text, once per run, when an endpoint refuses it with HTTP 400 or 422.
+///
+/// ```
+/// use executionkit::{MockProvider, RefineLoop, RunContext};
+/// use executionkit::patterns::judge::judge_response_format;
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["draft", r#"{"score": 9}"#]);
+/// let r = RefineLoop::new().run(&p, "Write a haiku", &RunContext::new()).await.unwrap();
+/// assert_eq!(r.score, Some(0.9));
+/// assert_eq!(p.calls()[1].request.response_format, Some(judge_response_format()));
+/// assert_eq!(judge_response_format()["type"], "json_schema");
+/// # });
+/// ```
+#[must_use]
+pub fn judge_response_format() -> serde_json::Value {
+    serde_json::json!({
+        "type": "json_schema",
+        "json_schema": {
+            "name": "judge_score",
+            "strict": true,
+            "schema": {
+                "type": "object",
+                "properties": {"score": {"type": "integer", "minimum": 0, "maximum": 10}},
+                "required": ["score"],
+                "additionalProperties": false
+            }
+        }
+    })
+}
+
 /// A judge reply parsed by [`parse_judge_score`].
 ///
 /// ```
@@ -179,13 +213,15 @@ impl JudgeScore {
     }
 }
 
-/// Parses a judge's reply: a bare number in [0, 10], or else the first unsigned decimal number
+/// Parses a judge's reply: a bare number in [0, 10], a JSON object `{"score": N}`, or else the
+/// first unsigned decimal number
 /// in the text (logged as "not a bare number"). No number, or one outside [0, 10], is a `parse`
 /// error ("Cannot parse score" / "outside the expected 0-10 range").
 ///
 /// ```
 /// use executionkit::patterns::judge::parse_judge_score;
 /// assert_eq!(parse_judge_score(" 9 ").unwrap().raw, 9.0);
+/// assert_eq!(parse_judge_score(r#"{"score": 7}"#).unwrap().raw, 7.0);
 /// assert_eq!(parse_judge_score("I'd rate this 8.5 out of 10").unwrap().raw, 8.5);
 /// assert!(parse_judge_score("excellent").unwrap_err().is_parse());
 /// assert!(parse_judge_score("11").unwrap_err().to_string().contains("outside the expected 0-10 range"));
@@ -197,6 +233,15 @@ pub fn parse_judge_score(reply: &str) -> Result<JudgeScore> {
     let t = reply.trim();
     if let Ok(v) = t.parse::<f64>() {
         return in_range(v, reply).map(|raw| JudgeScore { raw, bare: true });
+    }
+    // The shape `judge_response_format` asks for.
+    if t.starts_with('{') {
+        if let Some(v) = serde_json::from_str::<serde_json::Value>(t)
+            .ok()
+            .and_then(|j| j.get("score").and_then(serde_json::Value::as_f64))
+        {
+            return in_range(v, reply).map(|raw| JudgeScore { raw, bare: true });
+        }
     }
     let found = NUMBER
         .as_ref()

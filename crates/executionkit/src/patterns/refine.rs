@@ -21,7 +21,8 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use super::judge::{
-    JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE, judge_messages, judge_repair_messages, parse_judge_score,
+    JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE, judge_messages, judge_repair_messages,
+    judge_response_format, parse_judge_score,
 };
 use super::{Pattern, StepInput, TerminationReason, check_max_tokens, check_model};
 use crate::engine::convergence::{
@@ -430,6 +431,7 @@ impl RefineLoop {
             ctx,
             tracker: CostTracker::new(),
             task,
+            plain_judge: std::sync::atomic::AtomicBool::new(false),
         };
         let span = tracing::info_span!(
             target: "executionkit",
@@ -453,6 +455,9 @@ struct Run<'a> {
     ctx: &'a RunContext,
     tracker: CostTracker,
     task: &'a str,
+    /// Set when the endpoint refused the judge's `response_format`: the rest of the run asks
+    /// in plain text.
+    plain_judge: std::sync::atomic::AtomicBool,
 }
 
 impl Run<'_> {
@@ -557,8 +562,7 @@ impl Run<'_> {
             return f(text.to_owned()).await;
         }
         let messages = judge_messages(text, self.cfg.max_eval_chars);
-        let req = self.request(messages.clone(), JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS);
-        let resp = self.ctx.complete(self.provider, req, &self.tracker).await?;
+        let resp = self.ask_judge(messages.clone()).await?;
         let first = match parse_judge_score(resp.content()) {
             Ok(s) => return Ok(s.normalized()),
             Err(e) => e,
@@ -568,8 +572,7 @@ impl Run<'_> {
         // server would only repeat the reply.
         let mut retry = messages;
         retry.extend(judge_repair_messages(resp.content()));
-        let req = self.request(retry, JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS);
-        let resp = self.ctx.complete(self.provider, req, &self.tracker).await?;
+        let resp = self.ask_judge(retry).await?;
         match parse_judge_score(resp.content()) {
             Ok(s) => Ok(s.normalized()),
             Err(e) => Err(Error::new(
@@ -580,6 +583,34 @@ impl Run<'_> {
                     e.message()
                 ),
             )),
+        }
+    }
+
+    /// One judge call: with [`judge_response_format`] (a `{"score": 0..10}` JSON schema, which
+    /// llama-server turns into a grammar) unless the endpoint refused it earlier in this run; a
+    /// refusal (HTTP 400 or 422 to a request carrying it) is asked again once in plain text, a
+    /// new counted call, and remembered for the rest of the run.
+    async fn ask_judge(&self, messages: Vec<Message>) -> Result<crate::provider::LlmResponse> {
+        use std::sync::atomic::Ordering;
+        let plain = self.request(messages, JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS);
+        if self.plain_judge.load(Ordering::Relaxed) {
+            return self.ctx.complete(self.provider, plain, &self.tracker).await;
+        }
+        let structured = plain.clone().response_format(judge_response_format());
+        match self
+            .ctx
+            .complete(self.provider, structured, &self.tracker)
+            .await
+        {
+            Err(e) if e.is_permanent() && matches!(e.http_status(), Some(400 | 422)) => {
+                tracing::warn!(
+                    target: "executionkit",
+                    "the endpoint refused the judge's response_format; asking in plain text"
+                );
+                self.plain_judge.store(true, Ordering::Relaxed);
+                self.ctx.complete(self.provider, plain, &self.tracker).await
+            }
+            other => other,
         }
     }
 
