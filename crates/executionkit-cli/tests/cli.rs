@@ -395,14 +395,17 @@ fn strip_usd(cost: &Value) -> Value {
     })
 }
 
+/// The field-by-field sum of cost objects (the subsets such as `cache_read_input_tokens` too,
+/// which appear only when non-zero).
 fn sum_costs(costs: &Value) -> Value {
-    let (mut i, mut o, mut c) = (0, 0, 0);
+    let mut sum = serde_json::Map::new();
     for s in costs.as_array().unwrap() {
-        i += s["input_tokens"].as_u64().unwrap();
-        o += s["output_tokens"].as_u64().unwrap();
-        c += s["llm_calls"].as_u64().unwrap();
+        for (k, v) in s.as_object().unwrap() {
+            let acc = sum.get(k).and_then(Value::as_u64).unwrap_or(0);
+            sum.insert(k.clone(), json!(acc + v.as_u64().unwrap()));
+        }
     }
-    json!({"input_tokens": i, "output_tokens": o, "llm_calls": c})
+    Value::Object(sum)
 }
 
 // ---------------------------------------------------------------------------------------------
