@@ -169,6 +169,8 @@ pub(crate) struct Transport {
     h2_uri: Uri,
     /// Headers sent with every request (built once), `Host` included.
     headers: HeaderMap,
+    /// The same without `Host`, for HTTP/2.
+    h2_headers: HeaderMap,
     settings: Settings,
     tls_config: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
     pool: Mutex<Pool>,
@@ -256,6 +258,11 @@ impl Transport {
             proxy,
             h1_uri,
             h2_uri: absolute,
+            h2_headers: {
+                let mut h2 = headers.clone();
+                h2.remove(HOST);
+                h2
+            },
             headers,
             settings,
             tls_config: OnceLock::new(),
@@ -271,10 +278,19 @@ impl Transport {
     }
 
     fn request(&self, body: Bytes, uri: &Uri) -> Request<Body> {
+        self.request_with(body, uri, &self.headers)
+    }
+
+    /// An HTTP/2 request: absolute URI, and no `Host` (`:authority` carries it).
+    fn h2_request(&self, body: Bytes) -> Request<Body> {
+        self.request_with(body, &self.h2_uri, &self.h2_headers)
+    }
+
+    fn request_with(&self, body: Bytes, uri: &Uri, headers: &HeaderMap) -> Request<Body> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri.clone();
-        *req.headers_mut() = self.headers.clone();
+        *req.headers_mut() = headers.clone();
         req
     }
 
@@ -307,8 +323,7 @@ impl Transport {
                 H2Sender::Done(reply) => return Ok(reply),
             },
         };
-        let mut req = self.request(body.clone(), &self.h2_uri);
-        req.headers_mut().remove(HOST);
+        let req = self.h2_request(body.clone());
         let resp = match sender.try_send_request(req).await {
             Ok(resp) => resp,
             Err(mut e) => match e.take_message() {
@@ -427,7 +442,7 @@ impl Transport {
                 // The origin now speaks HTTP/2 (learned on this connect).
                 let mut req = req;
                 *req.uri_mut() = self.h2_uri.clone();
-                req.headers_mut().remove(HOST);
+                *req.headers_mut() = self.h2_headers.clone();
                 let resp = sender
                     .send_request(req)
                     .await
