@@ -13,6 +13,7 @@ mod secrets;
 mod step;
 mod tools;
 
+use executionkit::WithCallOptions as _;
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;

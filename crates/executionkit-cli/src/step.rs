@@ -3,6 +3,7 @@
 //! Every step is parsed and validated before the first request: an unknown name or key, a
 //! repeated key or a bad value is an `invalid_argument` naming what is valid.
 
+use executionkit::WithCallOptions as _;
 use std::collections::HashSet;
 use std::str::FromStr;
 

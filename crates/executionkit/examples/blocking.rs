@@ -10,6 +10,7 @@
 
 mod support;
 
+use executionkit::WithCallOptions as _;
 use executionkit::{Budget, Consensus, Pipe, RefineLoop, RunContext, blocking};
 
 fn main() -> Result<(), executionkit::Error> {

@@ -8,6 +8,7 @@
 
 mod support;
 
+use executionkit::WithCallOptions as _;
 use executionkit::events::Event;
 use executionkit::{Budget, Consensus, RefineLoop, RunContext};
 

@@ -8,6 +8,7 @@
 
 mod support;
 
+use executionkit::WithCallOptions as _;
 use executionkit::{Budget, Consensus, Pipe, RefineLoop, RunContext};
 
 #[tokio::main]

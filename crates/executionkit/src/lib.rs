@@ -32,8 +32,9 @@ pub use engine::stream::{StreamingResult, stream_completion};
 pub use engine::{RetryPolicy, RunContext};
 pub use error::{Error, ErrorKind, Result};
 pub use kit::{Kit, RateLimited};
-pub use patterns::call::{ConsensusCall, RefineCall, consensus, refine_loop};
+pub use patterns::call::{consensus, refine_loop};
 pub use patterns::react::ReactLoop;
+pub use patterns::{CallOptions, WithCallOptions};
 pub use patterns::{
     Consensus, Pattern, RefineCheckpoint, RefineLoop, StepInput, TerminationReason, VotingStrategy,
 };
@@ -47,6 +48,28 @@ pub use provider::{
 pub use result::{Metadata, PatternResult};
 pub use tools::Tool;
 pub use usage::{Budget, CostRates, TokenUsage, UsageOverGrant};
+
+/// The names most programs need, in one import: `use executionkit::prelude::*;`.
+///
+/// It brings the pattern builders, [`WithCallOptions`] (whose setters every builder shares),
+/// the provider trait and types, the budget and the run context.
+///
+/// ```
+/// use executionkit::prelude::*;
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["yes"]);
+/// let ctx = RunContext::new().budget(Budget::new().max_calls(1));
+/// let r = Consensus::new().samples(1).model("m").run(&p, "ok?", &ctx).await.unwrap();
+/// assert_eq!(r.value, "yes");
+/// # });
+/// ```
+pub mod prelude {
+    pub use crate::{
+        Budget, CallOptions, Consensus, Error, LlmProvider, MapReduce, MockProvider, Pattern, Pipe,
+        ReactLoop, RefineLoop, Result, RunContext, Structured, StructuredValue, TokenUsage, Tool,
+        WithCallOptions, structured,
+    };
+}
 
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use executionkit::WithCallOptions as _;
 use std::time::Duration;
 
 use executionkit::engine::stop::StopRule;

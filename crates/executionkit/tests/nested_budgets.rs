@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use executionkit::WithCallOptions as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -8,6 +8,7 @@
 
 mod common;
 
+use executionkit::WithCallOptions as _;
 use std::sync::Mutex;
 
 use async_trait::async_trait;

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use executionkit::WithCallOptions as _;
 use std::sync::Arc;
 
 use executionkit::{

@@ -18,12 +18,13 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tracing::Instrument;
 
-use super::{Pattern, StepInput, check_max_tokens, check_model};
+use super::options::{CallOptions, WithCallOptions};
+use super::{Pattern, StepInput};
 use crate::engine::stop::{StopRule, VoteBook};
 use crate::engine::voting::{VotingStrategy, normalized, tally_keys};
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, Result};
-use crate::provider::{ChatRequest, LlmProvider, Message, check_temperature};
+use crate::provider::{ChatRequest, LlmProvider, Message};
 use crate::result::PatternResult;
 
 /// The most samples one consensus may draw.
@@ -38,6 +39,9 @@ use crate::result::PatternResult;
 /// # });
 /// ```
 pub const MAX_SAMPLES: usize = 1_000_000;
+
+/// The sampling temperature when none is set: varied answers to vote on.
+const DEFAULT_TEMPERATURE: f64 = 0.9;
 
 /// The function a vote is taken on: maps a sample's text to the value voted on.
 ///
@@ -85,13 +89,9 @@ pub type VoteKey = Arc<dyn Fn(&str) -> String + Send + Sync>;
 #[must_use]
 pub struct Consensus {
     samples: usize,
-    temperature: f64,
     max_concurrency: usize,
     strategy: VotingStrategy,
-    max_tokens: u32,
-    seed: Option<u64>,
-    system: Option<String>,
-    model: Option<String>,
+    call: CallOptions,
     vote_key: Option<VoteKey>,
     use_n: bool,
     early_stop: StopRule,
@@ -101,13 +101,9 @@ impl Default for Consensus {
     fn default() -> Self {
         Self {
             samples: 5,
-            temperature: 0.9,
             max_concurrency: 5,
             strategy: VotingStrategy::Majority,
-            max_tokens: crate::provider::DEFAULT_MAX_TOKENS,
-            seed: None,
-            system: None,
-            model: None,
+            call: CallOptions::new(),
             vote_key: None,
             use_n: false,
             early_stop: StopRule::Fixed,
@@ -119,17 +115,23 @@ impl fmt::Debug for Consensus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consensus")
             .field("samples", &self.samples)
-            .field("temperature", &self.temperature)
             .field("max_concurrency", &self.max_concurrency)
             .field("strategy", &self.strategy)
-            .field("max_tokens", &self.max_tokens)
-            .field("seed", &self.seed)
-            .field("system", &self.system)
-            .field("model", &self.model)
+            .field("call", &self.call)
             .field("vote_key", &self.vote_key.as_ref().map(|_| "<fn>"))
             .field("use_n", &self.use_n)
             .field("early_stop", &self.early_stop)
             .finish()
+    }
+}
+
+impl WithCallOptions for Consensus {
+    fn call_options(&self) -> &CallOptions {
+        &self.call
+    }
+
+    fn call_options_mut(&mut self) -> &mut CallOptions {
+        &mut self.call
     }
 }
 
@@ -154,17 +156,6 @@ impl Consensus {
         self
     }
 
-    /// The sampling temperature (finite, ≥ 0).
-    ///
-    /// ```
-    /// let c = executionkit::Consensus::new().temperature(0.0);
-    /// # let _ = c;
-    /// ```
-    pub fn temperature(mut self, t: f64) -> Self {
-        self.temperature = t;
-        self
-    }
-
     /// At most this many samples in flight (≥ 1).
     ///
     /// ```
@@ -184,50 +175,6 @@ impl Consensus {
     /// ```
     pub fn strategy(mut self, s: VotingStrategy) -> Self {
         self.strategy = s;
-        self
-    }
-
-    /// `max_tokens` of each sample (≥ 1).
-    ///
-    /// ```
-    /// let c = executionkit::Consensus::new().max_tokens(256);
-    /// # let _ = c;
-    /// ```
-    pub fn max_tokens(mut self, n: u32) -> Self {
-        self.max_tokens = n;
-        self
-    }
-
-    /// Sends `seed + i` as the seed of sample `i` (0-based).
-    ///
-    /// ```
-    /// let c = executionkit::Consensus::new().seed(42);
-    /// # let _ = c;
-    /// ```
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
-    /// A system message before the prompt.
-    ///
-    /// ```
-    /// let c = executionkit::Consensus::new().system("Answer in one word.");
-    /// # let _ = c;
-    /// ```
-    pub fn system(mut self, system: impl Into<String>) -> Self {
-        self.system = Some(system.into());
-        self
-    }
-
-    /// The model every sample asks for (default: the provider's).
-    ///
-    /// ```
-    /// let c = executionkit::Consensus::new().model("gpt-4o-mini");
-    /// # let _ = c;
-    /// ```
-    pub fn model(mut self, model: impl Into<String>) -> Self {
-        self.model = Some(model.into());
         self
     }
 
@@ -302,9 +249,7 @@ impl Consensus {
                 format!("max_concurrency must be >= 1, got {}", self.max_concurrency),
             ));
         }
-        check_max_tokens(self.max_tokens)?;
-        check_temperature(self.temperature)?;
-        check_model(self.model.as_deref())?;
+        self.call.validate()?;
         self.early_stop.check()?;
         if self.early_stop.stops_early() && self.strategy == VotingStrategy::Unanimous {
             return Err(Error::invalid_argument(
@@ -316,14 +261,9 @@ impl Consensus {
     }
 
     fn request(&self, messages: &[Message], sample: usize) -> ChatRequest {
-        let mut req = ChatRequest::new(messages.to_vec())
-            .temperature(self.temperature)
-            .max_tokens(self.max_tokens);
-        if let Some(seed) = self.seed {
-            req = req.seed(seed.wrapping_add(sample as u64));
-        }
-        if let Some(m) = &self.model {
-            req = req.model(m.clone());
+        let mut req = self.call.request(messages.to_vec(), DEFAULT_TEMPERATURE);
+        if let Some(seed) = self.call.seed {
+            req.seed = Some(seed.wrapping_add(sample as u64));
         }
         req
     }
@@ -408,11 +348,7 @@ impl Consensus {
     ) -> Result<PatternResult<String>> {
         let tracker = CostTracker::new();
         let fail = |e: Error, tracker: &CostTracker| ctx.spend_error(e, tracker);
-        let mut messages = Vec::with_capacity(2);
-        if let Some(s) = &self.system {
-            messages.push(Message::system(s.clone()));
-        }
-        messages.push(Message::user(prompt));
+        let messages = self.call.messages(prompt);
 
         if self.early_stop.stops_early() {
             return self

@@ -32,6 +32,7 @@ pub mod judge;
 /// # });
 /// ```
 pub mod map_reduce;
+pub mod options;
 pub mod react;
 pub mod refine;
 /// Structured output: a reply parsed into a Rust type, validated against its JSON Schema.
@@ -51,9 +52,10 @@ pub mod structured;
 pub mod vote_keys;
 
 pub use crate::engine::voting::VotingStrategy;
-pub use call::{ConsensusCall, RefineCall, consensus, refine_loop};
+pub use call::{consensus, refine_loop};
 pub use consensus::Consensus;
 pub use map_reduce::MapReduce;
+pub use options::{CallOptions, WithCallOptions};
 pub use refine::{RefineCheckpoint, RefineLoop};
 pub use structured::{Structured, StructuredValue, structured};
 
