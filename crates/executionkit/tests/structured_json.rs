@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use executionkit::WithCallOptions as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

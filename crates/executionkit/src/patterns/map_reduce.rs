@@ -13,10 +13,10 @@
 
 use futures::StreamExt;
 
-use super::{check_max_tokens, check_model};
+use super::options::{CallOptions, WithCallOptions};
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, Result};
-use crate::provider::{ChatRequest, DEFAULT_MAX_TOKENS, LlmProvider, Message, check_temperature};
+use crate::provider::{ChatRequest, LlmProvider};
 use crate::result::PatternResult;
 
 /// The map template's placeholder.
@@ -64,18 +64,27 @@ pub struct MapReduce {
     map_template: String,
     reduce_template: String,
     max_concurrency: usize,
-    temperature: f64,
-    max_tokens: u32,
     separator: String,
     max_reduce_input_chars: Option<usize>,
-    seed: Option<u64>,
-    system: Option<String>,
-    model: Option<String>,
+    call: CallOptions,
 }
 
 impl Default for MapReduce {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The temperature when none is set.
+const DEFAULT_TEMPERATURE: f64 = 0.3;
+
+impl WithCallOptions for MapReduce {
+    fn call_options(&self) -> &CallOptions {
+        &self.call
+    }
+
+    fn call_options_mut(&mut self) -> &mut CallOptions {
+        &mut self.call
     }
 }
 
@@ -92,13 +101,9 @@ impl MapReduce {
             map_template: String::new(),
             reduce_template: String::new(),
             max_concurrency: 10,
-            temperature: 0.3,
-            max_tokens: DEFAULT_MAX_TOKENS,
             separator: DEFAULT_SEPARATOR.to_owned(),
             max_reduce_input_chars: None,
-            seed: None,
-            system: None,
-            model: None,
+            call: CallOptions::new(),
         }
     }
 
@@ -136,28 +141,6 @@ impl MapReduce {
         self
     }
 
-    /// Sampling temperature of every call (default 0.3).
-    ///
-    /// ```
-    /// let m = executionkit::patterns::map_reduce::MapReduce::new().temperature(0.0);
-    /// # let _ = m;
-    /// ```
-    pub fn temperature(mut self, t: f64) -> Self {
-        self.temperature = t;
-        self
-    }
-
-    /// Completion token limit per call (default 4096).
-    ///
-    /// ```
-    /// let m = executionkit::patterns::map_reduce::MapReduce::new().max_tokens(256);
-    /// # let _ = m;
-    /// ```
-    pub fn max_tokens(mut self, n: u32) -> Self {
-        self.max_tokens = n;
-        self
-    }
-
     /// What joins the map outputs in the reduce prompt (default `"\n\n---\n\n"`).
     ///
     /// ```
@@ -178,39 +161,6 @@ impl MapReduce {
     /// ```
     pub fn max_reduce_input_chars(mut self, n: usize) -> Self {
         self.max_reduce_input_chars = Some(n);
-        self
-    }
-
-    /// A sampling seed sent with every call.
-    ///
-    /// ```
-    /// let m = executionkit::patterns::map_reduce::MapReduce::new().seed(7);
-    /// # let _ = m;
-    /// ```
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
-    /// A system message sent first in every call.
-    ///
-    /// ```
-    /// let m = executionkit::patterns::map_reduce::MapReduce::new().system("Be brief.");
-    /// # let _ = m;
-    /// ```
-    pub fn system(mut self, system: impl Into<String>) -> Self {
-        self.system = Some(system.into());
-        self
-    }
-
-    /// Another model than the provider's default.
-    ///
-    /// ```
-    /// let m = executionkit::patterns::map_reduce::MapReduce::new().model("gpt-4o-mini");
-    /// # let _ = m;
-    /// ```
-    pub fn model(mut self, model: impl Into<String>) -> Self {
-        self.model = Some(model.into());
         self
     }
 
@@ -257,9 +207,7 @@ impl MapReduce {
                 "max_reduce_input_chars must be >= 1, got 0",
             ));
         }
-        check_max_tokens(self.max_tokens)?;
-        check_temperature(self.temperature)?;
-        check_model(self.model.as_deref())
+        self.call.validate()
     }
 
     /// Maps every item, then reduces. An empty `items` makes one reduce call over `""`.
@@ -362,21 +310,8 @@ impl MapReduce {
     }
 
     fn request(&self, prompt: String) -> ChatRequest {
-        let mut messages = Vec::with_capacity(2);
-        if let Some(s) = &self.system {
-            messages.push(Message::system(s.clone()));
-        }
-        messages.push(Message::user(prompt));
-        let mut req = ChatRequest::new(messages)
-            .temperature(self.temperature)
-            .max_tokens(self.max_tokens);
-        if let Some(seed) = self.seed {
-            req = req.seed(seed);
-        }
-        if let Some(m) = &self.model {
-            req = req.model(m.clone());
-        }
-        req
+        self.call
+            .request(self.call.messages(prompt), DEFAULT_TEMPERATURE)
     }
 
     /// One call per prompt, at most `max_concurrency` in flight, outputs in prompt order. The

@@ -8,7 +8,7 @@ use crate::provider::{ChatRequest, DEFAULT_MAX_TOKENS, Message, check_temperatur
 ///
 /// An unset field takes the pattern's default: the provider's model, no system message, the
 /// pattern's own temperature (consensus 0.9, refine 0.7, react 0.3, structured 0.0, map-reduce
-/// 0.7), `max_tokens` 4096, no seed. Every pattern builder takes them through
+/// 0.3), `max_tokens` 4096, no seed. Every pattern builder takes them through
 /// [`WithCallOptions`], either one at a time or all at once with
 /// [`options`](WithCallOptions::options); the `ek` command line builds one from its flags.
 ///

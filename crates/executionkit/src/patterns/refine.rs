@@ -24,13 +24,14 @@ use super::judge::{
     JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE, judge_messages, judge_repair_messages,
     judge_response_format, parse_judge_score,
 };
-use super::{Pattern, StepInput, TerminationReason, check_max_tokens, check_model};
+use super::options::{CallOptions, WithCallOptions};
+use super::{Pattern, StepInput, TerminationReason};
 use crate::engine::convergence::{
     ConvergenceDetector, StopRule, check_delta_threshold, check_patience,
 };
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, ErrorKind, Result};
-use crate::provider::{ChatRequest, LlmProvider, Message, check_temperature};
+use crate::provider::{LlmProvider, Message};
 use crate::result::PatternResult;
 use crate::usage::TokenUsage;
 
@@ -119,12 +120,8 @@ pub struct RefineLoop {
     max_iterations: usize,
     patience: usize,
     delta_threshold: f64,
-    temperature: f64,
-    max_tokens: u32,
     max_eval_chars: usize,
-    seed: Option<u64>,
-    system: Option<String>,
-    model: Option<String>,
+    call: CallOptions,
     evaluator: Option<Evaluator>,
     on_checkpoint: Option<CheckpointFn>,
 }
@@ -136,12 +133,8 @@ impl Default for RefineLoop {
             max_iterations: 5,
             patience: 3,
             delta_threshold: 0.01,
-            temperature: 0.7,
-            max_tokens: crate::provider::DEFAULT_MAX_TOKENS,
             max_eval_chars: 32_768,
-            seed: None,
-            system: None,
-            model: None,
+            call: CallOptions::new(),
             evaluator: None,
             on_checkpoint: None,
         }
@@ -155,12 +148,8 @@ impl fmt::Debug for RefineLoop {
             .field("max_iterations", &self.max_iterations)
             .field("patience", &self.patience)
             .field("delta_threshold", &self.delta_threshold)
-            .field("temperature", &self.temperature)
-            .field("max_tokens", &self.max_tokens)
             .field("max_eval_chars", &self.max_eval_chars)
-            .field("seed", &self.seed)
-            .field("system", &self.system)
-            .field("model", &self.model)
+            .field("call", &self.call)
             .field(
                 "evaluator",
                 &if self.evaluator.is_some() {
@@ -181,6 +170,19 @@ macro_rules! setter {
             self
         }
     };
+}
+
+/// The temperature of generation and refinement calls when none is set.
+const DEFAULT_TEMPERATURE: f64 = 0.7;
+
+impl WithCallOptions for RefineLoop {
+    fn call_options(&self) -> &CallOptions {
+        &self.call
+    }
+
+    fn call_options_mut(&mut self) -> &mut CallOptions {
+        &mut self.call
+    }
 }
 
 impl RefineLoop {
@@ -232,24 +234,6 @@ impl RefineLoop {
         delta_threshold: f64
     }
     setter! {
-        /// The temperature of generation and refinement calls (finite, ≥ 0).
-        ///
-        /// ```
-        /// let r = executionkit::RefineLoop::new().temperature(0.2);
-        /// # let _ = r;
-        /// ```
-        temperature: f64
-    }
-    setter! {
-        /// `max_tokens` of generation and refinement calls (≥ 1).
-        ///
-        /// ```
-        /// let r = executionkit::RefineLoop::new().max_tokens(512);
-        /// # let _ = r;
-        /// ```
-        max_tokens: u32
-    }
-    setter! {
         /// The judge sees at most this many characters of a text (≥ 1).
         ///
         /// ```
@@ -257,39 +241,6 @@ impl RefineLoop {
         /// # let _ = r;
         /// ```
         max_eval_chars: usize
-    }
-
-    /// Sends `seed` on every request (generation, refinement and judge).
-    ///
-    /// ```
-    /// let r = executionkit::RefineLoop::new().seed(7);
-    /// # let _ = r;
-    /// ```
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
-    /// A system message before the task in generation and refinement calls.
-    ///
-    /// ```
-    /// let r = executionkit::RefineLoop::new().system("Be concise.");
-    /// # let _ = r;
-    /// ```
-    pub fn system(mut self, system: impl Into<String>) -> Self {
-        self.system = Some(system.into());
-        self
-    }
-
-    /// The model every request asks for (default: the provider's).
-    ///
-    /// ```
-    /// let r = executionkit::RefineLoop::new().model("gpt-4o");
-    /// # let _ = r;
-    /// ```
-    pub fn model(mut self, model: impl Into<String>) -> Self {
-        self.model = Some(model.into());
-        self
     }
 
     /// Scores texts with `f` instead of the LLM judge. A score outside [0, 1] (or NaN) fails the
@@ -354,16 +305,13 @@ impl RefineLoop {
         }
         check_patience(self.patience)?;
         check_delta_threshold(self.delta_threshold)?;
-        check_max_tokens(self.max_tokens)?;
         if self.max_eval_chars < 1 {
             return Err(Error::invalid_argument(
                 "max_eval_chars",
                 format!("max_eval_chars must be >= 1, got {}", self.max_eval_chars),
             ));
         }
-        check_temperature(self.temperature)?;
-        check_model(self.model.as_deref())?;
-        Ok(())
+        self.call.validate()
     }
 
     /// Runs the loop standalone: generates a first draft for `prompt`, then refines it.
@@ -530,29 +478,11 @@ impl Run<'_> {
     }
 
     fn task_messages(&self) -> Vec<Message> {
-        let mut m = Vec::with_capacity(4);
-        if let Some(s) = &self.cfg.system {
-            m.push(Message::system(s.clone()));
-        }
-        m.push(Message::user(self.task));
-        m
-    }
-
-    fn request(&self, messages: Vec<Message>, temperature: f64, max_tokens: u32) -> ChatRequest {
-        let mut req = ChatRequest::new(messages)
-            .temperature(temperature)
-            .max_tokens(max_tokens);
-        if let Some(seed) = self.cfg.seed {
-            req = req.seed(seed);
-        }
-        if let Some(m) = &self.cfg.model {
-            req = req.model(m.clone());
-        }
-        req
+        self.cfg.call.messages(self.task)
     }
 
     async fn generate(&self, messages: Vec<Message>) -> Result<String> {
-        let req = self.request(messages, self.cfg.temperature, self.cfg.max_tokens);
+        let req = self.cfg.call.request(messages, DEFAULT_TEMPERATURE);
         let resp = self.ctx.complete(self.provider, req, &self.tracker).await?;
         Ok(resp.into_content())
     }
@@ -592,7 +522,10 @@ impl Run<'_> {
     /// new counted call, and remembered for the rest of the run.
     async fn ask_judge(&self, messages: Vec<Message>) -> Result<crate::provider::LlmResponse> {
         use std::sync::atomic::Ordering;
-        let plain = self.request(messages, JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS);
+        // The judge keeps the run's model and seed but its own temperature and length.
+        let mut plain = self.cfg.call.request(messages, JUDGE_TEMPERATURE);
+        plain.temperature = Some(JUDGE_TEMPERATURE);
+        plain.max_tokens = Some(JUDGE_MAX_TOKENS);
         if self.plain_judge.load(Ordering::Relaxed) {
             return self.ctx.complete(self.provider, plain, &self.tracker).await;
         }

@@ -18,13 +18,17 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{Pattern, StepInput, check_max_tokens, check_model};
+use super::options::{CallOptions, WithCallOptions};
+use super::{Pattern, StepInput};
 use crate::engine::json::extract_json;
 use crate::engine::schema::OutputSchema;
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, ErrorKind, Result};
-use crate::provider::{ChatRequest, LlmProvider, Message, check_temperature};
+use crate::provider::{ChatRequest, LlmProvider};
 use crate::result::PatternResult;
+
+/// The temperature when none is set: the most likely, best-formed reply.
+const DEFAULT_TEMPERATURE: f64 = 0.0;
 
 /// The previous reply is quoted in a repair prompt up to this many characters.
 const MAX_ECHO_CHARS: usize = 16_000;
@@ -39,11 +43,7 @@ type ValidatorFn<T> = Arc<dyn Fn(&T) -> std::result::Result<(), String> + Send +
 #[derive(Debug, Clone)]
 struct Options {
     max_repairs: usize,
-    temperature: f64,
-    max_tokens: u32,
-    system: Option<String>,
-    seed: Option<u64>,
-    model: Option<String>,
+    call: CallOptions,
     use_response_format: bool,
 }
 
@@ -51,11 +51,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             max_repairs: 3,
-            temperature: 0.0,
-            max_tokens: crate::provider::DEFAULT_MAX_TOKENS,
-            system: None,
-            seed: None,
-            model: None,
+            call: CallOptions::new(),
             use_response_format: true,
         }
     }
@@ -63,26 +59,13 @@ impl Default for Options {
 
 impl Options {
     fn validate(&self) -> Result<()> {
-        check_temperature(self.temperature)?;
-        check_max_tokens(self.max_tokens)?;
-        check_model(self.model.as_deref())
+        self.call.validate()
     }
 
     fn request(&self, user: String, response_format: Option<&Value>) -> ChatRequest {
-        let mut messages = Vec::with_capacity(2);
-        if let Some(s) = &self.system {
-            messages.push(Message::system(s.clone()));
-        }
-        messages.push(Message::user(user));
-        let mut req = ChatRequest::new(messages)
-            .temperature(self.temperature)
-            .max_tokens(self.max_tokens);
-        if let Some(seed) = self.seed {
-            req = req.seed(seed);
-        }
-        if let Some(m) = &self.model {
-            req = req.model(m.clone());
-        }
+        let mut req = self
+            .call
+            .request(self.call.messages(user), DEFAULT_TEMPERATURE);
         if let Some(rf) = response_format {
             req = req.response_format(rf.clone());
         }
@@ -100,61 +83,6 @@ macro_rules! option_setters {
         /// ```
         pub fn max_repairs(mut self, n: usize) -> Self {
             self.opts.max_repairs = n;
-            self
-        }
-
-        /// Sampling temperature (default 0.0).
-        ///
-        /// ```
-        /// let s = executionkit::patterns::structured::StructuredValue::new().temperature(-1.0);
-        /// assert!(s.validate().unwrap_err().is_invalid_argument());
-        /// ```
-        pub fn temperature(mut self, t: f64) -> Self {
-            self.opts.temperature = t;
-            self
-        }
-
-        /// Completion token limit per call (default 4096).
-        ///
-        /// ```
-        /// let s = executionkit::patterns::structured::StructuredValue::new().max_tokens(512);
-        /// assert!(s.validate().is_ok());
-        /// ```
-        pub fn max_tokens(mut self, n: u32) -> Self {
-            self.opts.max_tokens = n;
-            self
-        }
-
-        /// A system message sent first in every call.
-        ///
-        /// ```
-        /// let s = executionkit::patterns::structured::StructuredValue::new().system("Be terse.");
-        /// # let _ = s;
-        /// ```
-        pub fn system(mut self, system: impl Into<String>) -> Self {
-            self.opts.system = Some(system.into());
-            self
-        }
-
-        /// A sampling seed sent with every call.
-        ///
-        /// ```
-        /// let s = executionkit::patterns::structured::StructuredValue::new().seed(42);
-        /// # let _ = s;
-        /// ```
-        pub fn seed(mut self, seed: u64) -> Self {
-            self.opts.seed = Some(seed);
-            self
-        }
-
-        /// Another model than the provider's default.
-        ///
-        /// ```
-        /// let s = executionkit::patterns::structured::StructuredValue::new().model("gpt-4o-mini");
-        /// assert!(s.validate().is_ok());
-        /// ```
-        pub fn model(mut self, model: impl Into<String>) -> Self {
-            self.opts.model = Some(model.into());
             self
         }
 
@@ -230,6 +158,26 @@ impl<T> fmt::Debug for Structured<T> {
 impl<T: DeserializeOwned + JsonSchema> Default for Structured<T> {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl<T> WithCallOptions for Structured<T> {
+    fn call_options(&self) -> &CallOptions {
+        &self.opts.call
+    }
+
+    fn call_options_mut(&mut self) -> &mut CallOptions {
+        &mut self.opts.call
+    }
+}
+
+impl WithCallOptions for StructuredValue {
+    fn call_options(&self) -> &CallOptions {
+        &self.opts.call
+    }
+
+    fn call_options_mut(&mut self) -> &mut CallOptions {
+        &mut self.opts.call
     }
 }
 
