@@ -45,7 +45,7 @@ the number, nothing else.";
 /// The judge's sampling temperature.
 ///
 /// ```
-/// use executionkit::{MockProvider, RefineLoop, RunContext, patterns::judge::JUDGE_TEMPERATURE};
+/// use executionkit::{MockProvider, RefineLoop, RunContext, WithCallOptions, patterns::judge::JUDGE_TEMPERATURE};
 /// # futures::executor::block_on(async {
 /// let p = MockProvider::new(["draft", "9"]);
 /// RefineLoop::new().temperature(0.9).run(&p, "Write a haiku", &RunContext::new()).await.unwrap();

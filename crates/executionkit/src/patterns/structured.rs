@@ -222,6 +222,7 @@ impl<T: DeserializeOwned + JsonSchema> Structured<T> {
     /// `invalid_argument` for a bad temperature, `max_tokens` 0 or a blank model.
     ///
     /// ```
+    /// use executionkit::WithCallOptions;
     /// let s = executionkit::patterns::structured::Structured::<Vec<u8>>::new().max_tokens(0);
     /// assert!(s.validate().unwrap_err().is_invalid_argument());
     /// ```
