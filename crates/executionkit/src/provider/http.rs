@@ -408,3 +408,32 @@ impl Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheme_is_text_before_separator() {
+        assert_eq!(scheme_of("FILE:///etc/passwd"), "file");
+        assert_eq!(scheme_of("data:text/plain,hello"), "data");
+        assert_eq!(scheme_of("javascript:alert(1)"), "javascript");
+        assert_eq!(scheme_of("localhost"), "localhost");
+    }
+
+    #[test]
+    fn classify_every_status() {
+        let id = |s: &str| s.to_owned();
+        for s in [400, 401, 403, 404, 405, 413, 422] {
+            assert!(classify_status(s, b"{}", None, id).is_permanent(), "{s}");
+        }
+        for s in [300, 302, 408, 409, 500, 502, 503] {
+            assert!(classify_status(s, b"{}", None, id).is_provider(), "{s}");
+        }
+        let e = classify_status(429, b"{}", Some(Duration::from_secs(3)), id);
+        assert!(e.is_rate_limited());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        let q = br#"{"error":{"code":"insufficient_quota","message":"out of credit"}}"#;
+        assert!(classify_status(429, q, None, id).is_permanent());
+    }
+}

@@ -1,3 +1,7 @@
+//! The typed reply pass against the general parser: the same answer for every body.
+
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 
 use super::*;

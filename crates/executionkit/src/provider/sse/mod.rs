@@ -1,7 +1,8 @@
 //! Decoding of streamed chat completions (server-sent events).
 //!
 //! The byte stream is split into SSE events by the `eventsource-stream` crate; this module turns
-//! each event's `data` into [`StreamEvent`]s and accumulates the final [`LlmResponse`]:
+//! each event's `data` into [`StreamEvent`](crate::StreamEvent)s and accumulates the final
+//! [`LlmResponse`](crate::LlmResponse):
 //!
 //! - text deltas of choice 0 (`choices[i].delta.content` where `choices[i].index` is 0); an
 //!   empty string is not yielded (the reference yields it; it carries nothing, and yielding it

@@ -1,3 +1,7 @@
+//! The stream accumulator, the raw-byte limits and the idle timeout.
+
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use bytes::Bytes;
