@@ -23,6 +23,7 @@ pub mod provider;
 pub mod redact;
 pub mod result;
 pub mod telemetry;
+mod text;
 pub mod tools;
 pub mod usage;
 

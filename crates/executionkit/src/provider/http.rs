@@ -16,11 +16,12 @@ use futures::{StreamExt, stream};
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use url::Url;
 
-use super::parse::{error_detail, is_insufficient_quota, parse_retry_after, truncate_chars};
+use super::parse::{error_detail, is_insufficient_quota, parse_retry_after};
 use super::sse::{ByteLimitError, ByteLimits, IdleError, IdleTimeout, StreamLimits};
 use super::transport::{self, BodyStream, Reply, Settings, Transport, TransportError};
 use crate::error::{Error, ErrorKind, Result};
 use crate::redact::{redact, redact_with};
+use crate::text::prefix;
 
 /// The longest error-body prefix read to classify a failed reply.
 pub(super) const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -200,7 +201,7 @@ pub(super) fn classify_status(
 ) -> Error {
     let detail = error_detail(body)
         .filter(|d| !d.trim().is_empty())
-        .map(|d| clean(&truncate_chars(&d, MAX_DETAIL_CHARS)));
+        .map(|d| clean(prefix(&d, MAX_DETAIL_CHARS)));
     let with_detail = |head: String| match &detail {
         Some(d) => format!("{head}: {d}"),
         None => head,

@@ -5,9 +5,10 @@ use serde_json::{Map, Value, json};
 
 use super::provider_err;
 use crate::error::{Error, ErrorKind, Result};
-use crate::provider::parse::{MAX_REPORTED_TOKENS, parse_tool_calls, truncate_chars};
+use crate::provider::parse::{MAX_REPORTED_TOKENS, parse_tool_calls};
 use crate::provider::{Choice, LlmResponse, ToolCall, Usage};
 use crate::redact::redact;
+use crate::text::prefix;
 
 /// Anthropic's `stop_reason` in the vocabulary the patterns use.
 pub(super) fn finish_reason(stop_reason: &str) -> String {
@@ -77,13 +78,13 @@ pub(super) fn error_event(error: Option<&Value>) -> Error {
         // overloaded_error, api_error and anything new: the server's fault, retryable.
         _ => ErrorKind::Provider,
     };
-    let kind_name = redact(&truncate_chars(kind_name, 64));
+    let kind_name = redact(prefix(kind_name, 64));
     let text = if message.trim().is_empty() {
         format!("Provider reported an error ({kind_name})")
     } else {
         format!(
             "Provider reported an error ({kind_name}): {}",
-            redact(&truncate_chars(message, 500))
+            redact(prefix(message, 500))
         )
     };
     Error::new(kind, text)

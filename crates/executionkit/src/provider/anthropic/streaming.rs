@@ -12,10 +12,10 @@ use super::reply::{
 use super::{Inner, provider_err};
 use crate::error::{Error, Result};
 use crate::provider::http::{SseError, SseEvents};
-use crate::provider::parse::truncate_chars;
 use crate::provider::transport::Reply;
 use crate::provider::{ChatStream, Choice, LlmResponse, StreamEvent, Usage};
 use crate::redact::redact;
+use crate::text::prefix;
 
 /// A `tool_use` block being streamed.
 #[derive(Debug, Default)]
@@ -57,7 +57,7 @@ impl MessageAccumulator {
         let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(data) else {
             return Err(provider_err(format!(
                 "Provider sent an SSE data frame that is not a JSON object: {}",
-                redact(&truncate_chars(data, 200))
+                redact(prefix(data, 200))
             )));
         };
         let kind = obj

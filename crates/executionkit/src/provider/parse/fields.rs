@@ -7,9 +7,10 @@
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::{MAX_REPORTED_TOKENS, ToolCall, Usage, provider_err, truncate_chars};
+use super::{MAX_REPORTED_TOKENS, ToolCall, Usage, provider_err};
 use crate::error::Result;
 use crate::redact::redact;
+use crate::text::prefix;
 
 /// `finish_reason`: a string is kept; absent or `null` is `None`; another value becomes its
 /// JSON text.
@@ -143,10 +144,13 @@ pub(super) fn decode_argument_string(s: &str) -> (Map<String, Value>, Option<Str
         ),
         Err(e) => (
             Map::new(),
-            Some(truncate_chars(
-                &redact(&format!("arguments were not valid JSON ({e})")),
-                200,
-            )),
+            Some(
+                prefix(
+                    &redact(&format!("arguments were not valid JSON ({e})")),
+                    200,
+                )
+                .to_owned(),
+            ),
         ),
     }
 }
@@ -172,7 +176,7 @@ pub fn parse_arguments(v: Option<&Value>, name: &str) -> Result<Map<String, Valu
             ))),
             Err(_) => Err(provider_err(format!(
                 "Arguments of tool call '{name}' were not valid JSON: {}",
-                redact(&truncate_chars(s, 200))
+                redact(prefix(s, 200))
             ))),
         },
         Some(_) => Err(provider_err(format!(

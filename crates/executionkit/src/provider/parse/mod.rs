@@ -183,10 +183,8 @@ fn typed_reply(body: &[u8]) -> Option<LlmResponse> {
         .into_response()
 }
 
-/// The first `max` characters of `s`.
+/// The first `max` characters of `s`, owned: [`crate::text::prefix`] under its old name, kept
+/// for `patterns::react` until it calls `prefix` itself.
 pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => s[..i].to_owned(),
-        None => s.to_owned(),
-    }
+    crate::text::prefix(s, max).to_owned()
 }

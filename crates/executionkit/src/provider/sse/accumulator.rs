@@ -6,9 +6,10 @@ use serde_json::{Map, Value};
 use super::tool_calls::ToolCalls;
 use super::{SseLine, StreamLimits, limit_err, parse_sse_data, provider_err};
 use crate::error::Result;
-use crate::provider::parse::{finish_reason, parse_usage, truncate_chars};
+use crate::provider::parse::{finish_reason, parse_usage};
 use crate::provider::{Choice, LlmResponse, StreamEvent, Usage};
 use crate::redact::redact;
+use crate::text::prefix;
 
 /// Accumulates the chunks of one streamed completion into the final [`LlmResponse`].
 ///
@@ -144,7 +145,7 @@ impl StreamAccumulator {
                 return Err(provider_err(match detail {
                     Some(d) => format!(
                         "Provider reported an error mid-stream: {}",
-                        redact(&truncate_chars(d, 500))
+                        redact(prefix(d, 500))
                     ),
                     None => "Provider reported an error mid-stream".to_owned(),
                 }));

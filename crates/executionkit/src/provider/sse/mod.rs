@@ -50,9 +50,9 @@
 
 use serde_json::{Map, Value};
 
-use super::parse::truncate_chars;
 use crate::error::{Error, ErrorKind, Result};
 use crate::redact::redact;
+use crate::text::prefix;
 
 mod accumulator;
 mod byte_limits;
@@ -132,11 +132,11 @@ pub fn parse_sse_data(data: &str) -> Result<SseLine> {
         Ok(Value::Object(m)) => Ok(SseLine::Data(m)),
         Ok(_) => Err(provider_err(format!(
             "Provider sent an SSE data frame that is not a JSON object: {}",
-            redact(&truncate_chars(data, 200))
+            redact(prefix(data, 200))
         ))),
         Err(_) => Err(provider_err(format!(
             "Provider sent a non-JSON SSE data frame: {}",
-            redact(&truncate_chars(data, 200))
+            redact(prefix(data, 200))
         ))),
     }
 }
