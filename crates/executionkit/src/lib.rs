@@ -23,6 +23,7 @@ pub mod provider;
 pub mod redact;
 pub mod result;
 pub mod telemetry;
+mod text;
 pub mod tools;
 pub mod usage;
 
@@ -31,7 +32,7 @@ pub use engine::json::extract_json;
 pub use engine::stream::{StreamingResult, stream_completion};
 pub use engine::{RetryPolicy, RunContext};
 pub use error::{Error, ErrorKind, Result};
-pub use kit::{Kit, RateLimited};
+pub use kit::Kit;
 pub use patterns::call::{consensus, refine_loop};
 pub use patterns::react::ReactLoop;
 pub use patterns::{CallOptions, WithCallOptions};
@@ -42,8 +43,8 @@ pub use patterns::{MapReduce, Structured, StructuredValue, structured};
 pub use pipe::Pipe;
 pub use provider::{
     AnthropicProvider, AnthropicProviderBuilder, ChatRequest, Choice, LlmProvider, LlmResponse,
-    Message, MockProvider, OfflineModel, Provider, ProviderBuilder, Role, StreamEvent, ToolCall,
-    ToolChoice, ToolSpec,
+    Message, MockProvider, OfflineModel, Provider, ProviderBuilder, RateLimited, Role, StreamEvent,
+    ToolCall, ToolChoice, ToolSpec,
 };
 pub use result::{Metadata, PatternResult};
 pub use tools::Tool;

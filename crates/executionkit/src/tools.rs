@@ -35,6 +35,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::provider::ToolSpec;
+use crate::text::prefix;
 
 /// The default time a tool body may run.
 ///
@@ -125,7 +126,7 @@ impl Tool {
     {
         let validator = jsonschema::validator_for(&parameters)
             .map(Arc::new)
-            .map_err(|e| truncate_chars(&e.to_string(), MAX_DETAIL_CHARS));
+            .map_err(|e| prefix(&e.to_string(), MAX_DETAIL_CHARS).to_owned());
         Self {
             name: name.into(),
             description: description.into(),
@@ -302,11 +303,11 @@ impl Tool {
         if let Some(err) = validator.iter_errors(&instance).next() {
             let path = err.instance_path().to_string();
             let detail = err.masked_with("the argument").to_string();
-            let detail = truncate_chars(&detail, MAX_DETAIL_CHARS);
+            let detail = prefix(&detail, MAX_DETAIL_CHARS).to_owned();
             return Err(if path.is_empty() {
                 detail
             } else {
-                format!("{detail} (at {})", truncate_chars(&path, MAX_QUOTED_CHARS))
+                format!("{detail} (at {})", prefix(&path, MAX_QUOTED_CHARS))
             });
         }
         Ok(())
@@ -354,12 +355,12 @@ impl Tool {
                 ObservationKind::ArgumentError,
                 format!(
                     "Tool '{}' argument error: {detail}",
-                    truncate_chars(&self.name, MAX_QUOTED_CHARS)
+                    prefix(&self.name, MAX_QUOTED_CHARS)
                 ),
             );
         }
         let timeout = timeout.unwrap_or(self.timeout);
-        let name = truncate_chars(&self.name, MAX_QUOTED_CHARS);
+        let name = prefix(&self.name, MAX_QUOTED_CHARS);
         // Bodies run on their own Tokio task under a Tokio timer; without a runtime they
         // cannot be bounded, so they do not run at all.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -510,19 +511,11 @@ pub fn truncate(text: &str, max: usize) -> String {
         return text.to_owned();
     }
     if max <= marker {
-        return truncate_chars(text, max);
+        return prefix(text, max).to_owned();
     }
-    let mut out = truncate_chars(text, max - marker);
+    let mut out = prefix(text, max - marker).to_owned();
     out.push_str(TRUNCATION_MARKER);
     out
-}
-
-/// The first `max` characters of `s`.
-fn truncate_chars(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => s[..i].to_owned(),
-        None => s.to_owned(),
-    }
 }
 
 /// The checks every schema gets, with the reference's messages.
@@ -540,7 +533,7 @@ fn tier_a(schema: &Value, args: &Map<String, Value>) -> std::result::Result<(), 
             if !args.contains_key(key) {
                 return Err(format!(
                     "Missing required argument: '{}'",
-                    truncate_chars(key, MAX_QUOTED_CHARS)
+                    prefix(key, MAX_QUOTED_CHARS)
                 ));
             }
         }
@@ -549,7 +542,7 @@ fn tier_a(schema: &Value, args: &Map<String, Value>) -> std::result::Result<(), 
         if let Some(key) = args.keys().find(|k| !props.contains_key(*k)) {
             return Err(format!(
                 "Unexpected argument: '{}' (additionalProperties is false)",
-                truncate_chars(key, MAX_QUOTED_CHARS)
+                prefix(key, MAX_QUOTED_CHARS)
             ));
         }
     }
@@ -573,7 +566,7 @@ fn tier_a(schema: &Value, args: &Map<String, Value>) -> std::result::Result<(), 
         if !ok {
             return Err(format!(
                 "Argument '{}' expected type '{expected}', got {}",
-                truncate_chars(key, MAX_QUOTED_CHARS),
+                prefix(key, MAX_QUOTED_CHARS),
                 json_kind(value)
             ));
         }

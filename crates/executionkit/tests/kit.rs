@@ -7,9 +7,10 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use executionkit::kit::{Kit, RateLimited};
+use executionkit::kit::Kit;
 use executionkit::patterns::map_reduce::MapReduce;
 use executionkit::patterns::react::ReactLoop;
+use executionkit::provider::RateLimited;
 use executionkit::tools::Tool;
 use executionkit::{
     Budget, ChatRequest, Choice, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, Message,

@@ -20,6 +20,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
+use crate::text::cut_with;
 
 /// Formats OpenAI's strict dialect accepts; others (schemars' `uint32`, `double`, …) are
 /// dropped from the strict schema (the validation schema keeps them).
@@ -396,10 +397,7 @@ fn sanitize_name(name: &str) -> String {
 
 /// `text` cut to [`MAX_ERROR_CHARS`] characters (with `…`).
 fn bounded(text: &str) -> String {
-    match text.char_indices().nth(MAX_ERROR_CHARS) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_owned(),
-    }
+    cut_with(text, MAX_ERROR_CHARS, "…").into_owned()
 }
 
 #[cfg(test)]

@@ -82,10 +82,7 @@ static NUMBER: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(r"\d+(?:\.\
 /// ```
 #[must_use]
 pub fn sanitize(text: &str, max_chars: usize) -> String {
-    let truncated: String = match text.char_indices().nth(max_chars) {
-        Some((byte, _)) => text[..byte].to_owned(),
-        None => text.to_owned(),
-    };
+    let truncated = crate::text::prefix(text, max_chars).to_owned();
     match TAG.as_ref() {
         Some(re) => {
             // Removing a tag can join two halves into a new tag ("<respo<tag>nse_to_rate>"):
@@ -283,7 +280,7 @@ fn excerpt(s: &str) -> String {
 }
 
 fn excerpt_n(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
+    crate::text::prefix(s, n).to_owned()
 }
 
 #[cfg(test)]

@@ -16,11 +16,12 @@ use futures::{StreamExt, stream};
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use url::Url;
 
-use super::parse::{error_detail, is_insufficient_quota, parse_retry_after, truncate_chars};
+use super::parse::{error_detail, is_insufficient_quota, parse_retry_after};
 use super::sse::{ByteLimitError, ByteLimits, IdleError, IdleTimeout, StreamLimits};
 use super::transport::{self, BodyStream, Reply, Settings, Transport, TransportError};
 use crate::error::{Error, ErrorKind, Result};
 use crate::redact::{redact, redact_with};
+use crate::text::prefix;
 
 /// The longest error-body prefix read to classify a failed reply.
 pub(super) const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -200,7 +201,7 @@ pub(super) fn classify_status(
 ) -> Error {
     let detail = error_detail(body)
         .filter(|d| !d.trim().is_empty())
-        .map(|d| clean(&truncate_chars(&d, MAX_DETAIL_CHARS)));
+        .map(|d| clean(prefix(&d, MAX_DETAIL_CHARS)));
     let with_detail = |head: String| match &detail {
         Some(d) => format!("{head}: {d}"),
         None => head,
@@ -406,5 +407,34 @@ impl Endpoint {
                 "Provider stream is not valid server-sent events",
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheme_is_text_before_separator() {
+        assert_eq!(scheme_of("FILE:///etc/passwd"), "file");
+        assert_eq!(scheme_of("data:text/plain,hello"), "data");
+        assert_eq!(scheme_of("javascript:alert(1)"), "javascript");
+        assert_eq!(scheme_of("localhost"), "localhost");
+    }
+
+    #[test]
+    fn classify_every_status() {
+        let id = |s: &str| s.to_owned();
+        for s in [400, 401, 403, 404, 405, 413, 422] {
+            assert!(classify_status(s, b"{}", None, id).is_permanent(), "{s}");
+        }
+        for s in [300, 302, 408, 409, 500, 502, 503] {
+            assert!(classify_status(s, b"{}", None, id).is_provider(), "{s}");
+        }
+        let e = classify_status(429, b"{}", Some(Duration::from_secs(3)), id);
+        assert!(e.is_rate_limited());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        let q = br#"{"error":{"code":"insufficient_quota","message":"out of credit"}}"#;
+        assert!(classify_status(429, q, None, id).is_permanent());
     }
 }

@@ -20,6 +20,7 @@ mod mock;
 mod offline;
 mod openai;
 pub mod parse;
+mod rate_limit;
 pub mod sse;
 mod transport;
 
@@ -29,6 +30,7 @@ pub use anthropic::{
 pub use mock::{MockCall, MockProvider};
 pub use offline::OfflineModel;
 pub use openai::{Provider, ProviderBuilder};
+pub use rate_limit::RateLimited;
 
 /// The default `max_tokens` of every pattern and of [`Provider`].
 ///

@@ -8,6 +8,7 @@ use super::{
     ChatRequest, ChatStream, Choice, LlmProvider, LlmResponse, Message, Role, StreamEvent, Usage,
 };
 use crate::error::Result;
+use crate::text::prefix;
 
 /// The model name the offline model reports.
 const OFFLINE_MODEL_NAME: &str = "offline";
@@ -182,7 +183,10 @@ fn truncate(text: String, limit: Option<u64>) -> (String, bool) {
     match limit {
         Some(l) if estimate_tokens(&text) > l => {
             let keep = usize::try_from(l.saturating_mul(4)).unwrap_or(usize::MAX);
-            (text.chars().take(keep).collect(), true)
+            let end = prefix(&text, keep).len();
+            let mut text = text;
+            text.truncate(end);
+            (text, true)
         }
         _ => (text, false),
     }
