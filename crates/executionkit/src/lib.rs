@@ -41,10 +41,14 @@ pub use patterns::{
 };
 pub use patterns::{MapReduce, Structured, StructuredValue, structured};
 pub use pipe::Pipe;
+#[cfg(any(test, feature = "testing"))]
+pub use provider::MockProvider;
+#[cfg(feature = "offline")]
+pub use provider::OfflineModel;
 pub use provider::{
     AnthropicProvider, AnthropicProviderBuilder, ChatRequest, Choice, LlmProvider, LlmResponse,
-    Message, MockProvider, OfflineModel, Provider, ProviderBuilder, RateLimited, Role, StreamEvent,
-    ToolCall, ToolChoice, ToolSpec,
+    Message, Provider, ProviderBuilder, RateLimited, Role, StreamEvent, ToolCall, ToolChoice,
+    ToolSpec,
 };
 pub use result::{Metadata, PatternResult};
 pub use tools::Tool;
@@ -66,10 +70,14 @@ pub use usage::{Budget, CostRates, TokenUsage, UsageOverGrant};
 /// ```
 pub mod prelude {
     pub use crate::{
-        Budget, CallOptions, Consensus, Error, LlmProvider, MapReduce, MockProvider, Pattern, Pipe,
-        ReactLoop, RefineLoop, Result, RunContext, Structured, StructuredValue, TokenUsage, Tool,
+        Budget, CallOptions, Consensus, Error, LlmProvider, MapReduce, Pattern, Pipe, ReactLoop,
+        RefineLoop, Result, RunContext, Structured, StructuredValue, TokenUsage, Tool,
         WithCallOptions, structured,
     };
+    #[cfg(any(test, feature = "testing"))]
+    pub use crate::MockProvider;
+    #[cfg(feature = "offline")]
+    pub use crate::OfflineModel;
 }
 
 /// The crate version.

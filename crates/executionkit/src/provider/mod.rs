@@ -16,7 +16,9 @@ use crate::error::{Error, ErrorKind, Result};
 
 mod anthropic;
 mod http;
+#[cfg(any(test, feature = "testing"))]
 mod mock;
+#[cfg(feature = "offline")]
 mod offline;
 mod openai;
 pub mod parse;
@@ -27,7 +29,9 @@ mod transport;
 pub use anthropic::{
     ANTHROPIC_BASE_URL, ANTHROPIC_VERSION, AnthropicProvider, AnthropicProviderBuilder,
 };
+#[cfg(any(test, feature = "testing"))]
 pub use mock::{MockCall, MockProvider};
+#[cfg(feature = "offline")]
 pub use offline::OfflineModel;
 pub use openai::{Provider, ProviderBuilder};
 pub use rate_limit::RateLimited;
