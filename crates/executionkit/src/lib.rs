@@ -69,15 +69,15 @@ pub use usage::{Budget, CostRates, TokenUsage, UsageOverGrant};
 /// # });
 /// ```
 pub mod prelude {
+    #[cfg(any(test, feature = "testing"))]
+    pub use crate::MockProvider;
+    #[cfg(feature = "offline")]
+    pub use crate::OfflineModel;
     pub use crate::{
         Budget, CallOptions, Consensus, Error, LlmProvider, MapReduce, Pattern, Pipe, ReactLoop,
         RefineLoop, Result, RunContext, Structured, StructuredValue, TokenUsage, Tool,
         WithCallOptions, structured,
     };
-    #[cfg(any(test, feature = "testing"))]
-    pub use crate::MockProvider;
-    #[cfg(feature = "offline")]
-    pub use crate::OfflineModel;
 }
 
 /// The crate version.

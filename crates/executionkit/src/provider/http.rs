@@ -7,7 +7,6 @@
 //! [`AnthropicProvider`](super::AnthropicProvider) (Anthropic Messages) both sit on it, so a
 //! status, a `Retry-After` or a broken connection means the same on either.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -244,20 +243,16 @@ pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The cause attached to an error built from a 4xx or 5xx reply.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP status {0} {reason}", reason = canonical_reason(*.0))]
 pub(super) struct StatusError(pub(super) u16);
 
-impl fmt::Display for StatusError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let reason = http::StatusCode::from_u16(self.0)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
-        write!(f, "HTTP status {} {reason}", self.0)
-    }
+fn canonical_reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
 }
-
-impl std::error::Error for StatusError {}
 
 /// A failure while reading server-sent events.
 pub(super) type SseError =

@@ -57,27 +57,36 @@ const FRAMING_ALLOWANCE: u64 = MAX_BUF as u64;
 type Body = Full<Bytes>;
 
 /// What went wrong below HTTP semantics. The provider maps it to an [`crate::Error`].
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum TransportError {
     /// No request was written: connecting, the proxy tunnel or TLS failed.
+    #[error("{what}")]
     Connect {
         what: String,
+        #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The connect phase took longer than the connect timeout.
+    #[error("could not connect within {:.1} s (connect timeout)", .0.as_secs_f64())]
     ConnectTimeout(Duration),
     /// A proxy answered a tunnel request with an error.
+    #[error("{0}")]
     Proxy(String),
     /// Refused for good: the server's certificate did not verify, or the proxy refused the
     /// tunnel with a 4xx (its credentials, its rules). Retrying cannot help.
+    #[error("{0}")]
     Refused(String),
     /// The connection failed while the request was sent or the reply read.
+    #[error(transparent)]
     Http(hyper::Error),
     /// The server broke the protocol (a `101` nobody asked for, an unsupported framing).
+    #[error("{0}")]
     Protocol(String),
     /// The reply exceeded a cap.
+    #[error("the {what} exceeded the limit of {limit} bytes")]
     TooLarge { what: &'static str, limit: u64 },
     /// A stream passed its total deadline.
+    #[error("the stream did not finish within {:.1} s (stream deadline)", .0.as_secs_f64())]
     Deadline(Duration),
 }
 
@@ -105,41 +114,6 @@ impl TransportError {
     /// `true` when the server broke the protocol or a cap (a provider fault, not the network).
     pub(crate) fn is_protocol(&self) -> bool {
         matches!(self, Self::Protocol(_) | Self::TooLarge { .. })
-    }
-}
-
-impl fmt::Display for TransportError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Connect { what, .. } => f.write_str(what),
-            Self::ConnectTimeout(d) => {
-                write!(
-                    f,
-                    "could not connect within {:.1} s (connect timeout)",
-                    d.as_secs_f64()
-                )
-            }
-            Self::Proxy(m) | Self::Protocol(m) | Self::Refused(m) => f.write_str(m),
-            Self::Http(e) => write!(f, "{e}"),
-            Self::TooLarge { what, limit } => {
-                write!(f, "the {what} exceeded the limit of {limit} bytes")
-            }
-            Self::Deadline(d) => write!(
-                f,
-                "the stream did not finish within {:.1} s (stream deadline)",
-                d.as_secs_f64()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for TransportError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Connect { source, .. } => Some(&**source),
-            Self::Http(e) => e.source(),
-            _ => None,
-        }
     }
 }
 
