@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use divan::{Bencher, black_box};
-use executionkit::engine::json::extract_json;
+use executionkit::internals::json::extract_json;
 use serde_json::{Value, json};
 
 const MIB: usize = 1 << 20;

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use divan::{Bencher, black_box};
-use executionkit::provider::parse::{parse_completion, parse_reply};
+use executionkit::internals::parse::{parse_completion, parse_reply};
 
 fn main() {
     divan::main();

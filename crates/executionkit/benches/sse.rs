@@ -21,7 +21,7 @@
 
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
-use executionkit::provider::sse::StreamAccumulator;
+use executionkit::internals::sse::StreamAccumulator;
 use executionkit::{ChatRequest, LlmProvider, Message, Provider, StreamEvent};
 use futures::StreamExt;
 

@@ -8,7 +8,7 @@
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
 use executionkit::VotingStrategy;
-use executionkit::engine::voting::{normalize, tally, tally_keys};
+use executionkit::internals::voting::{normalize, tally, tally_keys};
 
 const N: usize = 1_000_000;
 

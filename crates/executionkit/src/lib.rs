@@ -80,5 +80,40 @@ pub mod prelude {
     };
 }
 
+/// Internals that the crate's own integration tests, benchmarks and doc examples reach: not part
+/// of the API (hidden, behind the `testing` feature, and free to change in any release).
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod internals {
+    /// The refine loop's convergence detector.
+    pub mod convergence {
+        pub use crate::engine::convergence::*;
+    }
+    /// JSON extraction.
+    pub mod json {
+        pub use crate::engine::json::*;
+    }
+    /// The default judge.
+    pub mod judge {
+        pub use crate::patterns::judge::*;
+    }
+    /// The reply parser.
+    pub mod parse {
+        pub use crate::provider::parse::*;
+    }
+    /// Output schemas.
+    pub mod schema {
+        pub use crate::engine::schema::*;
+    }
+    /// Server-sent events.
+    pub mod sse {
+        pub use crate::provider::sse::*;
+    }
+    /// Vote tallies.
+    pub mod voting {
+        pub use crate::engine::voting::*;
+    }
+}
+
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use executionkit::engine::{BudgetLedger, CostTracker};
 use executionkit::events::Event;
-use executionkit::provider::parse::{parse_retry_after, parse_usage};
+use executionkit::internals::parse::{parse_retry_after, parse_usage};
 use executionkit::provider::{ChatStream, Usage};
 use executionkit::{
     Budget, ChatRequest, CostRates, Error, ErrorKind, LlmProvider, LlmResponse, Message,

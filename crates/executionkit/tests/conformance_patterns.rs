@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use executionkit::engine::BudgetLedger;
-use executionkit::engine::convergence::ConvergenceDetector;
-use executionkit::engine::voting::{normalize, tally};
-use executionkit::patterns::judge::parse_judge_score;
+use executionkit::internals::convergence::ConvergenceDetector;
+use executionkit::internals::judge::parse_judge_score;
+use executionkit::internals::voting::{normalize, tally};
 use executionkit::provider::Usage;
 use executionkit::{
     Budget, ChatRequest, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, Message,

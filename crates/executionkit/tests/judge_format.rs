@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use executionkit::patterns::judge::judge_response_format;
+use executionkit::internals::judge::judge_response_format;
 use executionkit::{Provider, RefineLoop, RunContext};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};

@@ -9,7 +9,7 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use executionkit::engine::CostTracker;
-use executionkit::provider::parse::{parse_arguments, parse_retry_after};
+use executionkit::internals::parse::{parse_arguments, parse_retry_after};
 use executionkit::redact::redact;
 use executionkit::{
     ChatRequest, Error, LlmProvider, LlmResponse, Message, Provider, RetryPolicy, RunContext,

@@ -10,8 +10,8 @@
 mod common;
 
 use executionkit::engine::CostTracker;
+use executionkit::internals::parse::parse_usage;
 use executionkit::provider::Usage;
-use executionkit::provider::parse::parse_usage;
 use executionkit::{
     ChatRequest, LlmProvider, LlmResponse, Message, Provider, RetryPolicy, RunContext, StreamEvent,
 };

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use executionkit::provider::sse::{SseLine, StreamAccumulator, parse_sse_line};
+use executionkit::internals::sse::{SseLine, StreamAccumulator, parse_sse_line};
 use executionkit::{ChatRequest, Error, LlmProvider, LlmResponse, Message, Provider, StreamEvent};
 use futures::StreamExt;
 use proptest::prelude::*;

@@ -8,7 +8,7 @@ use executionkit::WithCallOptions as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use executionkit::engine::json::{INVALID_JSON_MESSAGE, NO_JSON_MESSAGE, extract_json};
+use executionkit::internals::json::{INVALID_JSON_MESSAGE, NO_JSON_MESSAGE, extract_json};
 use executionkit::patterns::structured::{StructuredValue, structured};
 use executionkit::{
     Budget, LlmResponse, MockProvider, Pattern, Provider, RetryPolicy, Role, RunContext, StepInput,

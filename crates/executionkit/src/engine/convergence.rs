@@ -1,11 +1,14 @@
 //! [`ConvergenceDetector`]: decides when an iterative loop should stop, from its score history.
 
+// Some items serve only the crate's tests and benchmarks (through `internals`).
+#![cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
+
 use crate::error::{Error, Result};
 
 /// Why a [`ConvergenceDetector`] said stop.
 ///
 /// ```
-/// use executionkit::engine::convergence::{ConvergenceDetector, StopRule};
+/// use executionkit::internals::convergence::{ConvergenceDetector, StopRule};
 /// let mut d = ConvergenceDetector::new(0.01, 3, Some(0.9)).unwrap();
 /// assert_eq!(d.observe(0.95).unwrap(), Some(StopRule::ScoreThreshold));
 /// ```
@@ -24,7 +27,7 @@ pub enum StopRule {
 /// resets the count); `patience` stale observations in a row stop the loop.
 ///
 /// ```
-/// use executionkit::engine::convergence::ConvergenceDetector;
+/// use executionkit::internals::convergence::ConvergenceDetector;
 /// let mut d = ConvergenceDetector::new(0.01, 2, None).unwrap();
 /// assert!(!d.should_stop(0.5).unwrap());
 /// assert!(!d.should_stop(0.505).unwrap());
@@ -58,7 +61,7 @@ impl ConvergenceDetector {
     /// finite, `patience` is 0, or `score_threshold` is outside [0, 1].
     ///
     /// ```
-    /// use executionkit::engine::convergence::ConvergenceDetector;
+    /// use executionkit::internals::convergence::ConvergenceDetector;
     /// let e = ConvergenceDetector::new(-0.1, 3, None).unwrap_err();
     /// assert!(e.to_string().contains("delta_threshold"));
     /// ```
@@ -90,7 +93,7 @@ impl ConvergenceDetector {
     /// [0, 1] is `invalid_argument` (`Invalid score: …`) and is not recorded.
     ///
     /// ```
-    /// use executionkit::engine::convergence::{ConvergenceDetector, StopRule};
+    /// use executionkit::internals::convergence::{ConvergenceDetector, StopRule};
     /// let mut d = ConvergenceDetector::new(0.0, 1, None).unwrap();
     /// assert_eq!(d.observe(0.5).unwrap(), None);
     /// assert_eq!(d.observe(0.5).unwrap(), Some(StopRule::Plateau));
@@ -123,7 +126,7 @@ impl ConvergenceDetector {
     /// `observe(score)` as a yes/no.
     ///
     /// ```
-    /// let mut d = executionkit::engine::convergence::ConvergenceDetector::new(0.01, 3, Some(0.9)).unwrap();
+    /// let mut d = executionkit::internals::convergence::ConvergenceDetector::new(0.01, 3, Some(0.9)).unwrap();
     /// assert!(d.should_stop(0.9).unwrap());
     /// ```
     pub fn should_stop(&mut self, score: f64) -> Result<bool> {
@@ -133,7 +136,7 @@ impl ConvergenceDetector {
     /// Forgets every score and the stale count.
     ///
     /// ```
-    /// let mut d = executionkit::engine::convergence::ConvergenceDetector::default();
+    /// let mut d = executionkit::internals::convergence::ConvergenceDetector::default();
     /// d.should_stop(0.5).unwrap();
     /// d.reset();
     /// assert!(d.scores().is_empty());
@@ -146,7 +149,7 @@ impl ConvergenceDetector {
     /// The scores observed since the last reset.
     ///
     /// ```
-    /// assert!(executionkit::engine::convergence::ConvergenceDetector::default().scores().is_empty());
+    /// assert!(executionkit::internals::convergence::ConvergenceDetector::default().scores().is_empty());
     /// ```
     #[must_use]
     pub fn scores(&self) -> &[f64] {

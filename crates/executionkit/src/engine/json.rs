@@ -28,14 +28,14 @@ use crate::error::{Error, ErrorKind, Result};
 /// The message when the text holds no `{` or `[` at all.
 ///
 /// ```
-/// use executionkit::engine::json::{NO_JSON_MESSAGE, extract_json};
+/// use executionkit::internals::json::{NO_JSON_MESSAGE, extract_json};
 /// assert_eq!(extract_json("plain").unwrap_err().message(), NO_JSON_MESSAGE);
 /// ```
 pub const NO_JSON_MESSAGE: &str = "No JSON object or array found in text";
 /// The message when brackets were found but nothing parsed.
 ///
 /// ```
-/// use executionkit::engine::json::{INVALID_JSON_MESSAGE, extract_json};
+/// use executionkit::internals::json::{INVALID_JSON_MESSAGE, extract_json};
 /// assert_eq!(extract_json("{a: 1}").unwrap_err().message(), INVALID_JSON_MESSAGE);
 /// ```
 pub const INVALID_JSON_MESSAGE: &str = "No valid JSON could be extracted from the text";
@@ -57,7 +57,7 @@ const INNER_BUDGET_FACTOR: usize = 3;
 /// [`INVALID_JSON_MESSAGE`]. A bare scalar (`42`) is not accepted.
 ///
 /// ```
-/// use executionkit::engine::json::extract_json;
+/// use executionkit::internals::json::extract_json;
 /// let v = extract_json(r#"Use the format {key: value}. Here is the data: {"a": 1}"#).unwrap();
 /// assert_eq!(v, serde_json::json!({"a": 1}));
 /// let v = extract_json("```json\n[1, 2]\n```").unwrap();

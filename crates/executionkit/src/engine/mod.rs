@@ -3,14 +3,14 @@
 
 pub mod budget;
 pub mod call;
-pub mod convergence;
-pub mod json;
+pub(crate) mod convergence;
+pub(crate) mod json;
 pub mod parallel;
 pub mod retry;
-pub mod schema;
+pub(crate) mod schema;
 pub mod stop;
 pub mod stream;
-pub mod voting;
+pub(crate) mod voting;
 
 pub use budget::{BudgetLedger, CostTracker, Reservation};
 pub use call::RunContext;

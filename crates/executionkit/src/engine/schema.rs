@@ -13,6 +13,9 @@
 //!   `format`s such as `uint32`) are dropped. `$defs`/`$ref` are kept (the dialect allows them,
 //!   and recursive types need them).
 
+// Some items serve only the crate's tests and benchmarks (through `internals`).
+#![cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
+
 use std::fmt;
 
 use schemars::JsonSchema;
@@ -44,7 +47,7 @@ const MAX_ERROR_CHARS: usize = 300;
 /// and a name for `response_format`.
 ///
 /// ```
-/// use executionkit::engine::schema::OutputSchema;
+/// use executionkit::internals::schema::OutputSchema;
 /// #[derive(serde::Deserialize, schemars::JsonSchema)]
 /// struct Answer { value: i64, note: Option<String> }
 ///
@@ -81,7 +84,7 @@ impl OutputSchema {
     /// `invalid_argument` if the generated schema does not compile (it always should).
     ///
     /// ```
-    /// let s = executionkit::engine::schema::OutputSchema::of::<Vec<u8>>().unwrap();
+    /// let s = executionkit::internals::schema::OutputSchema::of::<Vec<u8>>().unwrap();
     /// assert_eq!(s.schema()["type"], "array");
     /// assert!(!s.is_strict_compatible()); // the strict dialect wants an object at the root
     /// ```
@@ -95,7 +98,7 @@ impl OutputSchema {
     /// `invalid_argument` (argument `schema`) when `schema` is not a valid JSON Schema.
     ///
     /// ```
-    /// use executionkit::engine::schema::OutputSchema;
+    /// use executionkit::internals::schema::OutputSchema;
     /// let s = OutputSchema::from_value("city", serde_json::json!({
     ///     "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]
     /// })).unwrap();
@@ -125,7 +128,7 @@ impl OutputSchema {
     /// The name sent in `response_format.json_schema.name`.
     ///
     /// ```
-    /// let s = executionkit::engine::schema::OutputSchema::from_value("my city!", serde_json::json!({})).unwrap();
+    /// let s = executionkit::internals::schema::OutputSchema::from_value("my city!", serde_json::json!({})).unwrap();
     /// assert_eq!(s.name(), "my_city_");
     /// ```
     #[must_use]
@@ -136,7 +139,7 @@ impl OutputSchema {
     /// The schema replies are validated against.
     ///
     /// ```
-    /// let s = executionkit::engine::schema::OutputSchema::of::<String>().unwrap();
+    /// let s = executionkit::internals::schema::OutputSchema::of::<String>().unwrap();
     /// assert_eq!(s.schema()["type"], "string");
     /// ```
     #[must_use]
@@ -149,7 +152,7 @@ impl OutputSchema {
     /// ```
     /// #[derive(serde::Deserialize, schemars::JsonSchema)]
     /// struct P { x: Option<i32> }
-    /// let s = executionkit::engine::schema::OutputSchema::of::<P>().unwrap();
+    /// let s = executionkit::internals::schema::OutputSchema::of::<P>().unwrap();
     /// assert_eq!(s.strict_schema()["required"], serde_json::json!(["x"]));
     /// assert!(s.schema().get("required").is_none());
     /// ```
@@ -162,7 +165,7 @@ impl OutputSchema {
     /// maps), so `"strict": true` may be sent.
     ///
     /// ```
-    /// use executionkit::engine::schema::OutputSchema;
+    /// use executionkit::internals::schema::OutputSchema;
     /// assert!(!OutputSchema::of::<std::collections::HashMap<String, u8>>().unwrap().is_strict_compatible());
     /// ```
     #[must_use]
@@ -178,7 +181,7 @@ impl OutputSchema {
     /// ```
     /// #[derive(serde::Deserialize, schemars::JsonSchema)]
     /// struct City { name: String }
-    /// let rf = executionkit::engine::schema::OutputSchema::of::<City>().unwrap().response_format();
+    /// let rf = executionkit::internals::schema::OutputSchema::of::<City>().unwrap().response_format();
     /// assert_eq!(rf["type"], "json_schema");
     /// assert_eq!(rf["json_schema"]["name"], "City");
     /// assert_eq!(rf["json_schema"]["strict"], true);
@@ -207,7 +210,7 @@ impl OutputSchema {
     /// The failures, as text to feed back to a model.
     ///
     /// ```
-    /// let s = executionkit::engine::schema::OutputSchema::from_value(
+    /// let s = executionkit::internals::schema::OutputSchema::from_value(
     ///     "n", serde_json::json!({"type": "object", "properties": {"n": {"minimum": 5}}})).unwrap();
     /// let err = s.validate(&serde_json::json!({"n": 1})).unwrap_err();
     /// assert!(err.contains("/n"), "{err}");
@@ -224,8 +227,8 @@ impl OutputSchema {
 ///
 /// ```
 /// let v = jsonschema::validator_for(&serde_json::json!({"type": "string"})).unwrap();
-/// assert!(executionkit::engine::schema::validate_with(&v, &serde_json::json!("x")).is_ok());
-/// assert!(executionkit::engine::schema::validate_with(&v, &serde_json::json!(1)).is_err());
+/// assert!(executionkit::internals::schema::validate_with(&v, &serde_json::json!("x")).is_ok());
+/// assert!(executionkit::internals::schema::validate_with(&v, &serde_json::json!(1)).is_err());
 /// ```
 pub fn validate_with(
     validator: &jsonschema::Validator,
@@ -266,7 +269,7 @@ pub fn validate_with(
 /// #[derive(schemars::JsonSchema)]
 /// #[allow(dead_code)]
 /// struct P { x: f64 }
-/// let s = executionkit::engine::schema::schema_for::<P>();
+/// let s = executionkit::internals::schema::schema_for::<P>();
 /// assert_eq!(s["properties"]["x"]["type"], "number");
 /// ```
 #[must_use]
@@ -283,7 +286,7 @@ pub fn schema_for<T: JsonSchema + ?Sized>() -> Value {
 ///
 /// ```
 /// use serde_json::json;
-/// let (s, ok) = executionkit::engine::schema::strict_schema(&json!({
+/// let (s, ok) = executionkit::internals::schema::strict_schema(&json!({
 ///     "type": "object",
 ///     "properties": {"a": {"type": "integer", "format": "uint32", "default": 0}},
 /// }));

@@ -3,6 +3,9 @@
 //! Patterns hand the tally a list of **vote keys** (by default the normalised text of each
 //! sample); the tally says which sample won and how strongly. Nothing here calls a model.
 
+// Some items serve only the crate's tests and benchmarks (through `internals`).
+#![cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
+
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -66,7 +69,7 @@ impl FromStr for VotingStrategy {
 /// Trims `text` and collapses every run of whitespace to one space.
 ///
 /// ```
-/// assert_eq!(executionkit::engine::voting::normalize("  Paris\n\n is  nice "), "Paris is nice");
+/// assert_eq!(executionkit::internals::voting::normalize("  Paris\n\n is  nice "), "Paris is nice");
 /// ```
 #[must_use]
 pub fn normalize(text: &str) -> String {

@@ -12,7 +12,7 @@ use crate::result::PatternResult;
 
 pub mod call;
 pub mod consensus;
-pub mod judge;
+pub(crate) mod judge;
 /// Map-reduce: one call per item, then a reduce call over the joined outputs.
 ///
 /// ```

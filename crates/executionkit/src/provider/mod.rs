@@ -21,9 +21,9 @@ mod mock;
 #[cfg(feature = "offline")]
 mod offline;
 mod openai;
-pub mod parse;
+pub(crate) mod parse;
 mod rate_limit;
-pub mod sse;
+pub(crate) mod sse;
 mod transport;
 
 pub use anthropic::{
@@ -35,6 +35,7 @@ pub use mock::{MockCall, MockProvider};
 pub use offline::OfflineModel;
 pub use openai::{Provider, ProviderBuilder};
 pub use rate_limit::RateLimited;
+pub use sse::StreamLimits;
 
 /// The default `max_tokens` of every pattern and of [`Provider`].
 ///
@@ -402,7 +403,7 @@ pub struct ToolCall {
     ///
     /// ```
     /// let v = serde_json::json!([{"id": "a", "function": {"name": "f", "arguments": "{bad"}}]);
-    /// let calls = executionkit::provider::parse::parse_tool_calls(Some(&v)).unwrap();
+    /// let calls = executionkit::internals::parse::parse_tool_calls(Some(&v)).unwrap();
     /// assert!(calls[0].arguments.is_empty());
     /// assert!(calls[0].arguments_error.as_deref().unwrap().contains("not valid JSON"));
     /// assert!(executionkit::ToolCall::new("a", "f", serde_json::json!({})).arguments_error.is_none());
@@ -745,12 +746,7 @@ impl ChatRequest {
 }
 
 /// Checks a temperature: finite and ≥ 0.
-///
-/// ```
-/// assert!(executionkit::provider::check_temperature(0.7).is_ok());
-/// assert!(executionkit::provider::check_temperature(-0.1).is_err());
-/// ```
-pub fn check_temperature(t: f64) -> Result<()> {
+pub(crate) fn check_temperature(t: f64) -> Result<()> {
     if !t.is_finite() || t < 0.0 {
         return Err(Error::invalid_argument(
             "temperature",

@@ -7,7 +7,7 @@ use serde_json::Value;
 /// `message`, else `error` when it is a string. Not JSON, or not an object: `None`.
 ///
 /// ```
-/// use executionkit::provider::parse::error_detail;
+/// use executionkit::internals::parse::error_detail;
 /// assert_eq!(error_detail(br#"{"error":{"message":"server error"}}"#).as_deref(), Some("server error"));
 /// assert_eq!(error_detail(br#"{"error":"boom"}"#).as_deref(), Some("boom"));
 /// assert_eq!(error_detail(b"not-json"), None);
@@ -25,7 +25,7 @@ pub fn error_detail(body: &[u8]) -> Option<String> {
 /// `true` when an error body's `error.code` or `error.type` is `insufficient_quota`.
 ///
 /// ```
-/// use executionkit::provider::parse::is_insufficient_quota;
+/// use executionkit::internals::parse::is_insufficient_quota;
 /// assert!(is_insufficient_quota(br#"{"error":{"type":"insufficient_quota","message":"x"}}"#));
 /// assert!(!is_insufficient_quota(b"{}"));
 /// ```
@@ -46,7 +46,7 @@ pub fn is_insufficient_quota(body: &[u8]) -> bool {
 /// (negative → 0), else an HTTP date (seconds from now, at least 0), else `default`.
 ///
 /// ```
-/// use executionkit::provider::parse::parse_retry_after;
+/// use executionkit::internals::parse::parse_retry_after;
 /// assert_eq!(parse_retry_after("30", 1.0), 30.0);
 /// assert_eq!(parse_retry_after("2.5", 1.0), 2.5);
 /// assert_eq!(parse_retry_after("-5", 1.0), 0.0);

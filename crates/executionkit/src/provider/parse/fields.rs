@@ -27,7 +27,7 @@ pub(crate) fn finish_reason(v: Option<&Value>) -> Option<String> {
 /// other value as its JSON text.
 ///
 /// ```
-/// use executionkit::provider::parse::content_text;
+/// use executionkit::internals::parse::content_text;
 /// let v = serde_json::json!(["alpha", {"type":"text","text":"beta"},
 ///     {"type":"output_text","text":{"value":"gamma"}}, {"value":"delta"}, 123]);
 /// assert_eq!(content_text(Some(&v)), "alphabetagammadelta");
@@ -81,7 +81,7 @@ pub fn content_text(v: Option<&Value>) -> String {
 /// loop can answer the model with an observation.
 ///
 /// ```
-/// use executionkit::provider::parse::parse_tool_calls;
+/// use executionkit::internals::parse::parse_tool_calls;
 /// let v = serde_json::json!([{"id": "a", "function": {"name": "f", "arguments": "{\"x\":1}"}}]);
 /// let calls = parse_tool_calls(Some(&v)).unwrap();
 /// assert_eq!(calls[0].arguments["x"], 1);
@@ -160,7 +160,7 @@ pub(super) fn decode_argument_string(s: &str) -> (Map<String, Value>, Option<Str
 /// [`parse_tool_calls`], a bad string becomes [`ToolCall::arguments_error`] instead.
 ///
 /// ```
-/// use executionkit::provider::parse::parse_arguments;
+/// use executionkit::internals::parse::parse_arguments;
 /// assert!(parse_arguments(None, "f").unwrap().is_empty());
 /// let e = parse_arguments(Some(&serde_json::json!("{bad json}")), "f").unwrap_err();
 /// assert!(e.message().contains("were not valid JSON"));
@@ -189,7 +189,7 @@ pub fn parse_arguments(v: Option<&Value>, name: &str) -> Result<Map<String, Valu
 /// `completion_tokens`; each must be a non-negative integer (not a boolean) ≤ one billion.
 ///
 /// ```
-/// use executionkit::provider::parse::parse_usage;
+/// use executionkit::internals::parse::parse_usage;
 /// let u = serde_json::json!({"input_tokens": 0, "prompt_tokens": 99, "completion_tokens": 10});
 /// let u = parse_usage(u.as_object().unwrap()).unwrap();
 /// assert_eq!((u.input_tokens, u.output_tokens), (0, 10));

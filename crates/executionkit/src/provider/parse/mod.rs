@@ -7,6 +7,9 @@
 //! `serde_json::Value`) as its one fallback for unusual shapes and for every error, so both give
 //! the same answer for every body. A choice may carry at most [`MAX_TOOL_CALLS`] tool calls.
 
+// Some items serve only the crate's tests and benchmarks (through `internals`).
+#![cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
+
 use serde_json::{Map, Value};
 
 use super::{Choice, LlmResponse, ToolCall, Usage};
@@ -31,7 +34,7 @@ pub const MAX_REPORTED_TOKENS: u64 = 1_000_000_000;
 /// (a bound on what one reply can make the caller hold and run).
 ///
 /// ```
-/// use executionkit::provider::parse::{parse_completion, MAX_TOOL_CALLS};
+/// use executionkit::internals::parse::{parse_completion, MAX_TOOL_CALLS};
 /// let call = r#"{"id":"c","function":{"name":"f","arguments":"{}"}}"#;
 /// let calls = vec![call; MAX_TOOL_CALLS + 1].join(",");
 /// let body = format!(r#"{{"choices":[{{"message":{{"tool_calls":[{calls}]}}}}]}}"#);
@@ -55,12 +58,12 @@ fn too_many_tool_calls(choice: usize) -> Error {
 /// `provider` error.
 ///
 /// ```
-/// let r = executionkit::provider::parse::parse_completion(
+/// let r = executionkit::internals::parse::parse_completion(
 ///     br#"{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
 /// ).unwrap();
 /// assert_eq!(r.content(), "hi");
 /// assert_eq!(r.usage.input_tokens, 3);
-/// assert!(executionkit::provider::parse::parse_completion(b"not json").unwrap_err().is_provider());
+/// assert!(executionkit::internals::parse::parse_completion(b"not json").unwrap_err().is_provider());
 /// ```
 pub fn parse_completion(body: &[u8]) -> Result<LlmResponse> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
@@ -76,7 +79,7 @@ pub fn parse_completion(body: &[u8]) -> Result<LlmResponse> {
 ///
 /// ```
 /// let v = serde_json::json!({"choices": []});
-/// let e = executionkit::provider::parse::parse_completion_value(v).unwrap_err();
+/// let e = executionkit::internals::parse::parse_completion_value(v).unwrap_err();
 /// assert!(e.message().contains("did not include any choices"));
 /// ```
 pub fn parse_completion_value(value: Value) -> Result<LlmResponse> {
@@ -156,7 +159,7 @@ pub fn parse_completion_value(value: Value) -> Result<LlmResponse> {
 /// stops at the first call past the limit.
 ///
 /// ```
-/// use executionkit::provider::parse::{parse_completion, parse_reply};
+/// use executionkit::internals::parse::{parse_completion, parse_reply};
 /// let body = br#"{"id":"c1","model":"m","choices":[{"message":{"role":"assistant","content":"hi",
 ///   "tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}}]},
 ///   "finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;

@@ -1,6 +1,9 @@
 //! [`StreamAccumulator`]: the `data` of each SSE event of a chat-completions stream, turned
 //! into [`StreamEvent`]s and accumulated into the final [`LlmResponse`].
 
+// Some items serve only the crate's tests and benchmarks (through `internals`).
+#![cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
+
 use serde_json::{Map, Value};
 
 use super::tool_calls::ToolCalls;
@@ -14,7 +17,7 @@ use crate::text::prefix;
 /// Accumulates the chunks of one streamed completion into the final [`LlmResponse`].
 ///
 /// ```
-/// use executionkit::provider::sse::StreamAccumulator;
+/// use executionkit::internals::sse::StreamAccumulator;
 /// let mut acc = StreamAccumulator::new();
 /// let mut out = Vec::new();
 /// acc.push_data(r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#, &mut out).unwrap();
@@ -37,7 +40,7 @@ impl StreamAccumulator {
     /// An empty accumulator.
     ///
     /// ```
-    /// assert!(!executionkit::provider::sse::StreamAccumulator::new().is_complete());
+    /// assert!(!executionkit::internals::sse::StreamAccumulator::new().is_complete());
     /// ```
     #[must_use]
     pub fn new() -> Self {
@@ -48,7 +51,7 @@ impl StreamAccumulator {
     /// `data`, the accumulated text, each tool call, and the number of tool calls).
     ///
     /// ```
-    /// use executionkit::provider::sse::{StreamAccumulator, StreamLimits};
+    /// use executionkit::{internals::sse::StreamAccumulator, provider::StreamLimits};
     /// let mut limits = StreamLimits::default();
     /// limits.max_event_bytes = 8;
     /// let mut acc = StreamAccumulator::with_limits(limits);
@@ -67,7 +70,7 @@ impl StreamAccumulator {
     /// The limits this accumulator enforces.
     ///
     /// ```
-    /// use executionkit::provider::sse::{StreamAccumulator, StreamLimits};
+    /// use executionkit::{internals::sse::StreamAccumulator, provider::StreamLimits};
     /// assert_eq!(StreamAccumulator::new().limits(), StreamLimits::default());
     /// ```
     #[must_use]
@@ -78,7 +81,7 @@ impl StreamAccumulator {
     /// Feeds the `data` of one SSE event, pushing the deltas it carries onto `out`.
     ///
     /// ```
-    /// use executionkit::provider::sse::StreamAccumulator;
+    /// use executionkit::internals::sse::StreamAccumulator;
     /// let mut acc = StreamAccumulator::new();
     /// let mut out = Vec::new();
     /// assert!(acc.push_data("not-json{", &mut out).unwrap_err().is_provider());
@@ -105,7 +108,7 @@ impl StreamAccumulator {
     /// Feeds one decoded chunk (a `chat.completion.chunk` object).
     ///
     /// ```
-    /// use executionkit::provider::sse::StreamAccumulator;
+    /// use executionkit::internals::sse::StreamAccumulator;
     /// use executionkit::StreamEvent;
     /// let mut acc = StreamAccumulator::new();
     /// let mut out = Vec::new();
@@ -189,7 +192,7 @@ impl StreamAccumulator {
     /// `true` once a finish reason or `[DONE]` was seen.
     ///
     /// ```
-    /// let mut acc = executionkit::provider::sse::StreamAccumulator::new();
+    /// let mut acc = executionkit::internals::sse::StreamAccumulator::new();
     /// acc.push_data("[DONE]", &mut Vec::new()).unwrap();
     /// assert!(acc.is_complete());
     /// ```
@@ -201,7 +204,7 @@ impl StreamAccumulator {
     /// `true` once `[DONE]` was seen (nothing more is expected).
     ///
     /// ```
-    /// assert!(!executionkit::provider::sse::StreamAccumulator::new().saw_done());
+    /// assert!(!executionkit::internals::sse::StreamAccumulator::new().saw_done());
     /// ```
     #[must_use]
     pub fn saw_done(&self) -> bool {
@@ -211,7 +214,7 @@ impl StreamAccumulator {
     /// The text accumulated so far.
     ///
     /// ```
-    /// assert_eq!(executionkit::provider::sse::StreamAccumulator::new().text(), "");
+    /// assert_eq!(executionkit::internals::sse::StreamAccumulator::new().text(), "");
     /// ```
     #[must_use]
     pub fn text(&self) -> &str {
@@ -221,7 +224,7 @@ impl StreamAccumulator {
     /// The usage of the last chunk that carried a `usage` object, if any.
     ///
     /// ```
-    /// assert_eq!(executionkit::provider::sse::StreamAccumulator::new().usage(), None);
+    /// assert_eq!(executionkit::internals::sse::StreamAccumulator::new().usage(), None);
     /// ```
     #[must_use]
     pub fn usage(&self) -> Option<Usage> {
@@ -235,7 +238,7 @@ impl StreamAccumulator {
     /// `arguments` and [`ToolCall::arguments_error`](crate::ToolCall::arguments_error) set.
     ///
     /// ```
-    /// let mut acc = executionkit::provider::sse::StreamAccumulator::new();
+    /// let mut acc = executionkit::internals::sse::StreamAccumulator::new();
     /// acc.push_data(r#"{"choices":[{"delta":{"content":"x"},"finish_reason":"length"}]}"#, &mut Vec::new()).unwrap();
     /// assert!(acc.finish().unwrap().was_truncated());
     /// ```

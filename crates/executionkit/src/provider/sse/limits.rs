@@ -13,7 +13,7 @@ const MIB: usize = 1 << 20;
 /// [`StreamAccumulator`](super::StreamAccumulator) on what the events carry.
 ///
 /// ```
-/// use executionkit::provider::sse::{StreamAccumulator, StreamLimits};
+/// use executionkit::{internals::sse::StreamAccumulator, provider::StreamLimits};
 /// let mut limits = StreamLimits::default();
 /// assert_eq!(limits.max_text_bytes, 16 << 20);
 /// limits.max_text_bytes = 4;
@@ -47,35 +47,35 @@ pub struct StreamLimits {
 /// The default [`StreamLimits::max_stream_bytes`]: 64 MiB.
 ///
 /// ```
-/// assert_eq!(executionkit::provider::sse::DEFAULT_MAX_STREAM_BYTES, 64 << 20);
+/// assert_eq!(executionkit::internals::sse::DEFAULT_MAX_STREAM_BYTES, 64 << 20);
 /// ```
 pub const DEFAULT_MAX_STREAM_BYTES: u64 = 64 << 20;
 
 /// The default [`StreamLimits::max_line_bytes`]: 1 MiB.
 ///
 /// ```
-/// assert_eq!(executionkit::provider::sse::DEFAULT_MAX_LINE_BYTES, 1 << 20);
+/// assert_eq!(executionkit::internals::sse::DEFAULT_MAX_LINE_BYTES, 1 << 20);
 /// ```
 pub const DEFAULT_MAX_LINE_BYTES: usize = MIB;
 
 /// The default [`StreamLimits::max_event_bytes`]: 1 MiB.
 ///
 /// ```
-/// assert_eq!(executionkit::provider::sse::DEFAULT_MAX_EVENT_BYTES, 1 << 20);
+/// assert_eq!(executionkit::internals::sse::DEFAULT_MAX_EVENT_BYTES, 1 << 20);
 /// ```
 pub const DEFAULT_MAX_EVENT_BYTES: usize = MIB;
 
 /// The default [`StreamLimits::max_text_bytes`]: 16 MiB.
 ///
 /// ```
-/// assert_eq!(executionkit::provider::sse::DEFAULT_MAX_TEXT_BYTES, 16 << 20);
+/// assert_eq!(executionkit::internals::sse::DEFAULT_MAX_TEXT_BYTES, 16 << 20);
 /// ```
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 16 * MIB;
 
 /// The default [`StreamLimits::max_tool_call_bytes`]: 1 MiB.
 ///
 /// ```
-/// assert_eq!(executionkit::provider::sse::DEFAULT_MAX_TOOL_CALL_BYTES, 1 << 20);
+/// assert_eq!(executionkit::internals::sse::DEFAULT_MAX_TOOL_CALL_BYTES, 1 << 20);
 /// ```
 pub const DEFAULT_MAX_TOOL_CALL_BYTES: usize = MIB;
 
@@ -84,7 +84,7 @@ impl Default for StreamLimits {
     /// tool call, 128 tool calls.
     ///
     /// ```
-    /// let l = executionkit::provider::sse::StreamLimits::default();
+    /// let l = executionkit::provider::StreamLimits::default();
     /// assert_eq!((l.max_line_bytes, l.max_tool_calls), (1 << 20, 128));
     /// ```
     fn default() -> Self {

@@ -36,7 +36,7 @@
 //! [`StreamAccumulator`]. A tool-call delta finds its call by `index` in O(1).
 //!
 //! ```
-//! use executionkit::provider::sse::StreamAccumulator;
+//! use executionkit::internals::sse::StreamAccumulator;
 //! use executionkit::StreamEvent;
 //! let mut acc = StreamAccumulator::new();
 //! let mut out = Vec::new();
@@ -47,6 +47,9 @@
 //! let r = acc.finish().unwrap();
 //! assert_eq!((r.content(), r.finish_reason()), ("Hi", Some("stop")));
 //! ```
+
+// Some items serve only the crate's tests and benchmarks (through `internals`).
+#![cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
 
 use serde_json::{Map, Value};
 
@@ -98,7 +101,7 @@ pub enum SseLine {
 /// `data:` payload that is not JSON, or not a JSON object, is a `provider` error.
 ///
 /// ```
-/// use executionkit::provider::sse::{parse_sse_line, SseLine};
+/// use executionkit::internals::sse::{parse_sse_line, SseLine};
 /// assert!(matches!(parse_sse_line(r#"data: {"a": 1}"#).unwrap(), SseLine::Data(m) if m["a"] == 1));
 /// assert_eq!(parse_sse_line("data: [DONE]").unwrap(), SseLine::Done);
 /// assert_eq!(parse_sse_line(": keep-alive").unwrap(), SseLine::Ignored);
@@ -115,7 +118,7 @@ pub fn parse_sse_line(line: &str) -> Result<SseLine> {
 /// Classifies the `data` of one SSE event: `[DONE]`, a JSON object, or (empty) ignored.
 ///
 /// ```
-/// use executionkit::provider::sse::{parse_sse_data, SseLine};
+/// use executionkit::internals::sse::{parse_sse_data, SseLine};
 /// assert_eq!(parse_sse_data(" [DONE] ").unwrap(), SseLine::Done);
 /// let e = parse_sse_data("[1, 2]").unwrap_err();
 /// assert!(e.message().contains("not a JSON object"));
