@@ -102,8 +102,8 @@ enum Job {
     Consensus(Consensus),
     Refine(RefineLoop),
     Pipe(Pipe),
-    /// The loop and its tools.
-    React(ReactLoop, Vec<Tool>),
+    /// The loop, with its tools.
+    React(ReactLoop),
     Structured(StructuredValue),
     /// The pattern and its items.
     MapReduce(MapReduce, Vec<String>),
@@ -149,7 +149,7 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
             Job::Consensus(c) => c.run(p, &prompt, &ctx).await.map(Done::Text),
             Job::Refine(r) => r.run(p, &prompt, &ctx).await.map(Done::Text),
             Job::Pipe(pipe) => pipe.run(p, &prompt, &ctx).await.map(Done::Text),
-            Job::React(r, tools) => r.run(p, &prompt, tools, &ctx).await.map(Done::Text),
+            Job::React(r) => r.run(p, &prompt, &ctx).await.map(Done::Text),
             Job::Structured(s) => s.run(p, &prompt, &ctx).await.map(Done::Json),
             Job::MapReduce(m, items) => m.run(p, items, &ctx).await.map(Done::Text),
         }
@@ -216,10 +216,9 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
                 // The offline model never calls a tool; it is offered the tools and answers.
                 provider = Arc::new(tools::AnswersWithoutTools(provider));
             }
-            let tools = tools::builtin();
-            let r = react(a, &globals, &tools)?;
-            r.validate(provider.as_ref(), &tools)?;
-            Job::React(r, tools)
+            let r = react(a, &globals, tools::builtin())?;
+            r.validate(provider.as_ref())?;
+            Job::React(r)
         }
         Command::Structured(a) => Job::Structured(structured(a, &globals)?),
         Command::MapReduce(a) => {
@@ -373,8 +372,10 @@ fn below(x: f64) -> impl Fn(&PatternResult<String>) -> bool + Send + Sync + 'sta
     move |prev| prev.score.is_none_or(|s| s < x)
 }
 
-fn react(a: &ReactArgs, g: &Globals, tools: &[Tool]) -> Result<ReactLoop, Error> {
+fn react(a: &ReactArgs, g: &Globals, tools: Vec<Tool>) -> Result<ReactLoop, Error> {
+    let names: Vec<String> = tools.iter().map(|t| t.name().to_owned()).collect();
     let mut r = ReactLoop::new()
+        .tools(tools)
         .max_rounds(a.max_rounds)
         .temperature(a.temperature)
         .max_tokens(a.max_tokens);
@@ -385,11 +386,10 @@ fn react(a: &ReactArgs, g: &Globals, tools: &[Tool]) -> Result<ReactLoop, Error>
             .initial_tool_choice(ToolChoice::Required)
             .tool_choice(ToolChoice::Auto),
         "none" => r.tool_choice(ToolChoice::None),
-        name if tools.iter().any(|t| t.name() == name) => r
+        name if names.iter().any(|n| n == name) => r
             .initial_tool_choice(ToolChoice::Function(name.to_owned()))
             .tool_choice(ToolChoice::Auto),
         other => {
-            let names: Vec<&str> = tools.iter().map(Tool::name).collect();
             return Err(Error::invalid_argument(
                 "tool_choice",
                 format!(

@@ -34,7 +34,6 @@ use crate::patterns::{Consensus, MapReduce, Pattern, RefineLoop, StepInput, Stru
 use crate::pipe::Pipe;
 use crate::provider::LlmProvider;
 use crate::result::PatternResult;
-use crate::tools::Tool;
 
 /// The runtime every blocking call runs on, made on first use.
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -62,7 +61,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
 /// ```
 /// use executionkit::{Kit, MockProvider, blocking};
 /// let kit = Kit::new(MockProvider::new(["hello"]));
-/// let r = blocking::block_on(kit.turn("hi", &[])).unwrap();
+/// let r = blocking::block_on(kit.turn("hi")).unwrap();
 /// assert_eq!(r.value, "hello");
 /// ```
 ///
@@ -149,7 +148,7 @@ pub fn refine_loop(
 /// ```
 /// use executionkit::{MockProvider, ReactLoop, RunContext, blocking};
 /// let p = MockProvider::new(["No tool needed: 42."]);
-/// let r = blocking::react(&ReactLoop::new(), &p, "What is 6 * 7?", &[], &RunContext::new()).unwrap();
+/// let r = blocking::react(&ReactLoop::new(), &p, "What is 6 * 7?", &RunContext::new()).unwrap();
 /// assert_eq!(r.value, "No tool needed: 42.");
 /// ```
 ///
@@ -159,10 +158,9 @@ pub fn react(
     pattern: &ReactLoop,
     provider: &dyn LlmProvider,
     prompt: &str,
-    tools: &[Tool],
     ctx: &RunContext,
 ) -> Result<PatternResult<String>> {
-    block_on(pattern.run(provider, prompt, tools, ctx))
+    block_on(pattern.run(provider, prompt, ctx))
 }
 
 /// [`Structured::run`], blocking: the reply parsed into `T` and validated against its schema.

@@ -8,7 +8,7 @@
 //! let kit = Kit::new(MockProvider::new(["Paris"]));
 //! let r = kit.consensus("Capital of France?", &Consensus::new().samples(3)).await.unwrap();
 //! assert_eq!(r.value, "Paris");
-//! let r = kit.turn("And of Italy?", &[]).await.unwrap();
+//! let r = kit.turn("And of Italy?").await.unwrap();
 //! assert_eq!(kit.usage().llm_calls, 4);
 //! assert_eq!(kit.messages().len(), 2); // the user turn and the answer
 //! # });
@@ -29,7 +29,6 @@ use crate::patterns::{Consensus, RefineLoop};
 use crate::pipe::Pipe;
 use crate::provider::{ChatRequest, LlmProvider, Message, RateLimited};
 use crate::result::PatternResult;
-use crate::tools::Tool;
 use crate::usage::TokenUsage;
 
 /// A session: one provider, one [`RunContext`] (budget, retry policy, events), the cumulative
@@ -44,10 +43,10 @@ use crate::usage::TokenUsage;
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let kit = Kit::new(MockProvider::new([LlmResponse::text("hi").with_usage(10, 2)]))
 ///     .context(RunContext::new().budget(Budget::new().max_calls(2)));
-/// kit.turn("hello", &[]).await.unwrap();
-/// kit.turn("again", &[]).await.unwrap();
+/// kit.turn("hello").await.unwrap();
+/// kit.turn("again").await.unwrap();
 /// // The session's budget is shared by every run: a third call is refused, and costs nothing.
-/// assert!(kit.turn("more", &[]).await.unwrap_err().is_budget_exhausted());
+/// assert!(kit.turn("more").await.unwrap_err().is_budget_exhausted());
 /// assert_eq!(kit.usage().llm_calls, 2);
 /// assert_eq!(kit.usage().input_tokens, 20);
 /// # });
@@ -188,7 +187,7 @@ impl Kit {
     /// use executionkit::{LlmResponse, MockProvider, kit::Kit};
     /// # futures::executor::block_on(async {
     /// let kit = Kit::new(MockProvider::new([LlmResponse::text("ok").with_usage(7, 3)]));
-    /// kit.turn("q", &[]).await.unwrap();
+    /// kit.turn("q").await.unwrap();
     /// assert_eq!((kit.usage().input_tokens, kit.usage().output_tokens, kit.usage().llm_calls), (7, 3, 1));
     /// # });
     /// ```
@@ -204,11 +203,11 @@ impl Kit {
     /// # futures::executor::block_on(async {
     /// let reply = || MockProvider::new([LlmResponse::text("ok").with_usage(1_000_000, 0)]);
     /// let unpriced = Kit::new(reply());
-    /// unpriced.turn("q", &[]).await.unwrap();
+    /// unpriced.turn("q").await.unwrap();
     /// assert_eq!(unpriced.usd(), None);
     /// let rates = CostRates::new(2.0, 8.0).unwrap();
     /// let priced = Kit::new(reply()).context(RunContext::new().budget(Budget::new().default_price(rates)));
-    /// priced.turn("q", &[]).await.unwrap();
+    /// priced.turn("q").await.unwrap();
     /// assert!((priced.usd().unwrap() - 2.0).abs() < 1e-9);
     /// # });
     /// ```
@@ -227,7 +226,7 @@ impl Kit {
     /// use executionkit::{Message, MockProvider, kit::Kit};
     /// # futures::executor::block_on(async {
     /// let kit = Kit::new(MockProvider::new(["hello"]));
-    /// kit.turn("hi", &[]).await.unwrap();
+    /// kit.turn("hi").await.unwrap();
     /// assert_eq!(kit.messages(), vec![Message::user("hi"), Message::assistant("hello")]);
     /// # });
     /// ```
@@ -383,8 +382,8 @@ impl Kit {
             .await
     }
 
-    /// Runs a [`ReactLoop`] on `prompt` with `tools` (a one-off conversation; see
-    /// [`turn`](Self::turn) for the session's).
+    /// Runs a [`ReactLoop`] (with its own tools) on `prompt`: a one-off conversation; see
+    /// [`turn`](Self::turn) for the session's.
     ///
     /// # Errors
     /// As [`ReactLoop::run`] (a provider that cannot call tools is refused before any call).
@@ -393,23 +392,19 @@ impl Kit {
     /// use executionkit::{MockProvider, kit::Kit, patterns::react::ReactLoop};
     /// # futures::executor::block_on(async {
     /// let kit = Kit::new(MockProvider::new(["4"]));
-    /// let r = kit.react("2 + 2?", &[], &ReactLoop::new()).await.unwrap();
+    /// let r = kit.react("2 + 2?", &ReactLoop::new()).await.unwrap();
     /// assert_eq!(r.value, "4");
     /// // A one-off conversation: the session's own stays empty.
     /// assert!(kit.messages().is_empty());
     /// # });
     /// ```
-    pub async fn react(
-        &self,
-        prompt: &str,
-        tools: &[Tool],
-        pattern: &ReactLoop,
-    ) -> Result<PatternResult<String>> {
-        self.track(pattern.run(self.provider.as_ref(), prompt, tools, &self.ctx))
+    pub async fn react(&self, prompt: &str, pattern: &ReactLoop) -> Result<PatternResult<String>> {
+        self.track(pattern.run(self.provider.as_ref(), prompt, &self.ctx))
             .await
     }
 
-    /// One turn of the session's conversation with the default [`ReactLoop`].
+    /// One turn of the session's conversation with the default [`ReactLoop`] (no tools; give
+    /// a loop with tools to [`turn_with`](Self::turn_with)).
     ///
     /// # Errors
     /// As [`turn_with`](Self::turn_with).
@@ -419,18 +414,19 @@ impl Kit {
     /// # futures::executor::block_on(async {
     /// let p = MockProvider::new(["Paris", "Rome"]);
     /// let kit = Kit::new(p.clone());
-    /// kit.turn("Capital of France?", &[]).await.unwrap();
-    /// let r = kit.turn("And of Italy?", &[]).await.unwrap();
+    /// kit.turn("Capital of France?").await.unwrap();
+    /// let r = kit.turn("And of Italy?").await.unwrap();
     /// assert_eq!(r.value, "Rome");
     /// // The second turn was sent the whole conversation so far.
     /// assert_eq!(p.last_call().unwrap().request.messages.len(), 3);
     /// # });
     /// ```
-    pub async fn turn(&self, user_text: &str, tools: &[Tool]) -> Result<PatternResult<String>> {
-        self.turn_with(user_text, tools, &ReactLoop::new()).await
+    pub async fn turn(&self, user_text: &str) -> Result<PatternResult<String>> {
+        self.turn_with(user_text, &ReactLoop::new()).await
     }
 
-    /// One turn: runs `pattern` on the conversation plus `user(user_text)`; on success the
+    /// One turn: runs `pattern` (with its own tools) on the conversation plus
+    /// `user(user_text)`; on success the
     /// conversation becomes the run's whole transcript (tool turns included); on failure it is
     /// left as it was. Turns run one at a time.
     ///
@@ -438,8 +434,8 @@ impl Kit {
     /// use executionkit::{MockProvider, Role, kit::Kit, patterns::react::ReactLoop};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let kit = Kit::new(MockProvider::new(["hello", "fine, thanks"]));
-    /// kit.turn_with("hi", &[], &ReactLoop::new().max_rounds(2)).await.unwrap();
-    /// kit.turn("how are you?", &[]).await.unwrap();
+    /// kit.turn_with("hi", &ReactLoop::new().max_rounds(2)).await.unwrap();
+    /// kit.turn("how are you?").await.unwrap();
     /// let roles: Vec<Role> = kit.messages().iter().map(|m| m.role).collect();
     /// assert_eq!(roles, [Role::User, Role::Assistant, Role::User, Role::Assistant]);
     /// # });
@@ -450,14 +446,13 @@ impl Kit {
     pub async fn turn_with(
         &self,
         user_text: &str,
-        tools: &[Tool],
         pattern: &ReactLoop,
     ) -> Result<PatternResult<String>> {
         let _one_at_a_time = self.turn_lock.lock().await;
         let mut history = self.messages();
         history.push(Message::user(user_text));
         let outcome = pattern
-            .run_transcript(self.provider.as_ref(), history, tools, &self.ctx)
+            .run_transcript(self.provider.as_ref(), history, &self.ctx)
             .await;
         match outcome {
             Ok((r, transcript)) => {
@@ -498,8 +493,7 @@ impl Kit {
     /// failed or dropped).
     ///
     /// # Errors
-    /// `invalid_argument` when the provider cannot stream (a "StreamingProvider" is needed) or
-    /// the request is bad; `budget_exhausted` when no call can be reserved.
+    /// `invalid_argument` when the provider cannot stream or the request is bad; `budget_exhausted` when no call can be reserved.
     ///
     /// ```
     /// use futures::StreamExt;

@@ -5,7 +5,9 @@
 //! [`schemars`]) or by a JSON schema. Before a body runs, the model's arguments are checked
 //! against the schema by a full JSON Schema implementation ([`jsonschema`]); the body then runs
 //! on its own task under a timeout, so an error, a panic or a hang becomes a short
-//! [`Observation`] for the model and never fails the loop.
+//! [`Observation`] for the model and never fails the loop. A body fails with a typed
+//! [`ToolError`] (invalid arguments, failed, timed out, rejected); the loop turns its kind into
+//! the text the model reads.
 //!
 //! ```
 //! use executionkit::tools::Tool;
@@ -59,17 +61,230 @@ pub const TRUNCATION_MARKER: &str = "\n[truncated]";
 const MAX_QUOTED_CHARS: usize = 100;
 const MAX_DETAIL_CHARS: usize = 500;
 
-type ExecuteFn = dyn Fn(Map<String, Value>) -> BoxFuture<'static, std::result::Result<String, String>>
+type ExecuteFn = dyn Fn(Map<String, Value>) -> BoxFuture<'static, std::result::Result<String, ToolError>>
     + Send
     + Sync;
+
+/// What went wrong in a tool body: the kind the model is told about (see [`ToolError`]).
+///
+/// ```
+/// use executionkit::tools::{ToolError, ToolErrorKind};
+/// assert_eq!(ToolError::timed_out("upstream").kind(), ToolErrorKind::TimedOut);
+/// assert_eq!(ToolErrorKind::Rejected.as_str(), "rejected");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ToolErrorKind {
+    /// The arguments do not fit what the tool needs. The model reads
+    /// `Tool '<name>' argument error: the arguments do not fit the tool's parameter type`.
+    InvalidArguments,
+    /// The tool could not do its work. The model reads `Tool '<name>' failed: error`.
+    Failed,
+    /// Something the tool waited on took too long. The model reads
+    /// `Tool '<name>' failed: timeout`.
+    TimedOut,
+    /// The tool refused to act (e.g. its own approval said no). The model reads
+    /// `Tool '<name>' blocked by approval`.
+    Rejected,
+}
+
+impl ToolErrorKind {
+    /// `"invalid_arguments"`, `"failed"`, `"timed_out"` or `"rejected"`.
+    ///
+    /// ```
+    /// use executionkit::tools::ToolErrorKind;
+    /// assert_eq!(ToolErrorKind::InvalidArguments.as_str(), "invalid_arguments");
+    /// assert_eq!(ToolErrorKind::Failed.to_string(), "failed");
+    /// ```
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidArguments => "invalid_arguments",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+impl fmt::Display for ToolErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error a tool body returns: a [`ToolErrorKind`] and a detail for the tool's author.
+///
+/// The loop tells the model the kind, in a fixed text naming the tool (see the variants of
+/// [`ToolErrorKind`]); the detail is **never** shown to the model nor logged, since it may hold
+/// argument values or secrets. To tell the model something it can act on ("file not found"),
+/// return it as `Ok`. A `String` or `&str` converts into a [`Failed`](ToolErrorKind::Failed)
+/// error, so `?` works on `Result<_, String>`.
+///
+/// ```
+/// use executionkit::tools::{ObservationKind, Tool, ToolError, ToolErrorKind};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let lookup = Tool::new("lookup", "Looks up a key", serde_json::json!({}), |args| async move {
+///     let key = args.get("key").and_then(|v| v.as_str()).ok_or_else(|| ToolError::invalid_arguments("no key"))?;
+///     Err::<String, _>(ToolError::failed(format!("backend down while reading {key}")))
+/// });
+/// let obs = lookup.observe(serde_json::json!({"key": "k"}).as_object().unwrap(), None, 100).await;
+/// assert_eq!((obs.kind, obs.text.as_str()), (ObservationKind::Failed, "Tool 'lookup' failed: error"));
+/// let obs = lookup.observe(&Default::default(), None, 100).await;
+/// assert_eq!(obs.kind, ObservationKind::ArgumentError);
+///
+/// let e: ToolError = "disk full".into();
+/// assert_eq!((e.kind(), e.detail()), (ToolErrorKind::Failed, "disk full"));
+/// assert_eq!(e.to_string(), "tool failed: disk full");
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolError {
+    kind: ToolErrorKind,
+    detail: String,
+}
+
+impl ToolError {
+    /// An error of `kind` with `detail` (for the author; never shown to the model).
+    ///
+    /// ```
+    /// use executionkit::tools::{ToolError, ToolErrorKind};
+    /// let e = ToolError::new(ToolErrorKind::Rejected, "the user said no");
+    /// assert_eq!(e.kind(), ToolErrorKind::Rejected);
+    /// ```
+    #[must_use]
+    pub fn new(kind: ToolErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// The arguments do not fit what the tool needs.
+    ///
+    /// ```
+    /// let e = executionkit::tools::ToolError::invalid_arguments("n must be positive");
+    /// assert_eq!(e.to_string(), "invalid tool arguments: n must be positive");
+    /// ```
+    #[must_use]
+    pub fn invalid_arguments(detail: impl Into<String>) -> Self {
+        Self::new(ToolErrorKind::InvalidArguments, detail)
+    }
+
+    /// The tool could not do its work.
+    ///
+    /// ```
+    /// let e = executionkit::tools::ToolError::failed("connection refused");
+    /// assert_eq!(e.detail(), "connection refused");
+    /// ```
+    #[must_use]
+    pub fn failed(detail: impl Into<String>) -> Self {
+        Self::new(ToolErrorKind::Failed, detail)
+    }
+
+    /// Something the tool waited on took too long.
+    ///
+    /// ```
+    /// let e = executionkit::tools::ToolError::timed_out("the search backend");
+    /// assert_eq!(e.to_string(), "tool timed out: the search backend");
+    /// ```
+    #[must_use]
+    pub fn timed_out(detail: impl Into<String>) -> Self {
+        Self::new(ToolErrorKind::TimedOut, detail)
+    }
+
+    /// The tool refused to act.
+    ///
+    /// ```
+    /// let e = executionkit::tools::ToolError::rejected("not confirmed");
+    /// assert_eq!(e.to_string(), "tool call rejected by approval: not confirmed");
+    /// ```
+    #[must_use]
+    pub fn rejected(detail: impl Into<String>) -> Self {
+        Self::new(ToolErrorKind::Rejected, detail)
+    }
+
+    /// What kind of failure this is.
+    ///
+    /// ```
+    /// use executionkit::tools::{ToolError, ToolErrorKind};
+    /// assert_eq!(ToolError::from("x").kind(), ToolErrorKind::Failed);
+    /// ```
+    #[must_use]
+    pub fn kind(&self) -> ToolErrorKind {
+        self.kind
+    }
+
+    /// The detail given by the tool (never shown to the model).
+    ///
+    /// ```
+    /// assert_eq!(executionkit::tools::ToolError::failed("why").detail(), "why");
+    /// ```
+    #[must_use]
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    /// What the model is told about this error from tool `name` (already cut for quoting).
+    fn observation(&self, name: &str) -> Observation {
+        match self.kind {
+            ToolErrorKind::InvalidArguments => Observation::new(
+                ObservationKind::ArgumentError,
+                format!("Tool '{name}' argument error: {ARGS_DO_NOT_FIT}"),
+            ),
+            ToolErrorKind::Failed => Observation::new(
+                ObservationKind::Failed,
+                format!("Tool '{name}' failed: error"),
+            ),
+            ToolErrorKind::TimedOut => Observation::new(
+                ObservationKind::TimedOut,
+                format!("Tool '{name}' failed: timeout"),
+            ),
+            ToolErrorKind::Rejected => Observation::new(
+                ObservationKind::Blocked,
+                format!("Tool '{name}' blocked by approval"),
+            ),
+        }
+    }
+}
+
+impl fmt::Display for ToolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            ToolErrorKind::InvalidArguments => "invalid tool arguments",
+            ToolErrorKind::Failed => "tool failed",
+            ToolErrorKind::TimedOut => "tool timed out",
+            ToolErrorKind::Rejected => "tool call rejected by approval",
+        })?;
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ToolError {}
+
+impl From<String> for ToolError {
+    fn from(detail: String) -> Self {
+        Self::failed(detail)
+    }
+}
+
+impl From<&str> for ToolError {
+    fn from(detail: &str) -> Self {
+        Self::failed(detail)
+    }
+}
 
 /// A tool the model may call: name, description, JSON-Schema parameters, an async body and a
 /// timeout (default 30 s). Cheap to clone.
 ///
 /// The body returns `Ok(text)` (shown to the model, truncated to the loop's
-/// `max_observation_chars`) or `Err(detail)`. The detail of an error is **never** shown to the
-/// model nor logged (it may hold argument values or secrets): the model sees only
-/// `Tool '<name>' failed: error`. To tell the model something, return it as `Ok`.
+/// `max_observation_chars`) or `Err(`[`ToolError`]`)`. The model is told the error's kind
+/// (`Tool '<name>' failed: error` for a plain failure), **never** its detail, which may hold
+/// argument values or secrets and is not logged either. To tell the model something, return it
+/// as `Ok`.
 ///
 /// ```
 /// use executionkit::tools::Tool;
@@ -122,7 +337,7 @@ impl Tool {
     ) -> Self
     where
         F: Fn(Map<String, Value>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<String, String>> + Send + 'static,
+        Fut: Future<Output = std::result::Result<String, ToolError>> + Send + 'static,
     {
         let validator = jsonschema::validator_for(&parameters)
             .map(Arc::new)
@@ -158,7 +373,7 @@ impl Tool {
     where
         A: DeserializeOwned + JsonSchema + Send + 'static,
         F: Fn(A) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<String, String>> + Send + 'static,
+        Fut: Future<Output = std::result::Result<String, ToolError>> + Send + 'static,
     {
         let mut schema = schemars::schema_for!(A).to_value();
         if let Value::Object(m) = &mut schema {
@@ -173,7 +388,7 @@ impl Tool {
                 // reported without the value (serde's message would quote it).
                 match serde_json::from_value::<A>(Value::Object(args)) {
                     Ok(a) => body(a).await,
-                    Err(_) => Err(ARGS_DO_NOT_FIT.to_owned()),
+                    Err(_) => Err(ToolError::invalid_arguments(ARGS_DO_NOT_FIT)),
                 }
             }
         })
@@ -322,7 +537,7 @@ impl Tool {
     pub fn call(
         &self,
         args: Map<String, Value>,
-    ) -> impl Future<Output = std::result::Result<String, String>> + Send + 'static {
+    ) -> impl Future<Output = std::result::Result<String, ToolError>> + Send + 'static {
         (self.execute)(args)
     }
 
@@ -338,7 +553,7 @@ impl Tool {
     /// use executionkit::tools::{ObservationKind, Tool};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let hang = Tool::new("hang", "never ends", serde_json::json!({}),
-    ///     |_| async { futures::future::pending::<Result<String, String>>().await });
+    ///     |_| async { futures::future::pending::<Result<String, executionkit::tools::ToolError>>().await });
     /// let obs = hang.observe(&Default::default(), Some(Duration::from_millis(10)), 100).await;
     /// assert_eq!(obs.kind, ObservationKind::TimedOut);
     /// assert_eq!(obs.text, "Tool execution timed out after 0.01s");
@@ -382,19 +597,10 @@ impl Tool {
                 let text = truncate(&text, max_chars);
                 Observation::new(ObservationKind::Ok, text)
             }
-            Ok(Ok(Err(detail))) => {
-                if detail == ARGS_DO_NOT_FIT {
-                    Observation::new(
-                        ObservationKind::ArgumentError,
-                        format!("Tool '{name}' argument error: {ARGS_DO_NOT_FIT}"),
-                    )
-                } else {
-                    tracing::debug!(target: "executionkit", tool = %name, "tool returned an error");
-                    Observation::new(
-                        ObservationKind::Failed,
-                        format!("Tool '{name}' failed: error"),
-                    )
-                }
+            Ok(Ok(Err(error))) => {
+                // The kind only: the detail may hold argument values or secrets.
+                tracing::debug!(target: "executionkit", tool = %name, kind = %error.kind(), "tool returned an error");
+                error.observation(name)
             }
             Ok(Err(_)) => {
                 tracing::debug!(target: "executionkit", tool = %name, "tool panicked");
@@ -433,7 +639,7 @@ impl<T> Future for AbortOnDrop<T> {
 /// ```
 /// use executionkit::tools::{ObservationKind, Tool};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// let t = Tool::new("f", "d", serde_json::json!({}), |_| async { Err::<String, _>("secret detail".to_owned()) });
+/// let t = Tool::new("f", "d", serde_json::json!({}), |_| async { Err::<String, _>("secret detail".into()) });
 /// let obs = t.observe(&Default::default(), None, 100).await;
 /// assert_eq!(obs.kind, ObservationKind::Failed);
 /// assert!(!obs.text.contains("secret"));
@@ -444,17 +650,18 @@ impl<T> Future for AbortOnDrop<T> {
 pub enum ObservationKind {
     /// The body returned text.
     Ok,
-    /// The arguments did not match the schema (the body did not run).
+    /// The arguments did not match the schema (the body did not run), or the body found they
+    /// do not fit ([`ToolErrorKind::InvalidArguments`]).
     ArgumentError,
-    /// The body returned an error.
+    /// The body returned an error (or the call could not be made).
     Failed,
     /// The body panicked.
     Panicked,
-    /// The body ran past its timeout and was stopped.
+    /// The body ran past its timeout and was stopped, or reported a timeout itself.
     TimedOut,
     /// The model named a tool that does not exist.
     UnknownTool,
-    /// An approval gate refused the call (the body did not run).
+    /// An approval gate refused the call (the body did not run), or the body refused it.
     Blocked,
     /// The call was over the per-round limit (the body did not run).
     Rejected,
@@ -612,6 +819,38 @@ mod tests {
         assert_eq!(obs.kind, ObservationKind::Failed);
         assert!(obs.text.contains("no Tokio runtime"));
         assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_tool_error_tells_the_model_its_kind_never_its_detail() {
+        let cases = [
+            (
+                ToolError::invalid_arguments("secret"),
+                ObservationKind::ArgumentError,
+                "Tool 't' argument error: the arguments do not fit the tool's parameter type",
+            ),
+            (
+                ToolError::failed("secret"),
+                ObservationKind::Failed,
+                "Tool 't' failed: error",
+            ),
+            (
+                ToolError::timed_out("secret"),
+                ObservationKind::TimedOut,
+                "Tool 't' failed: timeout",
+            ),
+            (
+                ToolError::rejected("secret"),
+                ObservationKind::Blocked,
+                "Tool 't' blocked by approval",
+            ),
+        ];
+        for (error, kind, text) in cases {
+            assert_eq!(error.observation("t"), Observation::new(kind, text));
+            assert!(error.to_string().ends_with(": secret"), "{error}");
+        }
+        assert_eq!(ToolError::failed("").to_string(), "tool failed");
+        assert_eq!(ToolError::from("x".to_owned()), ToolError::failed("x"));
     }
 
     #[test]

@@ -206,7 +206,8 @@ async fn react_loop_runs_a_tool_round() {
     let server = server_with_responder(ToolRound).await;
     let p = provider(&server);
     let r = ReactLoop::new()
-        .run(&p, "What is 2 + 3?", &[add_tool()], &RunContext::new())
+        .tools([add_tool()])
+        .run(&p, "What is 2 + 3?", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.value, "2 + 3 = 5.");

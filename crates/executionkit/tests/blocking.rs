@@ -70,7 +70,7 @@ fn react_runs_its_tools_on_the_blocking_runtime() {
             Ok((x.a + x.b).to_string())
         }
     });
-    let r = blocking::react(&ReactLoop::new(), &p, "2 + 3?", &[add], &ctx()).unwrap();
+    let r = blocking::react(&ReactLoop::new().tools([add]), &p, "2 + 3?", &ctx()).unwrap();
     assert_eq!(r.value, "5");
     assert_eq!(ran.load(Ordering::SeqCst), 1);
 }
@@ -128,9 +128,9 @@ fn many_threads_may_block_at_once() {
 #[test]
 fn a_kit_session_blocks_through_block_on() {
     let kit = Kit::new(MockProvider::new(["hello", "again"]));
-    let first = blocking::block_on(kit.turn("hi", &[])).unwrap();
+    let first = blocking::block_on(kit.turn("hi")).unwrap();
     assert_eq!(first.value, "hello");
-    let r = blocking::block_on(kit.turn("more", &[])).unwrap();
+    let r = blocking::block_on(kit.turn("more")).unwrap();
     assert_eq!(r.value, "again");
     assert_eq!(kit.messages().len(), 4);
 }

@@ -15,6 +15,7 @@ use executionkit::tools::Tool;
 use executionkit::{
     Budget, ChatRequest, Choice, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, Message,
     MockProvider, Pipe, RefineLoop, Result, RetryPolicy, Role, RunContext, TokenUsage, ToolCall,
+    WithCallOptions,
 };
 use futures::StreamExt;
 use governor::Quota;
@@ -76,8 +77,10 @@ async fn s143_usage_accumulates_across_dispatches() {
     let r = kit
         .react(
             "prompt",
-            &[echo()],
-            &ReactLoop::new().max_rounds(4).temperature(0.1),
+            &ReactLoop::new()
+                .max_rounds(4)
+                .temperature(0.1)
+                .tools([echo()]),
         )
         .await
         .unwrap();
@@ -113,7 +116,7 @@ async fn s144_failed_runs_count_and_patterns_report_their_calls() {
     let kit = Kit::new(MockProvider::new([tool_round("t")]))
         .context(RunContext::new().budget(Budget::new().max_calls(2)));
     let err = kit
-        .react("go", &[echo()], &ReactLoop::new())
+        .react("go", &ReactLoop::new().tools([echo()]))
         .await
         .unwrap_err();
     assert!(err.is_budget_exhausted());
@@ -162,14 +165,20 @@ async fn s146_failed_turns_leave_the_conversation_alone() {
     let kit = Kit::new(p.clone())
         .context(RunContext::new().budget(Budget::new().max_calls(2)))
         .with_messages(vec![Message::system("be brief")]);
-    let r = kit.turn("first", &[echo()]).await.unwrap();
+    let r = kit
+        .turn_with("first", &ReactLoop::new().tools([echo()]))
+        .await
+        .unwrap();
     assert_eq!(r.value, "first answer");
     let after_first = kit.messages();
     let roles: Vec<Role> = after_first.iter().map(|m| m.role).collect();
     assert_eq!(roles, [Role::System, Role::User, Role::Assistant]);
 
     // The second turn calls a tool and then runs out of calls.
-    let err = kit.turn("second", &[echo()]).await.unwrap_err();
+    let err = kit
+        .turn_with("second", &ReactLoop::new().tools([echo()]))
+        .await
+        .unwrap_err();
     assert!(err.is_budget_exhausted());
     assert_eq!(kit.messages(), after_first);
     assert_eq!(kit.usage().llm_calls, 2);
@@ -178,14 +187,16 @@ async fn s146_failed_turns_leave_the_conversation_alone() {
     assert_eq!(sent[3], Message::user("second"));
 
     let kit = Kit::new(Plain(MockProvider::new(["x"])));
-    let err = kit.turn("hi", &[]).await.unwrap_err();
+    let err = kit.turn("hi").await.unwrap_err();
     assert!(err.is_invalid_argument());
-    assert!(err.message().contains("ToolCallingProvider"));
+    assert!(err.message().contains("does not support tool calls"));
+    assert!(!err.message().contains("Provider"), "{}", err.message());
     let err = kit
-        .react("hi", &[echo()], &ReactLoop::new())
+        .react("hi", &ReactLoop::new().tools([echo()]))
         .await
         .unwrap_err();
-    assert!(err.message().contains("ToolCallingProvider"));
+    assert!(err.message().contains("does not support tool calls"));
+    assert!(!err.message().contains("Provider"), "{}", err.message());
     assert!(kit.messages().is_empty());
 }
 
@@ -193,7 +204,10 @@ async fn s146_failed_turns_leave_the_conversation_alone() {
 async fn s146_turns_keep_tool_turns_in_the_transcript() {
     let p = MockProvider::new([tool_round("t1"), LlmResponse::text("done")]);
     let kit = Kit::new(p);
-    let _ = kit.turn("use the tool", &[echo()]).await.unwrap();
+    let _ = kit
+        .turn_with("use the tool", &ReactLoop::new().tools([echo()]))
+        .await
+        .unwrap();
     let roles: Vec<Role> = kit.messages().iter().map(|m| m.role).collect();
     assert_eq!(
         roles,
@@ -229,7 +243,7 @@ async fn s147_rate_limits_apply_per_llm_call() {
         )
         .await
         .unwrap();
-    let _ = kit.react("q", &[], &ReactLoop::new()).await.unwrap();
+    let _ = kit.react("q", &ReactLoop::new()).await.unwrap();
     assert_eq!(limited.permits_taken(), kit.usage().llm_calls);
 
     // A dispatch that fails still took its permits and recorded its cost.
@@ -295,7 +309,8 @@ async fn s148_streams_count_once_drained() {
     let kit = Kit::new(Plain(MockProvider::new(["x"])));
     let err = kit.stream("q").await.unwrap_err();
     assert!(err.is_invalid_argument());
-    assert!(err.message().contains("StreamingProvider"));
+    assert!(err.message().contains("does not support streaming"));
+    assert!(!err.message().contains("Provider"), "{}", err.message());
     assert!(kit.usage().is_zero());
 
     // Streams go through the rate limiter too.
@@ -313,7 +328,7 @@ async fn kits_are_shared_across_tasks() {
     for i in 0..4 {
         let kit = Arc::clone(&kit);
         handles.push(tokio::spawn(async move {
-            kit.turn(&format!("q{i}"), &[]).await.map(|r| r.value)
+            kit.turn(&format!("q{i}")).await.map(|r| r.value)
         }));
     }
     for h in handles {

@@ -16,7 +16,7 @@ use executionkit::provider::ChatStream;
 use executionkit::tools::{Tool, truncate};
 use executionkit::{
     Budget, ChatRequest, Choice, Error, LlmProvider, LlmResponse, Message, MockProvider, Result,
-    Role, RunContext, TokenUsage, ToolCall, ToolChoice,
+    Role, RunContext, TokenUsage, ToolCall, ToolChoice, WithCallOptions,
 };
 use serde_json::{Map, Value, json};
 
@@ -141,7 +141,8 @@ async fn s096_calls_of_one_round_run_concurrently() {
         fin("done"),
     ]);
     let r = ReactLoop::new()
-        .run(&p, "go", &[meet], &RunContext::new())
+        .tools([meet])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.metadata["tool_calls_made"], 3);
@@ -166,7 +167,8 @@ async fn s096_calls_of_one_round_run_concurrently() {
     let r = ReactLoop::new()
         .tool_concurrency(1)
         .tool_timeout(Duration::from_millis(20))
-        .run(&p, "go", &[barrier_tool], &RunContext::new())
+        .tools([barrier_tool])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.value, "done");
@@ -200,7 +202,8 @@ async fn s097_approval_callback_error_becomes_failed_observation() {
     let p = MockProvider::new([round.clone(), fin("ok")]);
     let r = ReactLoop::new()
         .approval_gate(gate)
-        .run(&p, "go", &tools, &RunContext::new())
+        .tools(tools.clone())
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.metadata["tool_calls_made"], 3);
@@ -219,7 +222,8 @@ async fn s097_approval_callback_error_becomes_failed_observation() {
     let p = MockProvider::new([round.clone(), fin("ok")]);
     let _ = ReactLoop::new()
         .approval_gate(gate)
-        .run(&p, "go", &tools, &RunContext::new())
+        .tools(tools.clone())
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     let obs = tool_messages(&p, 1);
@@ -238,7 +242,8 @@ async fn s097_approval_callback_error_becomes_failed_observation() {
     let p = MockProvider::new([round, fin("ok")]);
     let err = ReactLoop::new()
         .approval_gate(gate)
-        .run(&p, "go", &tools, &RunContext::new())
+        .tools(tools.clone())
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap_err();
     assert!(err.is_cancelled());
@@ -250,7 +255,8 @@ async fn s097_approval_callback_error_becomes_failed_observation() {
 async fn s098_unknown_tool_is_an_observation_and_the_loop_continues() {
     let p = MockProvider::new([tr("nonexistent_tool", "tc1", json!({})), fin("recovered")]);
     let r = ReactLoop::new()
-        .run(&p, "go", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.value, "recovered");
@@ -273,12 +279,8 @@ async fn issue5_arguments_error_is_a_bounded_observation() {
     turn.choices[0].tool_calls = vec![bad, unknown];
     let p = MockProvider::new([turn, fin("done")]);
     let r = ReactLoop::new()
-        .run(
-            &p,
-            "go",
-            &[counting_tool("act", Arc::clone(&runs))],
-            &RunContext::new(),
-        )
+        .tools([counting_tool("act", Arc::clone(&runs))])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.value, "done");
@@ -299,7 +301,8 @@ async fn s099_deny_all_blocks_and_allow_all_runs() {
     let p = MockProvider::new([tr("act", "tc1", json!({"text": "x"})), fin("ok")]);
     let r = ReactLoop::new()
         .approval_gate(ApprovalGate::deny_all("not permitted"))
-        .run(&p, "go", std::slice::from_ref(&tool), &RunContext::new())
+        .tool(tool.clone())
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 0);
@@ -320,7 +323,8 @@ async fn s099_deny_all_blocks_and_allow_all_runs() {
     let p = MockProvider::new([tr("act", "tc1", json!({"text": "x"})), fin("ok")]);
     let _ = ReactLoop::new()
         .approval_gate(gate)
-        .run(&p, "go", &[tool], &RunContext::new())
+        .tools([tool])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -338,12 +342,8 @@ async fn s099_deny_all_blocks_and_allow_all_runs() {
     let p = MockProvider::new([tr("act", "tc1", json!({"text": "y"})), fin("ok")]);
     let _ = ReactLoop::new()
         .approval_gate(ApprovalGate::allow_all())
-        .run(
-            &p,
-            "go",
-            &[counting_tool("act", Arc::clone(&runs))],
-            &RunContext::new(),
-        )
+        .tools([counting_tool("act", Arc::clone(&runs))])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -353,12 +353,14 @@ async fn s099_deny_all_blocks_and_allow_all_runs() {
 #[tokio::test]
 async fn s101_hanging_tool_times_out_into_an_observation() {
     let hang = Tool::new("hang", "never returns", json!({}), |_| async {
-        futures::future::pending::<std::result::Result<String, String>>().await
+        futures::future::pending::<std::result::Result<String, executionkit::tools::ToolError>>()
+            .await
     });
     let p = MockProvider::new([tr("hang", "tc1", json!({})), fin("gave up waiting")]);
     let r = ReactLoop::new()
         .tool_timeout(Duration::from_millis(10))
-        .run(&p, "go", std::slice::from_ref(&hang), &RunContext::new())
+        .tool(hang.clone())
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.value, "gave up waiting");
@@ -370,12 +372,8 @@ async fn s101_hanging_tool_times_out_into_an_observation() {
     // The tool's own timeout applies when the loop sets none.
     let p = MockProvider::new([tr("hang", "tc1", json!({})), fin("ok")]);
     let _ = ReactLoop::new()
-        .run(
-            &p,
-            "go",
-            &[hang.with_timeout(Duration::from_millis(5))],
-            &RunContext::new(),
-        )
+        .tools([hang.with_timeout(Duration::from_millis(5))])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert!(tool_messages(&p, 1)[0].content.contains("timed out"));
@@ -389,7 +387,8 @@ async fn s102_long_observations_are_truncated() {
     let p = MockProvider::new([tr("big", "tc1", json!({})), fin("ok")]);
     let r = ReactLoop::new()
         .max_observation_chars(100)
-        .run(&p, "go", &[big], &RunContext::new())
+        .tools([big])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     let obs = &tool_messages(&p, 1)[0].content;
@@ -405,7 +404,8 @@ async fn s102_long_observations_are_truncated() {
     let p = MockProvider::new([tr("six", "tc1", json!({})), fin("ok")]);
     let _ = ReactLoop::new()
         .max_observation_chars(1)
-        .run(&p, "go", &[six], &RunContext::new())
+        .tools([six])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(tool_messages(&p, 1)[0].content, "a");
@@ -424,7 +424,8 @@ fn s103_truncate() {
 async fn one_call_observation(tool: &Tool, args: Value) -> String {
     let p = MockProvider::new([tr(tool.name(), "tc1", args), fin("ok")]);
     let _ = ReactLoop::new()
-        .run(&p, "go", std::slice::from_ref(tool), &RunContext::new())
+        .tool(tool.clone())
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     tool_messages(&p, 1)[0].content.clone()
@@ -531,7 +532,8 @@ async fn s106_the_full_validator_checks_every_constraint() {
     });
     let p = MockProvider::new([fin("x")]);
     let err = ReactLoop::new()
-        .run(&p, "go", &[broken], &RunContext::new())
+        .tools([broken])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap_err();
     assert!(err.is_invalid_argument() && err.message().contains("broken"));
@@ -541,7 +543,7 @@ async fn s106_the_full_validator_checks_every_constraint() {
 #[tokio::test]
 async fn s107_tool_errors_and_panics_never_leak_their_text() {
     let failing = Tool::new("failing", "fails", json!({}), |_| async {
-        Err("ValueError: password=hunter2".to_owned())
+        Err("ValueError: password=hunter2".into())
     });
     let obs = one_call_observation(&failing, json!({})).await;
     assert_eq!(obs, "Tool 'failing' failed: error");
@@ -591,7 +593,8 @@ async fn s108_calls_over_the_round_cap_are_rejected() {
     let p = MockProvider::new([calls(&five), fin("ok")]);
     let r = ReactLoop::new()
         .max_tool_calls_per_round(2)
-        .run(&p, "go", std::slice::from_ref(&tool), &RunContext::new())
+        .tool(tool.clone())
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     let obs = tool_messages(&p, 1);
@@ -610,7 +613,8 @@ async fn s108_calls_over_the_round_cap_are_rejected() {
     let p = MockProvider::new([four, fin("ok")]);
     let _ = ReactLoop::new()
         .max_tool_calls_per_round(1)
-        .run(&p, "go", std::slice::from_ref(&tool), &RunContext::new())
+        .tool(tool.clone())
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     let obs = tool_messages(&p, 1);
@@ -635,14 +639,16 @@ async fn s108_calls_over_the_round_cap_are_rejected() {
     let p = MockProvider::new([three, fin("ok")]);
     let r = ReactLoop::new()
         .max_tool_calls_per_round(3)
-        .run(&p, "go", std::slice::from_ref(&tool), &RunContext::new())
+        .tool(tool.clone())
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.metadata["rejected_tool_calls"], 0);
 
     let err = ReactLoop::new()
         .max_tool_calls_per_round(0)
-        .run(&p, "go", &[tool], &RunContext::new())
+        .tools([tool])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap_err();
     assert!(err.is_invalid_argument());
@@ -664,7 +670,8 @@ async fn s109_history_is_trimmed_per_round() {
     let p = three_rounds_then_done(false);
     let r = ReactLoop::new()
         .max_history_messages(3)
-        .run(&p, "the prompt", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "the prompt", &RunContext::new())
         .await
         .unwrap();
     let sizes: Vec<usize> = p.calls().iter().map(|c| c.request.messages.len()).collect();
@@ -680,7 +687,8 @@ async fn s109_history_is_trimmed_per_round() {
 
     let p = three_rounds_then_done(false);
     let r = ReactLoop::new()
-        .run(&p, "the prompt", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "the prompt", &RunContext::new())
         .await
         .unwrap();
     assert!(p.last_call().unwrap().request.messages.len() > 3);
@@ -737,7 +745,8 @@ async fn s112_summaries_replace_trimmed_history() {
                 )))
             }
         })
-        .run(&p, "the prompt", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "the prompt", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.metadata["summarized"], 2);
@@ -783,7 +792,8 @@ async fn s112_summaries_replace_trimmed_history() {
     let p = three_rounds_then_done(true);
     let plain = ReactLoop::new()
         .max_history_messages(3)
-        .run(&p, "the prompt", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "the prompt", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(plain.cost, TokenUsage::new(40, 35, 4));
@@ -795,7 +805,8 @@ async fn s113_text_only_summaries_cost_nothing() {
     let r = ReactLoop::new()
         .max_history_messages(3)
         .summarizer(|_dropped| async { Ok::<_, Error>("short") })
-        .run(&p, "the prompt", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "the prompt", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.cost, TokenUsage::new(40, 35, 4));
@@ -805,7 +816,8 @@ async fn s113_text_only_summaries_cost_nothing() {
     let p = three_rounds_then_done(true);
     let r = ReactLoop::new()
         .max_history_messages(3)
-        .run(&p, "the prompt", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "the prompt", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.metadata["summarized"], 0);
@@ -825,7 +837,8 @@ async fn s113_text_only_summaries_cost_nothing() {
                 "summary failed",
             ))
         })
-        .run(&p, "the prompt", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "the prompt", &RunContext::new())
         .await
         .unwrap_err();
     assert_eq!(err.message(), "summary failed");
@@ -837,14 +850,14 @@ async fn s114_transcripts_continue() {
     let p = MockProvider::new([fin("hello")]);
     let seed = vec![Message::system("be nice"), Message::user("hi")];
     let _ = ReactLoop::new()
-        .run_messages(&p, seed.clone(), &[], &RunContext::new())
+        .run_messages(&p, seed.clone(), &RunContext::new())
         .await
         .unwrap();
     assert_eq!(p.calls()[0].request.messages, seed);
 
     let p = MockProvider::new([fin("answer"), fin("second")]);
     let r = ReactLoop::new()
-        .run(&p, "ask", &[], &RunContext::new())
+        .run(&p, "ask", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(
@@ -855,7 +868,7 @@ async fn s114_transcripts_continue() {
     history.push(Message::user("q2"));
     let before = history.clone();
     let r2 = ReactLoop::new()
-        .run_messages(&p, history.clone(), &[], &RunContext::new())
+        .run_messages(&p, history.clone(), &RunContext::new())
         .await
         .unwrap();
     let roles: Vec<Role> = p.calls()[1]
@@ -870,7 +883,7 @@ async fn s114_transcripts_continue() {
     assert_eq!(transcript(&r2).len(), 4);
 
     let err = ReactLoop::new()
-        .run_messages(&p, Vec::new(), &[], &RunContext::new())
+        .run_messages(&p, Vec::new(), &RunContext::new())
         .await
         .unwrap_err();
     assert!(err.is_invalid_argument() && err.message().contains("non-empty"));
@@ -881,22 +894,21 @@ async fn s116_providers_without_tools_and_duplicate_names_are_refused() {
     let inner = MockProvider::new([fin("x")]);
     let p = NoTools(inner.clone());
     let err = ReactLoop::new()
-        .run(&p, "go", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap_err();
     assert!(err.is_invalid_argument());
-    assert!(err.message().contains("ToolCallingProvider"));
+    // Said in Rust terms: no type name of the Python package (`ToolCallingProvider`).
+    assert!(err.message().contains("does not support tool calls"));
+    assert!(!err.message().contains("Provider"), "{}", err.message());
     assert_eq!(inner.call_count(), 0);
 
     let t = |n: &str| Tool::new(n, "d", json!({}), |_| async { Ok(String::new()) });
     let p = MockProvider::new([fin("x")]);
     let err = ReactLoop::new()
-        .run(
-            &p,
-            "go",
-            &[t("a"), t("a"), t("b"), t("b"), t("c")],
-            &RunContext::new(),
-        )
+        .tools([t("a"), t("a"), t("b"), t("b"), t("c")])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap_err();
     assert!(err.is_invalid_argument());
@@ -934,7 +946,7 @@ async fn s117_numeric_options_are_validated() {
         (ReactLoop::new().temperature(-1.0), "temperature"),
     ];
     for (r, msg) in cases {
-        let err = r.run(&p, "go", &[], &ctx).await.unwrap_err();
+        let err = r.run(&p, "go", &ctx).await.unwrap_err();
         assert!(err.is_invalid_argument());
         assert!(err.message().contains(msg), "{} / {msg}", err.message());
     }
@@ -951,7 +963,8 @@ async fn s118_tool_call_events_redact_arguments() {
     let (ctx, seen) = events_ctx();
     let p = MockProvider::new([tr("search", "tc1", args.clone()), fin("ok")]);
     let _ = ReactLoop::new()
-        .run(&p, "go", std::slice::from_ref(&tool), &ctx)
+        .tool(tool.clone())
+        .run(&p, "go", &ctx)
         .await
         .unwrap();
     let started: Vec<_> = seen
@@ -973,7 +986,8 @@ async fn s118_tool_call_events_redact_arguments() {
     let p = MockProvider::new([tr("search", "tc1", args.clone()), fin("ok")]);
     let _ = ReactLoop::new()
         .redact_tool_args(false)
-        .run(&p, "go", &[tool], &ctx)
+        .tools([tool])
+        .run(&p, "go", &ctx)
         .await
         .unwrap();
     assert!(format!("{:?}", seen.lock().unwrap()).contains("SECRET-KEY-12345"));
@@ -984,7 +998,8 @@ async fn s119_event_order_of_one_tool_round() {
     let (ctx, seen) = events_ctx();
     let p = MockProvider::new([tr("echo", "tc1", json!({"text": "x"})), fin("ok")]);
     let _ = ReactLoop::new()
-        .run(&p, "go", &[echo_tool()], &ctx)
+        .tools([echo_tool()])
+        .run(&p, "go", &ctx)
         .await
         .unwrap();
     let seen = seen.lock().unwrap();
@@ -1030,7 +1045,7 @@ async fn s121_truncated_replies_are_counted() {
     cut.choices[0].finish_reason = Some("length".into());
     let p = MockProvider::new([cut]);
     let r = ReactLoop::new()
-        .run(&p, "go", &[], &RunContext::new())
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.metadata["truncated_responses"], 1);
@@ -1045,7 +1060,8 @@ async fn max_rounds_without_an_answer_fails_with_the_transcript() {
     let p = MockProvider::new([tr("echo", "tc", json!({"text": "again"})).with_usage(3, 2)]);
     let err = ReactLoop::new()
         .max_rounds(2)
-        .run(&p, "loop", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "loop", &RunContext::new())
         .await
         .unwrap_err();
     assert!(err.is_max_iterations());
@@ -1079,7 +1095,8 @@ async fn tool_call_turns_are_sent_with_empty_content_and_the_tool_schemas() {
         .seed(7)
         .model("m2")
         .system("use tools")
-        .run(&p, "weather?", &[weather], &RunContext::new())
+        .tools([weather])
+        .run(&p, "weather?", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.value, "ok");
@@ -1110,7 +1127,8 @@ async fn the_initial_tool_choice_applies_to_the_first_round_only() {
     let _ = ReactLoop::new()
         .initial_tool_choice(ToolChoice::Function("echo".into()))
         .tool_choice(ToolChoice::None)
-        .run(&p, "go", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     let choices: Vec<_> = p
@@ -1146,7 +1164,8 @@ async fn checkpoints_follow_each_tool_round() {
             s.lock().unwrap().push(serde_json::to_value(c).unwrap());
             assert!(c.round < 1, "a panicking callback is ignored");
         })
-        .run(&p, "go", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.value, "done");
@@ -1165,7 +1184,7 @@ async fn no_tools_sends_no_tool_choice() {
     let p = MockProvider::new([fin("plain")]);
     let r = ReactLoop::new()
         .tool_choice(ToolChoice::Required)
-        .run(&p, "hi", &[], &RunContext::new())
+        .run(&p, "hi", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.value, "plain");
@@ -1178,7 +1197,8 @@ async fn the_budget_stops_the_loop_with_the_spend() {
     let p = MockProvider::new([tr("echo", "tc", json!({"text": "a"})).with_usage(5, 1)]);
     let ctx = RunContext::new().budget(Budget::new().max_calls(2));
     let err = ReactLoop::new()
-        .run(&p, "go", &[echo_tool()], &ctx)
+        .tools([echo_tool()])
+        .run(&p, "go", &ctx)
         .await
         .unwrap_err();
     assert!(err.is_budget_exhausted());
@@ -1190,7 +1210,8 @@ async fn the_budget_stops_the_loop_with_the_spend() {
 async fn a_panicking_or_hanging_tool_does_not_stop_its_siblings() {
     let panicking = Tool::new("p", "panics", json!({}), |_| async { panic!("boom") });
     let hang = Tool::new("h", "hangs", json!({}), |_| async {
-        futures::future::pending::<std::result::Result<String, String>>().await
+        futures::future::pending::<std::result::Result<String, executionkit::tools::ToolError>>()
+            .await
     })
     .with_timeout(Duration::from_millis(10));
     let p = MockProvider::new([
@@ -1202,12 +1223,8 @@ async fn a_panicking_or_hanging_tool_does_not_stop_its_siblings() {
         fin("done"),
     ]);
     let r = ReactLoop::new()
-        .run(
-            &p,
-            "go",
-            &[panicking, hang, echo_tool()],
-            &RunContext::new(),
-        )
+        .tools([panicking, hang, echo_tool()])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     assert_eq!(r.value, "done");
@@ -1242,7 +1259,8 @@ async fn blocking_approval_gates_run_off_the_async_threads() {
     ]);
     let _ = ReactLoop::new()
         .approval_gate(gate)
-        .run(&p, "go", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "go", &RunContext::new())
         .await
         .unwrap();
     let obs = tool_messages(&p, 1);
@@ -1259,7 +1277,8 @@ async fn runs_are_send_and_work_as_pipe_steps() {
     let p2 = p.clone();
     let r = tokio::spawn(async move {
         ReactLoop::new()
-            .run(&p2, "go", &[echo_tool()], &RunContext::new())
+            .tools([echo_tool()])
+            .run(&p2, "go", &RunContext::new())
             .await
     })
     .await
@@ -1286,6 +1305,157 @@ async fn runs_are_send_and_work_as_pipe_steps() {
         .unwrap_err();
     assert!(err.is_invalid_argument() && err.message().contains("duplicated: 'echo'"));
     assert_eq!(p.call_count(), 2);
+}
+
+#[tokio::test]
+async fn run_and_run_step_offer_and_use_the_same_tools() {
+    // One loop, run on its own and as a pipe step: the same tool specs are sent, and the same
+    // tools execute, in both.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let l = ReactLoop::new()
+        .tools([echo_tool()])
+        .tool(counting_tool("count", Arc::clone(&runs)));
+    let script = || {
+        MockProvider::new([
+            calls(&[
+                ("echo", "tc1", json!({"text": "hi"})),
+                ("count", "tc2", json!({"text": "n"})),
+            ]),
+            fin("done"),
+        ])
+    };
+    let alone = script();
+    let r = l.run(&alone, "task", &RunContext::new()).await.unwrap();
+    assert_eq!(r.metadata["tool_calls_made"], 2);
+
+    let piped = script();
+    let r = executionkit::Pipe::new()
+        .step(l.clone())
+        .run(&piped, "task", &RunContext::new())
+        .await
+        .unwrap();
+    assert_eq!(r.value, "done");
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "the tool ran once per run");
+
+    for round in 0..2 {
+        let (a, b) = (&alone.calls()[round].request, &piped.calls()[round].request);
+        let names: Vec<&str> = a.tools.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["echo", "count"]);
+        assert_eq!(a.tools, b.tools);
+    }
+    let texts = |p: &MockProvider| -> Vec<String> {
+        tool_messages(p, 1).into_iter().map(|m| m.content).collect()
+    };
+    assert_eq!(texts(&alone), ["hi", "ran:n"]);
+    assert_eq!(texts(&alone), texts(&piped));
+}
+
+#[tokio::test]
+async fn typed_tool_errors_reach_the_model_as_their_kind_and_are_counted() {
+    use executionkit::tools::{ToolError, ToolErrorKind};
+    let failing = |name: &str, error: ToolError| {
+        Tool::new(name, "fails", json!({}), move |_| {
+            let error = error.clone();
+            async move { Err(error) }
+        })
+    };
+    let secret = "password=hunter2";
+    let tools = [
+        failing("bad_args", ToolError::invalid_arguments(secret)),
+        failing("failed", ToolError::failed(secret)),
+        failing("slow", ToolError::timed_out(secret)),
+        failing("refused", ToolError::rejected(secret)),
+        failing("plain", ToolError::from(secret)),
+    ];
+    let p = MockProvider::new([
+        calls(&[
+            ("bad_args", "tc0", json!({})),
+            ("failed", "tc1", json!({})),
+            ("slow", "tc2", json!({})),
+            ("refused", "tc3", json!({})),
+            ("plain", "tc4", json!({})),
+        ]),
+        fin("done"),
+    ]);
+    let r = ReactLoop::new()
+        .tools(tools)
+        .run(&p, "go", &RunContext::new())
+        .await
+        .unwrap();
+    let obs: Vec<String> = tool_messages(&p, 1)
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(
+        obs,
+        [
+            "Tool 'bad_args' argument error: the arguments do not fit the tool's parameter type",
+            "Tool 'failed' failed: error",
+            "Tool 'slow' failed: timeout",
+            "Tool 'refused' blocked by approval",
+            "Tool 'plain' failed: error",
+        ]
+    );
+    assert!(obs.iter().all(|o| !o.contains("hunter2")));
+    // Every call ran (and is counted as made); none was over the round cap.
+    assert_eq!(r.metadata["tool_calls_made"], 5);
+    assert_eq!(r.metadata["rejected_tool_calls"], 0);
+    assert_eq!(r.metadata["truncated_observations"], 0);
+    assert_eq!(ToolError::from(secret).kind(), ToolErrorKind::Failed);
+}
+
+#[tokio::test]
+async fn refusals_name_no_python_class() {
+    // Each way a tool-less provider can reach the loop says what is missing in Rust terms.
+    let p = NoTools(MockProvider::new([fin("x")]));
+    let l = ReactLoop::new().tools([echo_tool()]);
+    let mut messages = vec![
+        l.validate(&p).unwrap_err().message().to_owned(),
+        l.run(&p, "go", &RunContext::new())
+            .await
+            .unwrap_err()
+            .message()
+            .to_owned(),
+        l.run_messages(&p, vec![Message::user("go")], &RunContext::new())
+            .await
+            .unwrap_err()
+            .message()
+            .to_owned(),
+        executionkit::Pipe::new()
+            .step(l.clone())
+            .run(&p, "go", &RunContext::new())
+            .await
+            .unwrap_err()
+            .message()
+            .to_owned(),
+    ];
+    let stream = executionkit::stream_completion(
+        Arc::new(NoStreams),
+        ChatRequest::new(vec![Message::user("q")]),
+        &RunContext::new(),
+    )
+    .await;
+    messages.push(stream.err().unwrap().message().to_owned());
+    for m in &messages {
+        for python in ["ToolCallingProvider", "StreamingProvider", "Provider)"] {
+            assert!(!m.contains(python), "{m}");
+        }
+        assert!(m.contains("does not support"), "{m}");
+    }
+}
+
+/// A provider that cannot stream.
+#[derive(Debug)]
+struct NoStreams;
+
+#[async_trait]
+impl LlmProvider for NoStreams {
+    fn model(&self) -> &str {
+        "no-streams"
+    }
+    async fn complete(&self, _request: &ChatRequest) -> Result<LlmResponse> {
+        Ok(fin("x"))
+    }
 }
 
 // ---------------------------------------------------------------- over HTTP
@@ -1341,7 +1511,8 @@ mod over_http {
             .tool_choice(ToolChoice::Function("echo".into()))
             .temperature(0.0)
             .seed(1)
-            .run(&p, "repeat 'over http'", &[echo_tool()], &RunContext::new())
+            .tools([echo_tool()])
+            .run(&p, "repeat 'over http'", &RunContext::new())
             .await
             .unwrap();
         assert_eq!(r.value, "It said: over http");
@@ -1426,12 +1597,8 @@ mod over_http {
             });
             let r = ReactLoop::new()
                 .approval_gate(gate)
-                .run(
-                    &p,
-                    "go",
-                    &[counting_tool("act", Arc::clone(&runs))],
-                    &RunContext::new(),
-                )
+                .tools([counting_tool("act", Arc::clone(&runs))])
+                .run(&p, "go", &RunContext::new())
                 .await
                 .unwrap();
             assert_eq!(r.value, "gave up on the tool");

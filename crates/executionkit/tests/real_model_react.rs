@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use executionkit::tools::Tool;
 use executionkit::{
     Budget, ChatRequest, Kit, Message, Provider, ReactLoop, RetryPolicy, RunContext, ToolChoice,
-    stream_completion,
+    WithCallOptions, stream_completion,
 };
 use futures::StreamExt;
 
@@ -56,12 +56,8 @@ async fn real_model_calls_a_tool_through_the_loop() {
         .seed(42)
         .max_tokens(64)
         .max_rounds(2)
-        .run(
-            &provider,
-            "What is 2 plus 3? Use the add tool.",
-            &[add],
-            &ctx,
-        )
+        .tools([add])
+        .run(&provider, "What is 2 plus 3? Use the add tool.", &ctx)
         .await
         .unwrap();
     eprintln!(

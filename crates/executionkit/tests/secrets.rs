@@ -162,7 +162,8 @@ async fn react_error_and_result_metadata_hold_no_key() {
     let p = MockProvider::new([tool_call(&upper())]).with_secret(KEY);
     let e = ReactLoop::new()
         .max_rounds(1)
-        .run(&p, "q", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "q", &RunContext::new())
         .await
         .unwrap_err();
     assert!(e.is_max_iterations(), "{e:?}");
@@ -177,7 +178,8 @@ async fn react_error_and_result_metadata_hold_no_key() {
     let p = MockProvider::new([tool_call(&pct()), LlmResponse::text(format!("done {KEY}"))])
         .with_secret(KEY);
     let r = ReactLoop::new()
-        .run(&p, "q", &[echo_tool()], &RunContext::new())
+        .tools([echo_tool()])
+        .run(&p, "q", &RunContext::new())
         .await
         .unwrap();
     assert_clean_metadata(&r);

@@ -223,7 +223,7 @@ async fn every_pattern_carries_the_excess() {
     let p = MockProvider::new([reply("done", 25)]);
     let r = ReactLoop::new()
         .max_tokens(10)
-        .run(&p, "q", &[], &ctx)
+        .run(&p, "q", &ctx)
         .await
         .unwrap();
     assert_eq!(r.metadata["usage_over_grant"], over(1, 15));

@@ -242,8 +242,9 @@ impl StreamingResult {
 /// provider is asked. See the [module docs](self) for retries and cost.
 ///
 /// # Errors
-/// `invalid_argument` for a bad request or a provider that cannot stream (the reference's
-/// "StreamingProvider" check); `budget_exhausted` when no call can be reserved.
+/// `invalid_argument` for a bad request or a provider that cannot stream
+/// ([`LlmProvider::supports_streaming`] is false); `budget_exhausted` when no call can be
+/// reserved.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -282,8 +283,8 @@ pub(crate) async fn start(
         run_on_done(&on_done, &tracker);
         return Err(Error::invalid_argument(
             "provider",
-            "streaming needs a provider that streams (StreamingProvider): this provider does \
-             not support streaming",
+            "streaming needs a provider that can stream: this provider does not support \
+             streaming",
         ));
     }
     let response = Arc::new(Mutex::new(None));

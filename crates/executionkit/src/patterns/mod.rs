@@ -200,14 +200,3 @@ pub(crate) fn check_max_tokens(n: u32) -> Result<()> {
     }
     Ok(())
 }
-
-/// A model name, when set, must not be blank.
-pub(crate) fn check_model(model: Option<&str>) -> Result<()> {
-    if matches!(model, Some(m) if m.trim().is_empty()) {
-        return Err(crate::Error::invalid_argument(
-            "model",
-            "model must not be empty, got ''",
-        ));
-    }
-    Ok(())
-}
