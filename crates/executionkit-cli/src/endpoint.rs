@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use executionkit::{Error, LlmProvider, OfflineModel, Provider};
+use executionkit::{Error, LlmProvider, OfflineModel, OpenAiProvider};
 
 use crate::cli::Common;
 
@@ -95,7 +95,7 @@ pub fn select(common: &Common, env: &Env) -> Result<Selected, Error> {
     }
     let key = api_key_for(&url, common.api_key.as_deref(), env);
     let timeout = timeout(common.timeout)?;
-    let mut builder = Provider::builder(base_url, model).timeout(timeout);
+    let mut builder = OpenAiProvider::builder(base_url, model).timeout(timeout);
     if let Some(key) = key {
         builder = builder.api_key(key);
     }

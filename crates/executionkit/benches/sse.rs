@@ -22,7 +22,7 @@
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
 use executionkit::internals::sse::StreamAccumulator;
-use executionkit::{ChatRequest, LlmProvider, Message, Provider, StreamEvent};
+use executionkit::{ChatRequest, LlmProvider, Message, OpenAiProvider, StreamEvent};
 use futures::StreamExt;
 
 const EVENTS: usize = 1_000;
@@ -122,7 +122,7 @@ fn provider_loopback(bencher: Bencher) {
             .await;
         server
     });
-    let provider = Provider::builder(format!("{}/v1", server.uri()), "m")
+    let provider = OpenAiProvider::builder(format!("{}/v1", server.uri()), "m")
         .no_proxy()
         .build()
         .unwrap();

@@ -47,8 +47,8 @@ pub use provider::MockProvider;
 pub use provider::OfflineModel;
 pub use provider::{
     AnthropicProvider, AnthropicProviderBuilder, ChatRequest, Choice, LlmProvider, LlmResponse,
-    Message, Provider, ProviderBuilder, RateLimited, Role, StreamEvent, ToolCall, ToolChoice,
-    ToolSpec,
+    Message, OpenAiProvider, OpenAiProviderBuilder, RateLimited, Role, StreamEvent, ToolCall,
+    ToolChoice, ToolSpec,
 };
 pub use result::{Metadata, PatternResult};
 pub use tools::Tool;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use executionkit::tools::Tool;
 use executionkit::{
-    Budget, Choice, Consensus, Kit, LlmResponse, MapReduce, MockProvider, Pipe, Provider,
+    Budget, Choice, Consensus, Kit, LlmResponse, MapReduce, MockProvider, OpenAiProvider, Pipe,
     ReactLoop, RefineLoop, RunContext, StructuredValue, ToolCall, blocking, structured,
 };
 use serde_json::json;
@@ -193,7 +193,7 @@ fn a_real_http_provider_across_blocking_calls() {
             .await;
         server
     });
-    let provider = Provider::builder(format!("{}/v1", server.uri()), "m")
+    let provider = OpenAiProvider::builder(format!("{}/v1", server.uri()), "m")
         .build()
         .unwrap();
     for _ in 0..3 {

@@ -7,7 +7,7 @@ use executionkit::WithCallOptions as _;
 use std::time::Duration;
 
 use executionkit::engine::stop::StopRule;
-use executionkit::{Budget, Consensus, MockProvider, Provider, RunContext, VotingStrategy};
+use executionkit::{Budget, Consensus, MockProvider, OpenAiProvider, RunContext, VotingStrategy};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -148,7 +148,7 @@ async fn when_the_rule_fires_calls_in_flight_are_cancelled_and_counted() {
         .respond_with(Slow)
         .mount(&server)
         .await;
-    let p = Provider::new(format!("{}/v1", server.uri()), "m").unwrap();
+    let p = OpenAiProvider::new(format!("{}/v1", server.uri()), "m").unwrap();
     let ctx = RunContext::new().budget(Budget::new().max_calls(100));
     let r = Consensus::new()
         .samples(40)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use executionkit::{
     Budget, ChatRequest, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, MockProvider,
-    Provider, Result, RetryPolicy, RunContext, TokenUsage,
+    OpenAiProvider, Result, RetryPolicy, RunContext, TokenUsage,
 };
 use futures::FutureExt;
 use serde_json::json;
@@ -183,7 +183,7 @@ async fn wiremock_server(delay: Duration) -> MockServer {
 async fn call_limit_below_samples_caps_requests_at_the_server() {
     // Sanity: with room for every sample, the server sees all five.
     let server = wiremock_server(Duration::ZERO).await;
-    let p = Provider::new(format!("{}/v1", server.uri()), "m").unwrap();
+    let p = OpenAiProvider::new(format!("{}/v1", server.uri()), "m").unwrap();
     let r = Consensus::new()
         .samples(5)
         .run(&p, "q", &ctx())
@@ -196,7 +196,7 @@ async fn call_limit_below_samples_caps_requests_at_the_server() {
     for delay in [Duration::ZERO, Duration::from_millis(200)] {
         for limit in [1_u64, 2, 4] {
             let server = wiremock_server(delay).await;
-            let p = Provider::new(format!("{}/v1", server.uri()), "m").unwrap();
+            let p = OpenAiProvider::new(format!("{}/v1", server.uri()), "m").unwrap();
             let ctx = ctx().budget(Budget::new().max_calls(limit));
             let e = Consensus::new()
                 .samples(5)
@@ -262,7 +262,7 @@ async fn black_hole() -> (
 #[tokio::test]
 async fn dropping_consensus_closes_in_flight_requests_at_the_server() {
     let (url, mut seen, mut closed) = black_hole().await;
-    let p = Provider::builder(url, "m")
+    let p = OpenAiProvider::builder(url, "m")
         .timeout(Duration::from_secs(600))
         .build()
         .unwrap();

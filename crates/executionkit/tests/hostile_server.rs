@@ -1,4 +1,4 @@
-//! The hostile-server suite for the library (issue #9): a [`Provider`] over plain http against
+//! The hostile-server suite for the library (issue #9): an [`OpenAiProvider`] over plain http against
 //! servers that misbehave at the byte level (`tests/common/attacks.rs`, on
 //! `tests/common/hostile.rs`), one test per class of "Why":
 //!
@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use common::attacks::{self, Echo, Flood, Framing, MIB};
 use common::hostile::{Conn, Hostile};
-use executionkit::{ChatRequest, Error, ErrorKind, LlmProvider, LlmResponse, Message, Provider};
+use executionkit::{
+    ChatRequest, Error, ErrorKind, LlmProvider, LlmResponse, Message, OpenAiProvider,
+};
 use futures::StreamExt;
 
 const KEY: &str = "sk-hostile-SECRET-0123456789abcdef";
@@ -37,19 +39,19 @@ const CALL_LIMIT: Duration = Duration::from_secs(120);
 /// No stream may take this long to fail under a flood.
 const STREAM_LIMIT: Duration = Duration::from_secs(60);
 
-fn provider_at(url: &str) -> Provider {
-    Provider::builder(url, "test-model")
+fn provider_at(url: &str) -> OpenAiProvider {
+    OpenAiProvider::builder(url, "test-model")
         .api_key(KEY)
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
 }
 
-fn provider(server: &Hostile) -> Provider {
+fn provider(server: &Hostile) -> OpenAiProvider {
     provider_at(&server.url())
 }
 
-async fn call(p: &Provider, prompt: &str) -> Result<LlmResponse, Error> {
+async fn call(p: &OpenAiProvider, prompt: &str) -> Result<LlmResponse, Error> {
     let req = ChatRequest::new(vec![Message::user(prompt)]);
     tokio::time::timeout(CALL_LIMIT, p.complete(&req))
         .await
@@ -115,7 +117,13 @@ async fn complete_flood(kind: Flood, total: usize, cut: bool) {
     complete_flood_with(&server, provider(&server), kind, total, cut).await;
 }
 
-async fn complete_flood_with(server: &Hostile, p: Provider, kind: Flood, total: usize, cut: bool) {
+async fn complete_flood_with(
+    server: &Hostile,
+    p: OpenAiProvider,
+    kind: Flood,
+    total: usize,
+    cut: bool,
+) {
     let _one = MEMORY.lock().await;
     let before = reset_peak();
     let r = tokio::select! {
@@ -175,7 +183,7 @@ async fn memory_content_length_200_mib() {
 async fn memory_one_byte_chunks_raw_bytes_count() {
     let total = 32 * MIB;
     let server = attacks::flood(Flood::OneByteChunks, total).await;
-    let p = Provider::builder(server.url(), "test-model")
+    let p = OpenAiProvider::builder(server.url(), "test-model")
         .api_key(KEY)
         .timeout(Duration::from_secs(60))
         .max_response_bytes(8 * MIB)
@@ -466,7 +474,7 @@ async fn secrets_key_echoed_in_errors_is_never_shown() {
 
 // Expected: a password in the base URL is in no error and no `Debug` (a server that resets
 // every connection makes a transport error; one that answers 400, a status error). FAILED on
-// the old code: `Provider`'s `Debug` printed the base URL with its password; passes on main
+// the old code: `OpenAiProvider`'s `Debug` printed the base URL with its password; passes on main
 // since the secrets work (issue #9, 7).
 #[tokio::test]
 async fn secrets_url_password_is_never_shown() {

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use executionkit::internals::judge::judge_response_format;
-use executionkit::{Provider, RefineLoop, RunContext};
+use executionkit::{OpenAiProvider, RefineLoop, RunContext};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -61,7 +61,7 @@ async fn server(r: impl Respond + 'static) -> MockServer {
 #[tokio::test]
 async fn a_refused_response_format_is_asked_again_in_plain_text_and_remembered() {
     let s = server(NoSchema).await;
-    let p = Provider::new(format!("{}/v1", s.uri()), "m").unwrap();
+    let p = OpenAiProvider::new(format!("{}/v1", s.uri()), "m").unwrap();
     let r = RefineLoop::new()
         .max_iterations(2)
         .target_score(0.99)
@@ -88,7 +88,7 @@ async fn a_refused_response_format_is_asked_again_in_plain_text_and_remembered()
 #[tokio::test]
 async fn a_json_score_is_read() {
     let s = server(Schema).await;
-    let p = Provider::new(format!("{}/v1", s.uri()), "m").unwrap();
+    let p = OpenAiProvider::new(format!("{}/v1", s.uri()), "m").unwrap();
     let r = RefineLoop::new()
         .run(&p, "Write a haiku", &RunContext::new())
         .await

@@ -22,7 +22,7 @@ use std::time::Duration;
 use executionkit::engine::CostTracker;
 use executionkit::events::Event;
 use executionkit::{
-    ChatRequest, Error, ErrorKind, LlmProvider, Message, Provider, RetryPolicy, RunContext,
+    ChatRequest, Error, ErrorKind, LlmProvider, Message, OpenAiProvider, RetryPolicy, RunContext,
     StreamEvent,
 };
 use futures::StreamExt;
@@ -85,7 +85,7 @@ impl Llmock {
             .collect()
     }
 
-    fn provider(&self) -> Provider {
+    fn provider(&self) -> OpenAiProvider {
         self.front
             .builder(format!("{}/v1", self.front.uri()), "gpt-4o-mini")
             .api_key(API_KEY)
@@ -185,7 +185,7 @@ async fn unauthorized_is_not_retried(m: &Llmock) {
     assert_eq!(m.requests_for(prompt).await.len(), 1);
 }
 
-async fn drain(provider: &Provider, req: ChatRequest) -> (Vec<StreamEvent>, Option<Error>) {
+async fn drain(provider: &OpenAiProvider, req: ChatRequest) -> (Vec<StreamEvent>, Option<Error>) {
     let mut s = provider.stream(req);
     let mut events = Vec::new();
     while let Some(item) = s.next().await {

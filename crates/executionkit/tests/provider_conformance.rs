@@ -1,6 +1,6 @@
 //! One conformance suite, run unchanged against every provider that ships with the crate: the
 //! mock, the embedded offline model, the `AnthropicProvider` against a loopback fake of the
-//! Messages API (wiremock), and the HTTP `Provider` against llama-server + SmolLM2 when
+//! Messages API (wiremock), and the HTTP `OpenAiProvider` against llama-server + SmolLM2 when
 //! `EK_LLAMA_URL` is set (see `tests/real_server.rs` for how to start it). The two HTTP
 //! providers run over plain http/1.1, https/1.1 and https/2 (`name::http1`, `name::https1`,
 //! `name::https2`; see `common::wire`); the mock and the offline model have no wire.

@@ -12,7 +12,7 @@ use executionkit::engine::CostTracker;
 use executionkit::internals::parse::{parse_arguments, parse_retry_after};
 use executionkit::redact::redact;
 use executionkit::{
-    ChatRequest, Error, LlmProvider, LlmResponse, Message, Provider, RetryPolicy, RunContext,
+    ChatRequest, Error, LlmProvider, LlmResponse, Message, OpenAiProvider, RetryPolicy, RunContext,
     ToolSpec,
 };
 use serde_json::{Value, json};
@@ -44,7 +44,7 @@ async fn server_with(wire: Wire, template: ResponseTemplate) -> WireMock {
     server
 }
 
-fn provider(server: &WireMock) -> Provider {
+fn provider(server: &WireMock) -> OpenAiProvider {
     server
         .builder(format!("{}/v1", server.uri()), "test-model")
         .build()
@@ -80,7 +80,7 @@ fn s011_base_url_scheme_must_be_http_or_https() {
         "javascript:alert(1)",
         "dict://example.com:11211/",
     ] {
-        let e = Provider::new(bad, "m").unwrap_err();
+        let e = OpenAiProvider::new(bad, "m").unwrap_err();
         assert!(e.is_invalid_argument(), "{bad}");
         assert!(
             e.message().contains("scheme must be 'http' or 'https'"),
@@ -89,7 +89,7 @@ fn s011_base_url_scheme_must_be_http_or_https() {
         );
         assert_eq!(e.metadata()["argument"], "base_url");
     }
-    let e = Provider::new("file:///etc/passwd", "m").unwrap_err();
+    let e = OpenAiProvider::new("file:///etc/passwd", "m").unwrap_err();
     assert!(e.message().contains("file://"));
     for good in [
         "http://localhost:11434/v1",
@@ -97,7 +97,7 @@ fn s011_base_url_scheme_must_be_http_or_https() {
         "http://192.168.1.100:11434/v1",
         "https://api.openai.com/v1",
     ] {
-        let p = Provider::new(good, "m").unwrap();
+        let p = OpenAiProvider::new(good, "m").unwrap();
         assert_eq!(p.base_url(), good);
     }
 }
@@ -105,49 +105,60 @@ fn s011_base_url_scheme_must_be_http_or_https() {
 #[test]
 fn invalid_builder_arguments_name_the_argument() {
     let base = "http://127.0.0.1:9/v1";
-    let cases: Vec<(Result<Provider, Error>, &str)> = vec![
-        (Provider::new(base, ""), "model"),
-        (Provider::new(base, "  "), "model"),
-        (Provider::new("http://", "m"), "base_url"),
-        (Provider::new("http://exa mple.com/v1", "m"), "base_url"),
+    let cases: Vec<(Result<OpenAiProvider, Error>, &str)> = vec![
+        (OpenAiProvider::new(base, ""), "model"),
+        (OpenAiProvider::new(base, "  "), "model"),
+        (OpenAiProvider::new("http://", "m"), "base_url"),
         (
-            Provider::builder(base, "m")
+            OpenAiProvider::new("http://exa mple.com/v1", "m"),
+            "base_url",
+        ),
+        (
+            OpenAiProvider::builder(base, "m")
                 .default_temperature(f64::NAN)
                 .build(),
             "default_temperature",
         ),
         (
-            Provider::builder(base, "m")
+            OpenAiProvider::builder(base, "m")
                 .default_temperature(f64::INFINITY)
                 .build(),
             "default_temperature",
         ),
         (
-            Provider::builder(base, "m")
+            OpenAiProvider::builder(base, "m")
                 .default_temperature(-0.1)
                 .build(),
             "default_temperature",
         ),
         (
-            Provider::builder(base, "m").default_max_tokens(0).build(),
+            OpenAiProvider::builder(base, "m")
+                .default_max_tokens(0)
+                .build(),
             "default_max_tokens",
         ),
         (
-            Provider::builder(base, "m").header("bad name", "x").build(),
+            OpenAiProvider::builder(base, "m")
+                .header("bad name", "x")
+                .build(),
             "header",
         ),
         (
-            Provider::builder(base, "m")
+            OpenAiProvider::builder(base, "m")
                 .header("x-ok", "line\nbreak")
                 .build(),
             "header",
         ),
         (
-            Provider::builder(base, "m").api_key("sk-\nnewline").build(),
+            OpenAiProvider::builder(base, "m")
+                .api_key("sk-\nnewline")
+                .build(),
             "api_key",
         ),
         (
-            Provider::builder(base, "m").timeout(Duration::ZERO).build(),
+            OpenAiProvider::builder(base, "m")
+                .timeout(Duration::ZERO)
+                .build(),
             "timeout",
         ),
     ];
@@ -161,7 +172,7 @@ fn invalid_builder_arguments_name_the_argument() {
 
 #[test]
 fn s012_debug_masks_the_api_key() {
-    let p = Provider::builder("https://api.example.com/v1", "gpt-x")
+    let p = OpenAiProvider::builder("https://api.example.com/v1", "gpt-x")
         .api_key("sk-real-secret")
         .build()
         .unwrap();
@@ -172,10 +183,11 @@ fn s012_debug_masks_the_api_key() {
     assert!(!shown.contains("sk-real-secret"));
     assert_eq!(p.secret(), Some("sk-real-secret"));
 
-    let b = Provider::builder("https://api.example.com/v1", "gpt-x").api_key("sk-real-secret");
+    let b =
+        OpenAiProvider::builder("https://api.example.com/v1", "gpt-x").api_key("sk-real-secret");
     assert!(!format!("{b:?}").contains("sk-real-secret"));
 
-    let p = Provider::new("https://api.example.com/v1", "gpt-x").unwrap();
+    let p = OpenAiProvider::new("https://api.example.com/v1", "gpt-x").unwrap();
     assert!(!format!("{p:?}").contains("***"));
     assert_eq!(p.secret(), None);
 }
@@ -846,7 +858,7 @@ async fn s031_server_error_text_is_redacted_end_to_end(wire: Wire) {
 over_wires!(connection_refused_is_a_transport_failure => [http1: Http1, https1: Https1]);
 async fn connection_refused_is_a_transport_failure(wire: Wire) {
     // Bind then drop a listener: the port is closed.
-    let p = Provider::new(closed_port_url(wire), "m").unwrap();
+    let p = OpenAiProvider::new(closed_port_url(wire), "m").unwrap();
     let e = p.complete(&hi()).await.unwrap_err();
     assert!(e.is_transport(), "{e:?}");
     assert!(e.is_retryable());

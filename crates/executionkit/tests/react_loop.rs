@@ -1462,7 +1462,7 @@ impl LlmProvider for NoStreams {
 
 mod over_http {
     use super::*;
-    use executionkit::Provider;
+    use executionkit::OpenAiProvider;
     use wiremock::matchers::{method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -1503,7 +1503,7 @@ mod over_http {
             .with_priority(2)
             .mount(&server)
             .await;
-        let p = Provider::builder(format!("{}/v1", server.uri()), "m")
+        let p = OpenAiProvider::builder(format!("{}/v1", server.uri()), "m")
             .api_key("sk-wire-test-key-123456")
             .build()
             .unwrap();
@@ -1584,7 +1584,7 @@ mod over_http {
                 .with_priority(2)
                 .mount(&server)
                 .await;
-            let p = Provider::builder(format!("{}/v1", server.uri()), "m")
+            let p = OpenAiProvider::builder(format!("{}/v1", server.uri()), "m")
                 .api_key("sk-wire-test-key-123456")
                 .build()
                 .unwrap();

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use executionkit::tools::Tool;
 use executionkit::{
-    Budget, ChatRequest, Kit, Message, Provider, ReactLoop, RetryPolicy, RunContext, ToolChoice,
-    WithCallOptions, stream_completion,
+    Budget, ChatRequest, Kit, Message, OpenAiProvider, ReactLoop, RetryPolicy, RunContext,
+    ToolChoice, WithCallOptions, stream_completion,
 };
 use futures::StreamExt;
 
@@ -36,7 +36,7 @@ async fn real_model_calls_a_tool_through_the_loop() {
     let Some(url) = common::server_url("EK_LLAMA_TOOLS_URL", "scripts/start-llama-tools.sh") else {
         return;
     };
-    let provider = Provider::builder(url, "smollm2")
+    let provider = OpenAiProvider::builder(url, "smollm2")
         .api_key("ek-unused-key")
         .build()
         .unwrap();
@@ -87,7 +87,7 @@ async fn real_server_streams_through_the_budget() {
     };
     let key = std::env::var("EK_LLAMA_KEY").unwrap_or_else(|_| "ek-test-key".to_owned());
     let provider = Arc::new(
-        Provider::builder(url, "smollm2")
+        OpenAiProvider::builder(url, "smollm2")
             .api_key(key)
             .build()
             .unwrap(),

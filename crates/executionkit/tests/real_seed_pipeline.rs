@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use executionkit::{
-    Budget, ChatRequest, Consensus, LlmProvider, LlmResponse, Pipe, Provider, RefineLoop,
+    Budget, ChatRequest, Consensus, LlmProvider, LlmResponse, OpenAiProvider, Pipe, RefineLoop,
     RunContext, TokenUsage,
 };
 
@@ -25,7 +25,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Delegates to the HTTP provider and adds up the usage of every reply the server sent.
 #[derive(Debug)]
 struct Counting {
-    inner: Provider,
+    inner: OpenAiProvider,
     seen: Mutex<TokenUsage>,
 }
 
@@ -45,7 +45,10 @@ impl LlmProvider for Counting {
 
 fn counting(url: &str, key: &str) -> Counting {
     Counting {
-        inner: Provider::builder(url, MODEL).api_key(key).build().unwrap(),
+        inner: OpenAiProvider::builder(url, MODEL)
+            .api_key(key)
+            .build()
+            .unwrap(),
         seen: Mutex::new(TokenUsage::default()),
     }
 }

@@ -1,4 +1,4 @@
-//! The HTTP `Provider` against a real OpenAI-compatible server: llama.cpp's `llama-server`
+//! The HTTP `OpenAiProvider` against a real OpenAI-compatible server: llama.cpp's `llama-server`
 //! serving SmolLM2-135M (TESTING.md §1).
 //!
 //! Start it with `eval "$(scripts/start-llama.sh)"; export EK_LLAMA_URL EK_LLAMA_KEY`. Without
@@ -13,7 +13,8 @@ use executionkit::engine::CostTracker;
 use executionkit::internals::parse::parse_usage;
 use executionkit::provider::Usage;
 use executionkit::{
-    ChatRequest, LlmProvider, LlmResponse, Message, Provider, RetryPolicy, RunContext, StreamEvent,
+    ChatRequest, LlmProvider, LlmResponse, Message, OpenAiProvider, RetryPolicy, RunContext,
+    StreamEvent,
 };
 use futures::StreamExt;
 
@@ -23,8 +24,8 @@ const MODEL: &str = "smollm2";
 /// a seed reproduces its text only when requests do not overlap.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn provider(url: &str, key: &str) -> Provider {
-    Provider::builder(url, MODEL)
+fn provider(url: &str, key: &str) -> OpenAiProvider {
+    OpenAiProvider::builder(url, MODEL)
         .api_key(key)
         .supports_n(true)
         .build()

@@ -10,9 +10,8 @@ use executionkit::patterns::react::ReactLoop;
 use executionkit::patterns::structured::StructuredValue;
 use executionkit::tools::Tool;
 use executionkit::{
-    Choice, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, MockProvider, Pattern,
-    PatternResult, Pipe, Provider, RefineLoop, Result, RetryPolicy, RunContext, StepInput,
-    ToolCall,
+    Choice, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, MockProvider, OpenAiProvider,
+    Pattern, PatternResult, Pipe, RefineLoop, Result, RetryPolicy, RunContext, StepInput, ToolCall,
 };
 use serde_json::{Map, Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -265,13 +264,13 @@ async fn url_credentials_and_echoed_keys_stay_out_of_errors_and_debug() {
         .await;
     let authority = server.uri().trim_start_matches("http://").to_owned();
     let with_creds = format!("http://bot:hunter2pass@{authority}/v1");
-    let p = Provider::builder(with_creds.clone(), "m")
+    let p = OpenAiProvider::builder(with_creds.clone(), "m")
         .api_key(KEY)
         .build()
         .unwrap();
     for text in [
         format!("{p:?}"),
-        format!("{:?}", Provider::builder(with_creds, "m")),
+        format!("{:?}", OpenAiProvider::builder(with_creds, "m")),
     ] {
         assert!(!text.contains("hunter2pass"), "{text}");
         assert!(!leaks(&text), "{text}");
@@ -297,7 +296,7 @@ async fn url_credentials_and_echoed_keys_stay_out_of_errors_and_debug() {
         .local_addr()
         .unwrap()
         .port();
-    let p = Provider::builder(format!("http://bot:hunter2pass@127.0.0.1:{port}/v1"), "m")
+    let p = OpenAiProvider::builder(format!("http://bot:hunter2pass@127.0.0.1:{port}/v1"), "m")
         .api_key(KEY)
         .build()
         .unwrap();

@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use executionkit::internals::sse::{SseLine, StreamAccumulator, parse_sse_line};
-use executionkit::{ChatRequest, Error, LlmProvider, LlmResponse, Message, Provider, StreamEvent};
+use executionkit::{
+    ChatRequest, Error, LlmProvider, LlmResponse, Message, OpenAiProvider, StreamEvent,
+};
 use futures::StreamExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -49,7 +51,7 @@ fn sse(frames: &[Value]) -> String {
 }
 
 /// Drains a stream into its items, stopping after the first error.
-async fn drain(provider: &Provider, req: ChatRequest) -> (Vec<StreamEvent>, Option<Error>) {
+async fn drain(provider: &OpenAiProvider, req: ChatRequest) -> (Vec<StreamEvent>, Option<Error>) {
     let mut s = provider.stream(req);
     let mut events = Vec::new();
     while let Some(item) = s.next().await {
@@ -297,7 +299,7 @@ async fn s036_stream_http_error_and_connection_refused(wire: Wire) {
         assert_eq!(e.is_provider(), !permanent, "{status}: {e:?}");
     }
 
-    let p = Provider::new(closed_port_url(wire), "m").unwrap();
+    let p = OpenAiProvider::new(closed_port_url(wire), "m").unwrap();
     let (events, err) = drain(&p, hi()).await;
     assert!(events.is_empty());
     let e = err.unwrap();
@@ -372,7 +374,7 @@ async fn hold(mut sock: TcpStream) {
     }
 }
 
-fn quick_provider(front: &Front) -> Provider {
+fn quick_provider(front: &Front) -> OpenAiProvider {
     front
         .builder(front.uri(), "m")
         .stream_idle_timeout(Duration::from_millis(300))

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use executionkit::internals::json::{INVALID_JSON_MESSAGE, NO_JSON_MESSAGE, extract_json};
 use executionkit::patterns::structured::{StructuredValue, structured};
 use executionkit::{
-    Budget, LlmResponse, MockProvider, Pattern, Provider, RetryPolicy, Role, RunContext, StepInput,
-    TokenUsage,
+    Budget, LlmResponse, MockProvider, OpenAiProvider, Pattern, RetryPolicy, Role, RunContext,
+    StepInput, TokenUsage,
 };
 use proptest::prelude::*;
 use serde::Deserialize;
@@ -460,7 +460,7 @@ async fn response_format_is_sent_on_the_wire() {
         .mount(&server)
         .await;
     assert!(server.uri().starts_with("http://127.0.0.1:"));
-    let provider = Provider::builder(format!("{}/v1", server.uri()), "m")
+    let provider = OpenAiProvider::builder(format!("{}/v1", server.uri()), "m")
         .build()
         .unwrap();
     let r = structured::<Person>()

@@ -1,6 +1,6 @@
 //! The one transport over https/1.1 and https/2, against servers started in the test
-//! (`tests/common`): a [`Provider`] through a byte-for-byte TLS relay in front of wiremock
-//! (trusting the relay's throwaway CA with `root_certificate_pem`), and a [`Provider`] against
+//! (`tests/common`): an [`OpenAiProvider`] through a byte-for-byte TLS relay in front of wiremock
+//! (trusting the relay's throwaway CA with `root_certificate_pem`), and an [`OpenAiProvider`] against
 //! the HTTP/2 test server: multiplexing within `max_concurrent_streams`, GOAWAY and
 //! `REFUSED_STREAM` as typed retryable errors, and requests received ≤ calls made.
 
@@ -15,7 +15,9 @@ use std::time::Duration;
 use common::h2::{H2Options, H2Reply, H2Server};
 use common::hostile::completion;
 use common::tls::TlsRelay;
-use executionkit::{ChatRequest, Error, LlmProvider, LlmResponse, Message, Provider, StreamEvent};
+use executionkit::{
+    ChatRequest, Error, LlmProvider, LlmResponse, Message, OpenAiProvider, StreamEvent,
+};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};
@@ -75,7 +77,7 @@ async fn echo_server() -> MockServer {
     s
 }
 
-async fn stream_text(p: &Provider, prompt: &str) -> (String, Option<LlmResponse>) {
+async fn stream_text(p: &OpenAiProvider, prompt: &str) -> (String, Option<LlmResponse>) {
     let mut s = p.stream(ask(prompt));
     let (mut text, mut done) = (String::new(), None);
     while let Some(ev) = s.next().await {
@@ -94,7 +96,7 @@ async fn stream_text(p: &Provider, prompt: &str) -> (String, Option<LlmResponse>
 async fn https11_complete_and_stream_through_the_tls_relay() {
     let server = echo_server().await;
     let relay = TlsRelay::http11(*server.address()).await;
-    let p = Provider::builder(format!("{}/v1", relay.url()), "test-model")
+    let p = OpenAiProvider::builder(format!("{}/v1", relay.url()), "test-model")
         .api_key(KEY)
         .root_certificate_pem(&relay.ca_pem)
         .no_proxy()
@@ -116,7 +118,7 @@ async fn https11_complete_and_stream_through_the_tls_relay() {
 async fn https_without_the_ca_fails_with_a_typed_connect_error() {
     let server = echo_server().await;
     let relay = TlsRelay::http11(*server.address()).await;
-    let p = Provider::builder(format!("{}/v1", relay.url()), "test-model")
+    let p = OpenAiProvider::builder(format!("{}/v1", relay.url()), "test-model")
         .api_key(KEY)
         .no_proxy()
         .build()
@@ -131,8 +133,8 @@ async fn https_without_the_ca_fails_with_a_typed_connect_error() {
 
 // ---- https/2 ----
 
-fn h2_provider(server: &H2Server) -> Provider {
-    Provider::builder(format!("{}/v1", server.url()), "test-model")
+fn h2_provider(server: &H2Server) -> OpenAiProvider {
+    OpenAiProvider::builder(format!("{}/v1", server.url()), "test-model")
         .api_key(KEY)
         .root_certificate_pem(&server.ca_pem)
         .no_proxy()
@@ -214,7 +216,7 @@ async fn h2_200_concurrent_calls_multiplex_over_few_connections() {
 }
 
 /// Runs `n` concurrent calls; returns their results in order.
-async fn concurrent(p: &Provider, n: usize, tag: &str) -> Vec<Result<LlmResponse, Error>> {
+async fn concurrent(p: &OpenAiProvider, n: usize, tag: &str) -> Vec<Result<LlmResponse, Error>> {
     let calls = (0..n).map(|i| {
         let p = p.clone();
         let prompt = format!("{tag}{i}");

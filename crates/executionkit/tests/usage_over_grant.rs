@@ -15,7 +15,7 @@ use executionkit::engine::CostTracker;
 use executionkit::events::Event;
 use executionkit::{
     Budget, ChatRequest, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, MapReduce, Message,
-    MockProvider, Pipe, Provider, ReactLoop, RefineLoop, Result, RetryPolicy, RunContext,
+    MockProvider, OpenAiProvider, Pipe, ReactLoop, RefineLoop, Result, RetryPolicy, RunContext,
     TokenUsage, UsageOverGrant, structured,
 };
 use futures::StreamExt;
@@ -450,7 +450,7 @@ async fn sent_max_tokens(server: &MockServer) -> Vec<Value> {
 #[tokio::test]
 async fn on_the_wire_max_tokens_is_the_reservation_not_the_providers_default() {
     let server = server_reporting(1).await;
-    let p = Provider::builder(format!("{}/v1", server.uri()), "m")
+    let p = OpenAiProvider::builder(format!("{}/v1", server.uri()), "m")
         .default_max_tokens(321)
         .build()
         .unwrap();
@@ -469,7 +469,7 @@ async fn on_the_wire_max_tokens_is_the_reservation_not_the_providers_default() {
 async fn on_the_wire_usage_over_the_grant_is_flagged_and_stops_the_run() {
     // Granted 40, the server reports 500 of a 100-token limit: the next call is never sent.
     let server = server_reporting(500).await;
-    let p = Provider::builder(format!("{}/v1", server.uri()), "m")
+    let p = OpenAiProvider::builder(format!("{}/v1", server.uri()), "m")
         .build()
         .unwrap();
     let (ctx, seen) = recording(RunContext::new().budget(Budget::new().max_output_tokens(100)));

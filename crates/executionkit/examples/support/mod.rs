@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use executionkit::{LlmProvider, OfflineModel, Provider};
+use executionkit::{LlmProvider, OfflineModel, OpenAiProvider};
 
 /// The provider the example runs on, and whether it is the offline model (which then gets
 /// `seed 0`, so consensus samples differ but the run is reproducible).
@@ -30,7 +30,7 @@ pub fn endpoint() -> executionkit::Result<Endpoint> {
     };
     let key = var("EXECUTIONKIT_API_KEY")
         .or_else(|| var("OPENAI_API_KEY").filter(|_| host(&base_url) == "api.openai.com"));
-    let mut builder = Provider::builder(base_url, model);
+    let mut builder = OpenAiProvider::builder(base_url, model);
     if let Some(key) = key {
         builder = builder.api_key(key);
     }

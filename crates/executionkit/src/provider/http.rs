@@ -3,7 +3,7 @@
 //! mapping transport failures and non-2xx replies to our error kinds, reading an SSE body with
 //! an idle timeout, and keeping the API key out of every error.
 //!
-//! [`Provider`](super::Provider) (OpenAI chat completions) and
+//! [`OpenAiProvider`](super::OpenAiProvider) (OpenAI chat completions) and
 //! [`AnthropicProvider`](super::AnthropicProvider) (Anthropic Messages) both sit on it, so a
 //! status, a `Retry-After` or a broken connection means the same on either.
 

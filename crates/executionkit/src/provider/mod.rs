@@ -1,5 +1,5 @@
 //! The provider seam: [`LlmProvider`], the request and response types, and the providers
-//! that ship with the crate ([`Provider`] for OpenAI-compatible endpoints and
+//! that ship with the crate ([`OpenAiProvider`] for OpenAI-compatible endpoints and
 //! [`AnthropicProvider`] for Anthropic's Messages API over HTTP, [`MockProvider`],
 //! [`OfflineModel`]).
 
@@ -33,11 +33,11 @@ pub use anthropic::{
 pub use mock::{MockCall, MockProvider};
 #[cfg(feature = "offline")]
 pub use offline::OfflineModel;
-pub use openai::{Provider, ProviderBuilder};
+pub use openai::{OpenAiProvider, OpenAiProviderBuilder};
 pub use rate_limit::RateLimited;
 pub use sse::StreamLimits;
 
-/// The default `max_tokens` of every pattern and of [`Provider`].
+/// The default `max_tokens` of every pattern and of [`OpenAiProvider`].
 ///
 /// ```
 /// use executionkit::{Consensus, MockProvider, RunContext, provider::DEFAULT_MAX_TOKENS};

@@ -5,7 +5,7 @@
 //!
 //! ```ignore
 //! let relay = CountingRelay::start(addr_of(&llmock_url)).await;
-//! let p = Provider::new(format!("{}/v1", relay.url()), "m")?;
+//! let p = OpenAiProvider::new(format!("{}/v1", relay.url()), "m")?;
 //! // … calls …
 //! assert!(relay.requests() <= reported.llm_calls);
 //! ```

@@ -11,7 +11,7 @@
 //!
 //! ```ignore
 //! let server = H2Server::start(H2Options::default(), |req| H2Reply::json(completion("hi"))).await;
-//! let p = Provider::builder(format!("{}/v1", server.url()), "m").root_certificate_pem(&server.ca_pem);
+//! let p = OpenAiProvider::builder(format!("{}/v1", server.url()), "m").root_certificate_pem(&server.ca_pem);
 //! ```
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure here is a failed test

@@ -15,7 +15,7 @@
 //!
 //! ```ignore
 //! let relay = H2Relay::start(*wiremock.address()).await;
-//! let p = Provider::builder(format!("{}/v1", relay.url()), "m").root_certificate_pem(&relay.ca_pem);
+//! let p = OpenAiProvider::builder(format!("{}/v1", relay.url()), "m").root_certificate_pem(&relay.ca_pem);
 //! ```
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure here is a failed test

@@ -98,7 +98,7 @@ impl Hostile {
         }
     }
 
-    /// `http://127.0.0.1:PORT/v1`: a base URL for `Provider` or `ek`.
+    /// `http://127.0.0.1:PORT/v1`: a base URL for `OpenAiProvider` or `ek`.
     pub fn url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }

@@ -6,7 +6,7 @@
 //!
 //! ```ignore
 //! let relay = TlsRelay::http11(wiremock.address().to_owned()).await;
-//! let p = Provider::builder(format!("{}/v1", relay.url()), "m").root_certificate_pem(&relay.ca_pem);
+//! let p = OpenAiProvider::builder(format!("{}/v1", relay.url()), "m").root_certificate_pem(&relay.ca_pem);
 //! ```
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure here is a failed test

@@ -24,7 +24,9 @@
 use std::fmt;
 use std::ops::Deref;
 
-use executionkit::{AnthropicProvider, AnthropicProviderBuilder, Provider, ProviderBuilder};
+use executionkit::{
+    AnthropicProvider, AnthropicProviderBuilder, OpenAiProvider, OpenAiProviderBuilder,
+};
 use wiremock::MockServer;
 
 use super::h2relay::H2Relay;
@@ -117,9 +119,9 @@ impl Front {
         self.ca_pem.as_deref()
     }
 
-    /// `Provider::builder(base_url, model)` trusting this front's CA.
-    pub fn builder(&self, base_url: impl Into<String>, model: &str) -> ProviderBuilder {
-        let b = Provider::builder(base_url, model);
+    /// `OpenAiProvider::builder(base_url, model)` trusting this front's CA.
+    pub fn builder(&self, base_url: impl Into<String>, model: &str) -> OpenAiProviderBuilder {
+        let b = OpenAiProvider::builder(base_url, model);
         match &self.ca_pem {
             Some(pem) => b.root_certificate_pem(pem),
             None => b,
@@ -170,8 +172,8 @@ impl WireMock {
         &self.front
     }
 
-    /// `Provider::builder(base_url, model)` trusting the front's CA.
-    pub fn builder(&self, base_url: impl Into<String>, model: &str) -> ProviderBuilder {
+    /// `OpenAiProvider::builder(base_url, model)` trusting the front's CA.
+    pub fn builder(&self, base_url: impl Into<String>, model: &str) -> OpenAiProviderBuilder {
         self.front.builder(base_url, model)
     }
 }

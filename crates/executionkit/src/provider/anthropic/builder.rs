@@ -189,7 +189,7 @@ impl AnthropicProviderBuilder {
     }
 
     /// Sets the temperature sent when a request sets none (default 0.7, as for
-    /// [`Provider`](crate::Provider); the Messages API accepts 0 to 1).
+    /// [`OpenAiProvider`](crate::OpenAiProvider); the Messages API accepts 0 to 1).
     ///
     /// ```
     /// let e = executionkit::AnthropicProvider::builder("http://127.0.0.1:1", "m")

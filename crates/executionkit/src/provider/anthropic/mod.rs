@@ -10,7 +10,7 @@
 //! `response_format` and `seed` have no Messages equivalent and are not sent
 //! ([`Structured`](crate::Structured) also states the schema in the prompt); `n` above 1 is
 //! refused (one choice per request: [`LlmProvider::supports_n`] is `false`). `extra` keys are
-//! merged into the body last, as for [`Provider`](super::Provider).
+//! merged into the body last, as for [`OpenAiProvider`](super::OpenAiProvider).
 //!
 //! A reply's text blocks are joined, its `tool_use` blocks become [`ToolCall`]s, its
 //! `stop_reason` becomes the finish reason in the OpenAI vocabulary the patterns use
@@ -74,7 +74,7 @@ fn provider_err(msg: impl Into<String>) -> Error {
 /// base URL is the API root, as in Anthropic's SDKs ([`ANTHROPIC_BASE_URL`]); `complete` posts to
 /// `{base}/v1/messages` with `x-api-key`, `anthropic-version` ([`ANTHROPIC_VERSION`]) and
 /// `content-type: application/json`; `stream` does the same with `"stream": true`, lazily.
-/// Statuses map as for [`Provider`](super::Provider): 429 → `rate_limited` with its
+/// Statuses map as for [`OpenAiProvider`](super::OpenAiProvider): 429 → `rate_limited` with its
 /// `Retry-After`; 400, 401, 403, 404, 413 → `permanent`; 5xx and 529 (`overloaded_error`) →
 /// `provider`, which the default retry policy retries. The API key is masked in `Debug` and
 /// removed from every error.

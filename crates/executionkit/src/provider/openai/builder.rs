@@ -1,4 +1,4 @@
-//! [`ProviderBuilder`]: every setting of a [`Provider`], checked by [`ProviderBuilder::build`],
+//! [`OpenAiProviderBuilder`]: every setting of an [`OpenAiProvider`], checked by [`OpenAiProviderBuilder::build`],
 //! and the defaults.
 
 use std::fmt;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 
-use super::{Inner, Provider};
+use super::{Inner, OpenAiProvider};
 use crate::error::{Error, Result};
 use crate::provider::DEFAULT_MAX_TOKENS;
 use crate::provider::http::{
@@ -26,24 +26,24 @@ pub const DEFAULT_STREAM_DEADLINE: Duration = Duration::from_secs(600);
 /// The default temperature of requests that set none (0.7).
 pub const DEFAULT_TEMPERATURE: f64 = 0.7;
 
-/// Builds a [`Provider`]; every argument is checked by [`ProviderBuilder::build`] before any
+/// Builds an [`OpenAiProvider`]; every argument is checked by [`OpenAiProviderBuilder::build`] before any
 /// request is sent.
 ///
 /// ```
-/// use executionkit::Provider;
-/// let p = Provider::builder("https://my-azure.openai.azure.com/openai/deployments/gpt4o", "gpt-4o")
+/// use executionkit::OpenAiProvider;
+/// let p = OpenAiProvider::builder("https://my-azure.openai.azure.com/openai/deployments/gpt4o", "gpt-4o")
 ///     .header("api-key", "azure-key")
 ///     .query("api-version", "2024-10-21")
 ///     .supports_n(false)
 ///     .build()
 ///     .unwrap();
 /// # let _ = p;
-/// let e = Provider::builder("file:///etc/passwd", "m").build().unwrap_err();
+/// let e = OpenAiProvider::builder("file:///etc/passwd", "m").build().unwrap_err();
 /// assert!(e.message().contains("scheme must be 'http' or 'https'"));
 /// ```
 #[derive(Clone)]
 #[must_use]
-pub struct ProviderBuilder {
+pub struct OpenAiProviderBuilder {
     base_url: String,
     model: String,
     api_key: String,
@@ -62,10 +62,10 @@ pub struct ProviderBuilder {
     stream_limits: StreamLimits,
 }
 
-impl fmt::Debug for ProviderBuilder {
+impl fmt::Debug for OpenAiProviderBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
-        f.debug_struct("ProviderBuilder")
+        f.debug_struct("OpenAiProviderBuilder")
             .field("base_url", &redact(&self.base_url))
             .field("model", &self.model)
             .field("api_key", &mask(&self.api_key))
@@ -85,15 +85,15 @@ impl fmt::Debug for ProviderBuilder {
     }
 }
 
-impl Provider {
+impl OpenAiProvider {
     /// Starts a builder for `model` at `base_url` (e.g. `http://127.0.0.1:8080/v1`).
     ///
     /// ```
-    /// let b = executionkit::Provider::builder("http://localhost:11434/v1", "llama3");
+    /// let b = executionkit::OpenAiProvider::builder("http://localhost:11434/v1", "llama3");
     /// assert!(b.build().is_ok());
     /// ```
-    pub fn builder(base_url: impl Into<String>, model: impl Into<String>) -> ProviderBuilder {
-        ProviderBuilder {
+    pub fn builder(base_url: impl Into<String>, model: impl Into<String>) -> OpenAiProviderBuilder {
+        OpenAiProviderBuilder {
             base_url: base_url.into(),
             model: model.into(),
             api_key: String::new(),
@@ -114,11 +114,11 @@ impl Provider {
     }
 }
 
-impl ProviderBuilder {
+impl OpenAiProviderBuilder {
     /// Sets the API key, sent as `Authorization: Bearer <key>` (nothing when empty).
     ///
     /// ```
-    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").api_key("k-1234").build().unwrap();
+    /// let p = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m").api_key("k-1234").build().unwrap();
     /// assert!(format!("{p:?}").contains("***"));
     /// ```
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
@@ -131,7 +131,7 @@ impl ProviderBuilder {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").timeout(Duration::from_secs(5)).build().unwrap();
+    /// let p = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m").timeout(Duration::from_secs(5)).build().unwrap();
     /// assert_eq!(p.timeout(), Duration::from_secs(5));
     /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -144,7 +144,7 @@ impl ProviderBuilder {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m")
+    /// let p = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m")
     ///     .stream_idle_timeout(Duration::from_millis(300)).build().unwrap();
     /// assert_eq!(p.stream_idle_timeout(), Duration::from_millis(300));
     /// ```
@@ -157,7 +157,7 @@ impl ProviderBuilder {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let b = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").connect_timeout(Duration::from_secs(2));
+    /// let b = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m").connect_timeout(Duration::from_secs(2));
     /// assert!(b.build().is_ok());
     /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -169,7 +169,7 @@ impl ProviderBuilder {
     /// Header values are treated as sensitive and never shown.
     ///
     /// ```
-    /// let e = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").header("bad name", "x").build().unwrap_err();
+    /// let e = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m").header("bad name", "x").build().unwrap_err();
     /// assert_eq!(e.metadata()["argument"], "header");
     /// ```
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -180,7 +180,7 @@ impl ProviderBuilder {
     /// Adds a query parameter to the endpoint URL (e.g. Azure's `api-version`).
     ///
     /// ```
-    /// let b = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").query("api-version", "2024-10-21");
+    /// let b = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m").query("api-version", "2024-10-21");
     /// assert!(b.build().is_ok());
     /// ```
     pub fn query(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -191,7 +191,7 @@ impl ProviderBuilder {
     /// Sets the temperature sent when a request sets none (default 0.7).
     ///
     /// ```
-    /// let e = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").default_temperature(f64::NAN).build().unwrap_err();
+    /// let e = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m").default_temperature(f64::NAN).build().unwrap_err();
     /// assert_eq!(e.metadata()["argument"], "default_temperature");
     /// ```
     pub fn default_temperature(mut self, t: f64) -> Self {
@@ -202,7 +202,7 @@ impl ProviderBuilder {
     /// Sets the `max_tokens` sent when a request sets none (default 4096).
     ///
     /// ```
-    /// let e = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").default_max_tokens(0).build().unwrap_err();
+    /// let e = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m").default_max_tokens(0).build().unwrap_err();
     /// assert!(e.is_invalid_argument());
     /// ```
     pub fn default_max_tokens(mut self, n: u32) -> Self {
@@ -214,7 +214,7 @@ impl ProviderBuilder {
     ///
     /// ```
     /// use executionkit::LlmProvider;
-    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").supports_n(false).build().unwrap();
+    /// let p = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m").supports_n(false).build().unwrap();
     /// assert!(!p.supports_n());
     /// ```
     pub fn supports_n(mut self, yes: bool) -> Self {
@@ -227,7 +227,7 @@ impl ProviderBuilder {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m")
+    /// let p = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m")
     ///     .stream_deadline(Duration::from_secs(30)).build().unwrap();
     /// assert_eq!(p.stream_deadline(), Duration::from_secs(30));
     /// ```
@@ -240,7 +240,7 @@ impl ProviderBuilder {
     /// reply fails with a `provider` error and its connection is closed.
     ///
     /// ```
-    /// let e = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").max_response_bytes(0).build().unwrap_err();
+    /// let e = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m").max_response_bytes(0).build().unwrap_err();
     /// assert_eq!(e.metadata()["argument"], "max_response_bytes");
     /// ```
     pub fn max_response_bytes(mut self, limit: usize) -> Self {
@@ -255,7 +255,7 @@ impl ProviderBuilder {
     /// use executionkit::provider::StreamLimits;
     /// let mut limits = StreamLimits::default();
     /// limits.max_text_bytes = 1 << 20;
-    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").stream_limits(limits).build();
+    /// let p = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m").stream_limits(limits).build();
     /// assert!(p.is_ok());
     /// ```
     pub fn stream_limits(mut self, limits: StreamLimits) -> Self {
@@ -267,7 +267,7 @@ impl ProviderBuilder {
     /// and the system's (`SSL_CERT_FILE` / `SSL_CERT_DIR` replace the system's when set).
     ///
     /// ```
-    /// let e = executionkit::Provider::builder("https://127.0.0.1:1/v1", "m")
+    /// let e = executionkit::OpenAiProvider::builder("https://127.0.0.1:1/v1", "m")
     ///     .root_certificate_pem("not a certificate").build().unwrap_err();
     /// assert_eq!(e.metadata()["argument"], "root_certificate_pem");
     /// ```
@@ -280,7 +280,7 @@ impl ProviderBuilder {
     /// either case), which are honoured by default.
     ///
     /// ```
-    /// let p = executionkit::Provider::builder("http://127.0.0.1:1/v1", "m").no_proxy().build();
+    /// let p = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m").no_proxy().build();
     /// assert!(p.is_ok());
     /// ```
     pub fn no_proxy(mut self) -> Self {
@@ -294,10 +294,10 @@ impl ProviderBuilder {
     /// or a header name/value (or API key) that cannot be sent.
     ///
     /// ```
-    /// let e = executionkit::Provider::builder("ftp://host/v1", "m").build().unwrap_err();
+    /// let e = executionkit::OpenAiProvider::builder("ftp://host/v1", "m").build().unwrap_err();
     /// assert!(e.message().contains("ftp://"));
     /// ```
-    pub fn build(self) -> Result<Provider> {
+    pub fn build(self) -> Result<OpenAiProvider> {
         if self.model.trim().is_empty() {
             return Err(Error::invalid_argument("model", "model must not be empty"));
         }
@@ -351,7 +351,7 @@ impl ProviderBuilder {
             use_env_proxy: self.use_env_proxy,
         }
         .transport(&url, headers)?;
-        Ok(Provider {
+        Ok(OpenAiProvider {
             inner: Arc::new(Inner {
                 http: Endpoint {
                     transport: Arc::new(transport),

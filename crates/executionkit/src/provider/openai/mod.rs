@@ -4,8 +4,8 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use executionkit::Provider;
-//! let p = Provider::builder("http://127.0.0.1:8080/v1", "smollm2")
+//! use executionkit::OpenAiProvider;
+//! let p = OpenAiProvider::builder("http://127.0.0.1:8080/v1", "smollm2")
 //!     .api_key("sk-local-secret")
 //!     .timeout(Duration::from_secs(30))
 //!     .default_temperature(0.2)
@@ -38,7 +38,7 @@ mod tests;
 
 pub use builder::{
     DEFAULT_STREAM_DEADLINE, DEFAULT_STREAM_IDLE_TIMEOUT, DEFAULT_TEMPERATURE, DEFAULT_TIMEOUT,
-    ProviderBuilder,
+    OpenAiProviderBuilder,
 };
 
 /// The OpenAI-compatible HTTP provider.
@@ -50,14 +50,14 @@ pub use builder::{
 /// error message.
 ///
 /// ```
-/// use executionkit::{LlmProvider, Provider};
-/// let p = Provider::new("https://api.example.com/v1/", "gpt-4o-mini").unwrap();
+/// use executionkit::{LlmProvider, OpenAiProvider};
+/// let p = OpenAiProvider::new("https://api.example.com/v1/", "gpt-4o-mini").unwrap();
 /// assert_eq!(p.model(), "gpt-4o-mini");
 /// assert_eq!(p.base_url(), "https://api.example.com/v1/");
 /// assert!(p.supports_streaming() && p.supports_tools());
 /// ```
 #[derive(Clone)]
-pub struct Provider {
+pub struct OpenAiProvider {
     inner: Arc<Inner>,
 }
 
@@ -73,7 +73,7 @@ struct Inner {
     stream_limits: StreamLimits,
 }
 
-impl fmt::Debug for Provider {
+impl fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Provider")
             .field("base_url", &redact(&self.inner.base_url))
@@ -83,11 +83,11 @@ impl fmt::Debug for Provider {
     }
 }
 
-impl Provider {
+impl OpenAiProvider {
     /// A provider with every default and no API key.
     ///
     /// ```
-    /// let e = executionkit::Provider::new("http://127.0.0.1:8080/v1", " ").unwrap_err();
+    /// let e = executionkit::OpenAiProvider::new("http://127.0.0.1:8080/v1", " ").unwrap_err();
     /// assert!(e.is_invalid_argument());
     /// ```
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Result<Self> {
@@ -97,7 +97,7 @@ impl Provider {
     /// The base URL, as given.
     ///
     /// ```
-    /// let p = executionkit::Provider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// let p = executionkit::OpenAiProvider::new("http://127.0.0.1:8080/v1", "m").unwrap();
     /// assert_eq!(p.base_url(), "http://127.0.0.1:8080/v1");
     /// ```
     #[must_use]
@@ -108,7 +108,7 @@ impl Provider {
     /// The per-request timeout.
     ///
     /// ```
-    /// let p = executionkit::Provider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// let p = executionkit::OpenAiProvider::new("http://127.0.0.1:8080/v1", "m").unwrap();
     /// assert_eq!(p.timeout().as_secs(), 120);
     /// ```
     #[must_use]
@@ -119,7 +119,7 @@ impl Provider {
     /// The stream idle timeout.
     ///
     /// ```
-    /// let p = executionkit::Provider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// let p = executionkit::OpenAiProvider::new("http://127.0.0.1:8080/v1", "m").unwrap();
     /// assert_eq!(p.stream_idle_timeout().as_secs(), 60);
     /// ```
     #[must_use]
@@ -130,7 +130,7 @@ impl Provider {
     /// A stream's total deadline.
     ///
     /// ```
-    /// let p = executionkit::Provider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// let p = executionkit::OpenAiProvider::new("http://127.0.0.1:8080/v1", "m").unwrap();
     /// assert_eq!(p.stream_deadline().as_secs(), 600);
     /// ```
     #[must_use]
@@ -141,7 +141,7 @@ impl Provider {
     /// The temperature sent when a request sets none.
     ///
     /// ```
-    /// let p = executionkit::Provider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// let p = executionkit::OpenAiProvider::new("http://127.0.0.1:8080/v1", "m").unwrap();
     /// assert_eq!(p.default_temperature(), 0.7);
     /// ```
     #[must_use]
@@ -152,7 +152,7 @@ impl Provider {
     /// The `max_tokens` sent when a request sets none.
     ///
     /// ```
-    /// let p = executionkit::Provider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// let p = executionkit::OpenAiProvider::new("http://127.0.0.1:8080/v1", "m").unwrap();
     /// assert_eq!(p.default_max_tokens(), 4096);
     /// ```
     #[must_use]
@@ -164,8 +164,8 @@ impl Provider {
     /// sends for `request`, serialised straight to bytes.
     ///
     /// ```
-    /// use executionkit::{ChatRequest, Message, Provider};
-    /// let p = Provider::builder("http://127.0.0.1:8080/v1", "test-model")
+    /// use executionkit::{ChatRequest, Message, OpenAiProvider};
+    /// let p = OpenAiProvider::builder("http://127.0.0.1:8080/v1", "test-model")
     ///     .default_temperature(0.25)
     ///     .default_max_tokens(321)
     ///     .build()
@@ -222,7 +222,7 @@ impl Inner {
 }
 
 #[async_trait]
-impl LlmProvider for Provider {
+impl LlmProvider for OpenAiProvider {
     fn model(&self) -> &str {
         &self.inner.model
     }

@@ -9,7 +9,7 @@ use crate::provider::Message;
 /// future above that took its slow path on every call (callgrind: ~1,000 instructions).
 #[test]
 fn a_call_future_fits_the_allocators_fast_sizes() {
-    let p = Provider::builder("http://127.0.0.1:9/v1", "m")
+    let p = OpenAiProvider::builder("http://127.0.0.1:9/v1", "m")
         .build()
         .unwrap();
     let req = ChatRequest::new(vec![Message::user("x")]);
@@ -27,7 +27,7 @@ fn a_call_future_fits_the_allocators_fast_sizes() {
 
 #[test]
 fn extra_keys_replace_in_place_and_append() {
-    let p = Provider::builder("http://127.0.0.1:1/v1", "m")
+    let p = OpenAiProvider::builder("http://127.0.0.1:1/v1", "m")
         .build()
         .unwrap();
     let r = ChatRequest::new(vec![Message::user("x")])
