@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use executionkit::engine::stop::StopRule;
+use executionkit::StopRule;
 use executionkit::{
     Budget, Consensus, CostRates, Error, ErrorKind, LlmProvider, MapReduce, Pattern, PatternResult,
     Pipe, ReactLoop, RefineLoop, RetryPolicy, RunContext, StructuredValue, Tool, ToolChoice,

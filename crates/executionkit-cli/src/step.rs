@@ -7,7 +7,7 @@ use executionkit::WithCallOptions as _;
 use std::collections::HashSet;
 use std::str::FromStr;
 
-use executionkit::engine::stop::StopRule;
+use executionkit::StopRule;
 use executionkit::{Consensus, Error, Pattern, RefineLoop, VotingStrategy};
 
 /// The step names `ek pipe` knows.

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
-use executionkit::engine::BudgetLedger;
-use executionkit::provider::Usage;
+use executionkit::BudgetLedger;
+use executionkit::Usage;
 use executionkit::{Budget, CostRates};
 
 /// Reserve + settle operations per task.

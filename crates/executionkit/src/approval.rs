@@ -2,7 +2,7 @@
 //! step) that approves or denies it, optionally under a timeout.
 //!
 //! ```
-//! use executionkit::approval::{ApprovalGate, ApprovalRequest};
+//! use executionkit::{ApprovalGate, ApprovalRequest};
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let gate = ApprovalGate::new(|req: ApprovalRequest| async move {
 //!     Ok(req.subject != "rm")
@@ -28,7 +28,7 @@ use crate::error::{Error, ErrorKind, Result};
 /// step name) and details as JSON.
 ///
 /// ```
-/// let r = executionkit::approval::ApprovalRequest::new("tool_call", "search")
+/// let r = executionkit::ApprovalRequest::new("tool_call", "search")
 ///     .with_metadata("tool_call_id", "tc1");
 /// assert_eq!(r.metadata["tool_call_id"], "tc1");
 /// ```
@@ -47,7 +47,7 @@ impl ApprovalRequest {
     /// A request with empty metadata.
     ///
     /// ```
-    /// let r = executionkit::approval::ApprovalRequest::new("tool_call", "search");
+    /// let r = executionkit::ApprovalRequest::new("tool_call", "search");
     /// assert_eq!((r.action.as_str(), r.subject.as_str()), ("tool_call", "search"));
     /// assert!(r.metadata.is_empty());
     /// ```
@@ -62,7 +62,7 @@ impl ApprovalRequest {
     /// Adds one metadata entry.
     ///
     /// ```
-    /// let r = executionkit::approval::ApprovalRequest::new("tool_call", "search")
+    /// let r = executionkit::ApprovalRequest::new("tool_call", "search")
     ///     .with_metadata("arguments", serde_json::json!({"q": "rust"}));
     /// assert_eq!(r.metadata["arguments"]["q"], "rust");
     /// ```
@@ -75,7 +75,7 @@ impl ApprovalRequest {
 /// The answer: approved or not, and why.
 ///
 /// ```
-/// use executionkit::approval::ApprovalDecision;
+/// use executionkit::ApprovalDecision;
 /// assert!(ApprovalDecision::approve().approved);
 /// assert_eq!(ApprovalDecision::deny("no").reason, "no");
 /// let d: ApprovalDecision = false.into();
@@ -93,7 +93,7 @@ impl ApprovalDecision {
     /// Approved, no reason.
     ///
     /// ```
-    /// let d = executionkit::approval::ApprovalDecision::approve();
+    /// let d = executionkit::ApprovalDecision::approve();
     /// assert!(d.approved && d.reason.is_empty());
     /// ```
     #[must_use]
@@ -107,7 +107,7 @@ impl ApprovalDecision {
     /// Denied with `reason`.
     ///
     /// ```
-    /// let d = executionkit::approval::ApprovalDecision::deny("outside working hours");
+    /// let d = executionkit::ApprovalDecision::deny("outside working hours");
     /// assert!(!d.approved);
     /// assert_eq!(d.reason, "outside working hours");
     /// ```
@@ -133,7 +133,7 @@ impl From<bool> for ApprovalDecision {
 ///
 /// ```
 /// use std::time::Duration;
-/// use executionkit::approval::{ApprovalGate, ApprovalRequest, OnTimeout};
+/// use executionkit::{ApprovalGate, ApprovalRequest, OnTimeout};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// assert_eq!(OnTimeout::default(), OnTimeout::Raise);
 /// let never = || ApprovalGate::new(|_r| futures::future::pending::<executionkit::Result<bool>>());
@@ -166,7 +166,7 @@ type Callback =
 ///
 /// ```
 /// use std::time::Duration;
-/// use executionkit::approval::{ApprovalGate, ApprovalRequest, OnTimeout};
+/// use executionkit::{ApprovalGate, ApprovalRequest, OnTimeout};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let slow = ApprovalGate::new(|_req| async {
 ///     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -199,7 +199,7 @@ impl ApprovalGate {
     /// the error propagates to whoever asked).
     ///
     /// ```
-    /// let g = executionkit::approval::ApprovalGate::new(|_r| async { Ok(true) });
+    /// let g = executionkit::ApprovalGate::new(|_r| async { Ok(true) });
     /// # let _ = g;
     /// ```
     pub fn new<F, Fut, D>(f: F) -> Self
@@ -220,7 +220,7 @@ impl ApprovalGate {
     /// by a timeout keeps running on its thread.
     ///
     /// ```
-    /// use executionkit::approval::{ApprovalGate, ApprovalRequest};
+    /// use executionkit::{ApprovalGate, ApprovalRequest};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let g = ApprovalGate::blocking(|r: ApprovalRequest| Ok(r.subject == "ok"));
     /// assert!(g.request(ApprovalRequest::new("tool_call", "ok")).await.unwrap().approved);
@@ -253,7 +253,7 @@ impl ApprovalGate {
     /// A gate that approves everything.
     ///
     /// ```
-    /// # use executionkit::approval::{ApprovalGate, ApprovalRequest};
+    /// # use executionkit::{ApprovalGate, ApprovalRequest};
     /// let d = futures::executor::block_on(ApprovalGate::allow_all().request(ApprovalRequest::new("a", "b")));
     /// assert!(d.unwrap().approved);
     /// ```
@@ -264,7 +264,7 @@ impl ApprovalGate {
     /// A gate that denies everything with `reason`.
     ///
     /// ```
-    /// # use executionkit::approval::{ApprovalGate, ApprovalRequest};
+    /// # use executionkit::{ApprovalGate, ApprovalRequest};
     /// let d = futures::executor::block_on(ApprovalGate::deny_all("not permitted").request(ApprovalRequest::new("a", "b")));
     /// assert_eq!(d.unwrap().reason, "not permitted");
     /// ```
@@ -281,7 +281,7 @@ impl ApprovalGate {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use executionkit::approval::{ApprovalGate, OnTimeout};
+    /// use executionkit::{ApprovalGate, OnTimeout};
     /// let g = ApprovalGate::allow_all().timeout(Duration::from_secs(5), OnTimeout::Raise);
     /// # let _ = g;
     /// ```
@@ -304,7 +304,7 @@ impl ApprovalGate {
     /// Needs a Tokio runtime when a timeout is set.
     ///
     /// ```
-    /// use executionkit::approval::{ApprovalDecision, ApprovalGate, ApprovalRequest};
+    /// use executionkit::{ApprovalDecision, ApprovalGate, ApprovalRequest};
     /// # futures::executor::block_on(async {
     /// let gate = ApprovalGate::new(|r: ApprovalRequest| async move {
     ///     Ok(if r.subject == "rm" { ApprovalDecision::deny("destructive") } else { ApprovalDecision::approve() })
@@ -354,7 +354,7 @@ impl ApprovalGate {
     /// unchanged (already `approval_denied`, `metadata.reason = "timeout"`).
     ///
     /// ```
-    /// # use executionkit::approval::{ApprovalGate, ApprovalRequest};
+    /// # use executionkit::{ApprovalGate, ApprovalRequest};
     /// let e = futures::executor::block_on(ApprovalGate::deny_all("nope").require(ApprovalRequest::new("delete", "f"))).unwrap_err();
     /// assert_eq!(e.message(), "Approval denied for delete f: nope");
     /// ```

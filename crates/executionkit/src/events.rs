@@ -33,7 +33,7 @@ pub struct Remaining {
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
-/// use executionkit::{ChatRequest, Message, MockProvider, RunContext, engine::CostTracker, events::Event};
+/// use executionkit::{ChatRequest, Message, MockProvider, RunContext, CostTracker, events::Event};
 /// # futures::executor::block_on(async {
 /// let seen = Arc::new(Mutex::new(Vec::new()));
 /// let s = seen.clone();

@@ -3,7 +3,7 @@
 //! rate limit is the provider layer [`RateLimited`].
 //!
 //! ```
-//! use executionkit::{Consensus, MockProvider, kit::Kit};
+//! use executionkit::{Consensus, MockProvider, Kit};
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let kit = Kit::new(MockProvider::new(["Paris"]));
 //! let r = kit.consensus("Capital of France?", &Consensus::new().samples(3)).await.unwrap();
@@ -39,7 +39,7 @@ use crate::usage::TokenUsage;
 /// concurrently from several tasks.
 ///
 /// ```
-/// use executionkit::{Budget, LlmResponse, MockProvider, RunContext, kit::Kit};
+/// use executionkit::{Budget, LlmResponse, MockProvider, RunContext, Kit};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let kit = Kit::new(MockProvider::new([LlmResponse::text("hi").with_usage(10, 2)]))
 ///     .context(RunContext::new().budget(Budget::new().max_calls(2)));
@@ -75,7 +75,7 @@ impl Kit {
     /// A session over `provider` with a default [`RunContext`] and an empty conversation.
     ///
     /// ```
-    /// let kit = executionkit::kit::Kit::new(executionkit::MockProvider::default());
+    /// let kit = executionkit::Kit::new(executionkit::MockProvider::default());
     /// assert!(kit.usage().is_zero());
     /// ```
     #[must_use]
@@ -87,7 +87,7 @@ impl Kit {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use executionkit::{LlmProvider, MockProvider, kit::Kit};
+    /// use executionkit::{LlmProvider, MockProvider, Kit};
     /// let p: Arc<dyn LlmProvider> = Arc::new(MockProvider::default());
     /// let kit = Kit::from_arc(p.clone());
     /// assert!(Arc::ptr_eq(kit.provider(), &p));
@@ -107,7 +107,7 @@ impl Kit {
     /// Runs everything under `ctx` (its budget is shared by every run of the session).
     ///
     /// ```
-    /// use executionkit::{Budget, MockProvider, RunContext, kit::Kit};
+    /// use executionkit::{Budget, MockProvider, RunContext, Kit};
     /// let kit = Kit::new(MockProvider::default()).context(RunContext::new().budget(Budget::new().max_calls(10)));
     /// assert_eq!(kit.run_context().ledger().budget().calls_limit(), Some(10));
     /// ```
@@ -122,7 +122,7 @@ impl Kit {
     ///
     /// ```
     /// use std::num::NonZeroU32;
-    /// use executionkit::{MockProvider, kit::Kit};
+    /// use executionkit::{MockProvider, Kit};
     /// let kit = Kit::new(MockProvider::default())
     ///     .rate_limit(governor::Quota::per_second(NonZeroU32::new(5).unwrap()));
     /// # let _ = kit;
@@ -136,7 +136,7 @@ impl Kit {
     /// `false` turns accounting off: [`usage`](Self::usage) stays zero.
     ///
     /// ```
-    /// let kit = executionkit::kit::Kit::new(executionkit::MockProvider::default()).track_cost(false);
+    /// let kit = executionkit::Kit::new(executionkit::MockProvider::default()).track_cost(false);
     /// # let _ = kit;
     /// ```
     #[must_use]
@@ -148,7 +148,7 @@ impl Kit {
     /// Seeds the conversation used by [`turn`](Self::turn).
     ///
     /// ```
-    /// use executionkit::{Message, MockProvider, kit::Kit};
+    /// use executionkit::{Message, MockProvider, Kit};
     /// let kit = Kit::new(MockProvider::default()).with_messages(vec![Message::system("be brief")]);
     /// assert_eq!(kit.messages().len(), 1);
     /// ```
@@ -161,7 +161,7 @@ impl Kit {
     /// The provider (rate-limited when [`rate_limit`](Self::rate_limit) was used).
     ///
     /// ```
-    /// use executionkit::{MockProvider, kit::Kit};
+    /// use executionkit::{MockProvider, Kit};
     /// let kit = Kit::new(MockProvider::default().with_model("m1"));
     /// assert_eq!(kit.provider().model(), "m1");
     /// ```
@@ -173,7 +173,7 @@ impl Kit {
     /// The run context shared by every dispatch.
     ///
     /// ```
-    /// use executionkit::{Budget, MockProvider, RunContext, kit::Kit};
+    /// use executionkit::{Budget, MockProvider, RunContext, Kit};
     /// let kit = Kit::new(MockProvider::default()).context(RunContext::new().budget(Budget::new().max_calls(3)));
     /// assert_eq!(kit.run_context().ledger().budget().calls_limit(), Some(3));
     /// ```
@@ -184,7 +184,7 @@ impl Kit {
     /// Everything dispatched through the session so far, failed runs included.
     ///
     /// ```
-    /// use executionkit::{LlmResponse, MockProvider, kit::Kit};
+    /// use executionkit::{LlmResponse, MockProvider, Kit};
     /// # futures::executor::block_on(async {
     /// let kit = Kit::new(MockProvider::new([LlmResponse::text("ok").with_usage(7, 3)]));
     /// kit.turn("q").await.unwrap();
@@ -199,7 +199,7 @@ impl Kit {
     /// Money spent through the session, when the budget knows prices.
     ///
     /// ```
-    /// use executionkit::{Budget, CostRates, LlmResponse, MockProvider, RunContext, kit::Kit};
+    /// use executionkit::{Budget, CostRates, LlmResponse, MockProvider, RunContext, Kit};
     /// # futures::executor::block_on(async {
     /// let reply = || MockProvider::new([LlmResponse::text("ok").with_usage(1_000_000, 0)]);
     /// let unpriced = Kit::new(reply());
@@ -223,7 +223,7 @@ impl Kit {
     /// A copy of the conversation.
     ///
     /// ```
-    /// use executionkit::{Message, MockProvider, kit::Kit};
+    /// use executionkit::{Message, MockProvider, Kit};
     /// # futures::executor::block_on(async {
     /// let kit = Kit::new(MockProvider::new(["hello"]));
     /// kit.turn("hi").await.unwrap();
@@ -238,7 +238,7 @@ impl Kit {
     /// Replaces the conversation.
     ///
     /// ```
-    /// let kit = executionkit::kit::Kit::new(executionkit::MockProvider::default());
+    /// let kit = executionkit::Kit::new(executionkit::MockProvider::default());
     /// kit.set_messages(Vec::new());
     /// assert!(kit.messages().is_empty());
     /// ```
@@ -260,7 +260,7 @@ impl Kit {
     /// error's cost) to the session's usage. Use it for patterns without a Kit method.
     ///
     /// ```
-    /// use executionkit::{MockProvider, patterns::structured::StructuredValue, kit::Kit};
+    /// use executionkit::{MockProvider, patterns::structured::StructuredValue, Kit};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let kit = Kit::new(MockProvider::new([r#"{"a": 1}"#]));
     /// let r = kit.track(StructuredValue::new().run(kit.provider().as_ref(), "json please", kit.run_context())).await.unwrap();
@@ -293,7 +293,7 @@ impl Kit {
     /// As [`Consensus::run`].
     ///
     /// ```
-    /// use executionkit::{Consensus, MockProvider, kit::Kit};
+    /// use executionkit::{Consensus, MockProvider, Kit};
     /// # futures::executor::block_on(async {
     /// let kit = Kit::new(MockProvider::new(["Paris", "Paris", "Lyon"]));
     /// let r = kit.consensus("Capital of France?", &Consensus::new().samples(3)).await.unwrap();
@@ -316,7 +316,7 @@ impl Kit {
     /// As [`RefineLoop::run`].
     ///
     /// ```
-    /// use executionkit::{MockProvider, RefineLoop, kit::Kit};
+    /// use executionkit::{MockProvider, RefineLoop, Kit};
     /// # futures::executor::block_on(async {
     /// // A draft, then the judge's score of 9/10, which meets the target.
     /// let kit = Kit::new(MockProvider::new(["draft", "9"]));
@@ -340,7 +340,7 @@ impl Kit {
     /// As [`Pipe::run`].
     ///
     /// ```
-    /// use executionkit::{Consensus, MockProvider, Pipe, kit::Kit};
+    /// use executionkit::{Consensus, MockProvider, Pipe, Kit};
     /// # futures::executor::block_on(async {
     /// let kit = Kit::new(MockProvider::new(["42"]));
     /// let pipe = Pipe::new().step(Consensus::new().samples(2));
@@ -360,7 +360,7 @@ impl Kit {
     /// As [`MapReduce::run`].
     ///
     /// ```
-    /// use executionkit::{MapReduce, MockProvider, kit::Kit};
+    /// use executionkit::{MapReduce, MockProvider, Kit};
     /// # futures::executor::block_on(async {
     /// let kit = Kit::new(MockProvider::new(["a", "b", "a and b"]));
     /// let items = vec!["doc a".to_owned(), "doc b".to_owned()];
@@ -389,7 +389,7 @@ impl Kit {
     /// As [`ReactLoop::run`] (a provider that cannot call tools is refused before any call).
     ///
     /// ```
-    /// use executionkit::{MockProvider, kit::Kit, patterns::react::ReactLoop};
+    /// use executionkit::{MockProvider, Kit, patterns::react::ReactLoop};
     /// # futures::executor::block_on(async {
     /// let kit = Kit::new(MockProvider::new(["4"]));
     /// let r = kit.react("2 + 2?", &ReactLoop::new()).await.unwrap();
@@ -410,7 +410,7 @@ impl Kit {
     /// As [`turn_with`](Self::turn_with).
     ///
     /// ```
-    /// use executionkit::{MockProvider, kit::Kit};
+    /// use executionkit::{MockProvider, Kit};
     /// # futures::executor::block_on(async {
     /// let p = MockProvider::new(["Paris", "Rome"]);
     /// let kit = Kit::new(p.clone());
@@ -431,7 +431,7 @@ impl Kit {
     /// left as it was. Turns run one at a time.
     ///
     /// ```
-    /// use executionkit::{MockProvider, Role, kit::Kit, patterns::react::ReactLoop};
+    /// use executionkit::{MockProvider, Role, Kit, patterns::react::ReactLoop};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let kit = Kit::new(MockProvider::new(["hello", "fine, thanks"]));
     /// kit.turn_with("hi", &ReactLoop::new().max_rounds(2)).await.unwrap();
@@ -471,7 +471,7 @@ impl Kit {
     ///
     /// ```
     /// use futures::StreamExt;
-    /// use executionkit::{MockProvider, kit::Kit};
+    /// use executionkit::{MockProvider, Kit};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let kit = Kit::new(MockProvider::new(["streamed answer"]));
     /// let s = kit.stream("question").await.unwrap();
@@ -497,7 +497,7 @@ impl Kit {
     ///
     /// ```
     /// use futures::StreamExt;
-    /// use executionkit::{ChatRequest, Message, MockProvider, kit::Kit};
+    /// use executionkit::{ChatRequest, Message, MockProvider, Kit};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let kit = Kit::new(MockProvider::new(["streamed"]));
     /// let req = ChatRequest::new(vec![Message::user("q")]).max_tokens(64);

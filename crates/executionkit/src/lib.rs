@@ -10,27 +10,29 @@
 //! assert_eq!(budget.calls_limit(), Some(20));
 //! ```
 
-pub mod approval;
+mod approval;
 pub mod blocking;
-pub mod engine;
-pub mod error;
+mod engine;
+mod error;
 pub mod events;
 pub mod guide;
-pub mod kit;
+mod kit;
 pub mod patterns;
 pub mod pipe;
-pub mod provider;
+mod provider;
 pub mod redact;
 pub mod result;
 pub mod telemetry;
 mod text;
-pub mod tools;
-pub mod usage;
+mod tools;
+mod usage;
 
-pub use approval::{ApprovalDecision, ApprovalGate, ApprovalRequest};
+pub use approval::{ApprovalDecision, ApprovalGate, ApprovalRequest, OnTimeout};
 pub use engine::json::extract_json;
+pub use engine::parallel::{gather_resilient, gather_strict};
+pub use engine::stop::StopRule;
 pub use engine::stream::{StreamingResult, stream_completion};
-pub use engine::{RetryPolicy, RunContext};
+pub use engine::{BudgetLedger, CostTracker, Reservation, RetryPolicy, RunContext};
 pub use error::{Error, ErrorKind, Result};
 pub use kit::Kit;
 pub use patterns::call::{consensus, refine_loop};
@@ -41,17 +43,17 @@ pub use patterns::{
 };
 pub use patterns::{MapReduce, Structured, StructuredValue, structured};
 pub use pipe::Pipe;
-#[cfg(any(test, feature = "testing"))]
-pub use provider::MockProvider;
 #[cfg(feature = "offline")]
 pub use provider::OfflineModel;
 pub use provider::{
-    AnthropicProvider, AnthropicProviderBuilder, ChatRequest, Choice, LlmProvider, LlmResponse,
-    Message, OpenAiProvider, OpenAiProviderBuilder, RateLimited, Role, StreamEvent, ToolCall,
-    ToolChoice, ToolSpec,
+    AnthropicProvider, AnthropicProviderBuilder, ChatRequest, ChatStream, Choice, LlmProvider,
+    LlmResponse, Message, OpenAiProvider, OpenAiProviderBuilder, RateLimited, Role, StreamEvent,
+    StreamLimits, ToolCall, ToolChoice, ToolSpec, Usage,
 };
+#[cfg(any(test, feature = "testing"))]
+pub use provider::{MockCall, MockProvider};
 pub use result::{Metadata, PatternResult};
-pub use tools::Tool;
+pub use tools::{Observation, ObservationKind, Tool, ToolError, ToolErrorKind};
 pub use usage::{Budget, CostRates, TokenUsage, UsageOverGrant};
 
 /// The names most programs need, in one import: `use executionkit::prelude::*;`.
@@ -112,6 +114,18 @@ pub mod internals {
     /// Vote tallies.
     pub mod voting {
         pub use crate::engine::voting::*;
+    }
+    /// Stop rules' vote book.
+    pub mod stop {
+        pub use crate::engine::stop::*;
+    }
+    /// Tool observations' truncation.
+    pub mod tools {
+        pub use crate::tools::{DEFAULT_TOOL_TIMEOUT, TRUNCATION_MARKER, truncate};
+    }
+    /// Provider constants.
+    pub mod provider {
+        pub use crate::provider::{ANTHROPIC_BASE_URL, ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
     }
 }
 

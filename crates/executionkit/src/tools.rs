@@ -10,7 +10,7 @@
 //! the text the model reads.
 //!
 //! ```
-//! use executionkit::tools::Tool;
+//! use executionkit::Tool;
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! #[derive(serde::Deserialize, schemars::JsonSchema)]
 //! struct Add { a: i64, b: i64 }
@@ -42,7 +42,7 @@ use crate::text::prefix;
 /// The default time a tool body may run.
 ///
 /// ```
-/// use executionkit::tools::{DEFAULT_TOOL_TIMEOUT, Tool};
+/// use executionkit::{Tool, internals::tools::DEFAULT_TOOL_TIMEOUT};
 /// let t = Tool::new("f", "d", serde_json::json!({}), |_| async { Ok(String::new()) });
 /// assert_eq!(t.timeout(), DEFAULT_TOOL_TIMEOUT);
 /// assert_eq!(DEFAULT_TOOL_TIMEOUT.as_secs(), 30);
@@ -52,7 +52,7 @@ pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The marker that ends a truncated observation.
 ///
 /// ```
-/// use executionkit::tools::{TRUNCATION_MARKER, truncate};
+/// use executionkit::internals::tools::{TRUNCATION_MARKER, truncate};
 /// assert!(truncate(&"x".repeat(100), 20).ends_with(TRUNCATION_MARKER));
 /// ```
 pub const TRUNCATION_MARKER: &str = "\n[truncated]";
@@ -68,7 +68,7 @@ type ExecuteFn = dyn Fn(Map<String, Value>) -> BoxFuture<'static, std::result::R
 /// What went wrong in a tool body: the kind the model is told about (see [`ToolError`]).
 ///
 /// ```
-/// use executionkit::tools::{ToolError, ToolErrorKind};
+/// use executionkit::{ToolError, ToolErrorKind};
 /// assert_eq!(ToolError::timed_out("upstream").kind(), ToolErrorKind::TimedOut);
 /// assert_eq!(ToolErrorKind::Rejected.as_str(), "rejected");
 /// ```
@@ -92,7 +92,7 @@ impl ToolErrorKind {
     /// `"invalid_arguments"`, `"failed"`, `"timed_out"` or `"rejected"`.
     ///
     /// ```
-    /// use executionkit::tools::ToolErrorKind;
+    /// use executionkit::ToolErrorKind;
     /// assert_eq!(ToolErrorKind::InvalidArguments.as_str(), "invalid_arguments");
     /// assert_eq!(ToolErrorKind::Failed.to_string(), "failed");
     /// ```
@@ -122,7 +122,7 @@ impl fmt::Display for ToolErrorKind {
 /// error, so `?` works on `Result<_, String>`.
 ///
 /// ```
-/// use executionkit::tools::{ObservationKind, Tool, ToolError, ToolErrorKind};
+/// use executionkit::{ObservationKind, Tool, ToolError, ToolErrorKind};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let lookup = Tool::new("lookup", "Looks up a key", serde_json::json!({}), |args| async move {
 ///     let key = args.get("key").and_then(|v| v.as_str()).ok_or_else(|| ToolError::invalid_arguments("no key"))?;
@@ -148,7 +148,7 @@ impl ToolError {
     /// An error of `kind` with `detail` (for the author; never shown to the model).
     ///
     /// ```
-    /// use executionkit::tools::{ToolError, ToolErrorKind};
+    /// use executionkit::{ToolError, ToolErrorKind};
     /// let e = ToolError::new(ToolErrorKind::Rejected, "the user said no");
     /// assert_eq!(e.kind(), ToolErrorKind::Rejected);
     /// ```
@@ -163,7 +163,7 @@ impl ToolError {
     /// The arguments do not fit what the tool needs.
     ///
     /// ```
-    /// let e = executionkit::tools::ToolError::invalid_arguments("n must be positive");
+    /// let e = executionkit::ToolError::invalid_arguments("n must be positive");
     /// assert_eq!(e.to_string(), "invalid tool arguments: n must be positive");
     /// ```
     #[must_use]
@@ -174,7 +174,7 @@ impl ToolError {
     /// The tool could not do its work.
     ///
     /// ```
-    /// let e = executionkit::tools::ToolError::failed("connection refused");
+    /// let e = executionkit::ToolError::failed("connection refused");
     /// assert_eq!(e.detail(), "connection refused");
     /// ```
     #[must_use]
@@ -185,7 +185,7 @@ impl ToolError {
     /// Something the tool waited on took too long.
     ///
     /// ```
-    /// let e = executionkit::tools::ToolError::timed_out("the search backend");
+    /// let e = executionkit::ToolError::timed_out("the search backend");
     /// assert_eq!(e.to_string(), "tool timed out: the search backend");
     /// ```
     #[must_use]
@@ -196,7 +196,7 @@ impl ToolError {
     /// The tool refused to act.
     ///
     /// ```
-    /// let e = executionkit::tools::ToolError::rejected("not confirmed");
+    /// let e = executionkit::ToolError::rejected("not confirmed");
     /// assert_eq!(e.to_string(), "tool call rejected by approval: not confirmed");
     /// ```
     #[must_use]
@@ -207,7 +207,7 @@ impl ToolError {
     /// What kind of failure this is.
     ///
     /// ```
-    /// use executionkit::tools::{ToolError, ToolErrorKind};
+    /// use executionkit::{ToolError, ToolErrorKind};
     /// assert_eq!(ToolError::from("x").kind(), ToolErrorKind::Failed);
     /// ```
     #[must_use]
@@ -218,7 +218,7 @@ impl ToolError {
     /// The detail given by the tool (never shown to the model).
     ///
     /// ```
-    /// assert_eq!(executionkit::tools::ToolError::failed("why").detail(), "why");
+    /// assert_eq!(executionkit::ToolError::failed("why").detail(), "why");
     /// ```
     #[must_use]
     pub fn detail(&self) -> &str {
@@ -287,7 +287,7 @@ impl From<&str> for ToolError {
 /// as `Ok`.
 ///
 /// ```
-/// use executionkit::tools::Tool;
+/// use executionkit::Tool;
 /// let echo = Tool::new(
 ///     "echo",
 ///     "Repeats text",
@@ -325,7 +325,7 @@ impl Tool {
     /// arguments as a JSON object (already validated against `parameters`).
     ///
     /// ```
-    /// let t = executionkit::tools::Tool::new("now", "The time", serde_json::json!({"type": "object"}),
+    /// let t = executionkit::Tool::new("now", "The time", serde_json::json!({"type": "object"}),
     ///     |_args| async { Ok("12:00".to_owned()) });
     /// assert!(t.check_schema().is_ok());
     /// ```
@@ -361,7 +361,7 @@ impl Tool {
     ///     /// What to look up.
     ///     query: String,
     /// }
-    /// let t = executionkit::tools::Tool::typed("search", "Searches", |q: Query| async move { Ok(q.query) });
+    /// let t = executionkit::Tool::typed("search", "Searches", |q: Query| async move { Ok(q.query) });
     /// assert_eq!(t.parameters()["properties"]["query"]["type"], "string");
     /// assert_eq!(t.parameters()["required"][0], "query");
     /// ```
@@ -398,7 +398,7 @@ impl Tool {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let t = executionkit::tools::Tool::new("f", "d", serde_json::json!({}), |_| async { Ok(String::new()) })
+    /// let t = executionkit::Tool::new("f", "d", serde_json::json!({}), |_| async { Ok(String::new()) })
     ///     .with_timeout(Duration::from_millis(500));
     /// assert_eq!(t.timeout(), Duration::from_millis(500));
     /// ```
@@ -410,7 +410,7 @@ impl Tool {
     /// The tool's name.
     ///
     /// ```
-    /// let t = executionkit::tools::Tool::new("search", "d", serde_json::json!({}), |_| async { Ok(String::new()) });
+    /// let t = executionkit::Tool::new("search", "d", serde_json::json!({}), |_| async { Ok(String::new()) });
     /// assert_eq!(t.name(), "search");
     /// ```
     #[must_use]
@@ -421,7 +421,7 @@ impl Tool {
     /// What the tool does, for the model.
     ///
     /// ```
-    /// let t = executionkit::tools::Tool::new("f", "Looks things up", serde_json::json!({}), |_| async { Ok(String::new()) });
+    /// let t = executionkit::Tool::new("f", "Looks things up", serde_json::json!({}), |_| async { Ok(String::new()) });
     /// assert_eq!(t.description(), "Looks things up");
     /// ```
     #[must_use]
@@ -432,7 +432,7 @@ impl Tool {
     /// The JSON schema of the arguments.
     ///
     /// ```
-    /// use executionkit::tools::Tool;
+    /// use executionkit::Tool;
     /// #[derive(serde::Deserialize, schemars::JsonSchema)]
     /// struct Query { q: String }
     /// let t = Tool::typed("search", "d", |a: Query| async move { Ok(a.q) });
@@ -448,7 +448,7 @@ impl Tool {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let t = executionkit::tools::Tool::new("f", "d", serde_json::json!({}), |_| async { Ok(String::new()) })
+    /// let t = executionkit::Tool::new("f", "d", serde_json::json!({}), |_| async { Ok(String::new()) })
     ///     .with_timeout(Duration::from_secs(2));
     /// assert_eq!(t.timeout(), Duration::from_secs(2));
     /// ```
@@ -460,7 +460,7 @@ impl Tool {
     /// The wire description sent to the model.
     ///
     /// ```
-    /// let t = executionkit::tools::Tool::new("f", "d", serde_json::json!({"type": "object"}), |_| async { Ok(String::new()) });
+    /// let t = executionkit::Tool::new("f", "d", serde_json::json!({"type": "object"}), |_| async { Ok(String::new()) });
     /// assert_eq!(t.spec().description, "d");
     /// ```
     #[must_use]
@@ -477,7 +477,7 @@ impl Tool {
     /// every tool this way before its first call.
     ///
     /// ```
-    /// let bad = executionkit::tools::Tool::new("f", "d", serde_json::json!({"type": 12}), |_| async { Ok(String::new()) });
+    /// let bad = executionkit::Tool::new("f", "d", serde_json::json!({"type": 12}), |_| async { Ok(String::new()) });
     /// assert!(bad.check_schema().unwrap_err().is_invalid_argument());
     /// ```
     pub fn check_schema(&self) -> Result<()> {
@@ -499,7 +499,7 @@ impl Tool {
     /// message never quotes an argument value.
     ///
     /// ```
-    /// let t = executionkit::tools::Tool::new("f", "d",
+    /// let t = executionkit::Tool::new("f", "d",
     ///     serde_json::json!({"type": "object", "properties": {"n": {"type": "integer", "maximum": 5}}, "required": ["n"]}),
     ///     |_| async { Ok(String::new()) });
     /// let check = |v: serde_json::Value| t.validate_arguments(v.as_object().unwrap());
@@ -531,7 +531,7 @@ impl Tool {
     /// Runs the body directly: no validation, no timeout, no panic guard.
     ///
     /// ```
-    /// let t = executionkit::tools::Tool::new("f", "d", serde_json::json!({}), |_| async { Ok("x".to_owned()) });
+    /// let t = executionkit::Tool::new("f", "d", serde_json::json!({}), |_| async { Ok("x".to_owned()) });
     /// assert_eq!(futures::executor::block_on(t.call(Default::default())), Ok("x".to_owned()));
     /// ```
     pub fn call(
@@ -550,10 +550,10 @@ impl Tool {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use executionkit::tools::{ObservationKind, Tool};
+    /// use executionkit::{ObservationKind, Tool};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let hang = Tool::new("hang", "never ends", serde_json::json!({}),
-    ///     |_| async { futures::future::pending::<Result<String, executionkit::tools::ToolError>>().await });
+    ///     |_| async { futures::future::pending::<Result<String, executionkit::ToolError>>().await });
     /// let obs = hang.observe(&Default::default(), Some(Duration::from_millis(10)), 100).await;
     /// assert_eq!(obs.kind, ObservationKind::TimedOut);
     /// assert_eq!(obs.text, "Tool execution timed out after 0.01s");
@@ -637,7 +637,7 @@ impl<T> Future for AbortOnDrop<T> {
 /// How a tool call ended.
 ///
 /// ```
-/// use executionkit::tools::{ObservationKind, Tool};
+/// use executionkit::{ObservationKind, Tool};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let t = Tool::new("f", "d", serde_json::json!({}), |_| async { Err::<String, _>("secret detail".into()) });
 /// let obs = t.observe(&Default::default(), None, 100).await;
@@ -670,7 +670,7 @@ pub enum ObservationKind {
 /// What the model is told about one tool call.
 ///
 /// ```
-/// use executionkit::tools::{Observation, ObservationKind};
+/// use executionkit::{Observation, ObservationKind};
 /// let o = Observation::new(ObservationKind::Ok, "42");
 /// assert_eq!(o.text, "42");
 /// ```
@@ -686,7 +686,7 @@ impl Observation {
     /// An observation.
     ///
     /// ```
-    /// use executionkit::tools::{Observation, ObservationKind};
+    /// use executionkit::{Observation, ObservationKind};
     /// let o = Observation::new(ObservationKind::Blocked, "Tool 'rm' blocked by approval");
     /// assert_eq!(o.kind, ObservationKind::Blocked);
     /// assert!(o.text.starts_with("Tool 'rm'"));
@@ -705,7 +705,7 @@ impl Observation {
 /// `"\n[truncated]"`.
 ///
 /// ```
-/// use executionkit::tools::truncate;
+/// use executionkit::internals::tools::truncate;
 /// let abc = "abcdefghijklmnopqrstuvwxyz";
 /// assert_eq!(truncate(abc, 12), "abcdefghijkl");
 /// assert_eq!(truncate(abc, 13), "a\n[truncated]");

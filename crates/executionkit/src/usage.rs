@@ -210,7 +210,7 @@ impl From<Usage> for TokenUsage {
     /// The tokens of one response (the subsets included), with no call counted.
     ///
     /// ```
-    /// use executionkit::{TokenUsage, provider::Usage};
+    /// use executionkit::{TokenUsage, Usage};
     /// let u = Usage { input_tokens: 9, output_tokens: 2, cache_read_input_tokens: 4, ..Usage::default() };
     /// assert_eq!(TokenUsage::from(u), TokenUsage::new(9, 2, 0).with_cache(4, 0));
     /// ```

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use executionkit::engine::CostTracker;
+use executionkit::CostTracker;
+use executionkit::Tool;
 use executionkit::patterns::structured::structured;
-use executionkit::tools::Tool;
 use executionkit::{
     AnthropicProvider, Budget, ChatRequest, Consensus, CostRates, Error, LlmProvider, Message,
     ReactLoop, RefineLoop, RetryPolicy, RunContext, StreamEvent, ToolSpec,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use executionkit::approval::{ApprovalDecision, ApprovalGate, ApprovalRequest, OnTimeout};
+use executionkit::{ApprovalDecision, ApprovalGate, ApprovalRequest, OnTimeout};
 
 fn slow() -> ApprovalGate {
     ApprovalGate::new(|_req: ApprovalRequest| async {

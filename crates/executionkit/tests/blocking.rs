@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use executionkit::tools::Tool;
+use executionkit::Tool;
 use executionkit::{
     Budget, Choice, Consensus, Kit, LlmResponse, MapReduce, MockProvider, OpenAiProvider, Pipe,
     ReactLoop, RefineLoop, RunContext, StructuredValue, ToolCall, blocking, structured,

@@ -9,15 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use executionkit::engine::{BudgetLedger, CostTracker};
 use executionkit::events::Event;
 use executionkit::internals::parse::{parse_retry_after, parse_usage};
-use executionkit::provider::{ChatStream, Usage};
 use executionkit::{
     Budget, ChatRequest, CostRates, Error, ErrorKind, LlmProvider, LlmResponse, Message,
     MockProvider, PatternResult, RetryPolicy, RunContext, StreamEvent, TerminationReason,
     TokenUsage, ToolCall, VotingStrategy,
 };
+use executionkit::{BudgetLedger, CostTracker};
+use executionkit::{ChatStream, Usage};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -957,7 +957,7 @@ impl Drop for DropFlag {
 
 #[tokio::test(start_paused = true)]
 async fn s066_gather_strict() {
-    use executionkit::engine::parallel::gather_strict;
+    use executionkit::gather_strict;
     type Task = futures::future::BoxFuture<'static, executionkit::Result<u64>>;
     let sleepy = |ms: u64, v: u64| -> Task {
         Box::pin(async move {
@@ -1026,7 +1026,7 @@ async fn s066_gather_strict() {
 
 #[tokio::test(start_paused = true)]
 async fn s067_dropping_gather_resilient_cancels_its_tasks() {
-    use executionkit::engine::parallel::gather_resilient;
+    use executionkit::gather_resilient;
     let dropped = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
     let tasks = (0..2).map(|_| {

@@ -7,11 +7,11 @@ use executionkit::WithCallOptions as _;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use executionkit::engine::BudgetLedger;
+use executionkit::BudgetLedger;
+use executionkit::Usage;
 use executionkit::internals::convergence::ConvergenceDetector;
 use executionkit::internals::judge::parse_judge_score;
 use executionkit::internals::voting::{normalize, tally};
-use executionkit::provider::Usage;
 use executionkit::{
     Budget, ChatRequest, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, Message,
     MockProvider, Pattern, PatternResult, Pipe, RefineLoop, Result, RetryPolicy, Role, RunContext,
@@ -945,7 +945,7 @@ impl Pattern for Spy {
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
         self.0.lock().unwrap().push(ctx.ledger().remaining());
-        let t = executionkit::engine::CostTracker::new();
+        let t = executionkit::CostTracker::new();
         let r = ctx
             .complete(
                 p,

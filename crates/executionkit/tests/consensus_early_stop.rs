@@ -6,7 +6,7 @@
 use executionkit::WithCallOptions as _;
 use std::time::Duration;
 
-use executionkit::engine::stop::StopRule;
+use executionkit::StopRule;
 use executionkit::{Budget, Consensus, MockProvider, OpenAiProvider, RunContext, VotingStrategy};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};

@@ -7,11 +7,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use executionkit::kit::Kit;
+use executionkit::Kit;
+use executionkit::RateLimited;
+use executionkit::Tool;
 use executionkit::patterns::map_reduce::MapReduce;
 use executionkit::patterns::react::ReactLoop;
-use executionkit::provider::RateLimited;
-use executionkit::tools::Tool;
 use executionkit::{
     Budget, ChatRequest, Choice, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, Message,
     MockProvider, Pipe, RefineLoop, Result, RetryPolicy, Role, RunContext, TokenUsage, ToolCall,

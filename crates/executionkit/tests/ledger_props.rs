@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use executionkit::engine::{BudgetLedger, CostTracker};
-use executionkit::provider::Usage;
+use executionkit::Usage;
 use executionkit::{Budget, CostRates, LlmResponse, MockProvider, RunContext, TokenUsage};
+use executionkit::{BudgetLedger, CostTracker};
 use futures::FutureExt;
 use proptest::prelude::*;
 

@@ -19,7 +19,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use executionkit::engine::CostTracker;
+use executionkit::CostTracker;
 use executionkit::events::Event;
 use executionkit::{
     ChatRequest, Error, ErrorKind, LlmProvider, Message, OpenAiProvider, RetryPolicy, RunContext,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use executionkit::kit::Kit;
+use executionkit::Kit;
 use executionkit::{
     Budget, ChatRequest, Consensus, LlmProvider, LlmResponse, MockProvider, Pipe, Result,
     RetryPolicy, RunContext, TokenUsage,
@@ -356,8 +356,8 @@ async fn an_inner_pipe_cannot_escape_the_outer_ceiling() {
 /// (no task hangs), and the root's spend is the sum of everything.
 #[test]
 fn concurrent_siblings_share_the_root_without_passing_any_limit() {
-    use executionkit::engine::BudgetLedger;
-    use executionkit::provider::Usage;
+    use executionkit::BudgetLedger;
+    use executionkit::Usage;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -11,7 +11,7 @@ mod common;
 
 use std::sync::Arc;
 
-use executionkit::engine::CostTracker;
+use executionkit::CostTracker;
 use executionkit::{
     ChatRequest, LlmProvider, LlmResponse, Message, MockProvider, OfflineModel, RunContext,
     StreamEvent,

@@ -8,7 +8,7 @@
 use std::error::Error as _;
 use std::time::Duration;
 
-use executionkit::engine::CostTracker;
+use executionkit::CostTracker;
 use executionkit::internals::parse::{parse_arguments, parse_retry_after};
 use executionkit::redact::redact;
 use executionkit::{

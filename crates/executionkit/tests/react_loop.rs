@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use executionkit::approval::{ApprovalDecision, ApprovalGate, ApprovalRequest};
+use executionkit::ChatStream;
+use executionkit::Tool;
 use executionkit::events::Event;
+use executionkit::internals::tools::truncate;
 use executionkit::patterns::react::{ReactLoop, Summary, trim_history};
-use executionkit::provider::ChatStream;
-use executionkit::tools::{Tool, truncate};
+use executionkit::{ApprovalDecision, ApprovalGate, ApprovalRequest};
 use executionkit::{
     Budget, ChatRequest, Choice, Error, LlmProvider, LlmResponse, Message, MockProvider, Result,
     Role, RunContext, TokenUsage, ToolCall, ToolChoice, WithCallOptions,
@@ -353,8 +354,7 @@ async fn s099_deny_all_blocks_and_allow_all_runs() {
 #[tokio::test]
 async fn s101_hanging_tool_times_out_into_an_observation() {
     let hang = Tool::new("hang", "never returns", json!({}), |_| async {
-        futures::future::pending::<std::result::Result<String, executionkit::tools::ToolError>>()
-            .await
+        futures::future::pending::<std::result::Result<String, executionkit::ToolError>>().await
     });
     let p = MockProvider::new([tr("hang", "tc1", json!({})), fin("gave up waiting")]);
     let r = ReactLoop::new()
@@ -1210,8 +1210,7 @@ async fn the_budget_stops_the_loop_with_the_spend() {
 async fn a_panicking_or_hanging_tool_does_not_stop_its_siblings() {
     let panicking = Tool::new("p", "panics", json!({}), |_| async { panic!("boom") });
     let hang = Tool::new("h", "hangs", json!({}), |_| async {
-        futures::future::pending::<std::result::Result<String, executionkit::tools::ToolError>>()
-            .await
+        futures::future::pending::<std::result::Result<String, executionkit::ToolError>>().await
     })
     .with_timeout(Duration::from_millis(10));
     let p = MockProvider::new([
@@ -1352,7 +1351,7 @@ async fn run_and_run_step_offer_and_use_the_same_tools() {
 
 #[tokio::test]
 async fn typed_tool_errors_reach_the_model_as_their_kind_and_are_counted() {
-    use executionkit::tools::{ToolError, ToolErrorKind};
+    use executionkit::{ToolError, ToolErrorKind};
     let failing = |name: &str, error: ToolError| {
         Tool::new(name, "fails", json!({}), move |_| {
             let error = error.clone();

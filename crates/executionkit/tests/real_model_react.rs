@@ -16,7 +16,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use executionkit::tools::Tool;
+use executionkit::Tool;
 use executionkit::{
     Budget, ChatRequest, Kit, Message, OpenAiProvider, ReactLoop, RetryPolicy, RunContext,
     ToolChoice, WithCallOptions, stream_completion,

@@ -9,9 +9,9 @@
 
 mod common;
 
-use executionkit::engine::CostTracker;
+use executionkit::CostTracker;
+use executionkit::Usage;
 use executionkit::internals::parse::parse_usage;
-use executionkit::provider::Usage;
 use executionkit::{
     ChatRequest, LlmProvider, LlmResponse, Message, OpenAiProvider, RetryPolicy, RunContext,
     StreamEvent,

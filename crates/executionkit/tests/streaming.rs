@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use executionkit::engine::stream::stream_completion;
+use executionkit::ChatStream;
 use executionkit::events::Event;
-use executionkit::provider::ChatStream;
+use executionkit::stream_completion;
 use executionkit::{
     Budget, ChatRequest, Error, ErrorKind, LlmProvider, LlmResponse, Message, MockProvider, Result,
     RetryPolicy, RunContext, StreamEvent, TokenUsage,
@@ -83,7 +83,7 @@ fn fast_retry() -> RetryPolicy {
         .base_delay(Duration::ZERO)
 }
 
-async fn drain(s: &mut executionkit::engine::stream::StreamingResult) -> Vec<Result<String>> {
+async fn drain(s: &mut executionkit::StreamingResult) -> Vec<Result<String>> {
     let mut out = Vec::new();
     while let Some(item) = s.next().await {
         out.push(item);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use executionkit::engine::CostTracker;
+use executionkit::CostTracker;
 use executionkit::events::Event;
 use executionkit::telemetry::{
     ERROR_TYPE, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,

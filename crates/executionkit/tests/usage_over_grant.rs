@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use executionkit::engine::CostTracker;
+use executionkit::CostTracker;
 use executionkit::events::Event;
 use executionkit::{
     Budget, ChatRequest, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, MapReduce, Message,

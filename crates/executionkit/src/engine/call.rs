@@ -99,7 +99,7 @@ impl RunContext {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use executionkit::{RunContext, engine::BudgetLedger};
+    /// use executionkit::{RunContext, BudgetLedger};
     /// let l = Arc::new(BudgetLedger::unlimited());
     /// let ctx = RunContext::new().with_ledger(l.clone());
     /// assert!(Arc::ptr_eq(ctx.ledger(), &l));
@@ -170,7 +170,7 @@ impl RunContext {
     /// carries `tracker`'s spend, and its text holds no credential.
     ///
     /// ```
-    /// use executionkit::{ChatRequest, Message, MockProvider, RunContext, engine::CostTracker};
+    /// use executionkit::{ChatRequest, Message, MockProvider, RunContext, CostTracker};
     /// # futures::executor::block_on(async {
     /// let p = MockProvider::new(["hi"]);
     /// let t = CostTracker::new();
@@ -188,9 +188,7 @@ impl RunContext {
         request: ChatRequest,
         tracker: &'a CostTracker,
     ) -> impl Future<Output = Result<LlmResponse>> + 'a {
-        // Boxed: by value, the request (240 bytes) would sit in the call's future, which
-        // callers like `Consensus` allocate once per call; under ~1 KiB that allocation takes
-        // the allocator's fast path.
+        // Boxed: keeps the call future small (docs/architecture.md, "Future sizes").
         self.complete_boxed(provider, Box::new(request), tracker)
     }
 
@@ -239,7 +237,7 @@ impl RunContext {
     /// Money spent by `tracker`, when prices are known.
     ///
     /// ```
-    /// use executionkit::{RunContext, engine::CostTracker};
+    /// use executionkit::{RunContext, CostTracker};
     /// assert_eq!(RunContext::new().tracker_usd(&CostTracker::new()), None);
     /// ```
     #[must_use]
@@ -253,7 +251,7 @@ impl RunContext {
     /// finishes its result here.
     ///
     /// ```
-    /// use executionkit::{PatternResult, RunContext, TokenUsage, engine::CostTracker};
+    /// use executionkit::{PatternResult, RunContext, TokenUsage, CostTracker};
     /// let t = CostTracker::new();
     /// t.add_usage(TokenUsage::new(5, 3, 1), None);
     /// t.add_over_grant(2);
@@ -277,7 +275,7 @@ impl RunContext {
     /// errors here.
     ///
     /// ```
-    /// use executionkit::{Error, RunContext, TokenUsage, engine::CostTracker};
+    /// use executionkit::{Error, RunContext, TokenUsage, CostTracker};
     /// let t = CostTracker::new();
     /// t.add_usage(TokenUsage::new(5, 3, 1), None);
     /// let e = RunContext::new().spend_error(Error::cancelled(), &t);
@@ -305,7 +303,7 @@ impl RunContext {
     ///
     /// ```
     /// use futures::StreamExt;
-    /// use executionkit::{ChatRequest, Message, MockProvider, RunContext, StreamEvent, engine::CostTracker};
+    /// use executionkit::{ChatRequest, Message, MockProvider, RunContext, StreamEvent, CostTracker};
     /// # futures::executor::block_on(async {
     /// let p = MockProvider::new(["hey"]);
     /// let t = CostTracker::new();

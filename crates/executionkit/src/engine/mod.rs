@@ -16,4 +16,3 @@ pub use budget::{BudgetLedger, CostTracker, Reservation};
 pub use call::RunContext;
 pub(crate) use call::seal;
 pub use retry::RetryPolicy;
-pub use voting::VotingStrategy;

@@ -7,7 +7,7 @@
 //! fan-out's spend to it).
 //!
 //! ```
-//! use executionkit::engine::parallel::gather_strict;
+//! use executionkit::gather_strict;
 //! # futures::executor::block_on(async {
 //! let squares = gather_strict((1..=4).map(|i| async move { Ok(i * i) }), 2).await.unwrap();
 //! assert_eq!(squares, [1, 4, 9, 16]);
@@ -35,7 +35,7 @@ fn check(max_concurrency: usize) -> Result<()> {
 /// dropped (cancelled). `max_concurrency` 0 is an `invalid_argument`, even with no futures.
 ///
 /// ```
-/// use executionkit::{Error, ErrorKind, engine::parallel::gather_strict};
+/// use executionkit::{Error, ErrorKind, gather_strict};
 /// # futures::executor::block_on(async {
 /// let tasks: Vec<futures::future::BoxFuture<'static, executionkit::Result<i32>>> = vec![
 ///     Box::pin(async { Ok(1) }),
@@ -68,7 +68,7 @@ where
 /// `invalid_argument`. Dropping the returned future cancels them all.
 ///
 /// ```
-/// use executionkit::{Error, ErrorKind, engine::parallel::gather_resilient};
+/// use executionkit::{Error, ErrorKind, gather_resilient};
 /// # futures::executor::block_on(async {
 /// let tasks: Vec<futures::future::BoxFuture<'static, executionkit::Result<i32>>> = vec![
 ///     Box::pin(async { Err(Error::new(ErrorKind::Timeout, "slow")) }),

@@ -10,7 +10,7 @@
 //!   a closed form, summed exactly.
 //!
 //! ```
-//! use executionkit::engine::stop::{StopRule, VoteBook};
+//! use executionkit::{StopRule, internals::stop::VoteBook};
 //! let mut book = VoteBook::new();
 //! let rule = StopRule::window(3);
 //! for k in ["a", "b", "a", "a"] {
@@ -35,7 +35,7 @@ pub const DEFAULT_CONFIDENCE: f64 = 0.95;
 /// When a consensus stops drawing samples.
 ///
 /// ```
-/// use executionkit::engine::stop::StopRule;
+/// use executionkit::StopRule;
 /// let r: StopRule = "adaptive:0.9".parse().unwrap();
 /// assert_eq!(r, StopRule::adaptive(0.9));
 /// assert_eq!(r.to_string(), "adaptive:0.9");
@@ -64,7 +64,7 @@ impl StopRule {
     /// A window rule.
     ///
     /// ```
-    /// assert_eq!(executionkit::engine::stop::StopRule::window(4).to_string(), "window:4");
+    /// assert_eq!(executionkit::StopRule::window(4).to_string(), "window:4");
     /// ```
     #[must_use]
     pub const fn window(size: usize) -> Self {
@@ -74,7 +74,7 @@ impl StopRule {
     /// A posterior rule.
     ///
     /// ```
-    /// assert_eq!(executionkit::engine::stop::StopRule::adaptive(0.95).to_string(), "adaptive:0.95");
+    /// assert_eq!(executionkit::StopRule::adaptive(0.95).to_string(), "adaptive:0.95");
     /// ```
     #[must_use]
     pub const fn adaptive(confidence: f64) -> Self {
@@ -84,7 +84,7 @@ impl StopRule {
     /// `true` unless the rule is [`StopRule::Fixed`].
     ///
     /// ```
-    /// use executionkit::engine::stop::StopRule;
+    /// use executionkit::StopRule;
     /// assert!(!StopRule::Fixed.stops_early() && StopRule::window(3).stops_early());
     /// ```
     #[must_use]
@@ -98,7 +98,7 @@ impl StopRule {
     /// `invalid_argument` naming `early_stop`.
     ///
     /// ```
-    /// use executionkit::engine::stop::StopRule;
+    /// use executionkit::StopRule;
     /// assert!(StopRule::adaptive(1.0).check().is_err());
     /// assert!(StopRule::window(1).check().is_err());
     /// assert!(StopRule::window(2).check().is_ok());
@@ -124,7 +124,7 @@ impl StopRule {
     /// `true` when the votes so far settle the answer.
     ///
     /// ```
-    /// use executionkit::engine::stop::{StopRule, VoteBook};
+    /// use executionkit::{StopRule, internals::stop::VoteBook};
     /// let mut book = VoteBook::new();
     /// for _ in 0..4 { book.push("x"); }
     /// assert!(StopRule::adaptive(0.95).should_stop(&book)); // P = 31/32
@@ -191,7 +191,7 @@ impl FromStr for StopRule {
 /// `P(θ > ½)` for `θ ~ Beta(a + 1, b + 1)`, which is `P(Binomial(a + b + 1, ½) ≤ a)`.
 ///
 /// ```
-/// use executionkit::engine::stop::leader_probability;
+/// use executionkit::internals::stop::leader_probability;
 /// assert_eq!(leader_probability(0, 0), 0.5);
 /// assert!((leader_probability(4, 0) - 31.0 / 32.0).abs() < 1e-12);
 /// assert!((leader_probability(3, 1) - 26.0 / 32.0).abs() < 1e-12);
@@ -216,7 +216,7 @@ pub fn leader_probability(a: u64, b: u64) -> f64 {
 /// The votes of one consensus in the order they arrived.
 ///
 /// ```
-/// let mut book = executionkit::engine::stop::VoteBook::new();
+/// let mut book = executionkit::internals::stop::VoteBook::new();
 /// book.push("b");
 /// book.push("a");
 /// book.push("a");
@@ -234,7 +234,7 @@ impl VoteBook {
     /// An empty book.
     ///
     /// ```
-    /// assert!(executionkit::engine::stop::VoteBook::new().is_empty());
+    /// assert!(executionkit::internals::stop::VoteBook::new().is_empty());
     /// ```
     #[must_use]
     pub fn new() -> Self {
@@ -244,7 +244,7 @@ impl VoteBook {
     /// Records one vote.
     ///
     /// ```
-    /// let mut book = executionkit::engine::stop::VoteBook::new();
+    /// let mut book = executionkit::internals::stop::VoteBook::new();
     /// book.push("x");
     /// assert_eq!(book.len(), 1);
     /// ```
@@ -265,7 +265,7 @@ impl VoteBook {
     /// Votes recorded.
     ///
     /// ```
-    /// assert_eq!(executionkit::engine::stop::VoteBook::new().len(), 0);
+    /// assert_eq!(executionkit::internals::stop::VoteBook::new().len(), 0);
     /// ```
     #[must_use]
     pub fn len(&self) -> usize {
@@ -275,7 +275,7 @@ impl VoteBook {
     /// `true` before the first vote.
     ///
     /// ```
-    /// assert!(executionkit::engine::stop::VoteBook::new().is_empty());
+    /// assert!(executionkit::internals::stop::VoteBook::new().is_empty());
     /// ```
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -285,7 +285,7 @@ impl VoteBook {
     /// The counts of the leading and the second answer (0 when there is none).
     ///
     /// ```
-    /// let mut book = executionkit::engine::stop::VoteBook::new();
+    /// let mut book = executionkit::internals::stop::VoteBook::new();
     /// for k in ["a", "b", "c", "c"] { book.push(k); }
     /// assert_eq!(book.top_two(), (2, 1));
     /// ```

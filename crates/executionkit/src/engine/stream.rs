@@ -14,7 +14,7 @@
 //! use std::sync::Arc;
 //! use futures::StreamExt;
 //! use executionkit::{ChatRequest, LlmProvider, Message, MockProvider, RunContext};
-//! use executionkit::engine::stream::stream_completion;
+//! use executionkit::stream_completion;
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let p: Arc<dyn LlmProvider> = Arc::new(MockProvider::new(["Hello there"]));
 //! let req = ChatRequest::new(vec![Message::user("hi")]);
@@ -211,7 +211,7 @@ impl StreamingResult {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use executionkit::{ChatRequest, Message, MockProvider, RunContext, engine::stream::stream_completion};
+    /// use executionkit::{ChatRequest, Message, MockProvider, RunContext, stream_completion};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let req = ChatRequest::new(vec![Message::user("hi")]);
     /// let s = stream_completion(Arc::new(MockProvider::new(["a b c"])), req, &RunContext::new()).await.unwrap();

@@ -279,7 +279,7 @@ impl Consensus {
     /// strategy.
     ///
     /// ```
-    /// use executionkit::{Consensus, MockProvider, RunContext, engine::stop::StopRule};
+    /// use executionkit::{Consensus, MockProvider, RunContext, StopRule};
     /// # futures::executor::block_on(async {
     /// let p = MockProvider::new(["Paris"]);
     /// let r = Consensus::new()

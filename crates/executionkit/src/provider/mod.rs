@@ -40,7 +40,7 @@ pub use sse::StreamLimits;
 /// The default `max_tokens` of every pattern and of [`OpenAiProvider`].
 ///
 /// ```
-/// use executionkit::{Consensus, MockProvider, RunContext, provider::DEFAULT_MAX_TOKENS};
+/// use executionkit::{Consensus, MockProvider, RunContext, internals::provider::DEFAULT_MAX_TOKENS};
 /// # futures::executor::block_on(async {
 /// let p = MockProvider::new(["a"]);
 /// Consensus::new().samples(1).run(&p, "q", &RunContext::new()).await.unwrap();
@@ -193,7 +193,7 @@ impl<P: LlmProvider + ?Sized> LlmProvider for Arc<P> {
 ///
 /// ```
 /// use futures::StreamExt;
-/// use executionkit::{ChatRequest, LlmProvider, Message, OfflineModel, provider::ChatStream};
+/// use executionkit::{ChatRequest, LlmProvider, Message, OfflineModel, ChatStream};
 /// # futures::executor::block_on(async {
 /// let s: ChatStream = OfflineModel::new().stream(ChatRequest::new(vec![Message::user("hello")]));
 /// let items: Vec<_> = s.collect().await;
@@ -764,7 +764,7 @@ pub(crate) fn check_temperature(t: f64) -> Result<()> {
 /// subsets of those two, zero when the server reported none.
 ///
 /// ```
-/// use executionkit::{LlmResponse, provider::Usage};
+/// use executionkit::{LlmResponse, Usage};
 /// let r = LlmResponse::text("x").with_usage(12, 3);
 /// assert_eq!(r.usage, Usage { input_tokens: 12, output_tokens: 3, ..Usage::default() });
 /// assert_eq!(LlmResponse::text("x").usage, Usage::default());

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 ///
 /// ```
 /// use std::num::NonZeroU32;
-/// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider, provider::RateLimited};
+/// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider, RateLimited};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let p = RateLimited::per_second(MockProvider::new(["ok"]), NonZeroU32::new(100).unwrap());
 /// let r = p.complete(&ChatRequest::new(vec![Message::user("hi")])).await.unwrap();
@@ -58,7 +58,7 @@ impl<P> RateLimited<P> {
     /// ```
     /// use std::num::NonZeroU32;
     /// let q = governor::Quota::per_minute(NonZeroU32::new(60).unwrap());
-    /// let p = executionkit::provider::RateLimited::new(executionkit::MockProvider::default(), q);
+    /// let p = executionkit::RateLimited::new(executionkit::MockProvider::default(), q);
     /// assert_eq!(p.permits_taken(), 0);
     /// ```
     pub fn new(inner: P, quota: Quota) -> Self {
@@ -68,7 +68,7 @@ impl<P> RateLimited<P> {
     /// Wraps `inner` allowing `n` calls per second (bursts of up to `n`).
     ///
     /// ```
-    /// let p = executionkit::provider::RateLimited::per_second(
+    /// let p = executionkit::RateLimited::per_second(
     ///     executionkit::MockProvider::default(), std::num::NonZeroU32::new(2).unwrap());
     /// # let _ = p;
     /// ```
@@ -86,7 +86,7 @@ impl<P> RateLimited<P> {
     /// low that `capacity` permits would take longer than governor can count (centuries).
     ///
     /// ```
-    /// use executionkit::{MockProvider, provider::RateLimited};
+    /// use executionkit::{MockProvider, RateLimited};
     /// let p = RateLimited::token_bucket(MockProvider::default(), 2.5, 10).unwrap();
     /// assert!(p.limiter().check_n(std::num::NonZeroU32::new(10).unwrap()).unwrap().is_ok());
     /// let err = RateLimited::token_bucket(MockProvider::default(), 0.0, 10).unwrap_err();
@@ -127,8 +127,8 @@ impl<P> RateLimited<P> {
     /// ```
     /// use std::{num::NonZeroU32, sync::Arc};
     /// let l = Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::new(9).unwrap())));
-    /// let a = executionkit::provider::RateLimited::with_limiter(executionkit::MockProvider::default(), l.clone());
-    /// let b = executionkit::provider::RateLimited::with_limiter(executionkit::MockProvider::default(), l);
+    /// let a = executionkit::RateLimited::with_limiter(executionkit::MockProvider::default(), l.clone());
+    /// let b = executionkit::RateLimited::with_limiter(executionkit::MockProvider::default(), l);
     /// # let _ = (a, b);
     /// ```
     pub fn with_limiter(inner: P, limiter: Arc<DefaultDirectRateLimiter>) -> Self {
@@ -146,7 +146,7 @@ impl<P> RateLimited<P> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use executionkit::{MockProvider, provider::RateLimited};
+    /// use executionkit::{MockProvider, RateLimited};
     /// let p = RateLimited::token_bucket(MockProvider::default(), 10.0, 10).unwrap();
     /// p.penalize(Duration::from_secs(5));
     /// let until = p.penalty_until().unwrap();
@@ -160,7 +160,7 @@ impl<P> RateLimited<P> {
     /// The deadline of the current penalty, if one was ever set (it may be in the past).
     ///
     /// ```
-    /// let p = executionkit::provider::RateLimited::token_bucket(
+    /// let p = executionkit::RateLimited::token_bucket(
     ///     executionkit::MockProvider::default(), 1.0, 1).unwrap();
     /// assert_eq!(p.penalty_until(), None);
     /// ```
@@ -173,7 +173,7 @@ impl<P> RateLimited<P> {
     ///
     /// ```
     /// use std::num::NonZeroU32;
-    /// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider, provider::RateLimited};
+    /// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider, RateLimited};
     /// # futures::executor::block_on(async {
     /// let p = RateLimited::per_second(MockProvider::new(["ok"]), NonZeroU32::new(100).unwrap());
     /// let clone = p.clone();
@@ -190,7 +190,7 @@ impl<P> RateLimited<P> {
     ///
     /// ```
     /// use std::num::NonZeroU32;
-    /// use executionkit::{MockProvider, provider::RateLimited};
+    /// use executionkit::{MockProvider, RateLimited};
     /// let p = RateLimited::per_second(MockProvider::default(), NonZeroU32::new(1).unwrap());
     /// assert!(p.limiter().check().is_ok()); // the first permit is free
     /// assert!(p.limiter().check().is_err()); // the burst of one is used up
@@ -204,7 +204,7 @@ impl<P> RateLimited<P> {
     ///
     /// ```
     /// use std::num::NonZeroU32;
-    /// use executionkit::{MockProvider, provider::RateLimited};
+    /// use executionkit::{MockProvider, RateLimited};
     /// let p = RateLimited::per_second(MockProvider::default(), NonZeroU32::new(5).unwrap());
     /// assert_eq!(p.inner().call_count(), 0);
     /// ```

@@ -44,11 +44,11 @@ pub use tracker::CostTracker;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use executionkit::{Budget, engine::BudgetLedger};
+/// use executionkit::{Budget, BudgetLedger};
 /// # futures::executor::block_on(async {
 /// let ledger = Arc::new(BudgetLedger::new(Budget::new().max_calls(1)));
 /// let r = ledger.reserve("m", 100, false).await.unwrap();
-/// r.settle(executionkit::provider::Usage { input_tokens: 5, output_tokens: 3, ..Default::default() });
+/// r.settle(executionkit::Usage { input_tokens: 5, output_tokens: 3, ..Default::default() });
 /// let err = ledger.reserve("m", 100, false).await.unwrap_err();
 /// assert!(err.is_budget_exhausted());
 /// assert_eq!(err.metadata()["exhausted"], "llm_calls");
@@ -134,7 +134,7 @@ impl BudgetLedger {
     /// A ledger enforcing `budget`.
     ///
     /// ```
-    /// let l = executionkit::engine::BudgetLedger::new(executionkit::Budget::new());
+    /// let l = executionkit::BudgetLedger::new(executionkit::Budget::new());
     /// assert!(l.spent().is_zero());
     /// ```
     #[must_use]
@@ -160,7 +160,7 @@ impl BudgetLedger {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use executionkit::{Budget, engine::BudgetLedger, provider::Usage};
+    /// use executionkit::{Budget, BudgetLedger, Usage};
     /// # futures::executor::block_on(async {
     /// let outer = Arc::new(BudgetLedger::new(Budget::new().max_calls(2)));
     /// let inner = Arc::new(BudgetLedger::child(outer.clone(), Budget::new().max_calls(30)));
@@ -193,7 +193,7 @@ impl BudgetLedger {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use executionkit::{Budget, engine::BudgetLedger};
+    /// use executionkit::{Budget, BudgetLedger};
     /// let outer = Arc::new(BudgetLedger::unlimited());
     /// let inner = BudgetLedger::child(outer.clone(), Budget::new().max_calls(3));
     /// assert!(Arc::ptr_eq(inner.parent().unwrap(), &outer));
@@ -216,7 +216,7 @@ impl BudgetLedger {
     /// A ledger with no limits.
     ///
     /// ```
-    /// assert!(executionkit::engine::BudgetLedger::unlimited().budget().is_unlimited());
+    /// assert!(executionkit::BudgetLedger::unlimited().budget().is_unlimited());
     /// ```
     #[must_use]
     pub fn unlimited() -> Self {
@@ -232,7 +232,7 @@ impl BudgetLedger {
     /// The limits.
     ///
     /// ```
-    /// let l = executionkit::engine::BudgetLedger::new(executionkit::Budget::new().max_calls(2));
+    /// let l = executionkit::BudgetLedger::new(executionkit::Budget::new().max_calls(2));
     /// assert_eq!(l.budget().calls_limit(), Some(2));
     /// ```
     pub fn budget(&self) -> &Budget {
@@ -242,7 +242,7 @@ impl BudgetLedger {
     /// Everything spent so far (calls include those in flight).
     ///
     /// ```
-    /// assert_eq!(executionkit::engine::BudgetLedger::unlimited().spent().llm_calls, 0);
+    /// assert_eq!(executionkit::BudgetLedger::unlimited().spent().llm_calls, 0);
     /// ```
     #[must_use]
     pub fn spent(&self) -> TokenUsage {
@@ -252,7 +252,7 @@ impl BudgetLedger {
     /// Dollars spent so far, when prices are known.
     ///
     /// ```
-    /// assert_eq!(executionkit::engine::BudgetLedger::unlimited().spent_usd(), None);
+    /// assert_eq!(executionkit::BudgetLedger::unlimited().spent_usd(), None);
     /// ```
     #[must_use]
     pub fn spent_usd(&self) -> Option<f64> {
@@ -264,7 +264,7 @@ impl BudgetLedger {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use executionkit::{Budget, engine::BudgetLedger};
+    /// use executionkit::{Budget, BudgetLedger};
     /// let l = BudgetLedger::new(Budget::new().max_calls(4));
     /// assert_eq!(l.remaining().llm_calls, Some(4));
     /// assert_eq!(l.remaining().input_tokens, None);
@@ -318,7 +318,7 @@ impl BudgetLedger {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use executionkit::{Budget, engine::BudgetLedger, provider::Usage};
+    /// use executionkit::{Budget, BudgetLedger, Usage};
     /// # futures::executor::block_on(async {
     /// let ledger = Arc::new(BudgetLedger::new(Budget::new().max_output_tokens(10)));
     /// let r = ledger.reserve("m", 64, false).await.unwrap();
@@ -343,7 +343,7 @@ impl BudgetLedger {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use executionkit::{Budget, engine::BudgetLedger};
+    /// use executionkit::{Budget, BudgetLedger};
     /// # futures::executor::block_on(async {
     /// let ledger = Arc::new(BudgetLedger::new(Budget::new().max_output_tokens(10)));
     /// let r = ledger.reserve_choices("m", 64, 3, false).await.unwrap();
@@ -363,8 +363,8 @@ impl BudgetLedger {
         if let Some(r) = self.try_reserve(model, per_choice, n, retry)? {
             return Ok(r);
         }
-        // Boxed: inline, the waiting state (tokio's `Notified`) would sit in every call's
-        // future, and make it too large for the allocator's fast size classes.
+        // Boxed: the rare waiting state (tokio's `Notified`) would sit in every call's future
+        // (docs/architecture.md, "Future sizes").
         Box::pin(self.wait_and_reserve(model, per_choice, n, retry)).await
     }
 

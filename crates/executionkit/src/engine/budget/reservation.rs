@@ -27,7 +27,7 @@ impl Reservation {
     /// ```
     /// use std::sync::Arc;
     /// # futures::executor::block_on(async {
-    /// let l = Arc::new(executionkit::engine::BudgetLedger::unlimited());
+    /// let l = Arc::new(executionkit::BudgetLedger::unlimited());
     /// assert_eq!(l.reserve("m", 64, false).await.unwrap().max_tokens(), 64);
     /// # });
     /// ```
@@ -41,7 +41,7 @@ impl Reservation {
     /// ```
     /// use std::sync::Arc;
     /// # futures::executor::block_on(async {
-    /// let l = Arc::new(executionkit::engine::BudgetLedger::unlimited());
+    /// let l = Arc::new(executionkit::BudgetLedger::unlimited());
     /// assert_eq!(l.reserve_choices("m", 64, 2, false).await.unwrap().max_tokens_per_choice(), 64);
     /// # });
     /// ```
@@ -55,7 +55,7 @@ impl Reservation {
     /// ```
     /// use std::sync::Arc;
     /// # futures::executor::block_on(async {
-    /// let l = Arc::new(executionkit::engine::BudgetLedger::unlimited());
+    /// let l = Arc::new(executionkit::BudgetLedger::unlimited());
     /// assert_eq!(l.reserve("m", 1, false).await.unwrap().call(), 1);
     /// assert_eq!(l.reserve("m", 1, false).await.unwrap().call(), 2);
     /// # });
@@ -70,7 +70,7 @@ impl Reservation {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use executionkit::{Budget, CostRates, engine::BudgetLedger, provider::Usage};
+    /// use executionkit::{Budget, CostRates, BudgetLedger, Usage};
     /// # futures::executor::block_on(async {
     /// let b = Budget::new().default_price(CostRates::new(1.0, 2.0).unwrap());
     /// let l = Arc::new(BudgetLedger::new(b));

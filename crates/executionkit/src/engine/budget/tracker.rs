@@ -10,9 +10,9 @@ use crate::usage::{TokenUsage, UsageOverGrant};
 /// the counters.
 ///
 /// ```
-/// let t = executionkit::engine::CostTracker::new();
+/// let t = executionkit::CostTracker::new();
 /// t.add_call();
-/// t.add_tokens(executionkit::provider::Usage { input_tokens: 2, output_tokens: 1, ..Default::default() }, 0.0);
+/// t.add_tokens(executionkit::Usage { input_tokens: 2, output_tokens: 1, ..Default::default() }, 0.0);
 /// assert_eq!(t.usage(), executionkit::TokenUsage::new(2, 1, 1));
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -37,7 +37,7 @@ impl CostTracker {
     /// A tracker at zero.
     ///
     /// ```
-    /// assert!(executionkit::engine::CostTracker::new().usage().is_zero());
+    /// assert!(executionkit::CostTracker::new().usage().is_zero());
     /// ```
     #[must_use]
     pub fn new() -> Self {
@@ -47,7 +47,7 @@ impl CostTracker {
     /// Counts one call.
     ///
     /// ```
-    /// let t = executionkit::engine::CostTracker::new();
+    /// let t = executionkit::CostTracker::new();
     /// t.add_call();
     /// assert_eq!(t.usage().llm_calls, 1);
     /// ```
@@ -58,8 +58,8 @@ impl CostTracker {
     /// Adds tokens (no call; the cache and reasoning subsets too) and dollars.
     ///
     /// ```
-    /// use executionkit::{TokenUsage, provider::Usage};
-    /// let t = executionkit::engine::CostTracker::new();
+    /// use executionkit::{TokenUsage, Usage};
+    /// let t = executionkit::CostTracker::new();
     /// t.add_tokens(Usage { input_tokens: 4, output_tokens: 2, cache_read_input_tokens: 3, ..Usage::default() }, 0.25);
     /// assert_eq!(t.usage(), TokenUsage::new(4, 2, 0).with_cache(3, 0));
     /// assert_eq!(t.usd(), 0.25);
@@ -92,7 +92,7 @@ impl CostTracker {
     /// Adds a whole usage (calls included).
     ///
     /// ```
-    /// use executionkit::{TokenUsage, engine::CostTracker};
+    /// use executionkit::{TokenUsage, CostTracker};
     /// let t = CostTracker::new();
     /// t.add_usage(TokenUsage::new(5, 3, 1), None);
     /// assert_eq!(t.usage(), TokenUsage::new(5, 3, 1));
@@ -115,7 +115,7 @@ impl CostTracker {
     /// when `excess` is 0). [`RunContext::complete`](crate::RunContext::complete) calls it.
     ///
     /// ```
-    /// let t = executionkit::engine::CostTracker::new();
+    /// let t = executionkit::CostTracker::new();
     /// t.add_over_grant(0);
     /// assert!(t.over_grant().is_zero());
     /// t.add_over_grant(12);
@@ -131,7 +131,7 @@ impl CostTracker {
     /// The calls that went over their grant so far, and by how many output tokens.
     ///
     /// ```
-    /// assert!(executionkit::engine::CostTracker::new().over_grant().is_zero());
+    /// assert!(executionkit::CostTracker::new().over_grant().is_zero());
     /// ```
     #[must_use]
     pub fn over_grant(&self) -> UsageOverGrant {
@@ -144,7 +144,7 @@ impl CostTracker {
     /// The spend so far (a snapshot: reading it changes nothing).
     ///
     /// ```
-    /// let t = executionkit::engine::CostTracker::new();
+    /// let t = executionkit::CostTracker::new();
     /// assert_eq!(t.usage(), t.usage());
     /// ```
     #[must_use]
@@ -162,7 +162,7 @@ impl CostTracker {
     /// Dollars so far (0 without prices).
     ///
     /// ```
-    /// assert_eq!(executionkit::engine::CostTracker::new().usd(), 0.0);
+    /// assert_eq!(executionkit::CostTracker::new().usd(), 0.0);
     /// ```
     #[must_use]
     #[allow(clippy::cast_precision_loss)]

@@ -29,7 +29,7 @@ impl ReactLoop {
     /// [`Pattern`](crate::Pattern)) all offer these same tools.
     ///
     /// ```
-    /// use executionkit::{MockProvider, Pipe, RunContext, patterns::react::ReactLoop, tools::Tool};
+    /// use executionkit::{MockProvider, Pipe, RunContext, patterns::react::ReactLoop, Tool};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let echo = Tool::new("echo", "d", serde_json::json!({}), |_| async { Ok("e".to_owned()) });
     /// let step = ReactLoop::new().max_rounds(3).tools([echo]);
@@ -47,7 +47,7 @@ impl ReactLoop {
     /// Adds one tool to the loop's tools.
     ///
     /// ```
-    /// use executionkit::{MockProvider, RunContext, patterns::react::ReactLoop, tools::Tool};
+    /// use executionkit::{MockProvider, RunContext, patterns::react::ReactLoop, Tool};
     /// # futures::executor::block_on(async {
     /// let t = |name: &str| Tool::new(name, "d", serde_json::json!({}), |_| async { Ok(String::new()) });
     /// let l = ReactLoop::new().tool(t("search")).tool(t("fetch"));
@@ -67,7 +67,7 @@ impl ReactLoop {
     ///
     /// ```
     /// use executionkit::{Choice, LlmResponse, MockProvider, RunContext, ToolCall};
-    /// use executionkit::{patterns::react::ReactLoop, tools::Tool};
+    /// use executionkit::{patterns::react::ReactLoop, Tool};
     /// # futures::executor::block_on(async {
     /// // A model that asks for a tool every round never answers.
     /// let ask = LlmResponse {
@@ -196,7 +196,7 @@ impl ReactLoop {
     ///
     /// ```
     /// use executionkit::{Choice, LlmResponse, MockProvider, RunContext, ToolCall};
-    /// use executionkit::{approval::ApprovalGate, patterns::react::ReactLoop, tools::Tool};
+    /// use executionkit::{ApprovalGate, patterns::react::ReactLoop, Tool};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let ask = LlmResponse {
     ///     choices: vec![Choice {
@@ -226,7 +226,7 @@ impl ReactLoop {
     /// How the model may use the tools (sent only when there are tools).
     ///
     /// ```
-    /// use executionkit::{MockProvider, RunContext, ToolChoice, patterns::react::ReactLoop, tools::Tool};
+    /// use executionkit::{MockProvider, RunContext, ToolChoice, patterns::react::ReactLoop, Tool};
     /// # futures::executor::block_on(async {
     /// let echo = Tool::new("echo", "Echoes", serde_json::json!({}), |_| async { Ok("e".to_owned()) });
     /// let p = MockProvider::new(["done"]);
@@ -275,7 +275,7 @@ impl ReactLoop {
     /// ```
     /// use std::sync::{Arc, Mutex};
     /// use executionkit::{Choice, LlmResponse, MockProvider, RunContext, ToolCall};
-    /// use executionkit::{events::Event, patterns::react::ReactLoop, tools::Tool};
+    /// use executionkit::{events::Event, patterns::react::ReactLoop, Tool};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let ask = LlmResponse {
     ///     choices: vec![Choice {
@@ -310,7 +310,7 @@ impl ReactLoop {
     /// `invalid_argument` naming the first problem.
     ///
     /// ```
-    /// use executionkit::{MockProvider, patterns::react::ReactLoop, tools::Tool};
+    /// use executionkit::{MockProvider, patterns::react::ReactLoop, Tool};
     /// let t = || Tool::new("echo", "Echoes", serde_json::json!({}), |_| async { Ok("e".to_owned()) });
     /// let p = MockProvider::default();
     /// assert!(ReactLoop::new().tool(t()).validate(&p).is_ok());

@@ -15,7 +15,7 @@
 //!
 //! ```
 //! use executionkit::patterns::react::ReactLoop;
-//! use executionkit::tools::Tool;
+//! use executionkit::Tool;
 //! use executionkit::{Choice, LlmResponse, MockProvider, RunContext, ToolCall};
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let call = LlmResponse {

@@ -83,7 +83,7 @@ impl AnthropicProvider {
     /// `{base_url}/v1/messages`.
     ///
     /// ```
-    /// use executionkit::{AnthropicProvider, provider::ANTHROPIC_BASE_URL};
+    /// use executionkit::{AnthropicProvider, internals::provider::ANTHROPIC_BASE_URL};
     /// assert!(AnthropicProvider::builder(ANTHROPIC_BASE_URL, "claude-haiku-4-5").build().is_ok());
     /// ```
     pub fn builder(

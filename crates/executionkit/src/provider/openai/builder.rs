@@ -252,7 +252,7 @@ impl OpenAiProviderBuilder {
     /// [`StreamLimits`]); passing one is a `provider` error naming it.
     ///
     /// ```
-    /// use executionkit::provider::StreamLimits;
+    /// use executionkit::StreamLimits;
     /// let mut limits = StreamLimits::default();
     /// limits.max_text_bytes = 1 << 20;
     /// let p = executionkit::OpenAiProvider::builder("http://127.0.0.1:1/v1", "m").stream_limits(limits).build();

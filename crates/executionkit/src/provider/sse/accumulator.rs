@@ -51,7 +51,7 @@ impl StreamAccumulator {
     /// `data`, the accumulated text, each tool call, and the number of tool calls).
     ///
     /// ```
-    /// use executionkit::{internals::sse::StreamAccumulator, provider::StreamLimits};
+    /// use executionkit::{internals::sse::StreamAccumulator, StreamLimits};
     /// let mut limits = StreamLimits::default();
     /// limits.max_event_bytes = 8;
     /// let mut acc = StreamAccumulator::with_limits(limits);
@@ -70,7 +70,7 @@ impl StreamAccumulator {
     /// The limits this accumulator enforces.
     ///
     /// ```
-    /// use executionkit::{internals::sse::StreamAccumulator, provider::StreamLimits};
+    /// use executionkit::{internals::sse::StreamAccumulator, StreamLimits};
     /// assert_eq!(StreamAccumulator::new().limits(), StreamLimits::default());
     /// ```
     #[must_use]

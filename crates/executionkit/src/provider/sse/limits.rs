@@ -13,7 +13,7 @@ const MIB: usize = 1 << 20;
 /// [`StreamAccumulator`](super::StreamAccumulator) on what the events carry.
 ///
 /// ```
-/// use executionkit::{internals::sse::StreamAccumulator, provider::StreamLimits};
+/// use executionkit::{internals::sse::StreamAccumulator, StreamLimits};
 /// let mut limits = StreamLimits::default();
 /// assert_eq!(limits.max_text_bytes, 16 << 20);
 /// limits.max_text_bytes = 4;
@@ -84,7 +84,7 @@ impl Default for StreamLimits {
     /// tool call, 128 tool calls.
     ///
     /// ```
-    /// let l = executionkit::provider::StreamLimits::default();
+    /// let l = executionkit::StreamLimits::default();
     /// assert_eq!((l.max_line_bytes, l.max_tool_calls), (1 << 20, 128));
     /// ```
     fn default() -> Self {

@@ -271,8 +271,8 @@ impl Transport {
     /// Sends one POST with `body` and returns the reply head; the body is read through the
     /// returned [`Reply`]. Nothing is re-sent unless hyper handed it back unwritten.
     ///
-    /// The future is boxed here, one layout per protocol: an HTTP/1.1 call does not carry the
-    /// larger HTTP/2 states, and stays within glibc's per-thread cache (≤ 1,032 bytes).
+    /// Boxed here, one layout per protocol, so an HTTP/1.1 call does not carry the larger
+    /// HTTP/2 states (keeps the call future small: docs/architecture.md, "Future sizes").
     pub(crate) fn send(self: &Arc<Self>, body: Bytes) -> SendFuture<'_> {
         if self.proto.load(Ordering::Acquire) == PROTO_H1 {
             return Box::pin(self.send_h1(body));
@@ -469,8 +469,8 @@ impl Transport {
     /// Opens a connection (through the proxy and TLS as configured) and runs hyper's handshake.
     ///
     /// Boxed: connecting (TCP, a proxy tunnel, a TLS handshake) is a large future that runs once
-    /// per connection. Held inline it made every call's `send` future 4 KiB, copied into its box
-    /// and allocated past glibc's per-thread cache on every call (bench/RESULTS.md).
+    /// per connection; inline, it made every call's `send` future 4 KiB (docs/architecture.md,
+    /// "Future sizes").
     fn connect(&self) -> ConnectFuture<'_> {
         Box::pin(connect::within(self.settings.connect_timeout, self.open()))
     }
