@@ -277,9 +277,9 @@ impl Kit {
     ///
     /// # Errors
     /// `run`'s error, unchanged.
-    pub async fn track<T, F>(&self, run: F) -> Result<PatternResult<T>>
+    pub async fn track<T, S, F>(&self, run: F) -> Result<PatternResult<T, S>>
     where
-        F: Future<Output = Result<PatternResult<T>>>,
+        F: Future<Output = Result<PatternResult<T, S>>>,
     {
         match run.await {
             Ok(r) => {
@@ -311,7 +311,7 @@ impl Kit {
         &self,
         prompt: &str,
         pattern: &Consensus,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, crate::ConsensusStats>> {
         self.track(pattern.run(self.provider.as_ref(), prompt, &self.ctx))
             .await
     }
@@ -335,7 +335,7 @@ impl Kit {
         &self,
         prompt: &str,
         pattern: &RefineLoop,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, crate::RefineStats>> {
         self.track(pattern.run(self.provider.as_ref(), prompt, &self.ctx))
             .await
     }
@@ -355,7 +355,11 @@ impl Kit {
     /// assert_eq!(kit.usage().llm_calls, 2);
     /// # });
     /// ```
-    pub async fn pipe(&self, prompt: &str, pipe: &Pipe) -> Result<PatternResult<String>> {
+    pub async fn pipe(
+        &self,
+        prompt: &str,
+        pipe: &Pipe,
+    ) -> Result<PatternResult<String, crate::PipeStats>> {
         self.track(pipe.run(self.provider.as_ref(), prompt, &self.ctx))
             .await
     }
@@ -383,7 +387,7 @@ impl Kit {
         &self,
         items: &[String],
         pattern: &MapReduce,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, crate::MapReduceStats>> {
         self.track(pattern.run(self.provider.as_ref(), items, &self.ctx))
             .await
     }

@@ -48,6 +48,10 @@ pub use provider::{
 pub use result::{Metadata, PatternResult};
 pub use tools::Tool;
 pub use usage::{Budget, CostRates, TokenUsage, UsageOverGrant};
+pub use {
+    patterns::ConsensusStats, patterns::MapReduceStats, patterns::RefineStats,
+    patterns::StructuredStats, pipe::PipeStats,
+};
 
 /// The names most programs need, in one import: `use executionkit::prelude::*;`.
 ///

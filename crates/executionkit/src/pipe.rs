@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -12,7 +13,8 @@ use crate::engine::{RunContext, seal};
 use crate::error::Result;
 use crate::patterns::{Pattern, StepInput};
 use crate::provider::LlmProvider;
-use crate::result::{Metadata, PatternResult, cost_json};
+use crate::redact::redact_secret_json;
+use crate::result::{Metadata, PatternResult, RedactStats, cost_json};
 use crate::usage::{Budget, TokenUsage, UsageOverGrant};
 
 /// A predicate deciding whether a conditional step runs.
@@ -25,6 +27,86 @@ use crate::usage::{Budget, TokenUsage, UsageOverGrant};
 /// assert!(!short(&PatternResult::new("far too long to pass".to_owned())));
 /// ```
 pub type StepPredicate = Arc<dyn Fn(&PatternResult<String>) -> bool + Send + Sync>;
+
+/// What a pipe observed: [`Pipe::run`]'s `stats`, and its `metadata` keys of the same names
+/// (`step_count`, `step_metadata`, `step_costs`; the metadata is these statistics serialised,
+/// plus the last run step's own keys). An empty pipe's are empty, and so is its metadata.
+///
+/// ```
+/// use executionkit::{Consensus, MockProvider, Pipe, RunContext};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["a"]);
+/// let r = Pipe::new()
+///     .step(Consensus::new().samples(2))
+///     .step_if(|_| false, Consensus::new())
+///     .run(&p, "q", &RunContext::new())
+///     .await
+///     .unwrap();
+/// assert_eq!(r.stats.step_count, 2);
+/// assert_eq!(r.stats.step_costs[0].cost.llm_calls, 2);
+/// assert_eq!(r.stats.step_metadata[1]["skipped"], true);
+/// assert_eq!(r.metadata["step_metadata"][0]["unique_responses"], 1);
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PipeStats {
+    /// The steps of the pipe, skipped ones included.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub step_count: usize,
+    /// Each step's metadata, in order; a skipped step's is `{"skipped": true}`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub step_metadata: Vec<Metadata>,
+    /// Each step's spend, in order (zero for a skipped step).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub step_costs: Vec<StepCost>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl RedactStats for PipeStats {
+    /// A step's metadata can hold text (a vote's answers), as the metadata's copy does.
+    fn redact_secret(&mut self, secret: &str) {
+        for m in &mut self.step_metadata {
+            let mut v = Value::Object(std::mem::take(m));
+            redact_secret_json(&mut v, secret);
+            if let Value::Object(redacted) = v {
+                *m = redacted;
+            }
+        }
+    }
+}
+
+/// One step's spend in [`PipeStats::step_costs`]. Serialises as the `cost` of `ek --json`:
+/// `{"input_tokens", "output_tokens", "llm_calls"}`, the cache and reasoning counts when not
+/// zero, and `usd` when prices are known.
+///
+/// ```
+/// use executionkit::{TokenUsage, pipe::StepCost};
+/// let c = StepCost { cost: TokenUsage::new(3, 1, 1), usd: None };
+/// assert_eq!(serde_json::to_string(&c).unwrap(), r#"{"input_tokens":3,"llm_calls":1,"output_tokens":1}"#);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepCost {
+    /// Tokens and calls.
+    pub cost: TokenUsage,
+    /// Money, when prices are known.
+    pub usd: Option<f64>,
+}
+
+impl StepCost {
+    fn json(&self) -> Value {
+        cost_json(&self.cost, self.usd)
+    }
+}
+
+impl Serialize for StepCost {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.json().serialize(s)
+    }
+}
 
 #[derive(Clone)]
 struct PipeStep {
@@ -294,7 +376,7 @@ impl Pipe {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, PipeStats>> {
         seal(self.run_unsealed(provider, prompt, ctx).await, provider)
     }
 
@@ -303,10 +385,15 @@ impl Pipe {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, PipeStats>> {
         self.check()?;
         if self.steps.is_empty() {
-            return Ok(PatternResult::new(prompt.to_owned()));
+            let stats = PipeStats {
+                step_count: 0,
+                step_metadata: Vec::new(),
+                step_costs: Vec::new(),
+            };
+            return Ok(PatternResult::with_stats(prompt.to_owned(), stats));
         }
         let ctx = match &self.max_budget {
             Some(b) => ctx.clone().nested_budget(b.clone()),
@@ -317,8 +404,8 @@ impl Pipe {
         let mut over_grant = UsageOverGrant::default();
         let mut current: Option<String> = None;
         let mut last: Option<PatternResult<String>> = None;
-        let mut step_metadata: Vec<Value> = Vec::with_capacity(self.steps.len());
-        let mut step_costs: Vec<Value> = Vec::with_capacity(self.steps.len());
+        let mut step_metadata: Vec<Metadata> = Vec::with_capacity(self.steps.len());
+        let mut step_costs: Vec<StepCost> = Vec::with_capacity(self.steps.len());
         let start = PatternResult::new(prompt.to_owned());
 
         for (i, step) in self.steps.iter().enumerate() {
@@ -326,8 +413,8 @@ impl Pipe {
                 if !pred(last.as_ref().unwrap_or(&start)) {
                     let mut skipped = Metadata::new();
                     skipped.insert("skipped".into(), Value::Bool(true));
-                    step_metadata.push(Value::Object(skipped));
-                    step_costs.push(cost_json(&TokenUsage::default(), None));
+                    step_metadata.push(skipped);
+                    step_costs.push(StepCost::default());
                     continue;
                 }
             }
@@ -350,39 +437,49 @@ impl Pipe {
                     total += r.cost;
                     total_usd = add_usd(total_usd, r.usd);
                     over_grant += UsageOverGrant::from_metadata(&r.metadata);
-                    step_costs.push(cost_json(&r.cost, r.usd));
-                    step_metadata.push(Value::Object(r.metadata.clone()));
+                    step_costs.push(StepCost {
+                        cost: r.cost,
+                        usd: r.usd,
+                    });
+                    step_metadata.push(r.metadata.clone());
                     current = Some(r.value.clone());
                     last = Some(r);
                 }
                 Err(e) => {
-                    step_costs.push(cost_json(&e.cost(), e.usd()));
+                    step_costs.push(StepCost {
+                        cost: e.cost(),
+                        usd: e.usd(),
+                    });
                     over_grant += UsageOverGrant::from_metadata(e.metadata());
+                    let costs = step_costs.iter().map(StepCost::json).collect();
                     return Err(over_grant
                         .apply_to_error(e)
                         .add_cost(total, total_usd)
-                        .with_metadata("step_costs", Value::Array(step_costs))
+                        .with_metadata("step_costs", Value::Array(costs))
                         .with_metadata("failed_step", i));
                 }
             }
         }
 
-        let (value, score, mut metadata) = match last {
+        let (value, score, last_metadata) = match last {
             Some(r) => (r.value, r.score, r.metadata),
             None => (prompt.to_owned(), None, Metadata::new()),
         };
-        metadata.insert("step_count".into(), Value::from(self.steps.len()));
-        metadata.insert("step_metadata".into(), Value::Array(step_metadata));
-        metadata.insert("step_costs".into(), Value::Array(step_costs));
+        let stats = PipeStats {
+            step_count: self.steps.len(),
+            step_metadata,
+            step_costs,
+        };
+        let mut result = PatternResult::with_stats(value, stats).with_cost(total);
+        result.score = score;
+        result.usd = total_usd;
+        // The last run step's keys show too, under the pipe's own.
+        for (k, v) in last_metadata {
+            result.metadata.entry(k).or_insert(v);
+        }
         // The last step's count is replaced by the whole chain's.
-        over_grant.apply_to_metadata(&mut metadata);
-        Ok(PatternResult {
-            value,
-            score,
-            cost: total,
-            usd: total_usd,
-            metadata,
-        })
+        over_grant.apply_to_metadata(&mut result.metadata);
+        Ok(result)
     }
 }
 
@@ -410,6 +507,6 @@ impl Pattern for Pipe {
         input: StepInput<'_>,
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
-        self.run(provider, input.prompt(), ctx).await
+        Ok(self.run(provider, input.prompt(), ctx).await?.erase_stats())
     }
 }

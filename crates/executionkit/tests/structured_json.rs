@@ -27,7 +27,7 @@ fn ctx() -> RunContext {
 async fn run_value(
     p: &MockProvider,
     s: StructuredValue,
-) -> executionkit::Result<executionkit::PatternResult<Value>> {
+) -> executionkit::Result<executionkit::PatternResult<Value, executionkit::StructuredStats>> {
     s.run(p, "Give me data", &ctx()).await
 }
 

@@ -22,7 +22,7 @@ use crate::provider::{
     ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent,
 };
 use crate::redact::{redact_secret_json, redact_with};
-use crate::result::PatternResult;
+use crate::result::{PatternResult, RedactStats};
 use crate::telemetry::{
     ERROR_TYPE, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,
     GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS, GEN_AI_RESPONSE_ID,
@@ -261,11 +261,11 @@ impl RunContext {
     /// assert_eq!(r.cost, TokenUsage::new(5, 3, 1));
     /// assert_eq!(r.metadata["usage_over_grant"]["output_tokens"], 2);
     /// ```
-    pub fn spend_result<T>(
+    pub fn spend_result<T, S>(
         &self,
-        mut result: PatternResult<T>,
+        mut result: PatternResult<T, S>,
         tracker: &CostTracker,
-    ) -> PatternResult<T> {
+    ) -> PatternResult<T, S> {
         result.cost = tracker.usage();
         result.usd = self.tracker_usd(tracker);
         tracker.over_grant().apply_to_metadata(&mut result.metadata);
@@ -678,11 +678,11 @@ fn redact_error(e: Error, secret: Option<&str>) -> Error {
 /// The boundary every pattern's public `run` returns through: the provider's key, in every
 /// form [`redact_secret`](crate::redact::redact_secret) knows, is removed from an error's
 /// message and metadata and from a result's metadata (the value itself, the model's answer, is
-/// returned as given).
-pub(crate) fn seal<T>(
-    r: crate::error::Result<PatternResult<T>>,
+/// returned as given), and the same way from its typed statistics, which stay equal to it.
+pub(crate) fn seal<T, S: RedactStats>(
+    r: crate::error::Result<PatternResult<T, S>>,
     provider: &dyn LlmProvider,
-) -> crate::error::Result<PatternResult<T>> {
+) -> crate::error::Result<PatternResult<T, S>> {
     let Some(secret) = provider
         .secret()
         .filter(|s| s.len() >= crate::redact::MIN_SECRET_LEN)
@@ -698,6 +698,7 @@ pub(crate) fn seal<T>(
                     result.metadata = m;
                 }
             }
+            result.stats.redact_secret(secret);
             Ok(result)
         }
         Err(e) => Err(e.redacted_with(Some(secret))),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use serde::{Serialize, Serializer};
 use tracing::Instrument;
 
 use super::options::{CallOptions, WithCallOptions};
@@ -25,7 +26,98 @@ use crate::engine::voting::{VotingStrategy, normalized, tally_keys};
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, Result};
 use crate::provider::{ChatRequest, LlmProvider, Message};
-use crate::result::PatternResult;
+use crate::redact::redact_secret;
+use crate::result::{PatternResult, RedactStats};
+
+/// What a vote observed: [`Consensus::run`]'s `stats`, and its `metadata` keys of the same
+/// names (the metadata is these statistics serialised).
+///
+/// ```
+/// use executionkit::{Consensus, MockProvider, RunContext};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["A", "A", "B", "A"]);
+/// let r = Consensus::new().samples(4).run(&p, "Pick a letter", &RunContext::new()).await.unwrap();
+/// assert_eq!((r.stats.agreement_ratio, r.stats.unique_responses, r.stats.tie_count), (0.75, 2, 1));
+/// assert!(r.stats.early_stop.is_none()); // no stop rule: every sample was drawn
+/// assert_eq!(r.metadata["agreement_ratio"], r.stats.agreement_ratio);
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConsensusStats {
+    /// The winner's votes over the samples voted on (also the result's `score`).
+    pub agreement_ratio: f64,
+    /// Distinct vote keys.
+    pub unique_responses: usize,
+    /// Keys sharing the top count: 1 is a clean win, 0 a unanimous vote's.
+    pub tie_count: usize,
+    /// With a stop rule ([`Consensus::early_stop`]): how the sampling ended. Its fields are
+    /// metadata keys of their own (`samples_used`, `stopped_early`, `stop_rule`,
+    /// `vote_counts`), all absent without a rule.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<EarlyStopStats>,
+}
+
+/// How a consensus with a stop rule ended ([`ConsensusStats::early_stop`]).
+///
+/// ```
+/// use executionkit::{Consensus, MockProvider, RunContext, engine::stop::StopRule};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["Paris"]);
+/// let r = Consensus::new().samples(40).max_concurrency(1).early_stop(StopRule::window(3))
+///     .run(&p, "Capital of France?", &RunContext::new()).await.unwrap();
+/// let stop = r.stats.early_stop.unwrap();
+/// assert_eq!((stop.samples_used, stop.stopped_early, stop.stop_rule), (3, true, StopRule::window(3)));
+/// assert_eq!((stop.vote_counts[0].answer.as_str(), stop.vote_counts[0].count), ("Paris", 3));
+/// assert_eq!(r.metadata["stop_rule"], "window:3");
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EarlyStopStats {
+    /// Samples that answered before the rule fired (or the cap was reached).
+    pub samples_used: usize,
+    /// Whether the rule fired before the cap.
+    pub stopped_early: bool,
+    /// The rule, serialised as its text (`"window:3"`, `"adaptive:0.95"`).
+    #[serde(serialize_with = "as_text")]
+    pub stop_rule: StopRule,
+    /// Every answer's votes, highest count first (ties in order of arrival).
+    pub vote_counts: Vec<VoteCount>,
+}
+
+/// One answer's votes in [`EarlyStopStats::vote_counts`]: `{"answer", "count", "weight"}`.
+///
+/// ```
+/// let v = executionkit::patterns::consensus::VoteCount { answer: "4".into(), count: 2, weight: 2.0 };
+/// assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"answer":"4","count":2,"weight":2.0}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VoteCount {
+    /// The vote key (the normalised text, or [`Consensus::vote_key`]'s value).
+    pub answer: String,
+    /// How many samples gave it.
+    pub count: u64,
+    /// Its weight in the vote (today the count, as a float).
+    pub weight: f64,
+}
+
+fn as_text<S: Serializer>(rule: &StopRule, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(rule)
+}
+
+impl RedactStats for ConsensusStats {
+    /// The answers are model text, as the metadata's `vote_counts` are.
+    fn redact_secret(&mut self, secret: &str) {
+        for v in self
+            .early_stop
+            .iter_mut()
+            .flat_map(|e| e.vote_counts.iter_mut())
+        {
+            if let std::borrow::Cow::Owned(r) = redact_secret(&v.answer, secret) {
+                v.answer = r;
+            }
+        }
+    }
+}
 
 /// The most samples one consensus may draw.
 ///
@@ -326,7 +418,7 @@ impl Consensus {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, ConsensusStats>> {
         self.check()?;
         let span = tracing::info_span!(
             target: "executionkit",
@@ -345,7 +437,7 @@ impl Consensus {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, ConsensusStats>> {
         let tracker = CostTracker::new();
         let fail = |e: Error, tracker: &CostTracker| ctx.spend_error(e, tracker);
         let messages = self.call.messages(prompt);
@@ -402,11 +494,13 @@ impl Consensus {
         };
         let t = tally_keys(&keys, self.strategy).map_err(|e| fail(e, &tracker))?;
         let value = texts.into_iter().nth(t.winner_index).unwrap_or_default();
-        let result = PatternResult::new(value)
-            .with_score(t.agreement_ratio)
-            .with_metadata("agreement_ratio", t.agreement_ratio)
-            .with_metadata("unique_responses", t.unique_responses)
-            .with_metadata("tie_count", t.tie_count);
+        let stats = ConsensusStats {
+            agreement_ratio: t.agreement_ratio,
+            unique_responses: t.unique_responses,
+            tie_count: t.tie_count,
+            early_stop: None,
+        };
+        let result = PatternResult::with_stats(value, stats).with_score(t.agreement_ratio);
         Ok(ctx.spend_result(result, &tracker))
     }
 }
@@ -420,7 +514,7 @@ impl Consensus {
         messages: &[Message],
         ctx: &RunContext,
         tracker: CostTracker,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, ConsensusStats>> {
         let mut book = VoteBook::new();
         // (key, first text with that key, count), in order of first arrival.
         let mut answers: Vec<(String, String, u64)> = Vec::new();
@@ -465,9 +559,13 @@ impl Consensus {
         // A stable sort keeps arrival order among equal counts: the first is the winner.
         let mut ranked: Vec<&(String, String, u64)> = answers.iter().collect();
         ranked.sort_by_key(|a| std::cmp::Reverse(a.2));
-        let vote_counts: Vec<serde_json::Value> = ranked
+        let vote_counts: Vec<VoteCount> = ranked
             .iter()
-            .map(|a| serde_json::json!({"answer": a.0, "count": a.2, "weight": a.2 as f64}))
+            .map(|a| VoteCount {
+                answer: a.0.clone(),
+                count: a.2,
+                weight: a.2 as f64,
+            })
             .collect();
         let value = ranked.first().map(|a| a.1.clone()).unwrap_or_default();
         let agreement = if used == 0 {
@@ -475,15 +573,18 @@ impl Consensus {
         } else {
             top as f64 / used as f64
         };
-        let result = PatternResult::new(value)
-            .with_score(agreement)
-            .with_metadata("agreement_ratio", agreement)
-            .with_metadata("unique_responses", unique)
-            .with_metadata("tie_count", tie_count)
-            .with_metadata("samples_used", used)
-            .with_metadata("stopped_early", stopped_early)
-            .with_metadata("stop_rule", self.early_stop.to_string())
-            .with_metadata("vote_counts", vote_counts);
+        let stats = ConsensusStats {
+            agreement_ratio: agreement,
+            unique_responses: unique,
+            tie_count,
+            early_stop: Some(EarlyStopStats {
+                samples_used: used,
+                stopped_early,
+                stop_rule: self.early_stop,
+                vote_counts,
+            }),
+        };
+        let result = PatternResult::with_stats(value, stats).with_score(agreement);
         Ok(ctx.spend_result(result, &tracker))
     }
 }
@@ -505,6 +606,6 @@ impl Pattern for Consensus {
         input: StepInput<'_>,
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
-        self.run(provider, input.prompt(), ctx).await
+        Ok(self.run(provider, input.prompt(), ctx).await?.erase_stats())
     }
 }

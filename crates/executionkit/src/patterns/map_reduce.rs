@@ -8,16 +8,18 @@
 //! When the joined map outputs exceed [`MapReduce::max_reduce_input_chars`], they are reduced
 //! in groups (each at most that size, and at least two outputs per group so every level
 //! shrinks), the group results are reduced again, and so on until one reduce call sees
-//! everything that is left. Metadata: `map_count`, `reduce_calls` (every reduce call),
-//! `reduce_levels` (1 for a flat reduce), `total_calls` (every call, retries included).
+//! everything that is left. Statistics ([`MapReduceStats`], also the metadata keys):
+//! `map_count`, `reduce_calls` (every reduce call), `reduce_levels` (1 for a flat reduce),
+//! `total_calls` (every call, retries included).
 
 use futures::StreamExt;
+use serde::Serialize;
 
 use super::options::{CallOptions, WithCallOptions};
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, Result};
 use crate::provider::{ChatRequest, LlmProvider};
-use crate::result::PatternResult;
+use crate::result::{PatternResult, RedactStats};
 
 /// The map template's placeholder.
 ///
@@ -37,6 +39,35 @@ pub const MAPPED_OUTPUTS: &str = "{mapped_outputs}";
 /// assert_eq!(executionkit::patterns::map_reduce::DEFAULT_SEPARATOR, "\n\n---\n\n");
 /// ```
 pub const DEFAULT_SEPARATOR: &str = "\n\n---\n\n";
+
+/// What a map-reduce observed: [`MapReduce::run`]'s `stats`, and its `metadata` keys of the
+/// same names (the metadata is these statistics serialised).
+///
+/// ```
+/// use executionkit::{MapReduce, MockProvider, RunContext};
+/// use executionkit::patterns::map_reduce::MapReduceStats;
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["a", "b", "a and b"]);
+/// let items = vec!["doc a".to_owned(), "doc b".to_owned()];
+/// let r = MapReduce::new().map_template("{item}").reduce_template("{mapped_outputs}")
+///     .max_concurrency(1).run(&p, &items, &RunContext::new()).await.unwrap();
+/// assert_eq!(r.stats, MapReduceStats { map_count: 2, reduce_calls: 1, reduce_levels: 1, total_calls: 3 });
+/// assert_eq!(r.metadata["total_calls"], 3);
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MapReduceStats {
+    /// Items mapped.
+    pub map_count: usize,
+    /// Reduce calls, at every level.
+    pub reduce_calls: usize,
+    /// Levels of reduction (1 for a flat reduce).
+    pub reduce_levels: usize,
+    /// Every call made, retries included.
+    pub total_calls: u64,
+}
+
+impl RedactStats for MapReduceStats {}
 
 /// The map-reduce pattern.
 ///
@@ -234,7 +265,7 @@ impl MapReduce {
         provider: &dyn LlmProvider,
         items: &[String],
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, MapReduceStats>> {
         seal(self.run_unsealed(provider, items, ctx).await, provider)
     }
 
@@ -243,7 +274,7 @@ impl MapReduce {
         provider: &dyn LlmProvider,
         items: &[String],
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, MapReduceStats>> {
         self.validate()?;
         let tracker = CostTracker::new();
         let prompts: Vec<String> = items.iter().map(|it| self.map_prompt(it)).collect();
@@ -264,11 +295,13 @@ impl MapReduce {
             }
             outputs = reduced;
         };
-        let result = PatternResult::new(value)
-            .with_metadata("map_count", items.len())
-            .with_metadata("reduce_calls", reduce_calls)
-            .with_metadata("reduce_levels", levels)
-            .with_metadata("total_calls", tracker.usage().llm_calls);
+        let stats = MapReduceStats {
+            map_count: items.len(),
+            reduce_calls,
+            reduce_levels: levels,
+            total_calls: tracker.usage().llm_calls,
+        };
+        let result = PatternResult::with_stats(value, stats);
         Ok(ctx.spend_result(result, &tracker))
     }
 

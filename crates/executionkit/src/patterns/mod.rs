@@ -53,11 +53,11 @@ pub mod vote_keys;
 
 pub use crate::engine::voting::VotingStrategy;
 pub use call::{consensus, refine_loop};
-pub use consensus::Consensus;
-pub use map_reduce::MapReduce;
+pub use consensus::{Consensus, ConsensusStats, EarlyStopStats, VoteCount};
+pub use map_reduce::{MapReduce, MapReduceStats};
 pub use options::{CallOptions, WithCallOptions};
-pub use refine::{RefineCheckpoint, RefineLoop};
-pub use structured::{Structured, StructuredValue, structured};
+pub use refine::{RefineCheckpoint, RefineLoop, RefineStats};
+pub use structured::{Structured, StructuredStats, StructuredValue, structured};
 
 /// What a pattern receives as one step of a pipe.
 ///
@@ -150,12 +150,16 @@ pub trait Pattern: Send + Sync + fmt::Debug {
     ) -> Result<PatternResult<String>>;
 }
 
-/// Why a refine loop stopped (`metadata.termination_reason`).
+/// Why a refine loop stopped ([`RefineStats::termination_reason`], `metadata.termination_reason`).
+/// Serialises as [`as_str`](Self::as_str) gives it.
 ///
 /// ```
-/// assert_eq!(executionkit::TerminationReason::BudgetExhausted.as_str(), "budget_exhausted");
+/// use executionkit::TerminationReason;
+/// assert_eq!(TerminationReason::BudgetExhausted.as_str(), "budget_exhausted");
+/// assert_eq!(serde_json::to_value(TerminationReason::TargetReached).unwrap(), "target_reached");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TerminationReason {
     /// The score reached `target_score`.
     TargetReached,

@@ -32,7 +32,7 @@ use crate::engine::convergence::{
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, ErrorKind, Result};
 use crate::provider::{LlmProvider, Message};
-use crate::result::PatternResult;
+use crate::result::{PatternResult, RedactStats};
 use crate::usage::TokenUsage;
 
 /// A pure-code evaluator: scores a text in [0, 1].
@@ -84,6 +84,37 @@ pub struct RefineCheckpoint {
     pub cost: TokenUsage,
 }
 
+/// What a refine loop observed: [`RefineLoop::run`]'s `stats`, and its `metadata` keys of the
+/// same names (the metadata is these statistics serialised).
+///
+/// ```
+/// use executionkit::{MockProvider, RefineLoop, RunContext, TerminationReason};
+/// # futures::executor::block_on(async {
+/// // The draft scores 0.5, the improvement 0.9: the target.
+/// let p = MockProvider::new(["draft", "5", "better", "9"]);
+/// let r = RefineLoop::new().target_score(0.9).run(&p, "Write a haiku", &RunContext::new()).await.unwrap();
+/// assert_eq!(r.stats.iterations, 1);
+/// assert!(r.stats.converged);
+/// assert_eq!(r.stats.score_history, [0.5, 0.9]);
+/// assert_eq!(r.stats.termination_reason, TerminationReason::TargetReached);
+/// assert_eq!(r.metadata["termination_reason"], "target_reached");
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RefineStats {
+    /// Refinement rounds that were scored (0 when the first draft stopped the loop).
+    pub iterations: usize,
+    /// Whether the loop stopped on its own (target reached or score settled), rather than at
+    /// `max_iterations` or the budget's end.
+    pub converged: bool,
+    /// Every score in order: the first draft's, then each refinement's.
+    pub score_history: Vec<f64>,
+    /// Why the loop stopped.
+    pub termination_reason: TerminationReason,
+}
+
+impl RedactStats for RefineStats {}
+
 /// The iterative refine loop.
 ///
 /// Standalone ([`RefineLoop::run`]) it generates a first draft from the prompt. As a pipe step it
@@ -99,7 +130,8 @@ pub struct RefineCheckpoint {
 ///
 /// The evaluator is the default LLM judge (see [`judge`](crate::patterns::judge)), whose reply is
 /// retried once when it does not parse, or any async closure ([`RefineLoop::evaluator`]).
-/// Metadata: `iterations`, `converged`, `score_history`, `termination_reason`.
+/// Statistics ([`RefineStats`], also the metadata keys): `iterations`, `converged`,
+/// `score_history`, `termination_reason`.
 ///
 /// ```
 /// use executionkit::{MockProvider, RefineLoop, RunContext};
@@ -337,7 +369,7 @@ impl RefineLoop {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, RefineStats>> {
         self.run_from(provider, prompt, None, ctx).await
     }
 
@@ -361,7 +393,7 @@ impl RefineLoop {
         task: &str,
         draft: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, RefineStats>> {
         self.run_from(provider, task, Some(draft), ctx).await
     }
 
@@ -371,7 +403,7 @@ impl RefineLoop {
         task: &str,
         draft: Option<&str>,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, RefineStats>> {
         self.check()?;
         let run = Run {
             cfg: self,
@@ -409,7 +441,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    async fn execute(&self, draft: Option<&str>) -> Result<PatternResult<String>> {
+    async fn execute(&self, draft: Option<&str>) -> Result<PatternResult<String, RefineStats>> {
         let cfg = self.cfg;
         let mut detector =
             ConvergenceDetector::new(cfg.delta_threshold, cfg.patience, Some(cfg.target_score))?;
@@ -468,12 +500,13 @@ impl Run<'_> {
             None => TerminationReason::MaxIterations,
         };
         let (text, score) = best;
-        let result = PatternResult::new(text)
-            .with_score(score)
-            .with_metadata("iterations", iterations)
-            .with_metadata("converged", stop.is_some())
-            .with_metadata("score_history", history)
-            .with_metadata("termination_reason", reason.as_str());
+        let stats = RefineStats {
+            iterations,
+            converged: stop.is_some(),
+            score_history: history,
+            termination_reason: reason,
+        };
+        let result = PatternResult::with_stats(text, stats).with_score(score);
         Ok(self.ctx.spend_result(result, &self.tracker))
     }
 
@@ -589,7 +622,9 @@ impl Pattern for RefineLoop {
         input: StepInput<'_>,
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
-        self.run_from(provider, input.task, input.previous, ctx)
-            .await
+        Ok(self
+            .run_from(provider, input.task, input.previous, ctx)
+            .await?
+            .erase_stats())
     }
 }

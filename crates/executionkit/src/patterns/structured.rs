@@ -7,7 +7,9 @@
 //! any step is sent back with the error for a repair, at most `max_repairs` times; each repair
 //! is a counted call under the run's budget. [`StructuredValue`] is the untyped variant.
 //!
-//! Metadata: `parse_attempts` (replies examined), `repair_attempts` (repair calls), `validated`.
+//! Statistics ([`StructuredStats`], also the metadata keys): `parse_attempts` (replies
+//! examined), `repair_attempts` (repair calls), `validated`. A `parse` error carries the same
+//! keys in its metadata, with `validated: false`.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use schemars::JsonSchema;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -25,7 +28,7 @@ use crate::engine::schema::OutputSchema;
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, ErrorKind, Result};
 use crate::provider::{ChatRequest, LlmProvider};
-use crate::result::PatternResult;
+use crate::result::{PatternResult, RedactStats, stats_metadata};
 
 /// The temperature when none is set: the most likely, best-formed reply.
 const DEFAULT_TEMPERATURE: f64 = 0.0;
@@ -38,6 +41,32 @@ const VALIDATOR_REJECTED: &str = "validator rejected the structured output";
 
 /// A caller's check of a parsed value: `Ok(())` accepts, `Err(reason)` asks for a repair.
 type ValidatorFn<T> = Arc<dyn Fn(&T) -> std::result::Result<(), String> + Send + Sync>;
+
+/// What a structured run observed: [`Structured::run`]'s and [`StructuredValue::run`]'s `stats`,
+/// and their `metadata` keys of the same names (the metadata is these statistics serialised).
+///
+/// ```
+/// use executionkit::{MockProvider, RunContext, StructuredValue};
+/// use executionkit::patterns::structured::StructuredStats;
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["not json", r#"{"answer": 42}"#]);
+/// let r = StructuredValue::new().run(&p, "q", &RunContext::new()).await.unwrap();
+/// assert_eq!(r.stats, StructuredStats { parse_attempts: 2, repair_attempts: 1, validated: true });
+/// assert_eq!(r.metadata["repair_attempts"], 1);
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StructuredStats {
+    /// Replies examined (the first and each repair's).
+    pub parse_attempts: usize,
+    /// Repair calls made.
+    pub repair_attempts: usize,
+    /// Whether a reply was accepted: always `true` on a result (a `parse` error carries
+    /// `false` in its metadata).
+    pub validated: bool,
+}
+
+impl RedactStats for StructuredStats {}
 
 /// Options shared by the typed and untyped variants.
 #[derive(Debug, Clone)]
@@ -255,7 +284,7 @@ impl<T: DeserializeOwned + JsonSchema> Structured<T> {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<T>> {
+    ) -> Result<PatternResult<T, StructuredStats>> {
         Ok(self
             .run_full(provider, prompt, ctx)
             .await?
@@ -267,7 +296,7 @@ impl<T: DeserializeOwned + JsonSchema> Structured<T> {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<(T, Value)>> {
+    ) -> Result<PatternResult<(T, Value), StructuredStats>> {
         self.opts.validate()?;
         let schema = OutputSchema::of::<T>()?;
         run_core(&self.opts, Some(&schema), provider, prompt, ctx, |v| {
@@ -300,7 +329,7 @@ impl<T: DeserializeOwned + JsonSchema + Send + 'static> Pattern for Structured<T
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
         let r = self.run_full(provider, input.prompt(), ctx).await?;
-        Ok(r.map(|(_, v)| v.to_string()))
+        Ok(r.map(|(_, v)| v.to_string()).erase_stats())
     }
 }
 
@@ -420,7 +449,7 @@ impl StructuredValue {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<Value>> {
+    ) -> Result<PatternResult<Value, StructuredStats>> {
         let schema = self.compile()?;
         let r = run_core(&self.opts, schema.as_ref(), provider, prompt, ctx, |v| {
             if let Some(check) = &self.validator {
@@ -451,7 +480,7 @@ impl Pattern for StructuredValue {
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
         let r = self.run(provider, input.prompt(), ctx).await?;
-        Ok(r.map(|v| v.to_string()))
+        Ok(r.map(|v| v.to_string()).erase_stats())
     }
 }
 
@@ -506,7 +535,7 @@ async fn run_core<A>(
     prompt: &str,
     ctx: &RunContext,
     accept: impl Fn(Value) -> std::result::Result<A, String>,
-) -> Result<PatternResult<(A, Value)>> {
+) -> Result<PatternResult<(A, Value), StructuredStats>> {
     seal(
         repair_loop(opts, schema, provider, prompt, ctx, accept).await,
         provider,
@@ -520,7 +549,7 @@ async fn repair_loop<A>(
     prompt: &str,
     ctx: &RunContext,
     accept: impl Fn(Value) -> std::result::Result<A, String>,
-) -> Result<PatternResult<(A, Value)>> {
+) -> Result<PatternResult<(A, Value), StructuredStats>> {
     let tracker = CostTracker::new();
     let response_format = schema
         .filter(|_| opts.use_response_format)
@@ -528,10 +557,15 @@ async fn repair_loop<A>(
     let first = format!("{}\n\n{prompt}", instruction(schema));
     let mut parse_attempts = 0usize;
     let mut repair_attempts = 0usize;
-    let with_counts = |e: Error, parse: usize, repair: usize| {
-        e.with_metadata("parse_attempts", parse)
-            .with_metadata("repair_attempts", repair)
-            .with_metadata("validated", false)
+    let with_counts = |e: Error, parse_attempts: usize, repair_attempts: usize| {
+        let stats = StructuredStats {
+            parse_attempts,
+            repair_attempts,
+            validated: false,
+        };
+        stats_metadata(&stats)
+            .into_iter()
+            .fold(e, |e, (k, v)| e.with_metadata(&k, v))
     };
     let mut text = ctx
         .complete(
@@ -552,10 +586,12 @@ async fn repair_loop<A>(
                 Err(msg) => format!("JSON Schema validation failed: {msg}"),
                 Ok(()) => match accept(v.clone()) {
                     Ok(a) => {
-                        let result = PatternResult::new((a, v))
-                            .with_metadata("parse_attempts", parse_attempts)
-                            .with_metadata("repair_attempts", repair_attempts)
-                            .with_metadata("validated", true);
+                        let stats = StructuredStats {
+                            parse_attempts,
+                            repair_attempts,
+                            validated: true,
+                        };
+                        let result = PatternResult::with_stats((a, v), stats);
                         return Ok(ctx.spend_result(result, &tracker));
                     }
                     Err(msg) => msg,
