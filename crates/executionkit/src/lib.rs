@@ -38,8 +38,9 @@ pub use patterns::{CallOptions, WithCallOptions};
 pub use patterns::{
     Consensus, Pattern, RefineCheckpoint, RefineLoop, StepInput, TerminationReason, VotingStrategy,
 };
+pub use patterns::{ConsensusStats, MapReduceStats, RefineStats, StructuredStats, TypedStep};
 pub use patterns::{MapReduce, Structured, StructuredValue, structured};
-pub use pipe::Pipe;
+pub use pipe::{Pipe, PipeStats};
 pub use provider::{
     AnthropicProvider, AnthropicProviderBuilder, ChatRequest, Choice, LlmProvider, LlmResponse,
     Message, MockProvider, OfflineModel, Provider, ProviderBuilder, Role, StreamEvent, ToolCall,
@@ -48,10 +49,6 @@ pub use provider::{
 pub use result::{Metadata, PatternResult};
 pub use tools::Tool;
 pub use usage::{Budget, CostRates, TokenUsage, UsageOverGrant};
-pub use {
-    patterns::ConsensusStats, patterns::MapReduceStats, patterns::RefineStats,
-    patterns::StructuredStats, pipe::PipeStats,
-};
 
 /// The names most programs need, in one import: `use executionkit::prelude::*;`.
 ///

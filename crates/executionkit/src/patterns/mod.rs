@@ -1,5 +1,6 @@
 //! The reasoning patterns: [`Consensus`] and [`RefineLoop`], each a typed builder that runs on
-//! its own or as a step of a [`Pipe`](crate::Pipe) through the [`Pattern`] trait.
+//! its own or as a step of a [`Pipe`](crate::Pipe) through the [`Pattern`] trait (and, for a
+//! step with a typed value such as [`Structured`], the [`TypedStep`] trait).
 
 use std::fmt;
 
@@ -148,6 +149,70 @@ pub trait Pattern: Send + Sync + fmt::Debug {
         input: StepInput<'_>,
         ctx: &RunContext,
     ) -> Result<PatternResult<String>>;
+}
+
+/// A pipe step with a typed value. Added with [`Pipe::step_typed`](crate::Pipe::step_typed),
+/// its [`Output`](Self::Output) is handed on as a value, not only as text: the pipe's type
+/// becomes [`Pipe<Output>`](crate::Pipe), [`Pipe::then_prompt`](crate::Pipe::then_prompt) maps
+/// it into the next step's prompt, and a pipe ending with it returns it.
+///
+/// Implemented by [`Structured<T>`] (a `T`), [`StructuredValue`] (a JSON value) and
+/// [`Pipe<Out>`](crate::Pipe) (its last value); implement it for your own step.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use executionkit::{LlmProvider, MockProvider, Pattern, PatternResult, Pipe, Result, RunContext, StepInput, TypedStep};
+///
+/// /// Counts the words of its input, as a number.
+/// #[derive(Debug)]
+/// struct WordCount;
+///
+/// #[async_trait]
+/// impl Pattern for WordCount {
+///     fn name(&self) -> &'static str { "word_count" }
+///     fn validate(&self) -> Result<()> { Ok(()) }
+///     async fn run_step(&self, p: &dyn LlmProvider, input: StepInput<'_>, ctx: &RunContext)
+///         -> Result<PatternResult<String>> {
+///         Ok(self.run_typed(p, input, ctx).await?.0)
+///     }
+/// }
+///
+/// #[async_trait]
+/// impl TypedStep for WordCount {
+///     type Output = usize;
+///     async fn run_typed(&self, _p: &dyn LlmProvider, input: StepInput<'_>, _ctx: &RunContext)
+///         -> Result<(PatternResult<String>, usize)> {
+///         let n = input.prompt().split_whitespace().count();
+///         Ok((PatternResult::new(n.to_string()), n))
+///     }
+/// }
+///
+/// # futures::executor::block_on(async {
+/// let pipe = Pipe::new()
+///     .step_typed(WordCount)
+///     .then_prompt(|n: &usize, _task: &str| format!("{}", n * 2))
+///     .step_typed(WordCount);
+/// let r = pipe.run(&MockProvider::default(), "three short words", &RunContext::new()).await.unwrap();
+/// let one: usize = r.value; // "6" is one word
+/// assert_eq!(one, 1);
+/// # });
+/// ```
+#[async_trait]
+pub trait TypedStep: Pattern {
+    /// The step's value.
+    type Output: Send + 'static;
+
+    /// Runs the step as [`Pattern::run_step`] does, returning its result as text (what a text
+    /// step after it receives) and its typed value.
+    ///
+    /// # Errors
+    /// Any error of the run; it carries the step's own spend.
+    async fn run_typed(
+        &self,
+        provider: &dyn LlmProvider,
+        input: StepInput<'_>,
+        ctx: &RunContext,
+    ) -> Result<(PatternResult<String>, Self::Output)>;
 }
 
 /// Why a refine loop stopped ([`RefineStats::termination_reason`], `metadata.termination_reason`).

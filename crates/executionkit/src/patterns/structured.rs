@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::options::{CallOptions, WithCallOptions};
-use super::{Pattern, StepInput};
+use super::{Pattern, StepInput, TypedStep};
 use crate::engine::json::extract_json;
 use crate::engine::schema::OutputSchema;
 use crate::engine::{CostTracker, RunContext, seal};
@@ -251,6 +251,7 @@ impl<T: DeserializeOwned + JsonSchema> Structured<T> {
     /// `invalid_argument` for a bad temperature, `max_tokens` 0 or a blank model.
     ///
     /// ```
+    /// use executionkit::WithCallOptions as _;
     /// let s = executionkit::patterns::structured::Structured::<Vec<u8>>::new().max_tokens(0);
     /// assert!(s.validate().unwrap_err().is_invalid_argument());
     /// ```
@@ -331,6 +332,44 @@ impl<T: DeserializeOwned + JsonSchema + Send + 'static> Pattern for Structured<T
         let r = self.run_full(provider, input.prompt(), ctx).await?;
         Ok(r.map(|(_, v)| v.to_string()).erase_stats())
     }
+}
+
+/// In a pipe ([`Pipe::step_typed`](crate::Pipe::step_typed)), the value handed on is the `T`;
+/// its text is the accepted JSON.
+#[async_trait]
+impl<T: DeserializeOwned + JsonSchema + Send + 'static> TypedStep for Structured<T> {
+    type Output = T;
+
+    async fn run_typed(
+        &self,
+        provider: &dyn LlmProvider,
+        input: StepInput<'_>,
+        ctx: &RunContext,
+    ) -> Result<(PatternResult<String>, T)> {
+        let r = self.run_full(provider, input.prompt(), ctx).await?;
+        Ok(split(r))
+    }
+}
+
+/// A structured result as a step's: its text (the accepted JSON) and its typed value.
+fn split<A>(r: PatternResult<(A, Value), StructuredStats>) -> (PatternResult<String>, A) {
+    let PatternResult {
+        value: (typed, json),
+        score,
+        cost,
+        usd,
+        metadata,
+        stats: _,
+    } = r;
+    let text = PatternResult {
+        value: json.to_string(),
+        score,
+        cost,
+        usd,
+        metadata,
+        stats: (),
+    };
+    (text, typed)
 }
 
 /// Untyped structured output: a JSON object or array, checked against an optional caller's
@@ -481,6 +520,29 @@ impl Pattern for StructuredValue {
     ) -> Result<PatternResult<String>> {
         let r = self.run(provider, input.prompt(), ctx).await?;
         Ok(r.map(|v| v.to_string()).erase_stats())
+    }
+}
+
+/// In a pipe ([`Pipe::step_typed`](crate::Pipe::step_typed)), the value handed on is the JSON
+/// value; its text is the JSON text.
+#[async_trait]
+impl TypedStep for StructuredValue {
+    type Output = Value;
+
+    async fn run_typed(
+        &self,
+        provider: &dyn LlmProvider,
+        input: StepInput<'_>,
+        ctx: &RunContext,
+    ) -> Result<(PatternResult<String>, Value)> {
+        let r = self.run(provider, input.prompt(), ctx).await?;
+        let mut value = Value::Null;
+        let text = r.erase_stats().map(|v| {
+            let text = v.to_string();
+            value = v;
+            text
+        });
+        Ok((text, value))
     }
 }
 
