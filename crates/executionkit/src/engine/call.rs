@@ -249,8 +249,8 @@ impl RunContext {
 
     /// `result` with `tracker`'s spend: its `cost`, its `usd` (when prices are known) and, when
     /// some call went over its grant, `metadata.usage_over_grant` (see
-    /// [`UsageOverGrant`](crate::UsageOverGrant); the key is removed otherwise). Every pattern
-    /// finishes its result here.
+    /// [`UsageOverGrant`](crate::UsageOverGrant); the key is removed otherwise). Patterns get
+    /// it through [`tracked`](Self::tracked).
     ///
     /// ```
     /// use executionkit::{PatternResult, RunContext, TokenUsage, engine::CostTracker};
@@ -273,8 +273,8 @@ impl RunContext {
     }
 
     /// `error` with `tracker`'s spend: its cost, its `usd` (when prices are known) and, when
-    /// some call went over its grant, `metadata.usage_over_grant`. Every pattern finishes its
-    /// errors here.
+    /// some call went over its grant, `metadata.usage_over_grant`. Patterns get it through
+    /// [`tracked`](Self::tracked).
     ///
     /// ```
     /// use executionkit::{Error, RunContext, TokenUsage, engine::CostTracker};
@@ -291,6 +291,53 @@ impl RunContext {
                 .with_cost(tracker.usage())
                 .with_usd(self.tracker_usd(tracker)),
         )
+    }
+
+    /// Runs a pattern's body with a new [`CostTracker`] and attaches the tracker's spend to
+    /// whatever comes back: the result ([`spend_result`](Self::spend_result)) or the error
+    /// ([`spend_error`](Self::spend_error)), early returns and `?` included. This is the one
+    /// place a pattern's spend is attached: the body only makes calls through the tracker and
+    /// returns.
+    ///
+    /// ```
+    /// use executionkit::{ChatRequest, Message, MockProvider, PatternResult, RunContext, TokenUsage};
+    /// use executionkit::LlmResponse;
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new([LlmResponse::text("hi").with_usage(4, 2)]);
+    /// let ctx = RunContext::new();
+    /// let r = ctx
+    ///     .tracked(async |tracker| {
+    ///         let req = ChatRequest::new(vec![Message::user("hello")]);
+    ///         let reply = ctx.complete(&p, req, tracker).await?;
+    ///         Ok(PatternResult::new(reply.into_content()))
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!((r.value.as_str(), r.cost), ("hi", TokenUsage::new(4, 2, 1)));
+    ///
+    /// // An error leaving the body carries what was spent before it.
+    /// let e = ctx
+    ///     .tracked(async |tracker| -> executionkit::Result<PatternResult<()>> {
+    ///         ctx.complete(&p, ChatRequest::new(vec![Message::user("a")]), tracker).await?;
+    ///         Err(executionkit::Error::cancelled())
+    ///     })
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(e.cost(), TokenUsage::new(4, 2, 1));
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// The body's error, with the spend.
+    pub async fn tracked<T, S>(
+        &self,
+        body: impl AsyncFnOnce(&CostTracker) -> Result<PatternResult<T, S>>,
+    ) -> Result<PatternResult<T, S>> {
+        let tracker = CostTracker::new();
+        match body(&tracker).await {
+            Ok(r) => Ok(self.spend_result(r, &tracker)),
+            Err(e) => Err(self.spend_error(e, &tracker)),
+        }
     }
 
     /// Streams `request` through the budget and retry policy.

@@ -426,10 +426,8 @@ impl Consensus {
             samples = self.samples,
             strategy = self.strategy.as_str(),
         );
-        seal(
-            self.vote(provider, prompt, ctx).instrument(span).await,
-            provider,
-        )
+        let vote = ctx.tracked(async |tracker| self.vote(provider, prompt, ctx, tracker).await);
+        seal(vote.instrument(span).await, provider)
     }
 
     async fn vote(
@@ -437,9 +435,8 @@ impl Consensus {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
+        tracker: &CostTracker,
     ) -> Result<PatternResult<String, ConsensusStats>> {
-        let tracker = CostTracker::new();
-        let fail = |e: Error, tracker: &CostTracker| ctx.spend_error(e, tracker);
         let messages = self.call.messages(prompt);
 
         if self.early_stop.stops_early() {
@@ -453,20 +450,15 @@ impl Consensus {
         if self.use_n && self.samples > 1 && provider.supports_n() {
             if let Ok(n) = u32::try_from(self.samples) {
                 let req = self.request(&messages, 0).n(n);
-                match ctx.complete(provider, req, &tracker).await {
-                    Ok(resp) => {
-                        for (slot, choice) in texts.iter_mut().zip(resp.choices) {
-                            *slot = Some(choice.content);
-                        }
-                    }
-                    Err(e) => return Err(fail(e, &tracker)),
+                let resp = ctx.complete(provider, req, tracker).await?;
+                for (slot, choice) in texts.iter_mut().zip(resp.choices) {
+                    *slot = Some(choice.content);
                 }
             }
         }
 
         let missing: Vec<usize> = (0..self.samples).filter(|&i| texts[i].is_none()).collect();
         {
-            let tracker = &tracker;
             let messages = &messages;
             let mut in_flight = futures::stream::iter(missing)
                 .map(|i| {
@@ -479,9 +471,10 @@ impl Consensus {
                     Ok(resp) => texts[i] = Some(resp.into_content()),
                     Err(e) => {
                         // Dropping the stream cancels the samples still in flight; their
-                        // reserved calls stay counted in the tracker.
+                        // reserved calls stay counted in the tracker, whose spend the error
+                        // leaves with.
                         drop(in_flight);
-                        return Err(fail(e, tracker));
+                        return Err(e);
                     }
                 }
             }
@@ -492,7 +485,7 @@ impl Consensus {
             Some(key) => texts.iter().map(|t| Cow::Owned(key(t))).collect(),
             None => texts.iter().map(|t| normalized(t)).collect(),
         };
-        let t = tally_keys(&keys, self.strategy).map_err(|e| fail(e, &tracker))?;
+        let t = tally_keys(&keys, self.strategy)?;
         let value = texts.into_iter().nth(t.winner_index).unwrap_or_default();
         let stats = ConsensusStats {
             agreement_ratio: t.agreement_ratio,
@@ -500,8 +493,7 @@ impl Consensus {
             tie_count: t.tie_count,
             early_stop: None,
         };
-        let result = PatternResult::with_stats(value, stats).with_score(t.agreement_ratio);
-        Ok(ctx.spend_result(result, &tracker))
+        Ok(PatternResult::with_stats(value, stats).with_score(t.agreement_ratio))
     }
 }
 
@@ -513,14 +505,13 @@ impl Consensus {
         provider: &dyn LlmProvider,
         messages: &[Message],
         ctx: &RunContext,
-        tracker: CostTracker,
+        tracker: &CostTracker,
     ) -> Result<PatternResult<String, ConsensusStats>> {
         let mut book = VoteBook::new();
         // (key, first text with that key, count), in order of first arrival.
         let mut answers: Vec<(String, String, u64)> = Vec::new();
         let mut stopped_early = false;
         {
-            let tracker = &tracker;
             let mut in_flight = futures::stream::iter(0..self.samples)
                 .map(|i| {
                     let req = self.request(messages, i);
@@ -532,7 +523,7 @@ impl Consensus {
                     Ok(resp) => resp.into_content(),
                     Err(e) => {
                         drop(in_flight);
-                        return Err(ctx.spend_error(e, tracker));
+                        return Err(e);
                     }
                 };
                 let key = match &self.vote_key {
@@ -584,8 +575,7 @@ impl Consensus {
                 vote_counts,
             }),
         };
-        let result = PatternResult::with_stats(value, stats).with_score(agreement);
-        Ok(ctx.spend_result(result, &tracker))
+        Ok(PatternResult::with_stats(value, stats).with_score(agreement))
     }
 }
 

@@ -266,19 +266,21 @@ impl MapReduce {
         items: &[String],
         ctx: &RunContext,
     ) -> Result<PatternResult<String, MapReduceStats>> {
-        seal(self.run_unsealed(provider, items, ctx).await, provider)
+        self.validate()?;
+        let run =
+            ctx.tracked(async |tracker| self.map_then_reduce(provider, items, ctx, tracker).await);
+        seal(run.await, provider)
     }
 
-    async fn run_unsealed(
+    async fn map_then_reduce(
         &self,
         provider: &dyn LlmProvider,
         items: &[String],
         ctx: &RunContext,
+        tracker: &CostTracker,
     ) -> Result<PatternResult<String, MapReduceStats>> {
-        self.validate()?;
-        let tracker = CostTracker::new();
         let prompts: Vec<String> = items.iter().map(|it| self.map_prompt(it)).collect();
-        let mut outputs = self.fan_out(provider, prompts, ctx, &tracker).await?;
+        let mut outputs = self.fan_out(provider, prompts, ctx, tracker).await?;
         let mut reduce_calls = 0usize;
         let mut levels = 0usize;
         let value = loop {
@@ -289,7 +291,7 @@ impl MapReduce {
                 .map(|g| self.reduce_prompt(&outputs[g.clone()]))
                 .collect();
             reduce_calls += prompts.len();
-            let mut reduced = self.fan_out(provider, prompts, ctx, &tracker).await?;
+            let mut reduced = self.fan_out(provider, prompts, ctx, tracker).await?;
             if reduced.len() == 1 {
                 break reduced.pop().unwrap_or_default();
             }
@@ -301,8 +303,7 @@ impl MapReduce {
             reduce_levels: levels,
             total_calls: tracker.usage().llm_calls,
         };
-        let result = PatternResult::with_stats(value, stats);
-        Ok(ctx.spend_result(result, &tracker))
+        Ok(PatternResult::with_stats(value, stats))
     }
 
     fn reduce_prompt(&self, outputs: &[String]) -> String {
@@ -348,7 +349,8 @@ impl MapReduce {
     }
 
     /// One call per prompt, at most `max_concurrency` in flight, outputs in prompt order. The
-    /// first failure drops (cancels) the rest and returns with the tracker's whole spend.
+    /// first failure drops (cancels) the rest and returns (the run's tracker, which counted
+    /// them, gives the error its whole spend).
     async fn fan_out(
         &self,
         provider: &dyn LlmProvider,
@@ -367,7 +369,7 @@ impl MapReduce {
                 Ok(resp) => resp.content().clone_into(&mut out[i]),
                 Err(e) => {
                     drop(calls);
-                    return Err(ctx.spend_error(e, tracker));
+                    return Err(e);
                 }
             }
         }

@@ -405,14 +405,6 @@ impl RefineLoop {
         ctx: &RunContext,
     ) -> Result<PatternResult<String, RefineStats>> {
         self.check()?;
-        let run = Run {
-            cfg: self,
-            provider,
-            ctx,
-            tracker: CostTracker::new(),
-            task,
-            plain_judge: std::sync::atomic::AtomicBool::new(false),
-        };
         let span = tracing::info_span!(
             target: "executionkit",
             "pattern.refine",
@@ -420,11 +412,18 @@ impl RefineLoop {
             target_score = self.target_score,
             from_draft = draft.is_some(),
         );
-        let r = match run.execute(draft).instrument(span).await {
-            Ok(r) => Ok(r),
-            Err(e) => Err(ctx.spend_error(e, &run.tracker)),
-        };
-        seal(r, provider)
+        let r = ctx.tracked(async |tracker| {
+            let run = Run {
+                cfg: self,
+                provider,
+                ctx,
+                tracker,
+                task,
+                plain_judge: std::sync::atomic::AtomicBool::new(false),
+            };
+            run.execute(draft).await
+        });
+        seal(r.instrument(span).await, provider)
     }
 }
 
@@ -433,7 +432,7 @@ struct Run<'a> {
     cfg: &'a RefineLoop,
     provider: &'a dyn LlmProvider,
     ctx: &'a RunContext,
-    tracker: CostTracker,
+    tracker: &'a CostTracker,
     task: &'a str,
     /// Set when the endpoint refused the judge's `response_format`: the rest of the run asks
     /// in plain text.
@@ -506,8 +505,7 @@ impl Run<'_> {
             score_history: history,
             termination_reason: reason,
         };
-        let result = PatternResult::with_stats(text, stats).with_score(score);
-        Ok(self.ctx.spend_result(result, &self.tracker))
+        Ok(PatternResult::with_stats(text, stats).with_score(score))
     }
 
     fn task_messages(&self) -> Vec<Message> {
@@ -516,7 +514,7 @@ impl Run<'_> {
 
     async fn generate(&self, messages: Vec<Message>) -> Result<String> {
         let req = self.cfg.call.request(messages, DEFAULT_TEMPERATURE);
-        let resp = self.ctx.complete(self.provider, req, &self.tracker).await?;
+        let resp = self.ctx.complete(self.provider, req, self.tracker).await?;
         Ok(resp.into_content())
     }
 
@@ -560,12 +558,12 @@ impl Run<'_> {
         plain.temperature = Some(JUDGE_TEMPERATURE);
         plain.max_tokens = Some(JUDGE_MAX_TOKENS);
         if self.plain_judge.load(Ordering::Relaxed) {
-            return self.ctx.complete(self.provider, plain, &self.tracker).await;
+            return self.ctx.complete(self.provider, plain, self.tracker).await;
         }
         let structured = plain.clone().response_format(judge_response_format());
         match self
             .ctx
-            .complete(self.provider, structured, &self.tracker)
+            .complete(self.provider, structured, self.tracker)
             .await
         {
             Err(e) if e.is_permanent() && matches!(e.http_status(), Some(400 | 422)) => {
@@ -574,7 +572,7 @@ impl Run<'_> {
                     "the endpoint refused the judge's response_format; asking in plain text"
                 );
                 self.plain_judge.store(true, Ordering::Relaxed);
-                self.ctx.complete(self.provider, plain, &self.tracker).await
+                self.ctx.complete(self.provider, plain, self.tracker).await
             }
             other => other,
         }

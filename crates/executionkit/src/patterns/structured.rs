@@ -589,7 +589,7 @@ fn repair_prompt(error: &str, prompt: &str, previous: &str) -> String {
 }
 
 /// The loop shared by both variants: `accept` turns an extracted JSON value into the result
-/// or a reason to repair. Its errors and metadata leave with the key removed.
+/// or a reason to repair. Its result or error leaves with the spend and with the key removed.
 async fn run_core<A>(
     opts: &Options,
     schema: Option<&OutputSchema>,
@@ -598,10 +598,10 @@ async fn run_core<A>(
     ctx: &RunContext,
     accept: impl Fn(Value) -> std::result::Result<A, String>,
 ) -> Result<PatternResult<(A, Value), StructuredStats>> {
-    seal(
-        repair_loop(opts, schema, provider, prompt, ctx, accept).await,
-        provider,
-    )
+    let run = ctx.tracked(async |tracker| {
+        repair_loop(opts, schema, provider, prompt, ctx, tracker, &accept).await
+    });
+    seal(run.await, provider)
 }
 
 async fn repair_loop<A>(
@@ -610,9 +610,9 @@ async fn repair_loop<A>(
     provider: &dyn LlmProvider,
     prompt: &str,
     ctx: &RunContext,
+    tracker: &CostTracker,
     accept: impl Fn(Value) -> std::result::Result<A, String>,
 ) -> Result<PatternResult<(A, Value), StructuredStats>> {
-    let tracker = CostTracker::new();
     let response_format = schema
         .filter(|_| opts.use_response_format)
         .map(OutputSchema::response_format);
@@ -633,7 +633,7 @@ async fn repair_loop<A>(
         .complete(
             provider,
             opts.request(first, response_format.as_ref()),
-            &tracker,
+            tracker,
         )
         .await
         .map_err(|e| with_counts(e, 0, 0))?
@@ -653,8 +653,7 @@ async fn repair_loop<A>(
                             repair_attempts,
                             validated: true,
                         };
-                        let result = PatternResult::with_stats((a, v), stats);
-                        return Ok(ctx.spend_result(result, &tracker));
+                        return Ok(PatternResult::with_stats((a, v), stats));
                     }
                     Err(msg) => msg,
                 },
@@ -669,14 +668,14 @@ async fn repair_loop<A>(
             response_format.as_ref(),
         );
         text = ctx
-            .complete(provider, req, &tracker)
+            .complete(provider, req, tracker)
             .await
             .map_err(|e| with_counts(e, parse_attempts, repair_attempts))?
             .content()
             .to_owned();
     }
     Err(with_counts(
-        ctx.spend_error(Error::new(ErrorKind::Parse, last_error), &tracker),
+        Error::new(ErrorKind::Parse, last_error),
         parse_attempts,
         repair_attempts,
     ))
