@@ -217,7 +217,7 @@ enum Stage {
 ///   [`StepInput::task`]; a consensus step votes on the previous value, a refine step improves it.
 /// * Steps pass typed values. `Out` is the type of the pipe's current value: `String` for a
 ///   text step ([`Pipe::step`]), `T` after a typed step ([`Pipe::step_typed`], e.g.
-///   [`structured::<T>()`](crate::structured)). [`Pipe::then_prompt`] maps that value (and the
+///   [`structured::<T>()`](crate::structured())). [`Pipe::then_prompt`] maps that value (and the
 ///   task) into the text the next step receives, checked by the compiler; a text step after a
 ///   typed one receives the typed step's text (a structured step's: its JSON). A pipe ending in a
 ///   typed step returns its value, typed.
@@ -235,7 +235,7 @@ enum Stage {
 ///   step's own spend last).
 /// * When a server reported more output tokens than a call was granted, in any step, the
 ///   result's (or error's) `metadata.usage_over_grant` sums every step's
-///   ([`UsageOverGrant`](crate::UsageOverGrant)); each step's own is in its `step_metadata`.
+///   ([`UsageOverGrant`]); each step's own is in its `step_metadata`.
 /// * An empty pipe returns the prompt at zero cost with empty metadata.
 ///
 /// Internally every step hands on its text and, for a typed step, its value (type-erased); the
@@ -441,7 +441,7 @@ impl<Out> Pipe<Out> {
     }
 
     /// Appends a typed step: the pipe's value becomes the step's
-    /// [`Output`](TypedStep::Output) (a [`structured::<T>()`](crate::structured) step's `T`),
+    /// [`Output`](TypedStep::Output) (a [`structured::<T>()`](crate::structured()) step's `T`),
     /// for [`then_prompt`](Self::then_prompt) to map into the next step's prompt, or for
     /// [`run`](Self::run) to return. A text step after it receives its text.
     ///

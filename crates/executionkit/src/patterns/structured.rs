@@ -2,7 +2,7 @@
 //! schema), validated with a real JSON Schema implementation, with bounded repair retries.
 //!
 //! [`Structured<T>`] derives the schema from `T` (`schemars`), sends it as `response_format` in
-//! OpenAI's strict dialect, extracts the JSON from the reply ([`extract_json`]), validates it
+//! OpenAI's strict dialect, extracts the JSON from the reply ([`extract_json`](crate::extract_json)), validates it
 //! (`jsonschema`), deserialises it and runs an optional validator closure. A reply that fails
 //! any step is sent back with the error for a repair, at most `max_repairs` times; each repair
 //! is a counted call under the run's budget. [`StructuredValue`] is the untyped variant.
