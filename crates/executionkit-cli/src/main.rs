@@ -115,6 +115,12 @@ enum Done {
     Json(PatternResult<Value>),
 }
 
+impl Done {
+    fn text<S>(r: PatternResult<String, S>) -> Self {
+        Self::Text(r.erase_stats())
+    }
+}
+
 /// Everything prepared before the first request.
 struct Prepared {
     job: Job,
@@ -146,12 +152,16 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
     let work = async {
         let p = provider.as_ref();
         match &job {
-            Job::Consensus(c) => c.run(p, &prompt, &ctx).await.map(Done::Text),
-            Job::Refine(r) => r.run(p, &prompt, &ctx).await.map(Done::Text),
-            Job::Pipe(pipe) => pipe.run(p, &prompt, &ctx).await.map(Done::Text),
-            Job::React(r) => r.run(p, &prompt, &ctx).await.map(Done::Text),
-            Job::Structured(s) => s.run(p, &prompt, &ctx).await.map(Done::Json),
-            Job::MapReduce(m, items) => m.run(p, items, &ctx).await.map(Done::Text),
+            // The typed statistics are already in the metadata, which is what is printed.
+            Job::Consensus(c) => c.run(p, &prompt, &ctx).await.map(Done::text),
+            Job::Refine(r) => r.run(p, &prompt, &ctx).await.map(Done::text),
+            Job::Pipe(pipe) => pipe.run(p, &prompt, &ctx).await.map(Done::text),
+            Job::React(r) => r.run(p, &prompt, &ctx).await.map(Done::text),
+            Job::Structured(s) => s
+                .run(p, &prompt, &ctx)
+                .await
+                .map(|r| Done::Json(r.erase_stats())),
+            Job::MapReduce(m, items) => m.run(p, items, &ctx).await.map(Done::text),
         }
     };
     let outcome: Result<Done, (Error, u8)> = tokio::select! {

@@ -30,8 +30,11 @@ use crate::engine::RunContext;
 use crate::error::{Error, Result};
 use crate::patterns::react::ReactLoop;
 use crate::patterns::structured::StructuredValue;
-use crate::patterns::{Consensus, MapReduce, Pattern, RefineLoop, StepInput, Structured};
-use crate::pipe::Pipe;
+use crate::patterns::{
+    Consensus, ConsensusStats, MapReduce, MapReduceStats, Pattern, RefineLoop, RefineStats,
+    StepInput, Structured, StructuredStats,
+};
+use crate::pipe::{Pipe, PipeStats};
 use crate::provider::LlmProvider;
 use crate::result::PatternResult;
 
@@ -118,7 +121,7 @@ pub fn consensus(
     provider: &dyn LlmProvider,
     prompt: &str,
     ctx: &RunContext,
-) -> Result<PatternResult<String>> {
+) -> Result<PatternResult<String, ConsensusStats>> {
     block_on(pattern.run(provider, prompt, ctx))
 }
 
@@ -139,7 +142,7 @@ pub fn refine_loop(
     provider: &dyn LlmProvider,
     prompt: &str,
     ctx: &RunContext,
-) -> Result<PatternResult<String>> {
+) -> Result<PatternResult<String, RefineStats>> {
     block_on(pattern.run(provider, prompt, ctx))
 }
 
@@ -181,7 +184,7 @@ pub fn structured<T: DeserializeOwned + JsonSchema>(
     provider: &dyn LlmProvider,
     prompt: &str,
     ctx: &RunContext,
-) -> Result<PatternResult<T>> {
+) -> Result<PatternResult<T, StructuredStats>> {
     block_on(pattern.run(provider, prompt, ctx))
 }
 
@@ -201,7 +204,7 @@ pub fn structured_value(
     provider: &dyn LlmProvider,
     prompt: &str,
     ctx: &RunContext,
-) -> Result<PatternResult<Value>> {
+) -> Result<PatternResult<Value, StructuredStats>> {
     block_on(pattern.run(provider, prompt, ctx))
 }
 
@@ -226,7 +229,7 @@ pub fn map_reduce(
     provider: &dyn LlmProvider,
     items: &[String],
     ctx: &RunContext,
-) -> Result<PatternResult<String>> {
+) -> Result<PatternResult<String, MapReduceStats>> {
     block_on(pattern.run(provider, items, ctx))
 }
 
@@ -251,6 +254,6 @@ pub fn pipe(
     provider: &dyn LlmProvider,
     prompt: &str,
     ctx: &RunContext,
-) -> Result<PatternResult<String>> {
+) -> Result<PatternResult<String, PipeStats>> {
     block_on(pipe.run(provider, prompt, ctx))
 }

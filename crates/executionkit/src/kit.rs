@@ -260,7 +260,7 @@ impl Kit {
     /// error's cost) to the session's usage. Use it for patterns without a Kit method.
     ///
     /// ```
-    /// use executionkit::{MockProvider, patterns::structured::StructuredValue, Kit};
+    /// use executionkit::{MockProvider, StructuredValue, Kit};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let kit = Kit::new(MockProvider::new([r#"{"a": 1}"#]));
     /// let r = kit.track(StructuredValue::new().run(kit.provider().as_ref(), "json please", kit.run_context())).await.unwrap();
@@ -271,9 +271,9 @@ impl Kit {
     ///
     /// # Errors
     /// `run`'s error, unchanged.
-    pub async fn track<T, F>(&self, run: F) -> Result<PatternResult<T>>
+    pub async fn track<T, S, F>(&self, run: F) -> Result<PatternResult<T, S>>
     where
-        F: Future<Output = Result<PatternResult<T>>>,
+        F: Future<Output = Result<PatternResult<T, S>>>,
     {
         match run.await {
             Ok(r) => {
@@ -305,7 +305,7 @@ impl Kit {
         &self,
         prompt: &str,
         pattern: &Consensus,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, crate::ConsensusStats>> {
         self.track(pattern.run(self.provider.as_ref(), prompt, &self.ctx))
             .await
     }
@@ -329,7 +329,7 @@ impl Kit {
         &self,
         prompt: &str,
         pattern: &RefineLoop,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, crate::RefineStats>> {
         self.track(pattern.run(self.provider.as_ref(), prompt, &self.ctx))
             .await
     }
@@ -349,7 +349,11 @@ impl Kit {
     /// assert_eq!(kit.usage().llm_calls, 2);
     /// # });
     /// ```
-    pub async fn pipe(&self, prompt: &str, pipe: &Pipe) -> Result<PatternResult<String>> {
+    pub async fn pipe(
+        &self,
+        prompt: &str,
+        pipe: &Pipe,
+    ) -> Result<PatternResult<String, crate::PipeStats>> {
         self.track(pipe.run(self.provider.as_ref(), prompt, &self.ctx))
             .await
     }
@@ -377,7 +381,7 @@ impl Kit {
         &self,
         items: &[String],
         pattern: &MapReduce,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, crate::MapReduceStats>> {
         self.track(pattern.run(self.provider.as_ref(), items, &self.ctx))
             .await
     }
@@ -389,7 +393,7 @@ impl Kit {
     /// As [`ReactLoop::run`] (a provider that cannot call tools is refused before any call).
     ///
     /// ```
-    /// use executionkit::{MockProvider, Kit, patterns::react::ReactLoop};
+    /// use executionkit::{MockProvider, Kit, ReactLoop};
     /// # futures::executor::block_on(async {
     /// let kit = Kit::new(MockProvider::new(["4"]));
     /// let r = kit.react("2 + 2?", &ReactLoop::new()).await.unwrap();
@@ -431,7 +435,7 @@ impl Kit {
     /// left as it was. Turns run one at a time.
     ///
     /// ```
-    /// use executionkit::{MockProvider, Role, Kit, patterns::react::ReactLoop};
+    /// use executionkit::{MockProvider, Role, Kit, ReactLoop};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let kit = Kit::new(MockProvider::new(["hello", "fine, thanks"]));
     /// kit.turn_with("hi", &ReactLoop::new().max_rounds(2)).await.unwrap();

@@ -17,11 +17,11 @@ mod error;
 pub mod events;
 pub mod guide;
 mod kit;
-pub mod patterns;
-pub mod pipe;
+mod patterns;
+mod pipe;
 mod provider;
 pub mod redact;
-pub mod result;
+mod result;
 pub mod telemetry;
 mod text;
 mod tools;
@@ -36,13 +36,16 @@ pub use engine::{BudgetLedger, CostTracker, Reservation, RetryPolicy, RunContext
 pub use error::{Error, ErrorKind, Result};
 pub use kit::Kit;
 pub use patterns::call::{consensus, refine_loop};
-pub use patterns::react::ReactLoop;
+pub use patterns::consensus::{EarlyStopStats, VoteCount};
+pub use patterns::react::{ReactCheckpoint, ReactLoop, ReactTermination, Summary};
+pub use patterns::vote_keys;
 pub use patterns::{CallOptions, WithCallOptions};
 pub use patterns::{
     Consensus, Pattern, RefineCheckpoint, RefineLoop, StepInput, TerminationReason, VotingStrategy,
 };
+pub use patterns::{ConsensusStats, MapReduceStats, RefineStats, StructuredStats, TypedStep};
 pub use patterns::{MapReduce, Structured, StructuredValue, structured};
-pub use pipe::Pipe;
+pub use pipe::{Pipe, PipeStats, StepCost};
 #[cfg(feature = "offline")]
 pub use provider::OfflineModel;
 pub use provider::{
@@ -122,6 +125,12 @@ pub mod internals {
     /// Tool observations' truncation.
     pub mod tools {
         pub use crate::tools::{DEFAULT_TOOL_TIMEOUT, TRUNCATION_MARKER, truncate};
+    }
+    /// Pattern constants and helpers.
+    pub mod patterns {
+        pub use crate::patterns::consensus::MAX_SAMPLES;
+        pub use crate::patterns::map_reduce::{DEFAULT_SEPARATOR, ITEM, MAPPED_OUTPUTS};
+        pub use crate::patterns::react::{SUMMARY_PREFIX, trim_history};
     }
     /// Provider constants.
     pub mod provider {

@@ -20,7 +20,14 @@ use crate::usage::TokenUsage;
 /// ```
 pub type Metadata = Map<String, Value>;
 
-/// The value a pattern produced, its score, what it cost and what it observed.
+/// The value a pattern produced, its score, what it cost, its statistics and what it observed.
+///
+/// `S` is the pattern's typed statistics ([`ConsensusStats`](crate::ConsensusStats),
+/// [`RefineStats`](crate::RefineStats), …; `()` for a result without any, such as a pipe
+/// step's). A pattern builds its result with [`PatternResult::with_stats`], which also writes
+/// the statistics into [`metadata`](Self::metadata) by serialising them, so the typed field and
+/// the JSON key can never disagree; the engine then adds its own facts to the metadata
+/// (`usage_over_grant`, …).
 ///
 /// ```
 /// use executionkit::{PatternResult, TokenUsage};
@@ -31,7 +38,7 @@ pub type Metadata = Map<String, Value>;
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[must_use]
-pub struct PatternResult<T> {
+pub struct PatternResult<T, S = ()> {
     /// The value (the winning text, the refined draft, the parsed object, …).
     pub value: T,
     /// A score in [0, 1] where the pattern has one (agreement ratio, judge score).
@@ -41,12 +48,16 @@ pub struct PatternResult<T> {
     /// Money spent, when prices are known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usd: Option<f64>,
-    /// The pattern's metadata, serialisable to JSON.
+    /// The pattern's metadata, serialisable to JSON: its statistics' keys, plus the engine's.
     pub metadata: Metadata,
+    /// The pattern's typed statistics; each field is also a key of `metadata`. Not serialised
+    /// on its own (the metadata already holds it).
+    #[serde(skip)]
+    pub stats: S,
 }
 
 impl<T> PatternResult<T> {
-    /// A result holding `value` with no score, zero cost and empty metadata.
+    /// A result holding `value` with no score, zero cost, no statistics and empty metadata.
     ///
     /// ```
     /// let r = executionkit::PatternResult::new("a");
@@ -59,9 +70,36 @@ impl<T> PatternResult<T> {
             cost: TokenUsage::default(),
             usd: None,
             metadata: Metadata::new(),
+            stats: (),
         }
     }
+}
 
+impl<T, S: Serialize> PatternResult<T, S> {
+    /// A result holding `value` and `stats`, whose metadata is `stats` serialised (a struct's
+    /// fields become the keys; anything that does not serialise to a JSON object gives empty
+    /// metadata). No score, zero cost.
+    ///
+    /// ```
+    /// #[derive(serde::Serialize)]
+    /// struct Counts { tries: u32 }
+    /// let r = executionkit::PatternResult::with_stats("ok", Counts { tries: 2 });
+    /// assert_eq!(r.stats.tries, 2);
+    /// assert_eq!(r.metadata["tries"], 2);
+    /// ```
+    pub fn with_stats(value: T, stats: S) -> Self {
+        Self {
+            value,
+            score: None,
+            cost: TokenUsage::default(),
+            usd: None,
+            metadata: stats_metadata(&stats),
+            stats,
+        }
+    }
+}
+
+impl<T, S> PatternResult<T, S> {
     /// Sets the score.
     ///
     /// ```
@@ -94,24 +132,49 @@ impl<T> PatternResult<T> {
         self
     }
 
-    /// Maps the value, keeping score, cost and metadata.
+    /// Maps the value, keeping score, cost, statistics and metadata.
     ///
     /// ```
     /// let r = executionkit::PatternResult::new(2).map(|v| v * 10);
     /// assert_eq!(r.value, 20);
     /// ```
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> PatternResult<U> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> PatternResult<U, S> {
         PatternResult {
             value: f(self.value),
             score: self.score,
             cost: self.cost,
             usd: self.usd,
             metadata: self.metadata,
+            stats: self.stats,
+        }
+    }
+
+    /// Drops the typed statistics, keeping everything else (the metadata still holds them as
+    /// JSON): what a pipe step returns, or a way to put results of different patterns in one
+    /// collection.
+    ///
+    /// ```
+    /// use executionkit::{Consensus, MockProvider, PatternResult, RunContext};
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new(["a", "a"]);
+    /// let r = Consensus::new().samples(2).run(&p, "q", &RunContext::new()).await.unwrap();
+    /// let plain: PatternResult<String> = r.erase_stats();
+    /// assert_eq!(plain.metadata["unique_responses"], 1);
+    /// # });
+    /// ```
+    pub fn erase_stats(self) -> PatternResult<T> {
+        PatternResult {
+            value: self.value,
+            score: self.score,
+            cost: self.cost,
+            usd: self.usd,
+            metadata: self.metadata,
+            stats: (),
         }
     }
 }
 
-impl<T: Serialize> PatternResult<T> {
+impl<T: Serialize, S> PatternResult<T, S> {
     /// The `ek --json` success shape: `{"value", "score", "cost", "metadata"}`, with `cost.usd`
     /// present when money was tracked, and `cost.cache_read_input_tokens`,
     /// `cost.cache_write_input_tokens` and `cost.reasoning_tokens` each present when not zero.
@@ -139,7 +202,7 @@ impl<T: Serialize> PatternResult<T> {
     }
 }
 
-impl<T: fmt::Display> fmt::Display for PatternResult<T> {
+impl<T: fmt::Display, S> fmt::Display for PatternResult<T, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.value.fmt(f)
     }
@@ -167,3 +230,23 @@ pub(crate) fn cost_json(cost: &TokenUsage, usd: Option<f64>) -> Value {
     }
     Value::Object(m)
 }
+
+/// `stats` serialised to a JSON object: the metadata keys of a pattern's statistics (empty
+/// when they do not serialise to an object, as `()`).
+pub(crate) fn stats_metadata<S: Serialize>(stats: &S) -> Metadata {
+    match serde_json::to_value(stats) {
+        Ok(Value::Object(m)) => m,
+        _ => Metadata::new(),
+    }
+}
+
+/// Statistics that can hold text from a model or a server (an answer voted on, a step's
+/// metadata). The boundary that removes the provider's key from a result's metadata (`seal`,
+/// in `engine/call.rs`) removes it from the statistics the same way, so the typed
+/// field and its metadata key stay equal. Statistics of counts and flags keep the default.
+pub(crate) trait RedactStats {
+    /// Replaces `secret` (as [`redact_secret`](crate::redact::redact_secret)) in every string.
+    fn redact_secret(&mut self, _secret: &str) {}
+}
+
+impl RedactStats for () {}

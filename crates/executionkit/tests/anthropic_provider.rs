@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use executionkit::CostTracker;
 use executionkit::Tool;
-use executionkit::patterns::structured::structured;
+use executionkit::structured;
 use executionkit::{
     AnthropicProvider, Budget, ChatRequest, Consensus, CostRates, Error, LlmProvider, Message,
     ReactLoop, RefineLoop, RetryPolicy, RunContext, StreamEvent, ToolSpec,

@@ -923,7 +923,7 @@ async fn s061_stream_needs_a_streaming_provider() {
 async fn s058_one_call_finished_event_per_llm_call_across_patterns() {
     let (ctx, events) = recording(RunContext::new());
     let p = MockProvider::new([r#"{"ok": true}"#]);
-    let r = executionkit::patterns::structured::StructuredValue::new()
+    let r = executionkit::StructuredValue::new()
         .run(&p, "Is it ok?", &ctx)
         .await
         .unwrap();

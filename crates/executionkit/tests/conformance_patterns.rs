@@ -23,7 +23,10 @@ fn ctx() -> RunContext {
     RunContext::new().retry(RetryPolicy::none())
 }
 
-async fn consensus(p: &MockProvider, c: Consensus) -> Result<PatternResult<String>> {
+async fn consensus(
+    p: &MockProvider,
+    c: Consensus,
+) -> Result<PatternResult<String, executionkit::ConsensusStats>> {
     c.run(p, "prompt", &ctx()).await
 }
 
@@ -45,7 +48,7 @@ fn scripted(
     }
 }
 
-fn history(r: &PatternResult<String>) -> Vec<f64> {
+fn history<S>(r: &PatternResult<String, S>) -> Vec<f64> {
     r.metadata["score_history"]
         .as_array()
         .unwrap()

@@ -15,7 +15,10 @@ fn run(
     rule: StopRule,
     answers: &[&str],
     cap: usize,
-) -> (executionkit::PatternResult<String>, usize) {
+) -> (
+    executionkit::PatternResult<String, executionkit::ConsensusStats>,
+    usize,
+) {
     let p = MockProvider::new(answers.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
     let r = futures::executor::block_on(
         Consensus::new()

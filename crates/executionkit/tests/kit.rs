@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use executionkit::Kit;
+use executionkit::MapReduce;
 use executionkit::RateLimited;
+use executionkit::ReactLoop;
 use executionkit::Tool;
-use executionkit::patterns::map_reduce::MapReduce;
-use executionkit::patterns::react::ReactLoop;
 use executionkit::{
     Budget, ChatRequest, Choice, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, Message,
     MockProvider, Pipe, RefineLoop, Result, RetryPolicy, Role, RunContext, TokenUsage, ToolCall,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use executionkit::patterns::map_reduce::MapReduce;
+use executionkit::MapReduce;
 use executionkit::{
     Budget, ChatRequest, Error, ErrorKind, LlmProvider, LlmResponse, MockProvider, RetryPolicy,
     RunContext, TokenUsage,

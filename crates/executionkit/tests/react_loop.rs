@@ -12,13 +12,14 @@ use async_trait::async_trait;
 use executionkit::ChatStream;
 use executionkit::Tool;
 use executionkit::events::Event;
+use executionkit::internals::patterns::trim_history;
 use executionkit::internals::tools::truncate;
-use executionkit::patterns::react::{ReactLoop, Summary, trim_history};
 use executionkit::{ApprovalDecision, ApprovalGate, ApprovalRequest};
 use executionkit::{
     Budget, ChatRequest, Choice, Error, LlmProvider, LlmResponse, Message, MockProvider, Result,
     Role, RunContext, TokenUsage, ToolCall, ToolChoice, WithCallOptions,
 };
+use executionkit::{ReactLoop, Summary};
 use serde_json::{Map, Value, json};
 
 // ---------------------------------------------------------------- helpers

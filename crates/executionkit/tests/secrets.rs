@@ -6,9 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use async_trait::async_trait;
+use executionkit::ReactLoop;
+use executionkit::StructuredValue;
 use executionkit::Tool;
-use executionkit::patterns::react::ReactLoop;
-use executionkit::patterns::structured::StructuredValue;
 use executionkit::{
     Choice, Consensus, Error, ErrorKind, LlmProvider, LlmResponse, MockProvider, OpenAiProvider,
     Pattern, PatternResult, Pipe, RefineLoop, Result, RetryPolicy, RunContext, StepInput, ToolCall,

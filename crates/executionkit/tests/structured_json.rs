@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use executionkit::internals::json::{INVALID_JSON_MESSAGE, NO_JSON_MESSAGE, extract_json};
-use executionkit::patterns::structured::{StructuredValue, structured};
 use executionkit::{
     Budget, LlmResponse, MockProvider, OpenAiProvider, Pattern, RetryPolicy, Role, RunContext,
     StepInput, TokenUsage,
 };
+use executionkit::{StructuredValue, structured};
 use proptest::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -27,7 +27,7 @@ fn ctx() -> RunContext {
 async fn run_value(
     p: &MockProvider,
     s: StructuredValue,
-) -> executionkit::Result<executionkit::PatternResult<Value>> {
+) -> executionkit::Result<executionkit::PatternResult<Value, executionkit::StructuredStats>> {
     s.run(p, "Give me data", &ctx()).await
 }
 

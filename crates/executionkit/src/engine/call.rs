@@ -22,7 +22,7 @@ use crate::provider::{
     ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent,
 };
 use crate::redact::{redact_secret_json, redact_with};
-use crate::result::PatternResult;
+use crate::result::{PatternResult, RedactStats};
 use crate::telemetry::{
     ERROR_TYPE, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,
     GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS, GEN_AI_RESPONSE_ID,
@@ -247,8 +247,8 @@ impl RunContext {
 
     /// `result` with `tracker`'s spend: its `cost`, its `usd` (when prices are known) and, when
     /// some call went over its grant, `metadata.usage_over_grant` (see
-    /// [`UsageOverGrant`](crate::UsageOverGrant); the key is removed otherwise). Every pattern
-    /// finishes its result here.
+    /// [`UsageOverGrant`](crate::UsageOverGrant); the key is removed otherwise). Patterns get
+    /// it through [`tracked`](Self::tracked).
     ///
     /// ```
     /// use executionkit::{PatternResult, RunContext, TokenUsage, CostTracker};
@@ -259,11 +259,11 @@ impl RunContext {
     /// assert_eq!(r.cost, TokenUsage::new(5, 3, 1));
     /// assert_eq!(r.metadata["usage_over_grant"]["output_tokens"], 2);
     /// ```
-    pub fn spend_result<T>(
+    pub fn spend_result<T, S>(
         &self,
-        mut result: PatternResult<T>,
+        mut result: PatternResult<T, S>,
         tracker: &CostTracker,
-    ) -> PatternResult<T> {
+    ) -> PatternResult<T, S> {
         result.cost = tracker.usage();
         result.usd = self.tracker_usd(tracker);
         tracker.over_grant().apply_to_metadata(&mut result.metadata);
@@ -271,8 +271,8 @@ impl RunContext {
     }
 
     /// `error` with `tracker`'s spend: its cost, its `usd` (when prices are known) and, when
-    /// some call went over its grant, `metadata.usage_over_grant`. Every pattern finishes its
-    /// errors here.
+    /// some call went over its grant, `metadata.usage_over_grant`. Patterns get it through
+    /// [`tracked`](Self::tracked).
     ///
     /// ```
     /// use executionkit::{Error, RunContext, TokenUsage, CostTracker};
@@ -289,6 +289,53 @@ impl RunContext {
                 .with_cost(tracker.usage())
                 .with_usd(self.tracker_usd(tracker)),
         )
+    }
+
+    /// Runs a pattern's body with a new [`CostTracker`] and attaches the tracker's spend to
+    /// whatever comes back: the result ([`spend_result`](Self::spend_result)) or the error
+    /// ([`spend_error`](Self::spend_error)), early returns and `?` included. This is the one
+    /// place a pattern's spend is attached: the body only makes calls through the tracker and
+    /// returns.
+    ///
+    /// ```
+    /// use executionkit::{ChatRequest, Message, MockProvider, PatternResult, RunContext, TokenUsage};
+    /// use executionkit::LlmResponse;
+    /// # futures::executor::block_on(async {
+    /// let p = MockProvider::new([LlmResponse::text("hi").with_usage(4, 2)]);
+    /// let ctx = RunContext::new();
+    /// let r = ctx
+    ///     .tracked(async |tracker| {
+    ///         let req = ChatRequest::new(vec![Message::user("hello")]);
+    ///         let reply = ctx.complete(&p, req, tracker).await?;
+    ///         Ok(PatternResult::new(reply.into_content()))
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!((r.value.as_str(), r.cost), ("hi", TokenUsage::new(4, 2, 1)));
+    ///
+    /// // An error leaving the body carries what was spent before it.
+    /// let e = ctx
+    ///     .tracked(async |tracker| -> executionkit::Result<PatternResult<()>> {
+    ///         ctx.complete(&p, ChatRequest::new(vec![Message::user("a")]), tracker).await?;
+    ///         Err(executionkit::Error::cancelled())
+    ///     })
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(e.cost(), TokenUsage::new(4, 2, 1));
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// The body's error, with the spend.
+    pub async fn tracked<T, S>(
+        &self,
+        body: impl AsyncFnOnce(&CostTracker) -> Result<PatternResult<T, S>>,
+    ) -> Result<PatternResult<T, S>> {
+        let tracker = CostTracker::new();
+        match body(&tracker).await {
+            Ok(r) => Ok(self.spend_result(r, &tracker)),
+            Err(e) => Err(self.spend_error(e, &tracker)),
+        }
     }
 
     /// Streams `request` through the budget and retry policy.
@@ -676,11 +723,11 @@ fn redact_error(e: Error, secret: Option<&str>) -> Error {
 /// The boundary every pattern's public `run` returns through: the provider's key, in every
 /// form [`redact_secret`](crate::redact::redact_secret) knows, is removed from an error's
 /// message and metadata and from a result's metadata (the value itself, the model's answer, is
-/// returned as given).
-pub(crate) fn seal<T>(
-    r: crate::error::Result<PatternResult<T>>,
+/// returned as given), and the same way from its typed statistics, which stay equal to it.
+pub(crate) fn seal<T, S: RedactStats>(
+    r: crate::error::Result<PatternResult<T, S>>,
     provider: &dyn LlmProvider,
-) -> crate::error::Result<PatternResult<T>> {
+) -> crate::error::Result<PatternResult<T, S>> {
     let Some(secret) = provider
         .secret()
         .filter(|s| s.len() >= crate::redact::MIN_SECRET_LEN)
@@ -696,6 +743,7 @@ pub(crate) fn seal<T>(
                     result.metadata = m;
                 }
             }
+            result.stats.redact_secret(secret);
             Ok(result)
         }
         Err(e) => Err(e.redacted_with(Some(secret))),

@@ -17,7 +17,7 @@
 //! # });
 //! ```
 
-use super::{Consensus, RefineLoop};
+use super::{Consensus, ConsensusStats, RefineLoop, RefineStats};
 use crate::engine::RunContext;
 use crate::error::Result;
 use crate::provider::LlmProvider;
@@ -42,7 +42,7 @@ pub async fn consensus(
     provider: &dyn LlmProvider,
     prompt: &str,
     ctx: &RunContext,
-) -> Result<PatternResult<String>> {
+) -> Result<PatternResult<String, ConsensusStats>> {
     pattern.run(provider, prompt, ctx).await
 }
 
@@ -66,6 +66,6 @@ pub async fn refine_loop(
     provider: &dyn LlmProvider,
     prompt: &str,
     ctx: &RunContext,
-) -> Result<PatternResult<String>> {
+) -> Result<PatternResult<String, RefineStats>> {
     pattern.run(provider, prompt, ctx).await
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use serde::{Serialize, Serializer};
 use tracing::Instrument;
 
 use super::options::{CallOptions, WithCallOptions};
@@ -25,12 +26,103 @@ use crate::engine::voting::{VotingStrategy, normalized, tally_keys};
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, Result};
 use crate::provider::{ChatRequest, LlmProvider, Message};
-use crate::result::PatternResult;
+use crate::redact::redact_secret;
+use crate::result::{PatternResult, RedactStats};
+
+/// What a vote observed: [`Consensus::run`]'s `stats`, and its `metadata` keys of the same
+/// names (the metadata is these statistics serialised).
+///
+/// ```
+/// use executionkit::{Consensus, MockProvider, RunContext};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["A", "A", "B", "A"]);
+/// let r = Consensus::new().samples(4).run(&p, "Pick a letter", &RunContext::new()).await.unwrap();
+/// assert_eq!((r.stats.agreement_ratio, r.stats.unique_responses, r.stats.tie_count), (0.75, 2, 1));
+/// assert!(r.stats.early_stop.is_none()); // no stop rule: every sample was drawn
+/// assert_eq!(r.metadata["agreement_ratio"], r.stats.agreement_ratio);
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConsensusStats {
+    /// The winner's votes over the samples voted on (also the result's `score`).
+    pub agreement_ratio: f64,
+    /// Distinct vote keys.
+    pub unique_responses: usize,
+    /// Keys sharing the top count: 1 is a clean win, 0 a unanimous vote's.
+    pub tie_count: usize,
+    /// With a stop rule ([`Consensus::early_stop`]): how the sampling ended. Its fields are
+    /// metadata keys of their own (`samples_used`, `stopped_early`, `stop_rule`,
+    /// `vote_counts`), all absent without a rule.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<EarlyStopStats>,
+}
+
+/// How a consensus with a stop rule ended ([`ConsensusStats::early_stop`]).
+///
+/// ```
+/// use executionkit::{Consensus, MockProvider, RunContext, StopRule};
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["Paris"]);
+/// let r = Consensus::new().samples(40).max_concurrency(1).early_stop(StopRule::window(3))
+///     .run(&p, "Capital of France?", &RunContext::new()).await.unwrap();
+/// let stop = r.stats.early_stop.unwrap();
+/// assert_eq!((stop.samples_used, stop.stopped_early, stop.stop_rule), (3, true, StopRule::window(3)));
+/// assert_eq!((stop.vote_counts[0].answer.as_str(), stop.vote_counts[0].count), ("Paris", 3));
+/// assert_eq!(r.metadata["stop_rule"], "window:3");
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EarlyStopStats {
+    /// Samples that answered before the rule fired (or the cap was reached).
+    pub samples_used: usize,
+    /// Whether the rule fired before the cap.
+    pub stopped_early: bool,
+    /// The rule, serialised as its text (`"window:3"`, `"adaptive:0.95"`).
+    #[serde(serialize_with = "as_text")]
+    pub stop_rule: StopRule,
+    /// Every answer's votes, highest count first (ties in order of arrival).
+    pub vote_counts: Vec<VoteCount>,
+}
+
+/// One answer's votes in [`EarlyStopStats::vote_counts`]: `{"answer", "count", "weight"}`.
+///
+/// ```
+/// let v = executionkit::VoteCount { answer: "4".into(), count: 2, weight: 2.0 };
+/// assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"answer":"4","count":2,"weight":2.0}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VoteCount {
+    /// The vote key (the normalised text, or [`Consensus::vote_key`]'s value).
+    pub answer: String,
+    /// How many samples gave it.
+    pub count: u64,
+    /// Its weight in the vote (today the count, as a float).
+    pub weight: f64,
+}
+
+fn as_text<S: Serializer>(rule: &StopRule, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(rule)
+}
+
+impl RedactStats for ConsensusStats {
+    /// The answers are model text, as the metadata's `vote_counts` are.
+    fn redact_secret(&mut self, secret: &str) {
+        for v in self
+            .early_stop
+            .iter_mut()
+            .flat_map(|e| e.vote_counts.iter_mut())
+        {
+            if let std::borrow::Cow::Owned(r) = redact_secret(&v.answer, secret) {
+                v.answer = r;
+            }
+        }
+    }
+}
 
 /// The most samples one consensus may draw.
 ///
 /// ```
-/// use executionkit::{Consensus, MockProvider, RunContext, patterns::consensus::MAX_SAMPLES};
+/// use executionkit::{Consensus, MockProvider, RunContext, internals::patterns::MAX_SAMPLES};
 /// # futures::executor::block_on(async {
 /// let p = MockProvider::new(["a"]);
 /// let err = Consensus::new().samples(MAX_SAMPLES + 1).run(&p, "q", &RunContext::new()).await.unwrap_err();
@@ -44,20 +136,7 @@ pub const MAX_SAMPLES: usize = 1_000_000;
 const DEFAULT_TEMPERATURE: f64 = 0.9;
 
 /// The function a vote is taken on: maps a sample's text to the value voted on.
-///
-/// ```
-/// use std::sync::Arc;
-/// use executionkit::{Consensus, MockProvider, RunContext, patterns::consensus::VoteKey};
-/// # futures::executor::block_on(async {
-/// let last_word: VoteKey = Arc::new(|s: &str| s.split_whitespace().last().unwrap_or("").to_owned());
-/// assert_eq!(last_word("the answer is 4"), "4");
-/// let p = MockProvider::new(["it is 4", "the answer is 4", "5"]);
-/// let key = last_word.clone();
-/// let r = Consensus::new().samples(3).vote_key(move |s| key(s)).run(&p, "2 + 2?", &RunContext::new()).await.unwrap();
-/// assert_eq!(r.value, "it is 4"); // the first sample with the winning key
-/// # });
-/// ```
-pub type VoteKey = Arc<dyn Fn(&str) -> String + Send + Sync>;
+pub(crate) type VoteKey = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
 /// Consensus voting: N samples of one prompt, sent concurrently (up to `max_concurrency`),
 /// tallied by majority or unanimity.
@@ -326,7 +405,7 @@ impl Consensus {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, ConsensusStats>> {
         self.check()?;
         let span = tracing::info_span!(
             target: "executionkit",
@@ -334,10 +413,8 @@ impl Consensus {
             samples = self.samples,
             strategy = self.strategy.as_str(),
         );
-        seal(
-            self.vote(provider, prompt, ctx).instrument(span).await,
-            provider,
-        )
+        let vote = ctx.tracked(async |tracker| self.vote(provider, prompt, ctx, tracker).await);
+        seal(vote.instrument(span).await, provider)
     }
 
     async fn vote(
@@ -345,9 +422,8 @@ impl Consensus {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
-        let tracker = CostTracker::new();
-        let fail = |e: Error, tracker: &CostTracker| ctx.spend_error(e, tracker);
+        tracker: &CostTracker,
+    ) -> Result<PatternResult<String, ConsensusStats>> {
         let messages = self.call.messages(prompt);
 
         if self.early_stop.stops_early() {
@@ -361,20 +437,15 @@ impl Consensus {
         if self.use_n && self.samples > 1 && provider.supports_n() {
             if let Ok(n) = u32::try_from(self.samples) {
                 let req = self.request(&messages, 0).n(n);
-                match ctx.complete(provider, req, &tracker).await {
-                    Ok(resp) => {
-                        for (slot, choice) in texts.iter_mut().zip(resp.choices) {
-                            *slot = Some(choice.content);
-                        }
-                    }
-                    Err(e) => return Err(fail(e, &tracker)),
+                let resp = ctx.complete(provider, req, tracker).await?;
+                for (slot, choice) in texts.iter_mut().zip(resp.choices) {
+                    *slot = Some(choice.content);
                 }
             }
         }
 
         let missing: Vec<usize> = (0..self.samples).filter(|&i| texts[i].is_none()).collect();
         {
-            let tracker = &tracker;
             let messages = &messages;
             let mut in_flight = futures::stream::iter(missing)
                 .map(|i| {
@@ -387,9 +458,10 @@ impl Consensus {
                     Ok(resp) => texts[i] = Some(resp.into_content()),
                     Err(e) => {
                         // Dropping the stream cancels the samples still in flight; their
-                        // reserved calls stay counted in the tracker.
+                        // reserved calls stay counted in the tracker, whose spend the error
+                        // leaves with.
                         drop(in_flight);
-                        return Err(fail(e, tracker));
+                        return Err(e);
                     }
                 }
             }
@@ -400,14 +472,15 @@ impl Consensus {
             Some(key) => texts.iter().map(|t| Cow::Owned(key(t))).collect(),
             None => texts.iter().map(|t| normalized(t)).collect(),
         };
-        let t = tally_keys(&keys, self.strategy).map_err(|e| fail(e, &tracker))?;
+        let t = tally_keys(&keys, self.strategy)?;
         let value = texts.into_iter().nth(t.winner_index).unwrap_or_default();
-        let result = PatternResult::new(value)
-            .with_score(t.agreement_ratio)
-            .with_metadata("agreement_ratio", t.agreement_ratio)
-            .with_metadata("unique_responses", t.unique_responses)
-            .with_metadata("tie_count", t.tie_count);
-        Ok(ctx.spend_result(result, &tracker))
+        let stats = ConsensusStats {
+            agreement_ratio: t.agreement_ratio,
+            unique_responses: t.unique_responses,
+            tie_count: t.tie_count,
+            early_stop: None,
+        };
+        Ok(PatternResult::with_stats(value, stats).with_score(t.agreement_ratio))
     }
 }
 
@@ -419,14 +492,13 @@ impl Consensus {
         provider: &dyn LlmProvider,
         messages: &[Message],
         ctx: &RunContext,
-        tracker: CostTracker,
-    ) -> Result<PatternResult<String>> {
+        tracker: &CostTracker,
+    ) -> Result<PatternResult<String, ConsensusStats>> {
         let mut book = VoteBook::new();
         // (key, first text with that key, count), in order of first arrival.
         let mut answers: Vec<(String, String, u64)> = Vec::new();
         let mut stopped_early = false;
         {
-            let tracker = &tracker;
             let mut in_flight = futures::stream::iter(0..self.samples)
                 .map(|i| {
                     let req = self.request(messages, i);
@@ -438,7 +510,7 @@ impl Consensus {
                     Ok(resp) => resp.into_content(),
                     Err(e) => {
                         drop(in_flight);
-                        return Err(ctx.spend_error(e, tracker));
+                        return Err(e);
                     }
                 };
                 let key = match &self.vote_key {
@@ -465,9 +537,13 @@ impl Consensus {
         // A stable sort keeps arrival order among equal counts: the first is the winner.
         let mut ranked: Vec<&(String, String, u64)> = answers.iter().collect();
         ranked.sort_by_key(|a| std::cmp::Reverse(a.2));
-        let vote_counts: Vec<serde_json::Value> = ranked
+        let vote_counts: Vec<VoteCount> = ranked
             .iter()
-            .map(|a| serde_json::json!({"answer": a.0, "count": a.2, "weight": a.2 as f64}))
+            .map(|a| VoteCount {
+                answer: a.0.clone(),
+                count: a.2,
+                weight: a.2 as f64,
+            })
             .collect();
         let value = ranked.first().map(|a| a.1.clone()).unwrap_or_default();
         let agreement = if used == 0 {
@@ -475,16 +551,18 @@ impl Consensus {
         } else {
             top as f64 / used as f64
         };
-        let result = PatternResult::new(value)
-            .with_score(agreement)
-            .with_metadata("agreement_ratio", agreement)
-            .with_metadata("unique_responses", unique)
-            .with_metadata("tie_count", tie_count)
-            .with_metadata("samples_used", used)
-            .with_metadata("stopped_early", stopped_early)
-            .with_metadata("stop_rule", self.early_stop.to_string())
-            .with_metadata("vote_counts", vote_counts);
-        Ok(ctx.spend_result(result, &tracker))
+        let stats = ConsensusStats {
+            agreement_ratio: agreement,
+            unique_responses: unique,
+            tie_count,
+            early_stop: Some(EarlyStopStats {
+                samples_used: used,
+                stopped_early,
+                stop_rule: self.early_stop,
+                vote_counts,
+            }),
+        };
+        Ok(PatternResult::with_stats(value, stats).with_score(agreement))
     }
 }
 
@@ -505,6 +583,6 @@ impl Pattern for Consensus {
         input: StepInput<'_>,
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
-        self.run(provider, input.prompt(), ctx).await
+        Ok(self.run(provider, input.prompt(), ctx).await?.erase_stats())
     }
 }

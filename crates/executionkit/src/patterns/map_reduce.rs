@@ -8,41 +8,72 @@
 //! When the joined map outputs exceed [`MapReduce::max_reduce_input_chars`], they are reduced
 //! in groups (each at most that size, and at least two outputs per group so every level
 //! shrinks), the group results are reduced again, and so on until one reduce call sees
-//! everything that is left. Metadata: `map_count`, `reduce_calls` (every reduce call),
-//! `reduce_levels` (1 for a flat reduce), `total_calls` (every call, retries included).
+//! everything that is left. Statistics ([`MapReduceStats`], also the metadata keys):
+//! `map_count`, `reduce_calls` (every reduce call), `reduce_levels` (1 for a flat reduce),
+//! `total_calls` (every call, retries included).
 
 use futures::StreamExt;
+use serde::Serialize;
 
 use super::options::{CallOptions, WithCallOptions};
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, Result};
 use crate::provider::{ChatRequest, LlmProvider};
-use crate::result::PatternResult;
+use crate::result::{PatternResult, RedactStats};
 
 /// The map template's placeholder.
 ///
 /// ```
-/// assert_eq!(executionkit::patterns::map_reduce::ITEM, "{item}");
+/// assert_eq!(executionkit::internals::patterns::ITEM, "{item}");
 /// ```
 pub const ITEM: &str = "{item}";
 /// The reduce template's placeholder.
 ///
 /// ```
-/// assert_eq!(executionkit::patterns::map_reduce::MAPPED_OUTPUTS, "{mapped_outputs}");
+/// assert_eq!(executionkit::internals::patterns::MAPPED_OUTPUTS, "{mapped_outputs}");
 /// ```
 pub const MAPPED_OUTPUTS: &str = "{mapped_outputs}";
 /// The default separator between map outputs in the reduce prompt.
 ///
 /// ```
-/// assert_eq!(executionkit::patterns::map_reduce::DEFAULT_SEPARATOR, "\n\n---\n\n");
+/// assert_eq!(executionkit::internals::patterns::DEFAULT_SEPARATOR, "\n\n---\n\n");
 /// ```
 pub const DEFAULT_SEPARATOR: &str = "\n\n---\n\n";
+
+/// What a map-reduce observed: [`MapReduce::run`]'s `stats`, and its `metadata` keys of the
+/// same names (the metadata is these statistics serialised).
+///
+/// ```
+/// use executionkit::{MapReduce, MockProvider, RunContext};
+/// use executionkit::MapReduceStats;
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["a", "b", "a and b"]);
+/// let items = vec!["doc a".to_owned(), "doc b".to_owned()];
+/// let r = MapReduce::new().map_template("{item}").reduce_template("{mapped_outputs}")
+///     .max_concurrency(1).run(&p, &items, &RunContext::new()).await.unwrap();
+/// assert_eq!(r.stats, MapReduceStats { map_count: 2, reduce_calls: 1, reduce_levels: 1, total_calls: 3 });
+/// assert_eq!(r.metadata["total_calls"], 3);
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MapReduceStats {
+    /// Items mapped.
+    pub map_count: usize,
+    /// Reduce calls, at every level.
+    pub reduce_calls: usize,
+    /// Levels of reduction (1 for a flat reduce).
+    pub reduce_levels: usize,
+    /// Every call made, retries included.
+    pub total_calls: u64,
+}
+
+impl RedactStats for MapReduceStats {}
 
 /// The map-reduce pattern.
 ///
 /// ```
 /// use executionkit::{MockProvider, RunContext};
-/// use executionkit::patterns::map_reduce::MapReduce;
+/// use executionkit::MapReduce;
 /// # futures::executor::block_on(async {
 /// let p = MockProvider::new(["summary a", "summary b", "final"]);
 /// let items = vec!["doc a".to_owned(), "doc b".to_owned()];
@@ -93,7 +124,7 @@ impl MapReduce {
     /// `"\n\n---\n\n"`, no limit on the reduce input.
     ///
     /// ```
-    /// let m = executionkit::patterns::map_reduce::MapReduce::new();
+    /// let m = executionkit::MapReduce::new();
     /// assert!(m.validate().unwrap_err().message().contains("{item}"));
     /// ```
     pub fn new() -> Self {
@@ -110,7 +141,7 @@ impl MapReduce {
     /// The prompt for each item; every `{item}` is replaced by the item.
     ///
     /// ```
-    /// let m = executionkit::patterns::map_reduce::MapReduce::new().map_template("Do {item} {item}");
+    /// let m = executionkit::MapReduce::new().map_template("Do {item} {item}");
     /// assert_eq!(m.map_prompt("a"), "Do a a");
     /// ```
     pub fn map_template(mut self, template: impl Into<String>) -> Self {
@@ -121,7 +152,7 @@ impl MapReduce {
     /// The reduce prompt; every `{mapped_outputs}` is replaced by the joined map outputs.
     ///
     /// ```
-    /// let m = executionkit::patterns::map_reduce::MapReduce::new().reduce_template("Join: {mapped_outputs}");
+    /// let m = executionkit::MapReduce::new().reduce_template("Join: {mapped_outputs}");
     /// # let _ = m;
     /// ```
     pub fn reduce_template(mut self, template: impl Into<String>) -> Self {
@@ -132,7 +163,7 @@ impl MapReduce {
     /// How many calls may be in flight at once (default 10, at least 1).
     ///
     /// ```
-    /// let m = executionkit::patterns::map_reduce::MapReduce::new().max_concurrency(0);
+    /// let m = executionkit::MapReduce::new().max_concurrency(0);
     /// # let m = m.map_template("{item}").reduce_template("{mapped_outputs}");
     /// assert!(m.validate().unwrap_err().message().contains("max_concurrency"));
     /// ```
@@ -144,7 +175,7 @@ impl MapReduce {
     /// What joins the map outputs in the reduce prompt (default `"\n\n---\n\n"`).
     ///
     /// ```
-    /// let m = executionkit::patterns::map_reduce::MapReduce::new().separator("\n");
+    /// let m = executionkit::MapReduce::new().separator("\n");
     /// # let _ = m;
     /// ```
     pub fn separator(mut self, separator: impl Into<String>) -> Self {
@@ -156,7 +187,7 @@ impl MapReduce {
     /// is hierarchical. At least 1; unlimited by default.
     ///
     /// ```
-    /// let m = executionkit::patterns::map_reduce::MapReduce::new().max_reduce_input_chars(8_000);
+    /// let m = executionkit::MapReduce::new().max_reduce_input_chars(8_000);
     /// # let _ = m;
     /// ```
     pub fn max_reduce_input_chars(mut self, n: usize) -> Self {
@@ -178,7 +209,7 @@ impl MapReduce {
     /// `max_reduce_input_chars` 0, a bad temperature or a blank model.
     ///
     /// ```
-    /// use executionkit::patterns::map_reduce::MapReduce;
+    /// use executionkit::MapReduce;
     /// let m = MapReduce::new().map_template("{item}").reduce_template("no placeholder");
     /// assert!(m.validate().unwrap_err().message().contains("{mapped_outputs}"));
     /// ```
@@ -218,7 +249,7 @@ impl MapReduce {
     ///
     /// ```
     /// use executionkit::{Budget, MockProvider, RunContext};
-    /// use executionkit::patterns::map_reduce::MapReduce;
+    /// use executionkit::MapReduce;
     /// # futures::executor::block_on(async {
     /// let p = MockProvider::new(["x"]);
     /// let ctx = RunContext::new().budget(Budget::new().max_calls(2));
@@ -234,20 +265,22 @@ impl MapReduce {
         provider: &dyn LlmProvider,
         items: &[String],
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
-        seal(self.run_unsealed(provider, items, ctx).await, provider)
+    ) -> Result<PatternResult<String, MapReduceStats>> {
+        self.validate()?;
+        let run =
+            ctx.tracked(async |tracker| self.map_then_reduce(provider, items, ctx, tracker).await);
+        seal(run.await, provider)
     }
 
-    async fn run_unsealed(
+    async fn map_then_reduce(
         &self,
         provider: &dyn LlmProvider,
         items: &[String],
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
-        self.validate()?;
-        let tracker = CostTracker::new();
+        tracker: &CostTracker,
+    ) -> Result<PatternResult<String, MapReduceStats>> {
         let prompts: Vec<String> = items.iter().map(|it| self.map_prompt(it)).collect();
-        let mut outputs = self.fan_out(provider, prompts, ctx, &tracker).await?;
+        let mut outputs = self.fan_out(provider, prompts, ctx, tracker).await?;
         let mut reduce_calls = 0usize;
         let mut levels = 0usize;
         let value = loop {
@@ -258,18 +291,19 @@ impl MapReduce {
                 .map(|g| self.reduce_prompt(&outputs[g.clone()]))
                 .collect();
             reduce_calls += prompts.len();
-            let mut reduced = self.fan_out(provider, prompts, ctx, &tracker).await?;
+            let mut reduced = self.fan_out(provider, prompts, ctx, tracker).await?;
             if reduced.len() == 1 {
                 break reduced.pop().unwrap_or_default();
             }
             outputs = reduced;
         };
-        let result = PatternResult::new(value)
-            .with_metadata("map_count", items.len())
-            .with_metadata("reduce_calls", reduce_calls)
-            .with_metadata("reduce_levels", levels)
-            .with_metadata("total_calls", tracker.usage().llm_calls);
-        Ok(ctx.spend_result(result, &tracker))
+        let stats = MapReduceStats {
+            map_count: items.len(),
+            reduce_calls,
+            reduce_levels: levels,
+            total_calls: tracker.usage().llm_calls,
+        };
+        Ok(PatternResult::with_stats(value, stats))
     }
 
     fn reduce_prompt(&self, outputs: &[String]) -> String {
@@ -315,7 +349,8 @@ impl MapReduce {
     }
 
     /// One call per prompt, at most `max_concurrency` in flight, outputs in prompt order. The
-    /// first failure drops (cancels) the rest and returns with the tracker's whole spend.
+    /// first failure drops (cancels) the rest and returns (the run's tracker, which counted
+    /// them, gives the error its whole spend).
     async fn fan_out(
         &self,
         provider: &dyn LlmProvider,
@@ -334,7 +369,7 @@ impl MapReduce {
                 Ok(resp) => resp.content().clone_into(&mut out[i]),
                 Err(e) => {
                     drop(calls);
-                    return Err(ctx.spend_error(e, tracker));
+                    return Err(e);
                 }
             }
         }

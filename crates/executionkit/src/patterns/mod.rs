@@ -1,5 +1,6 @@
 //! The reasoning patterns: [`Consensus`] and [`RefineLoop`], each a typed builder that runs on
-//! its own or as a step of a [`Pipe`](crate::Pipe) through the [`Pattern`] trait.
+//! its own or as a step of a [`Pipe`](crate::Pipe) through the [`Pattern`] trait (and, for a
+//! step with a typed value such as [`Structured`], the [`TypedStep`] trait).
 
 use std::fmt;
 
@@ -52,12 +53,12 @@ pub mod structured;
 pub mod vote_keys;
 
 pub use crate::engine::voting::VotingStrategy;
-pub use call::{consensus, refine_loop};
-pub use consensus::Consensus;
-pub use map_reduce::MapReduce;
+
+pub use consensus::{Consensus, ConsensusStats};
+pub use map_reduce::{MapReduce, MapReduceStats};
 pub use options::{CallOptions, WithCallOptions};
-pub use refine::{RefineCheckpoint, RefineLoop};
-pub use structured::{Structured, StructuredValue, structured};
+pub use refine::{RefineCheckpoint, RefineLoop, RefineStats};
+pub use structured::{Structured, StructuredStats, StructuredValue, structured};
 
 /// What a pattern receives as one step of a pipe.
 ///
@@ -150,12 +151,80 @@ pub trait Pattern: Send + Sync + fmt::Debug {
     ) -> Result<PatternResult<String>>;
 }
 
-/// Why a refine loop stopped (`metadata.termination_reason`).
+/// A pipe step with a typed value. Added with [`Pipe::step_typed`](crate::Pipe::step_typed),
+/// its [`Output`](Self::Output) is handed on as a value, not only as text: the pipe's type
+/// becomes [`Pipe<Output>`](crate::Pipe), [`Pipe::then_prompt`](crate::Pipe::then_prompt) maps
+/// it into the next step's prompt, and a pipe ending with it returns it.
+///
+/// Implemented by [`Structured<T>`] (a `T`), [`StructuredValue`] (a JSON value) and
+/// [`Pipe<Out>`](crate::Pipe) (its last value); implement it for your own step.
 ///
 /// ```
-/// assert_eq!(executionkit::TerminationReason::BudgetExhausted.as_str(), "budget_exhausted");
+/// use async_trait::async_trait;
+/// use executionkit::{LlmProvider, MockProvider, Pattern, PatternResult, Pipe, Result, RunContext, StepInput, TypedStep};
+///
+/// /// Counts the words of its input, as a number.
+/// #[derive(Debug)]
+/// struct WordCount;
+///
+/// #[async_trait]
+/// impl Pattern for WordCount {
+///     fn name(&self) -> &'static str { "word_count" }
+///     fn validate(&self) -> Result<()> { Ok(()) }
+///     async fn run_step(&self, p: &dyn LlmProvider, input: StepInput<'_>, ctx: &RunContext)
+///         -> Result<PatternResult<String>> {
+///         Ok(self.run_typed(p, input, ctx).await?.0)
+///     }
+/// }
+///
+/// #[async_trait]
+/// impl TypedStep for WordCount {
+///     type Output = usize;
+///     async fn run_typed(&self, _p: &dyn LlmProvider, input: StepInput<'_>, _ctx: &RunContext)
+///         -> Result<(PatternResult<String>, usize)> {
+///         let n = input.prompt().split_whitespace().count();
+///         Ok((PatternResult::new(n.to_string()), n))
+///     }
+/// }
+///
+/// # futures::executor::block_on(async {
+/// let pipe = Pipe::new()
+///     .step_typed(WordCount)
+///     .then_prompt(|n: &usize, _task: &str| format!("{}", n * 2))
+///     .step_typed(WordCount);
+/// let r = pipe.run(&MockProvider::default(), "three short words", &RunContext::new()).await.unwrap();
+/// let one: usize = r.value; // "6" is one word
+/// assert_eq!(one, 1);
+/// # });
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[async_trait]
+pub trait TypedStep: Pattern {
+    /// The step's value.
+    type Output: Send + 'static;
+
+    /// Runs the step as [`Pattern::run_step`] does, returning its result as text (what a text
+    /// step after it receives) and its typed value.
+    ///
+    /// # Errors
+    /// Any error of the run; it carries the step's own spend.
+    async fn run_typed(
+        &self,
+        provider: &dyn LlmProvider,
+        input: StepInput<'_>,
+        ctx: &RunContext,
+    ) -> Result<(PatternResult<String>, Self::Output)>;
+}
+
+/// Why a refine loop stopped ([`RefineStats::termination_reason`], `metadata.termination_reason`).
+/// Serialises as [`as_str`](Self::as_str) gives it.
+///
+/// ```
+/// use executionkit::TerminationReason;
+/// assert_eq!(TerminationReason::BudgetExhausted.as_str(), "budget_exhausted");
+/// assert_eq!(serde_json::to_value(TerminationReason::TargetReached).unwrap(), "target_reached");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TerminationReason {
     /// The score reached `target_score`.
     TargetReached,

@@ -32,37 +32,14 @@ use crate::engine::convergence::{
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, ErrorKind, Result};
 use crate::provider::{LlmProvider, Message};
-use crate::result::PatternResult;
+use crate::result::{PatternResult, RedactStats};
 use crate::usage::TokenUsage;
 
 /// A pure-code evaluator: scores a text in [0, 1].
-///
-/// ```
-/// use std::sync::Arc;
-/// use executionkit::patterns::refine::Evaluator;
-/// use futures::FutureExt;
-/// let by_length: Evaluator = Arc::new(|text: String| async move { Ok((text.len() as f64 / 10.0).min(1.0)) }.boxed());
-/// assert_eq!(futures::executor::block_on(by_length("hello".to_owned())).unwrap(), 0.5);
-/// ```
-pub type Evaluator = Arc<dyn Fn(String) -> BoxFuture<'static, Result<f64>> + Send + Sync>;
+pub(crate) type Evaluator = Arc<dyn Fn(String) -> BoxFuture<'static, Result<f64>> + Send + Sync>;
 
 /// A checkpoint callback, called after the first score (iteration 0) and after each refinement.
-///
-/// ```
-/// use std::sync::{Arc, Mutex};
-/// use executionkit::{RefineCheckpoint, TokenUsage, patterns::refine::CheckpointFn};
-/// let best = Arc::new(Mutex::new(0.0));
-/// let b = best.clone();
-/// let save: CheckpointFn = Arc::new(move |c: &RefineCheckpoint| *b.lock().unwrap() = c.current_score);
-/// save(&RefineCheckpoint {
-///     iteration: 0,
-///     current_text: "draft".into(),
-///     current_score: 0.7,
-///     cost: TokenUsage::new(10, 5, 2),
-/// });
-/// assert_eq!(*best.lock().unwrap(), 0.7);
-/// ```
-pub type CheckpointFn = Arc<dyn Fn(&RefineCheckpoint) + Send + Sync>;
+pub(crate) type CheckpointFn = Arc<dyn Fn(&RefineCheckpoint) + Send + Sync>;
 
 /// The state of a refine loop after one scoring, as given to [`RefineLoop::on_checkpoint`].
 /// Serialises to `{"iteration", "current_text", "current_score", "cost"}`.
@@ -84,6 +61,37 @@ pub struct RefineCheckpoint {
     pub cost: TokenUsage,
 }
 
+/// What a refine loop observed: [`RefineLoop::run`]'s `stats`, and its `metadata` keys of the
+/// same names (the metadata is these statistics serialised).
+///
+/// ```
+/// use executionkit::{MockProvider, RefineLoop, RunContext, TerminationReason};
+/// # futures::executor::block_on(async {
+/// // The draft scores 0.5, the improvement 0.9: the target.
+/// let p = MockProvider::new(["draft", "5", "better", "9"]);
+/// let r = RefineLoop::new().target_score(0.9).run(&p, "Write a haiku", &RunContext::new()).await.unwrap();
+/// assert_eq!(r.stats.iterations, 1);
+/// assert!(r.stats.converged);
+/// assert_eq!(r.stats.score_history, [0.5, 0.9]);
+/// assert_eq!(r.stats.termination_reason, TerminationReason::TargetReached);
+/// assert_eq!(r.metadata["termination_reason"], "target_reached");
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RefineStats {
+    /// Refinement rounds that were scored (0 when the first draft stopped the loop).
+    pub iterations: usize,
+    /// Whether the loop stopped on its own (target reached or score settled), rather than at
+    /// `max_iterations` or the budget's end.
+    pub converged: bool,
+    /// Every score in order: the first draft's, then each refinement's.
+    pub score_history: Vec<f64>,
+    /// Why the loop stopped.
+    pub termination_reason: TerminationReason,
+}
+
+impl RedactStats for RefineStats {}
+
 /// The iterative refine loop.
 ///
 /// Standalone ([`RefineLoop::run`]) it generates a first draft from the prompt. As a pipe step it
@@ -99,7 +107,8 @@ pub struct RefineCheckpoint {
 ///
 /// The evaluator is the default LLM judge (see [`judge`](crate::patterns::judge)), whose reply is
 /// retried once when it does not parse, or any async closure ([`RefineLoop::evaluator`]).
-/// Metadata: `iterations`, `converged`, `score_history`, `termination_reason`.
+/// Statistics ([`RefineStats`], also the metadata keys): `iterations`, `converged`,
+/// `score_history`, `termination_reason`.
 ///
 /// ```
 /// use executionkit::{MockProvider, RefineLoop, RunContext};
@@ -337,7 +346,7 @@ impl RefineLoop {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, RefineStats>> {
         self.run_from(provider, prompt, None, ctx).await
     }
 
@@ -361,7 +370,7 @@ impl RefineLoop {
         task: &str,
         draft: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, RefineStats>> {
         self.run_from(provider, task, Some(draft), ctx).await
     }
 
@@ -371,16 +380,8 @@ impl RefineLoop {
         task: &str,
         draft: Option<&str>,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, RefineStats>> {
         self.check()?;
-        let run = Run {
-            cfg: self,
-            provider,
-            ctx,
-            tracker: CostTracker::new(),
-            task,
-            plain_judge: std::sync::atomic::AtomicBool::new(false),
-        };
         let span = tracing::info_span!(
             target: "executionkit",
             "pattern.refine",
@@ -388,11 +389,18 @@ impl RefineLoop {
             target_score = self.target_score,
             from_draft = draft.is_some(),
         );
-        let r = match run.execute(draft).instrument(span).await {
-            Ok(r) => Ok(r),
-            Err(e) => Err(ctx.spend_error(e, &run.tracker)),
-        };
-        seal(r, provider)
+        let r = ctx.tracked(async |tracker| {
+            let run = Run {
+                cfg: self,
+                provider,
+                ctx,
+                tracker,
+                task,
+                plain_judge: std::sync::atomic::AtomicBool::new(false),
+            };
+            run.execute(draft).await
+        });
+        seal(r.instrument(span).await, provider)
     }
 }
 
@@ -401,7 +409,7 @@ struct Run<'a> {
     cfg: &'a RefineLoop,
     provider: &'a dyn LlmProvider,
     ctx: &'a RunContext,
-    tracker: CostTracker,
+    tracker: &'a CostTracker,
     task: &'a str,
     /// Set when the endpoint refused the judge's `response_format`: the rest of the run asks
     /// in plain text.
@@ -409,7 +417,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    async fn execute(&self, draft: Option<&str>) -> Result<PatternResult<String>> {
+    async fn execute(&self, draft: Option<&str>) -> Result<PatternResult<String, RefineStats>> {
         let cfg = self.cfg;
         let mut detector =
             ConvergenceDetector::new(cfg.delta_threshold, cfg.patience, Some(cfg.target_score))?;
@@ -468,13 +476,13 @@ impl Run<'_> {
             None => TerminationReason::MaxIterations,
         };
         let (text, score) = best;
-        let result = PatternResult::new(text)
-            .with_score(score)
-            .with_metadata("iterations", iterations)
-            .with_metadata("converged", stop.is_some())
-            .with_metadata("score_history", history)
-            .with_metadata("termination_reason", reason.as_str());
-        Ok(self.ctx.spend_result(result, &self.tracker))
+        let stats = RefineStats {
+            iterations,
+            converged: stop.is_some(),
+            score_history: history,
+            termination_reason: reason,
+        };
+        Ok(PatternResult::with_stats(text, stats).with_score(score))
     }
 
     fn task_messages(&self) -> Vec<Message> {
@@ -483,7 +491,7 @@ impl Run<'_> {
 
     async fn generate(&self, messages: Vec<Message>) -> Result<String> {
         let req = self.cfg.call.request(messages, DEFAULT_TEMPERATURE);
-        let resp = self.ctx.complete(self.provider, req, &self.tracker).await?;
+        let resp = self.ctx.complete(self.provider, req, self.tracker).await?;
         Ok(resp.into_content())
     }
 
@@ -527,12 +535,12 @@ impl Run<'_> {
         plain.temperature = Some(JUDGE_TEMPERATURE);
         plain.max_tokens = Some(JUDGE_MAX_TOKENS);
         if self.plain_judge.load(Ordering::Relaxed) {
-            return self.ctx.complete(self.provider, plain, &self.tracker).await;
+            return self.ctx.complete(self.provider, plain, self.tracker).await;
         }
         let structured = plain.clone().response_format(judge_response_format());
         match self
             .ctx
-            .complete(self.provider, structured, &self.tracker)
+            .complete(self.provider, structured, self.tracker)
             .await
         {
             Err(e) if e.is_permanent() && matches!(e.http_status(), Some(400 | 422)) => {
@@ -541,7 +549,7 @@ impl Run<'_> {
                     "the endpoint refused the judge's response_format; asking in plain text"
                 );
                 self.plain_judge.store(true, Ordering::Relaxed);
-                self.ctx.complete(self.provider, plain, &self.tracker).await
+                self.ctx.complete(self.provider, plain, self.tracker).await
             }
             other => other,
         }
@@ -589,7 +597,9 @@ impl Pattern for RefineLoop {
         input: StepInput<'_>,
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
-        self.run_from(provider, input.task, input.previous, ctx)
-            .await
+        Ok(self
+            .run_from(provider, input.task, input.previous, ctx)
+            .await?
+            .erase_stats())
     }
 }

@@ -2,12 +2,14 @@
 //! schema), validated with a real JSON Schema implementation, with bounded repair retries.
 //!
 //! [`Structured<T>`] derives the schema from `T` (`schemars`), sends it as `response_format` in
-//! OpenAI's strict dialect, extracts the JSON from the reply ([`extract_json`]), validates it
+//! OpenAI's strict dialect, extracts the JSON from the reply ([`extract_json`](crate::extract_json)), validates it
 //! (`jsonschema`), deserialises it and runs an optional validator closure. A reply that fails
 //! any step is sent back with the error for a repair, at most `max_repairs` times; each repair
 //! is a counted call under the run's budget. [`StructuredValue`] is the untyped variant.
 //!
-//! Metadata: `parse_attempts` (replies examined), `repair_attempts` (repair calls), `validated`.
+//! Statistics ([`StructuredStats`], also the metadata keys): `parse_attempts` (replies
+//! examined), `repair_attempts` (repair calls), `validated`. A `parse` error carries the same
+//! keys in its metadata, with `validated: false`.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -15,17 +17,18 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use schemars::JsonSchema;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::options::{CallOptions, WithCallOptions};
-use super::{Pattern, StepInput};
+use super::{Pattern, StepInput, TypedStep};
 use crate::engine::json::extract_json;
 use crate::engine::schema::OutputSchema;
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, ErrorKind, Result};
 use crate::provider::{ChatRequest, LlmProvider};
-use crate::result::PatternResult;
+use crate::result::{PatternResult, RedactStats, stats_metadata};
 
 /// The temperature when none is set: the most likely, best-formed reply.
 const DEFAULT_TEMPERATURE: f64 = 0.0;
@@ -38,6 +41,32 @@ const VALIDATOR_REJECTED: &str = "validator rejected the structured output";
 
 /// A caller's check of a parsed value: `Ok(())` accepts, `Err(reason)` asks for a repair.
 type ValidatorFn<T> = Arc<dyn Fn(&T) -> std::result::Result<(), String> + Send + Sync>;
+
+/// What a structured run observed: [`Structured::run`]'s and [`StructuredValue::run`]'s `stats`,
+/// and their `metadata` keys of the same names (the metadata is these statistics serialised).
+///
+/// ```
+/// use executionkit::{MockProvider, RunContext, StructuredValue};
+/// use executionkit::StructuredStats;
+/// # futures::executor::block_on(async {
+/// let p = MockProvider::new(["not json", r#"{"answer": 42}"#]);
+/// let r = StructuredValue::new().run(&p, "q", &RunContext::new()).await.unwrap();
+/// assert_eq!(r.stats, StructuredStats { parse_attempts: 2, repair_attempts: 1, validated: true });
+/// assert_eq!(r.metadata["repair_attempts"], 1);
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StructuredStats {
+    /// Replies examined (the first and each repair's).
+    pub parse_attempts: usize,
+    /// Repair calls made.
+    pub repair_attempts: usize,
+    /// Whether a reply was accepted: always `true` on a result (a `parse` error carries
+    /// `false` in its metadata).
+    pub validated: bool,
+}
+
+impl RedactStats for StructuredStats {}
 
 /// Options shared by the typed and untyped variants.
 #[derive(Debug, Clone)]
@@ -78,7 +107,7 @@ macro_rules! option_setters {
         /// How many repair calls may follow the first call (default 3; 0 = no repair).
         ///
         /// ```
-        /// let s = executionkit::patterns::structured::StructuredValue::new().max_repairs(0);
+        /// let s = executionkit::StructuredValue::new().max_repairs(0);
         /// # let _ = s;
         /// ```
         pub fn max_repairs(mut self, n: usize) -> Self {
@@ -90,7 +119,7 @@ macro_rules! option_setters {
         /// servers that reject the field; the schema is in the prompt either way.
         ///
         /// ```
-        /// let s = executionkit::patterns::structured::StructuredValue::new().use_response_format(false);
+        /// let s = executionkit::StructuredValue::new().use_response_format(false);
         /// # let _ = s;
         /// ```
         pub fn use_response_format(mut self, on: bool) -> Self {
@@ -104,7 +133,7 @@ macro_rules! option_setters {
 ///
 /// ```
 /// use executionkit::{MockProvider, RunContext};
-/// use executionkit::patterns::structured::structured;
+/// use executionkit::structured;
 ///
 /// #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 /// struct City { name: String, population: u64 }
@@ -185,7 +214,7 @@ impl<T: DeserializeOwned + JsonSchema> Structured<T> {
     /// The defaults: 3 repairs, temperature 0.0, 4096 tokens, `response_format` on.
     ///
     /// ```
-    /// let s = executionkit::patterns::structured::Structured::<serde_json::Value>::new();
+    /// let s = executionkit::Structured::<serde_json::Value>::new();
     /// assert!(s.validate().is_ok());
     /// ```
     pub fn new() -> Self {
@@ -223,7 +252,7 @@ impl<T: DeserializeOwned + JsonSchema> Structured<T> {
     ///
     /// ```
     /// use executionkit::WithCallOptions;
-    /// let s = executionkit::patterns::structured::Structured::<Vec<u8>>::new().max_tokens(0);
+    /// let s = executionkit::Structured::<Vec<u8>>::new().max_tokens(0);
     /// assert!(s.validate().unwrap_err().is_invalid_argument());
     /// ```
     pub fn validate(&self) -> Result<()> {
@@ -256,7 +285,7 @@ impl<T: DeserializeOwned + JsonSchema> Structured<T> {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<T>> {
+    ) -> Result<PatternResult<T, StructuredStats>> {
         Ok(self
             .run_full(provider, prompt, ctx)
             .await?
@@ -268,7 +297,7 @@ impl<T: DeserializeOwned + JsonSchema> Structured<T> {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<(T, Value)>> {
+    ) -> Result<PatternResult<(T, Value), StructuredStats>> {
         self.opts.validate()?;
         let schema = OutputSchema::of::<T>()?;
         run_core(&self.opts, Some(&schema), provider, prompt, ctx, |v| {
@@ -301,8 +330,46 @@ impl<T: DeserializeOwned + JsonSchema + Send + 'static> Pattern for Structured<T
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
         let r = self.run_full(provider, input.prompt(), ctx).await?;
-        Ok(r.map(|(_, v)| v.to_string()))
+        Ok(r.map(|(_, v)| v.to_string()).erase_stats())
     }
+}
+
+/// In a pipe ([`Pipe::step_typed`](crate::Pipe::step_typed)), the value handed on is the `T`;
+/// its text is the accepted JSON.
+#[async_trait]
+impl<T: DeserializeOwned + JsonSchema + Send + 'static> TypedStep for Structured<T> {
+    type Output = T;
+
+    async fn run_typed(
+        &self,
+        provider: &dyn LlmProvider,
+        input: StepInput<'_>,
+        ctx: &RunContext,
+    ) -> Result<(PatternResult<String>, T)> {
+        let r = self.run_full(provider, input.prompt(), ctx).await?;
+        Ok(split(r))
+    }
+}
+
+/// A structured result as a step's: its text (the accepted JSON) and its typed value.
+fn split<A>(r: PatternResult<(A, Value), StructuredStats>) -> (PatternResult<String>, A) {
+    let PatternResult {
+        value: (typed, json),
+        score,
+        cost,
+        usd,
+        metadata,
+        stats: _,
+    } = r;
+    let text = PatternResult {
+        value: json.to_string(),
+        score,
+        cost,
+        usd,
+        metadata,
+        stats: (),
+    };
+    (text, typed)
 }
 
 /// Untyped structured output: a JSON object or array, checked against an optional caller's
@@ -310,7 +377,7 @@ impl<T: DeserializeOwned + JsonSchema + Send + 'static> Pattern for Structured<T
 ///
 /// ```
 /// use executionkit::{MockProvider, RunContext};
-/// use executionkit::patterns::structured::StructuredValue;
+/// use executionkit::StructuredValue;
 /// # futures::executor::block_on(async {
 /// let p = MockProvider::new(["not json", r#"{"answer": 42}"#]);
 /// let r = StructuredValue::new().max_repairs(1).run(&p, "q", &RunContext::new()).await.unwrap();
@@ -340,7 +407,7 @@ impl StructuredValue {
     /// No schema (any object or array), 3 repairs, temperature 0.0, 4096 tokens.
     ///
     /// ```
-    /// assert!(executionkit::patterns::structured::StructuredValue::new().validate().is_ok());
+    /// assert!(executionkit::StructuredValue::new().validate().is_ok());
     /// ```
     pub fn new() -> Self {
         Self::default()
@@ -353,7 +420,7 @@ impl StructuredValue {
     /// after the rewrite of [`strict_schema`](crate::engine::schema::strict_schema).
     ///
     /// ```
-    /// let s = executionkit::patterns::structured::StructuredValue::new()
+    /// let s = executionkit::StructuredValue::new()
     ///     .schema("city", serde_json::json!({"type": "object", "properties": {"name": {"type": "string"}}}));
     /// assert!(s.validate().is_ok());
     /// ```
@@ -365,7 +432,7 @@ impl StructuredValue {
     /// An extra check of the parsed value; `Err(reason)` is fed back in the repair prompt.
     ///
     /// ```
-    /// let s = executionkit::patterns::structured::StructuredValue::new()
+    /// let s = executionkit::StructuredValue::new()
     ///     .validator(|v: &serde_json::Value| if v.is_array() { Ok(()) } else { Err("want an array".into()) });
     /// # let _ = s;
     /// ```
@@ -384,7 +451,7 @@ impl StructuredValue {
     /// that is not valid JSON Schema.
     ///
     /// ```
-    /// let s = executionkit::patterns::structured::StructuredValue::new()
+    /// let s = executionkit::StructuredValue::new()
     ///     .schema("x", serde_json::json!({"type": 5}));
     /// assert!(s.validate().unwrap_err().is_invalid_argument());
     /// ```
@@ -407,7 +474,7 @@ impl StructuredValue {
     ///
     /// ```
     /// use executionkit::{MockProvider, RunContext};
-    /// use executionkit::patterns::structured::StructuredValue;
+    /// use executionkit::StructuredValue;
     /// # futures::executor::block_on(async {
     /// let schema = serde_json::json!({"type": "array", "items": {"type": "integer"}});
     /// let p = MockProvider::new([r#"["a"]"#, "[2, 3, 5]"]);
@@ -421,7 +488,7 @@ impl StructuredValue {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<Value>> {
+    ) -> Result<PatternResult<Value, StructuredStats>> {
         let schema = self.compile()?;
         let r = run_core(&self.opts, schema.as_ref(), provider, prompt, ctx, |v| {
             if let Some(check) = &self.validator {
@@ -452,7 +519,30 @@ impl Pattern for StructuredValue {
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
         let r = self.run(provider, input.prompt(), ctx).await?;
-        Ok(r.map(|v| v.to_string()))
+        Ok(r.map(|v| v.to_string()).erase_stats())
+    }
+}
+
+/// In a pipe ([`Pipe::step_typed`](crate::Pipe::step_typed)), the value handed on is the JSON
+/// value; its text is the JSON text.
+#[async_trait]
+impl TypedStep for StructuredValue {
+    type Output = Value;
+
+    async fn run_typed(
+        &self,
+        provider: &dyn LlmProvider,
+        input: StepInput<'_>,
+        ctx: &RunContext,
+    ) -> Result<(PatternResult<String>, Value)> {
+        let r = self.run(provider, input.prompt(), ctx).await?;
+        let mut value = Value::Null;
+        let text = r.erase_stats().map(|v| {
+            let text = v.to_string();
+            value = v;
+            text
+        });
+        Ok((text, value))
     }
 }
 
@@ -499,7 +589,7 @@ fn repair_prompt(error: &str, prompt: &str, previous: &str) -> String {
 }
 
 /// The loop shared by both variants: `accept` turns an extracted JSON value into the result
-/// or a reason to repair. Its errors and metadata leave with the key removed.
+/// or a reason to repair. Its result or error leaves with the spend and with the key removed.
 async fn run_core<A>(
     opts: &Options,
     schema: Option<&OutputSchema>,
@@ -507,11 +597,11 @@ async fn run_core<A>(
     prompt: &str,
     ctx: &RunContext,
     accept: impl Fn(Value) -> std::result::Result<A, String>,
-) -> Result<PatternResult<(A, Value)>> {
-    seal(
-        repair_loop(opts, schema, provider, prompt, ctx, accept).await,
-        provider,
-    )
+) -> Result<PatternResult<(A, Value), StructuredStats>> {
+    let run = ctx.tracked(async |tracker| {
+        repair_loop(opts, schema, provider, prompt, ctx, tracker, &accept).await
+    });
+    seal(run.await, provider)
 }
 
 async fn repair_loop<A>(
@@ -520,25 +610,30 @@ async fn repair_loop<A>(
     provider: &dyn LlmProvider,
     prompt: &str,
     ctx: &RunContext,
+    tracker: &CostTracker,
     accept: impl Fn(Value) -> std::result::Result<A, String>,
-) -> Result<PatternResult<(A, Value)>> {
-    let tracker = CostTracker::new();
+) -> Result<PatternResult<(A, Value), StructuredStats>> {
     let response_format = schema
         .filter(|_| opts.use_response_format)
         .map(OutputSchema::response_format);
     let first = format!("{}\n\n{prompt}", instruction(schema));
     let mut parse_attempts = 0usize;
     let mut repair_attempts = 0usize;
-    let with_counts = |e: Error, parse: usize, repair: usize| {
-        e.with_metadata("parse_attempts", parse)
-            .with_metadata("repair_attempts", repair)
-            .with_metadata("validated", false)
+    let with_counts = |e: Error, parse_attempts: usize, repair_attempts: usize| {
+        let stats = StructuredStats {
+            parse_attempts,
+            repair_attempts,
+            validated: false,
+        };
+        stats_metadata(&stats)
+            .into_iter()
+            .fold(e, |e, (k, v)| e.with_metadata(&k, v))
     };
     let mut text = ctx
         .complete(
             provider,
             opts.request(first, response_format.as_ref()),
-            &tracker,
+            tracker,
         )
         .await
         .map_err(|e| with_counts(e, 0, 0))?
@@ -553,11 +648,12 @@ async fn repair_loop<A>(
                 Err(msg) => format!("JSON Schema validation failed: {msg}"),
                 Ok(()) => match accept(v.clone()) {
                     Ok(a) => {
-                        let result = PatternResult::new((a, v))
-                            .with_metadata("parse_attempts", parse_attempts)
-                            .with_metadata("repair_attempts", repair_attempts)
-                            .with_metadata("validated", true);
-                        return Ok(ctx.spend_result(result, &tracker));
+                        let stats = StructuredStats {
+                            parse_attempts,
+                            repair_attempts,
+                            validated: true,
+                        };
+                        return Ok(PatternResult::with_stats((a, v), stats));
                     }
                     Err(msg) => msg,
                 },
@@ -572,14 +668,14 @@ async fn repair_loop<A>(
             response_format.as_ref(),
         );
         text = ctx
-            .complete(provider, req, &tracker)
+            .complete(provider, req, tracker)
             .await
             .map_err(|e| with_counts(e, parse_attempts, repair_attempts))?
             .content()
             .to_owned();
     }
     Err(with_counts(
-        ctx.spend_error(Error::new(ErrorKind::Parse, last_error), &tracker),
+        Error::new(ErrorKind::Parse, last_error),
         parse_attempts,
         repair_attempts,
     ))

@@ -2,7 +2,7 @@
 //! final number, a label, or the last line instead of the whole text.
 //!
 //! ```
-//! use executionkit::{Consensus, MockProvider, RunContext, patterns::vote_keys};
+//! use executionkit::{Consensus, MockProvider, RunContext, vote_keys};
 //! # futures::executor::block_on(async {
 //! let p = MockProvider::new(["2 + 2 = 4", "The answer is 4.0", "I think 5"]);
 //! let r = Consensus::new().samples(3).vote_key(vote_keys::last_number)
@@ -24,7 +24,7 @@ static NUMBER: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(r"-?\d[\d,]
 /// thousands separators are dropped); the normalised text when there is no number.
 ///
 /// ```
-/// use executionkit::patterns::vote_keys::last_number;
+/// use executionkit::vote_keys::last_number;
 /// assert_eq!(last_number("so x = 1,200.50"), last_number("1200.5"));
 /// assert_eq!(last_number("-3 apples"), "-3");
 /// assert_eq!(last_number("no digits"), "no digits");
@@ -49,7 +49,7 @@ pub fn last_number(text: &str) -> String {
 /// (`"Positive."`, `"positive"` and `" **POSITIVE** "` agree).
 ///
 /// ```
-/// use executionkit::patterns::vote_keys::label;
+/// use executionkit::vote_keys::label;
 /// assert_eq!(label(" **POSITIVE**. "), "positive");
 /// assert_eq!(label("\"Neutral\""), "neutral");
 /// ```
@@ -63,7 +63,7 @@ pub fn label(text: &str) -> String {
 /// The last non-blank line, whitespace-normalised (for answers that end with "Answer: …").
 ///
 /// ```
-/// use executionkit::patterns::vote_keys::last_line;
+/// use executionkit::vote_keys::last_line;
 /// assert_eq!(last_line("Reasoning...\nAnswer:  B\n\n"), "Answer: B");
 /// assert_eq!(last_line(""), "");
 /// ```

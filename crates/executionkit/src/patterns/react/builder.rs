@@ -17,7 +17,7 @@ impl ReactLoop {
     /// The defaults (see the type's docs).
     ///
     /// ```
-    /// let r = executionkit::patterns::react::ReactLoop::new();
+    /// let r = executionkit::ReactLoop::new();
     /// # let _ = r;
     /// ```
     pub fn new() -> Self {
@@ -29,7 +29,7 @@ impl ReactLoop {
     /// [`Pattern`](crate::Pattern)) all offer these same tools.
     ///
     /// ```
-    /// use executionkit::{MockProvider, Pipe, RunContext, patterns::react::ReactLoop, Tool};
+    /// use executionkit::{MockProvider, Pipe, RunContext, ReactLoop, Tool};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let echo = Tool::new("echo", "d", serde_json::json!({}), |_| async { Ok("e".to_owned()) });
     /// let step = ReactLoop::new().max_rounds(3).tools([echo]);
@@ -47,7 +47,7 @@ impl ReactLoop {
     /// Adds one tool to the loop's tools.
     ///
     /// ```
-    /// use executionkit::{MockProvider, RunContext, patterns::react::ReactLoop, Tool};
+    /// use executionkit::{MockProvider, RunContext, ReactLoop, Tool};
     /// # futures::executor::block_on(async {
     /// let t = |name: &str| Tool::new(name, "d", serde_json::json!({}), |_| async { Ok(String::new()) });
     /// let l = ReactLoop::new().tool(t("search")).tool(t("fetch"));
@@ -67,7 +67,7 @@ impl ReactLoop {
     ///
     /// ```
     /// use executionkit::{Choice, LlmResponse, MockProvider, RunContext, ToolCall};
-    /// use executionkit::{patterns::react::ReactLoop, Tool};
+    /// use executionkit::{ReactLoop, Tool};
     /// # futures::executor::block_on(async {
     /// // A model that asks for a tool every round never answers.
     /// let ask = LlmResponse {
@@ -94,7 +94,7 @@ impl ReactLoop {
     /// Longer results end with `"\n[truncated]"`.
     ///
     /// ```
-    /// use executionkit::{MockProvider, patterns::react::ReactLoop};
+    /// use executionkit::{MockProvider, ReactLoop};
     /// let p = MockProvider::default();
     /// assert!(ReactLoop::new().max_observation_chars(500).validate(&p).is_ok());
     /// let err = ReactLoop::new().max_observation_chars(0).validate(&p).unwrap_err();
@@ -109,7 +109,7 @@ impl ReactLoop {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use executionkit::{MockProvider, patterns::react::ReactLoop};
+    /// use executionkit::{MockProvider, ReactLoop};
     /// let p = MockProvider::default();
     /// assert!(ReactLoop::new().tool_timeout(Duration::from_secs(5)).validate(&p).is_ok());
     /// let err = ReactLoop::new().tool_timeout(Duration::ZERO).validate(&p).unwrap_err();
@@ -124,7 +124,7 @@ impl ReactLoop {
     /// a rejection the model can act on.
     ///
     /// ```
-    /// use executionkit::{MockProvider, patterns::react::ReactLoop};
+    /// use executionkit::{MockProvider, ReactLoop};
     /// let p = MockProvider::default();
     /// assert!(ReactLoop::new().max_tool_calls_per_round(4).validate(&p).is_ok());
     /// assert!(ReactLoop::new().max_tool_calls_per_round(0).validate(&p).unwrap_err().is_invalid_argument());
@@ -137,7 +137,7 @@ impl ReactLoop {
     /// How many tool calls of one round run at once (≥ 1; default 10).
     ///
     /// ```
-    /// use executionkit::{MockProvider, patterns::react::ReactLoop};
+    /// use executionkit::{MockProvider, ReactLoop};
     /// let p = MockProvider::default();
     /// assert!(ReactLoop::new().tool_concurrency(1).validate(&p).is_ok());
     /// assert!(ReactLoop::new().tool_concurrency(0).validate(&p).unwrap_err().is_invalid_argument());
@@ -152,7 +152,7 @@ impl ReactLoop {
     /// keeps everything.
     ///
     /// ```
-    /// use executionkit::{Message, MockProvider, RunContext, patterns::react::ReactLoop};
+    /// use executionkit::{Message, MockProvider, RunContext, ReactLoop};
     /// # futures::executor::block_on(async {
     /// let p = MockProvider::new(["ok"]);
     /// let history: Vec<Message> = (0..9)
@@ -174,7 +174,7 @@ impl ReactLoop {
     /// against the run's budget, make them through the same [`RunContext`](crate::RunContext).)
     ///
     /// ```
-    /// use executionkit::{Result, patterns::react::{ReactLoop, Summary}};
+    /// use executionkit::{Result, react::{ReactLoop, Summary}};
     /// let r = ReactLoop::new().max_history_messages(6).summarizer(|dropped| async move {
     ///     Ok::<_, executionkit::Error>(format!("{} earlier messages", dropped.len()))
     /// });
@@ -196,7 +196,7 @@ impl ReactLoop {
     ///
     /// ```
     /// use executionkit::{Choice, LlmResponse, MockProvider, RunContext, ToolCall};
-    /// use executionkit::{ApprovalGate, patterns::react::ReactLoop, Tool};
+    /// use executionkit::{ApprovalGate, ReactLoop, Tool};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let ask = LlmResponse {
     ///     choices: vec![Choice {
@@ -226,7 +226,7 @@ impl ReactLoop {
     /// How the model may use the tools (sent only when there are tools).
     ///
     /// ```
-    /// use executionkit::{MockProvider, RunContext, ToolChoice, patterns::react::ReactLoop, Tool};
+    /// use executionkit::{MockProvider, RunContext, ToolChoice, ReactLoop, Tool};
     /// # futures::executor::block_on(async {
     /// let echo = Tool::new("echo", "Echoes", serde_json::json!({}), |_| async { Ok("e".to_owned()) });
     /// let p = MockProvider::new(["done"]);
@@ -243,7 +243,7 @@ impl ReactLoop {
     /// [`tool_choice`](Self::tool_choice)): e.g. force one tool call, then let the model answer.
     ///
     /// ```
-    /// use executionkit::{ToolChoice, patterns::react::ReactLoop};
+    /// use executionkit::{ToolChoice, ReactLoop};
     /// let r = ReactLoop::new()
     ///     .initial_tool_choice(ToolChoice::Function("search".into()))
     ///     .tool_choice(ToolChoice::Auto);
@@ -259,7 +259,7 @@ impl ReactLoop {
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
-    /// use executionkit::patterns::react::ReactLoop;
+    /// use executionkit::ReactLoop;
     /// let rounds = Arc::new(Mutex::new(Vec::new()));
     /// let r = rounds.clone();
     /// let l = ReactLoop::new().on_checkpoint(move |c| r.lock().unwrap().push(c.round));
@@ -275,7 +275,7 @@ impl ReactLoop {
     /// ```
     /// use std::sync::{Arc, Mutex};
     /// use executionkit::{Choice, LlmResponse, MockProvider, RunContext, ToolCall};
-    /// use executionkit::{events::Event, patterns::react::ReactLoop, Tool};
+    /// use executionkit::{events::Event, ReactLoop, Tool};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let ask = LlmResponse {
     ///     choices: vec![Choice {
@@ -310,7 +310,7 @@ impl ReactLoop {
     /// `invalid_argument` naming the first problem.
     ///
     /// ```
-    /// use executionkit::{MockProvider, patterns::react::ReactLoop, Tool};
+    /// use executionkit::{MockProvider, ReactLoop, Tool};
     /// let t = || Tool::new("echo", "Echoes", serde_json::json!({}), |_| async { Ok("e".to_owned()) });
     /// let p = MockProvider::default();
     /// assert!(ReactLoop::new().tool(t()).validate(&p).is_ok());

@@ -15,7 +15,7 @@ use crate::usage::TokenUsage;
 ///
 /// ```
 /// use executionkit::{Message, MockProvider, RunContext};
-/// use executionkit::patterns::react::{ReactLoop, SUMMARY_PREFIX};
+/// use executionkit::{ReactLoop, internals::patterns::SUMMARY_PREFIX};
 /// # futures::executor::block_on(async {
 /// let p = MockProvider::new(["ok"]);
 /// let history: Vec<Message> = (0..6)
@@ -36,7 +36,7 @@ pub const SUMMARY_PREFIX: &str = "Summary of earlier conversation: ";
 /// (added to the loop's cost).
 ///
 /// ```
-/// use executionkit::{TokenUsage, patterns::react::Summary};
+/// use executionkit::{TokenUsage, Summary};
 /// let s: Summary = "two messages about weather".into();
 /// assert!(s.usage.is_none());
 /// let s: Summary = ("short".to_owned(), TokenUsage::new(100, 40, 1)).into();
@@ -133,7 +133,7 @@ impl ReactLoop {
 /// it just asked for). A history of at most `max` messages is returned unchanged.
 ///
 /// ```
-/// use executionkit::{Message, ToolCall, patterns::react::trim_history};
+/// use executionkit::{Message, ToolCall, internals::patterns::trim_history};
 /// let call = |id: &str| ToolCall::new(id, "f", serde_json::json!({}));
 /// let h = vec![
 ///     Message::user("q"),

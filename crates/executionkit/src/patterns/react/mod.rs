@@ -14,7 +14,7 @@
 //! (`tools_round.rs`), and the loop itself (here).
 //!
 //! ```
-//! use executionkit::patterns::react::ReactLoop;
+//! use executionkit::ReactLoop;
 //! use executionkit::Tool;
 //! use executionkit::{Choice, LlmResponse, MockProvider, RunContext, ToolCall};
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -69,7 +69,7 @@ const DEFAULT_TEMPERATURE: f64 = 0.3;
 /// Why a tool loop stopped (`metadata.termination_reason`).
 ///
 /// ```
-/// use executionkit::patterns::react::ReactTermination;
+/// use executionkit::ReactTermination;
 /// assert_eq!(ReactTermination::Natural.as_str(), "natural");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,7 +84,7 @@ impl ReactTermination {
     /// `"natural"` or `"max_iterations"`.
     ///
     /// ```
-    /// use executionkit::patterns::react::ReactTermination;
+    /// use executionkit::ReactTermination;
     /// assert_eq!(ReactTermination::MaxIterations.as_str(), "max_iterations");
     /// assert_eq!(ReactTermination::Natural.to_string(), "natural");
     /// ```
@@ -107,7 +107,7 @@ impl fmt::Display for ReactTermination {
 /// Serialises to `{"round", "last_response", "tool_calls_made", "cost", "messages"}`.
 ///
 /// ```
-/// use executionkit::{Message, TokenUsage, patterns::react::ReactCheckpoint};
+/// use executionkit::{Message, TokenUsage, ReactCheckpoint};
 /// let c = ReactCheckpoint {
 ///     round: 0,
 ///     last_response: String::new(),
@@ -264,7 +264,7 @@ impl ReactLoop {
     /// the transcript). Every error carries the spend so far. Tool failures never fail the run.
     ///
     /// ```
-    /// use executionkit::{MockProvider, RunContext, patterns::react::ReactLoop};
+    /// use executionkit::{MockProvider, RunContext, ReactLoop};
     /// # futures::executor::block_on(async {
     /// let p = MockProvider::new(["Paris"]);
     /// let r = ReactLoop::new().run(&p, "Capital of France?", &RunContext::new()).await.unwrap();
@@ -287,7 +287,7 @@ impl ReactLoop {
     /// transcript is in `metadata.messages`.
     ///
     /// ```
-    /// use executionkit::{Message, MockProvider, RunContext, patterns::react::ReactLoop};
+    /// use executionkit::{Message, MockProvider, RunContext, ReactLoop};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let p = MockProvider::new(["Hi again"]);
     /// let history = vec![Message::user("hi"), Message::assistant("hello"), Message::user("hi?")];
