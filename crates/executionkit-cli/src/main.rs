@@ -13,7 +13,7 @@ mod secrets;
 mod step;
 mod tools;
 
-use executionkit::WithCallOptions as _;
+use executionkit::{CallOptions, WithCallOptions as _};
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -34,7 +34,7 @@ use crate::cli::{
 use crate::output::Shape;
 use crate::progress::Progress;
 use crate::secrets::Secrets;
-use crate::step::{Globals, StepPattern, parse_step};
+use crate::step::{StepPattern, parse_step};
 
 /// Exit code: the run failed after it started.
 const EXIT_FAILURE: u8 = 1;
@@ -212,27 +212,28 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
     }
     let retry = RetryPolicy::new().try_max_retries(common.max_retries)?;
     let budget = budget(common)?;
-    let globals = Globals {
-        seed: common.seed.or(selected.offline.then_some(0)),
-        system: common.system.clone(),
-    };
+    // What every request inherits from the command line; each command adds its own
+    // temperature and max_tokens.
+    let mut call = CallOptions::new();
+    call.seed = common.seed.or(selected.offline.then_some(0));
+    call.system.clone_from(&common.system);
     let mut provider = selected.provider;
     let job = match command {
-        Command::Consensus(a) => Job::Consensus(consensus(a, &globals)?),
-        Command::Refine(a) => Job::Refine(refine(a, &globals)?),
-        Command::Pipe(a) => Job::Pipe(pipe(&a.steps, &globals)?),
+        Command::Consensus(a) => Job::Consensus(consensus(a, &call)?),
+        Command::Refine(a) => Job::Refine(refine(a, &call)?),
+        Command::Pipe(a) => Job::Pipe(pipe(&a.steps, &call)?),
         Command::React(a) => {
             if selected.offline {
                 // The offline model never calls a tool; it is offered the tools and answers.
                 provider = Arc::new(tools::AnswersWithoutTools(provider));
             }
-            let r = react(a, &globals, tools::builtin())?;
+            let r = react(a, &call, tools::builtin())?;
             r.validate(provider.as_ref())?;
             Job::React(r)
         }
-        Command::Structured(a) => Job::Structured(structured(a, &globals)?),
+        Command::Structured(a) => Job::Structured(structured(a, &call)?),
         Command::MapReduce(a) => {
-            let m = map_reduce(a, &globals)?;
+            let m = map_reduce(a, &call)?;
             let items = inputs::read_items(&a.files, a.lines)?;
             Job::MapReduce(m, items)
         }
@@ -314,7 +315,7 @@ fn budget(common: &Common) -> Result<Budget, Error> {
     Ok(b)
 }
 
-fn consensus(a: &ConsensusArgs, g: &Globals) -> Result<Consensus, Error> {
+fn consensus(a: &ConsensusArgs, call: &CallOptions) -> Result<Consensus, Error> {
     let strategy: VotingStrategy = a.strategy.parse().map_err(|_| {
         Error::invalid_argument(
             "strategy",
@@ -327,46 +328,40 @@ fn consensus(a: &ConsensusArgs, g: &Globals) -> Result<Consensus, Error> {
     let early_stop: StopRule = a.early_stop.parse().map_err(|e: Error| {
         Error::invalid_argument("early_stop", format!("--early-stop: {}", e.message()))
     })?;
-    let mut c = Consensus::default()
+    let c = Consensus::default()
+        .options(
+            call.clone()
+                .temperature(a.temperature)
+                .max_tokens(a.max_tokens),
+        )
         .samples(a.samples)
-        .temperature(a.temperature)
         .max_concurrency(a.max_concurrency)
         .strategy(strategy)
-        .max_tokens(a.max_tokens)
         .early_stop(early_stop);
-    if let Some(s) = g.seed {
-        c = c.seed(s);
-    }
-    if let Some(sys) = &g.system {
-        c = c.system(sys.clone());
-    }
     c.validate()?;
     Ok(c)
 }
 
-fn refine(a: &RefineArgs, g: &Globals) -> Result<RefineLoop, Error> {
-    let mut r = RefineLoop::default()
+fn refine(a: &RefineArgs, call: &CallOptions) -> Result<RefineLoop, Error> {
+    let r = RefineLoop::default()
+        .options(
+            call.clone()
+                .temperature(a.temperature)
+                .max_tokens(a.max_tokens),
+        )
         .target_score(a.target_score)
         .max_iterations(a.max_iterations)
         .patience(a.patience)
         .delta_threshold(a.delta_threshold)
-        .temperature(a.temperature)
-        .max_tokens(a.max_tokens)
         .max_eval_chars(a.max_eval_chars);
-    if let Some(s) = g.seed {
-        r = r.seed(s);
-    }
-    if let Some(sys) = &g.system {
-        r = r.system(sys.clone());
-    }
     r.validate()?;
     Ok(r)
 }
 
-fn pipe(steps: &[String], g: &Globals) -> Result<Pipe, Error> {
+fn pipe(steps: &[String], call: &CallOptions) -> Result<Pipe, Error> {
     let mut pipe = Pipe::new();
     for (i, spec) in steps.iter().enumerate() {
-        let step = parse_step(i + 1, spec, g)?;
+        let step = parse_step(i + 1, spec, call)?;
         pipe = match (step.pattern, step.if_score_below) {
             (StepPattern::Consensus(c), None) => pipe.step(c),
             (StepPattern::Refine(r), None) => pipe.step(r),
@@ -382,13 +377,16 @@ fn below(x: f64) -> impl Fn(&PatternResult<String>) -> bool + Send + Sync + 'sta
     move |prev| prev.score.is_none_or(|s| s < x)
 }
 
-fn react(a: &ReactArgs, g: &Globals, tools: Vec<Tool>) -> Result<ReactLoop, Error> {
+fn react(a: &ReactArgs, call: &CallOptions, tools: Vec<Tool>) -> Result<ReactLoop, Error> {
     let names: Vec<String> = tools.iter().map(|t| t.name().to_owned()).collect();
     let mut r = ReactLoop::new()
+        .options(
+            call.clone()
+                .temperature(a.temperature)
+                .max_tokens(a.max_tokens),
+        )
         .tools(tools)
-        .max_rounds(a.max_rounds)
-        .temperature(a.temperature)
-        .max_tokens(a.max_tokens);
+        .max_rounds(a.max_rounds);
     r = match a.tool_choice.as_str() {
         "auto" => r.tool_choice(ToolChoice::Auto),
         // Forcing every round would never let the model answer: force the first one only.
@@ -409,29 +407,20 @@ fn react(a: &ReactArgs, g: &Globals, tools: Vec<Tool>) -> Result<ReactLoop, Erro
             ));
         }
     };
-    if let Some(s) = g.seed {
-        r = r.seed(s);
-    }
-    if let Some(sys) = &g.system {
-        r = r.system(sys.clone());
-    }
     Ok(r)
 }
 
-fn structured(a: &StructuredArgs, g: &Globals) -> Result<StructuredValue, Error> {
+fn structured(a: &StructuredArgs, call: &CallOptions) -> Result<StructuredValue, Error> {
     let (name, schema) = inputs::read_schema(&a.schema)?;
-    let mut s = StructuredValue::new()
+    let s = StructuredValue::new()
+        .options(
+            call.clone()
+                .temperature(a.temperature)
+                .max_tokens(a.max_tokens),
+        )
         .schema(name, schema)
         .max_repairs(a.max_repairs)
-        .temperature(a.temperature)
-        .max_tokens(a.max_tokens)
         .use_response_format(!a.no_response_format);
-    if let Some(seed) = g.seed {
-        s = s.seed(seed);
-    }
-    if let Some(sys) = &g.system {
-        s = s.system(sys.clone());
-    }
     s.validate().map_err(|e| {
         if e.metadata().get("argument").and_then(Value::as_str) == Some("schema") {
             Error::invalid_argument(
@@ -445,19 +434,16 @@ fn structured(a: &StructuredArgs, g: &Globals) -> Result<StructuredValue, Error>
     Ok(s)
 }
 
-fn map_reduce(a: &MapReduceArgs, g: &Globals) -> Result<MapReduce, Error> {
-    let mut m = MapReduce::new()
+fn map_reduce(a: &MapReduceArgs, call: &CallOptions) -> Result<MapReduce, Error> {
+    let m = MapReduce::new()
+        .options(
+            call.clone()
+                .temperature(a.temperature)
+                .max_tokens(a.max_tokens),
+        )
         .map_template(a.map_template.clone())
         .reduce_template(a.reduce_template.clone())
-        .max_concurrency(a.max_concurrency)
-        .temperature(a.temperature)
-        .max_tokens(a.max_tokens);
-    if let Some(s) = g.seed {
-        m = m.seed(s);
-    }
-    if let Some(sys) = &g.system {
-        m = m.system(sys.clone());
-    }
+        .max_concurrency(a.max_concurrency);
     m.validate()?;
     Ok(m)
 }

@@ -3,7 +3,7 @@
 //! Every step is parsed and validated before the first request: an unknown name or key, a
 //! repeated key or a bad value is an `invalid_argument` naming what is valid.
 
-use executionkit::WithCallOptions as _;
+use executionkit::{CallOptions, WithCallOptions as _};
 use std::collections::HashSet;
 use std::str::FromStr;
 
@@ -35,15 +35,6 @@ pub const REFINE_KEYS: &[&str] = &[
     "max_eval_chars",
 ];
 
-/// Settings every step inherits from the command line.
-#[derive(Debug, Clone, Default)]
-pub struct Globals {
-    /// `--seed` (or 0 on the offline model).
-    pub seed: Option<u64>,
-    /// `--system`.
-    pub system: Option<String>,
-}
-
 /// One parsed step's pattern.
 #[derive(Debug)]
 pub enum StepPattern {
@@ -66,7 +57,8 @@ pub struct StepSpec {
 ///
 /// # Errors
 /// `invalid_argument` naming the step, the key and what is valid.
-pub fn parse_step(index: usize, spec: &str, globals: &Globals) -> Result<StepSpec, Error> {
+/// Every step starts from `call` (the command line's `--seed` and `--system`).
+pub fn parse_step(index: usize, spec: &str, call: &CallOptions) -> Result<StepSpec, Error> {
     let at = |msg: String| format!("--step {index} (`{spec}`): {msg}");
     let mut tokens = spec.split_whitespace();
     let Some(name) = tokens.next() else {
@@ -99,26 +91,8 @@ pub fn parse_step(index: usize, spec: &str, globals: &Globals) -> Result<StepSpe
             .join(", ")
     };
     let mut pattern = match name {
-        "consensus" => {
-            let mut c = Consensus::default();
-            if let Some(s) = globals.seed {
-                c = c.seed(s);
-            }
-            if let Some(sys) = &globals.system {
-                c = c.system(sys.clone());
-            }
-            StepPattern::Consensus(c)
-        }
-        _ => {
-            let mut r = RefineLoop::default();
-            if let Some(s) = globals.seed {
-                r = r.seed(s);
-            }
-            if let Some(sys) = &globals.system {
-                r = r.system(sys.clone());
-            }
-            StepPattern::Refine(r)
-        }
+        "consensus" => StepPattern::Consensus(Consensus::default().options(call.clone())),
+        _ => StepPattern::Refine(RefineLoop::default().options(call.clone())),
     };
     let mut if_score_below = None;
     let mut seen = HashSet::new();
@@ -249,7 +223,7 @@ mod tests {
     use super::*;
 
     fn err(spec: &str) -> String {
-        parse_step(1, spec, &Globals::default())
+        parse_step(1, spec, &CallOptions::new())
             .unwrap_err()
             .message()
             .to_owned()
@@ -260,18 +234,18 @@ mod tests {
         let s = parse_step(
             1,
             "consensus samples=5 temperature=0.9",
-            &Globals::default(),
+            &CallOptions::new(),
         )
         .unwrap();
         assert!(matches!(s.pattern, StepPattern::Consensus(_)));
         let s = parse_step(
             2,
             "refine target_score=0.9 max_iterations=3",
-            &Globals::default(),
+            &CallOptions::new(),
         )
         .unwrap();
         assert!(matches!(s.pattern, StepPattern::Refine(_)));
-        let s = parse_step(2, "refine if_score_below=0.95 model=m", &Globals::default()).unwrap();
+        let s = parse_step(2, "refine if_score_below=0.95 model=m", &CallOptions::new()).unwrap();
         assert_eq!(s.if_score_below, Some(0.95));
     }
 

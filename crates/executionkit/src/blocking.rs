@@ -162,7 +162,7 @@ pub fn react(
     provider: &dyn LlmProvider,
     prompt: &str,
     ctx: &RunContext,
-) -> Result<PatternResult<String>> {
+) -> Result<PatternResult<String, crate::ReactStats>> {
     block_on(pattern.run(provider, prompt, ctx))
 }
 

@@ -402,7 +402,11 @@ impl Kit {
     /// assert!(kit.messages().is_empty());
     /// # });
     /// ```
-    pub async fn react(&self, prompt: &str, pattern: &ReactLoop) -> Result<PatternResult<String>> {
+    pub async fn react(
+        &self,
+        prompt: &str,
+        pattern: &ReactLoop,
+    ) -> Result<PatternResult<String, crate::ReactStats>> {
         self.track(pattern.run(self.provider.as_ref(), prompt, &self.ctx))
             .await
     }
@@ -425,7 +429,7 @@ impl Kit {
     /// assert_eq!(p.last_call().unwrap().request.messages.len(), 3);
     /// # });
     /// ```
-    pub async fn turn(&self, user_text: &str) -> Result<PatternResult<String>> {
+    pub async fn turn(&self, user_text: &str) -> Result<PatternResult<String, crate::ReactStats>> {
         self.turn_with(user_text, &ReactLoop::new()).await
     }
 
@@ -451,7 +455,7 @@ impl Kit {
         &self,
         user_text: &str,
         pattern: &ReactLoop,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, crate::ReactStats>> {
         let _one_at_a_time = self.turn_lock.lock().await;
         let mut history = self.messages();
         history.push(Message::user(user_text));

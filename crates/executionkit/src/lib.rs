@@ -37,7 +37,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use kit::Kit;
 pub use patterns::call::{consensus, refine_loop};
 pub use patterns::consensus::{EarlyStopStats, VoteCount};
-pub use patterns::react::{ReactCheckpoint, ReactLoop, ReactTermination, Summary};
+pub use patterns::react::{ReactCheckpoint, ReactLoop, ReactStats, ReactTermination, Summary};
 pub use patterns::vote_keys;
 pub use patterns::{CallOptions, WithCallOptions};
 pub use patterns::{

@@ -91,7 +91,7 @@ fn tool_messages(p: &MockProvider, call: usize) -> Vec<Message> {
         .collect()
 }
 
-fn transcript(r: &executionkit::PatternResult<String>) -> Vec<Value> {
+fn transcript<S>(r: &executionkit::PatternResult<String, S>) -> Vec<Value> {
     r.metadata["messages"].as_array().unwrap().clone()
 }
 

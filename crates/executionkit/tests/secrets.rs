@@ -58,9 +58,14 @@ fn assert_clean_error(e: &Error) {
     }
 }
 
-fn assert_clean_metadata<T>(r: &PatternResult<T>) {
+fn assert_clean_metadata<T, S: std::fmt::Debug>(r: &PatternResult<T, S>) {
     let text = Value::Object(r.metadata.clone()).to_string();
     assert!(!leaks(&text), "the key leaked into the metadata: {text}");
+    let stats = format!("{:?}", r.stats);
+    assert!(
+        !leaks(&stats),
+        "the key leaked into the typed statistics: {stats}"
+    );
 }
 
 fn mock(replies: Vec<String>) -> MockProvider {

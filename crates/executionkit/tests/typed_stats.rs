@@ -7,7 +7,7 @@
 
 use executionkit::StopRule;
 use executionkit::prelude::*;
-use executionkit::{LlmResponse, PatternResult, TerminationReason};
+use executionkit::{LlmResponse, PatternResult, ReactTermination, TerminationReason};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -271,4 +271,57 @@ async fn a_redacted_key_leaves_stats_and_metadata_equal() {
         .unwrap();
     assert!(!format!("{:?}", r.stats).contains(KEY));
     agree(&r);
+}
+
+#[tokio::test]
+async fn react_stats_are_its_metadata() {
+    let p = MockProvider::new(["Paris"]);
+    let r = ReactLoop::new()
+        .run(&p, "Capital of France?", &RunContext::new())
+        .await
+        .unwrap();
+    assert_eq!((r.stats.rounds, r.stats.tool_calls_made), (1, 0));
+    assert_eq!(r.stats.termination_reason, ReactTermination::Natural);
+    assert_eq!(r.stats.messages.len(), 2);
+    assert_eq!(
+        agree(&r),
+        keys(&[
+            "messages",
+            "messages_trimmed",
+            "rejected_tool_calls",
+            "rounds",
+            "summarized",
+            "termination_reason",
+            "tool_calls_made",
+            "truncated_observations",
+            "truncated_responses",
+        ])
+    );
+    assert_eq!(r.metadata["termination_reason"], "natural");
+}
+
+#[tokio::test]
+async fn react_stats_of_a_failed_run_are_in_the_error() {
+    let reply = LlmResponse {
+        choices: vec![executionkit::Choice {
+            content: String::new(),
+            tool_calls: vec![executionkit::ToolCall::new(
+                "c1",
+                "missing",
+                serde_json::json!({}),
+            )],
+            finish_reason: Some("tool_calls".into()),
+        }],
+        ..LlmResponse::default()
+    };
+    let p = MockProvider::new([reply]);
+    let e = ReactLoop::new()
+        .max_rounds(1)
+        .run(&p, "q", &RunContext::new())
+        .await
+        .unwrap_err();
+    assert!(e.is_max_iterations());
+    assert_eq!(e.metadata()["termination_reason"], "max_iterations");
+    assert_eq!(e.metadata()["tool_calls_made"], 1); // an unknown tool is answered with an error observation
+    assert_eq!(e.metadata()["rounds"], 1);
 }

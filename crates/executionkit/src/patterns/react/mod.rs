@@ -52,7 +52,7 @@ use crate::approval::ApprovalGate;
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, ErrorKind, Result};
 use crate::provider::{LlmProvider, Message, Role, ToolChoice};
-use crate::result::{Metadata, PatternResult};
+use crate::result::PatternResult;
 use crate::tools::{TRUNCATION_MARKER, Tool};
 use crate::usage::TokenUsage;
 
@@ -72,7 +72,8 @@ const DEFAULT_TEMPERATURE: f64 = 0.3;
 /// use executionkit::ReactTermination;
 /// assert_eq!(ReactTermination::Natural.as_str(), "natural");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ReactTermination {
     /// The model answered without calling a tool.
     Natural,
@@ -243,6 +244,63 @@ impl WithCallOptions for ReactLoop {
     }
 }
 
+/// The statistics of a react loop (`PatternResult::stats`); `metadata` holds the same keys.
+///
+/// ```
+/// use executionkit::{MockProvider, ReactLoop, RunContext};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let p = MockProvider::new(["Paris"]);
+/// let r = ReactLoop::new().run(&p, "Capital of France?", &RunContext::new()).await.unwrap();
+/// assert_eq!((r.stats.rounds, r.stats.tool_calls_made), (1, 0));
+/// assert_eq!(r.stats.termination_reason, executionkit::ReactTermination::Natural);
+/// assert_eq!(r.metadata["rounds"], 1);
+/// assert_eq!(r.stats.messages.len(), 2); // the question and the answer
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ReactStats {
+    /// Model calls made (rounds).
+    pub rounds: usize,
+    /// Tool calls run (failed ones included).
+    pub tool_calls_made: usize,
+    /// Tool calls refused (unknown tool, over the per-round cap, denied by the approval gate).
+    pub rejected_tool_calls: usize,
+    /// Replies cut at `max_tokens`.
+    pub truncated_responses: usize,
+    /// Tool observations cut at `max_observation_chars`.
+    pub truncated_observations: usize,
+    /// Messages dropped from the window by `max_history_messages`.
+    pub messages_trimmed: usize,
+    /// Summaries made of dropped messages.
+    pub summarized: usize,
+    /// Why the loop ended.
+    pub termination_reason: ReactTermination,
+    /// The final transcript.
+    pub messages: Vec<Message>,
+}
+
+impl crate::result::RedactStats for ReactStats {
+    /// The transcript holds model text, tool arguments and tool output.
+    fn redact_secret(&mut self, secret: &str) {
+        let scrub = |s: &mut String| {
+            if let std::borrow::Cow::Owned(r) = crate::redact::redact_secret(s, secret) {
+                *s = r;
+            }
+        };
+        for m in &mut self.messages {
+            scrub(&mut m.content);
+            for c in &mut m.tool_calls {
+                let mut args = Value::Object(std::mem::take(&mut c.arguments));
+                crate::redact::redact_secret_json(&mut args, secret);
+                if let Value::Object(a) = args {
+                    c.arguments = a;
+                }
+            }
+        }
+    }
+}
+
 /// Counters reported in metadata.
 #[derive(Debug, Default)]
 struct Counters {
@@ -278,7 +336,7 @@ impl ReactLoop {
         provider: &dyn LlmProvider,
         prompt: &str,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, ReactStats>> {
         self.run_messages(provider, self.call.messages(prompt), ctx)
             .await
     }
@@ -303,7 +361,7 @@ impl ReactLoop {
         provider: &dyn LlmProvider,
         messages: Vec<Message>,
         ctx: &RunContext,
-    ) -> Result<PatternResult<String>> {
+    ) -> Result<PatternResult<String, ReactStats>> {
         self.run_transcript(provider, messages, ctx)
             .await
             .map(|(r, _)| r)
@@ -315,7 +373,7 @@ impl ReactLoop {
         provider: &dyn LlmProvider,
         messages: Vec<Message>,
         ctx: &RunContext,
-    ) -> Result<(PatternResult<String>, Vec<Message>)> {
+    ) -> Result<(PatternResult<String, ReactStats>, Vec<Message>)> {
         match self.run_unsealed(provider, messages, ctx).await {
             Ok((r, transcript)) => seal(Ok(r), provider).map(|r| (r, transcript)),
             Err(e) => Err(e.redacted_with(provider.secret())),
@@ -327,7 +385,7 @@ impl ReactLoop {
         provider: &dyn LlmProvider,
         messages: Vec<Message>,
         ctx: &RunContext,
-    ) -> Result<(PatternResult<String>, Vec<Message>)> {
+    ) -> Result<(PatternResult<String, ReactStats>, Vec<Message>)> {
         self.validate(provider)?;
         if messages.is_empty() {
             return Err(Error::invalid_argument(
@@ -377,9 +435,8 @@ impl ReactLoop {
             if calls.is_empty() {
                 let content = resp.content().to_owned();
                 history.push(Message::assistant(content.clone()));
-                let metadata = self.metadata(&counters, ReactTermination::Natural, &history);
-                let mut result = PatternResult::new(content);
-                result.metadata = metadata;
+                let stats = Self::stats(&counters, ReactTermination::Natural, &history);
+                let result = PatternResult::with_stats(content, stats);
                 return Ok((ctx.spend_result(result, &tracker), history));
             }
             history.push(Message::assistant_tool_calls(resp.content(), calls.clone()));
@@ -413,7 +470,7 @@ impl ReactLoop {
                 }
             }
         }
-        let metadata = self.metadata(&counters, ReactTermination::MaxIterations, &history);
+        let stats = Self::stats(&counters, ReactTermination::MaxIterations, &history);
         let mut err = ctx.spend_error(
             Error::new(
                 ErrorKind::MaxIterations,
@@ -424,30 +481,24 @@ impl ReactLoop {
             ),
             &tracker,
         );
-        for (k, v) in metadata {
+        for (k, v) in crate::result::stats_metadata(&stats) {
             err = err.with_metadata(&k, v);
         }
         Err(err)
     }
 
-    fn metadata(&self, c: &Counters, reason: ReactTermination, history: &[Message]) -> Metadata {
-        let mut m = Metadata::new();
-        m.insert("rounds".into(), c.rounds.into());
-        m.insert("tool_calls_made".into(), c.tool_calls_made.into());
-        m.insert("rejected_tool_calls".into(), c.rejected_tool_calls.into());
-        m.insert("truncated_responses".into(), c.truncated_responses.into());
-        m.insert(
-            "truncated_observations".into(),
-            c.truncated_observations.into(),
-        );
-        m.insert("messages_trimmed".into(), c.messages_trimmed.into());
-        m.insert("summarized".into(), c.summarized.into());
-        m.insert("termination_reason".into(), reason.as_str().into());
-        m.insert(
-            "messages".into(),
-            serde_json::to_value(history).unwrap_or(Value::Array(Vec::new())),
-        );
-        m
+    fn stats(c: &Counters, reason: ReactTermination, history: &[Message]) -> ReactStats {
+        ReactStats {
+            rounds: c.rounds,
+            tool_calls_made: c.tool_calls_made,
+            rejected_tool_calls: c.rejected_tool_calls,
+            truncated_responses: c.truncated_responses,
+            truncated_observations: c.truncated_observations,
+            messages_trimmed: c.messages_trimmed,
+            summarized: c.summarized,
+            termination_reason: reason,
+            messages: history.to_vec(),
+        }
     }
 }
 
@@ -469,6 +520,8 @@ impl super::Pattern for ReactLoop {
         input: super::StepInput<'_>,
         ctx: &RunContext,
     ) -> Result<PatternResult<String>> {
-        self.run(provider, input.prompt(), ctx).await
+        self.run(provider, input.prompt(), ctx)
+            .await
+            .map(PatternResult::erase_stats)
     }
 }
