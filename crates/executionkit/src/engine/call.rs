@@ -249,17 +249,7 @@ impl RunContext {
     /// some call went over its grant, `metadata.usage_over_grant` (see
     /// [`UsageOverGrant`](crate::UsageOverGrant); the key is removed otherwise). Patterns get
     /// it through [`tracked`](Self::tracked).
-    ///
-    /// ```
-    /// use executionkit::{PatternResult, RunContext, TokenUsage, CostTracker};
-    /// let t = CostTracker::new();
-    /// t.add_usage(TokenUsage::new(5, 3, 1), None);
-    /// t.add_over_grant(2);
-    /// let r = RunContext::new().spend_result(PatternResult::new("x"), &t);
-    /// assert_eq!(r.cost, TokenUsage::new(5, 3, 1));
-    /// assert_eq!(r.metadata["usage_over_grant"]["output_tokens"], 2);
-    /// ```
-    pub fn spend_result<T, S>(
+    pub(crate) fn spend_result<T, S>(
         &self,
         mut result: PatternResult<T, S>,
         tracker: &CostTracker,
@@ -273,17 +263,8 @@ impl RunContext {
     /// `error` with `tracker`'s spend: its cost, its `usd` (when prices are known) and, when
     /// some call went over its grant, `metadata.usage_over_grant`. Patterns get it through
     /// [`tracked`](Self::tracked).
-    ///
-    /// ```
-    /// use executionkit::{Error, RunContext, TokenUsage, CostTracker};
-    /// let t = CostTracker::new();
-    /// t.add_usage(TokenUsage::new(5, 3, 1), None);
-    /// let e = RunContext::new().spend_error(Error::cancelled(), &t);
-    /// assert_eq!(e.cost(), TokenUsage::new(5, 3, 1));
-    /// assert!(e.metadata().get("usage_over_grant").is_none()); // no call went over
-    /// ```
     #[must_use]
-    pub fn spend_error(&self, error: Error, tracker: &CostTracker) -> Error {
+    pub(crate) fn spend_error(&self, error: Error, tracker: &CostTracker) -> Error {
         tracker.over_grant().apply_to_error(
             error
                 .with_cost(tracker.usage())
@@ -292,8 +273,9 @@ impl RunContext {
     }
 
     /// Runs a pattern's body with a new [`CostTracker`] and attaches the tracker's spend to
-    /// whatever comes back: the result ([`spend_result`](Self::spend_result)) or the error
-    /// ([`spend_error`](Self::spend_error)), early returns and `?` included. This is the one
+    /// whatever comes back, result or error, early returns and `?` included: its cost, its
+    /// `usd` (when prices are known) and, when some call went over its grant,
+    /// `metadata.usage_over_grant` ([`UsageOverGrant`](crate::UsageOverGrant)). This is the one
     /// place a pattern's spend is attached: the body only makes calls through the tracker and
     /// returns.
     ///
@@ -747,5 +729,25 @@ pub(crate) fn seal<T, S: RedactStats>(
             Ok(result)
         }
         Err(e) => Err(e.redacted_with(Some(secret))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod spend_tests {
+    use super::*;
+    use crate::usage::TokenUsage;
+
+    #[test]
+    fn the_spend_goes_on_a_result_and_on_an_error() {
+        let t = CostTracker::new();
+        t.add_usage(TokenUsage::new(5, 3, 1), None);
+        let e = RunContext::new().spend_error(Error::cancelled(), &t);
+        assert_eq!(e.cost(), TokenUsage::new(5, 3, 1));
+        assert!(e.metadata().get("usage_over_grant").is_none()); // no call went over
+        t.add_over_grant(2);
+        let r = RunContext::new().spend_result(PatternResult::new("x"), &t);
+        assert_eq!(r.cost, TokenUsage::new(5, 3, 1));
+        assert_eq!(r.metadata["usage_over_grant"]["output_tokens"], 2);
     }
 }

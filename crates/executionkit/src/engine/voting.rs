@@ -104,7 +104,7 @@ pub(crate) fn normalized(text: &str) -> std::borrow::Cow<'_, str> {
 /// The outcome of a vote.
 ///
 /// ```
-/// use executionkit::{VotingStrategy, tally};
+/// use executionkit::{VotingStrategy, internals::voting::tally};
 /// let t = tally(&["Paris", "Paris", "London"], VotingStrategy::Majority).unwrap();
 /// assert_eq!((t.winner_index, t.unique_responses, t.tie_count), (0, 2, 1));
 /// assert!((t.agreement_ratio - 2.0 / 3.0).abs() < 1e-12);
@@ -127,7 +127,7 @@ pub struct Tally {
 /// more than one distinct form is `consensus_failed` (`N distinct responses across M samples`).
 ///
 /// ```
-/// use executionkit::{VotingStrategy, tally};
+/// use executionkit::{VotingStrategy, internals::voting::tally};
 /// let t = tally(&["  Paris ", "Paris", "Rome"], VotingStrategy::Majority).unwrap();
 /// assert_eq!(t.winner_index, 0);
 /// let e = tally(&["Paris", "London"], VotingStrategy::Unanimous).unwrap_err();
@@ -141,7 +141,7 @@ pub fn tally<S: AsRef<str>>(contents: &[S], strategy: VotingStrategy) -> Result<
 /// Tallies precomputed vote keys (one per sample, in sample order).
 ///
 /// ```
-/// use executionkit::{VotingStrategy, tally_keys};
+/// use executionkit::{VotingStrategy, internals::voting::tally_keys};
 /// let t = tally_keys(&["b", "a", "a", "b"], VotingStrategy::Majority).unwrap();
 /// assert_eq!((t.winner_index, t.tie_count, t.agreement_ratio), (0, 2, 0.5));
 /// ```

@@ -45,7 +45,7 @@ the number, nothing else.";
 /// The judge's sampling temperature.
 ///
 /// ```
-/// use executionkit::{MockProvider, RefineLoop, RunContext, WithCallOptions, JUDGE_TEMPERATURE};
+/// use executionkit::{MockProvider, RefineLoop, RunContext, WithCallOptions, internals::judge::JUDGE_TEMPERATURE};
 /// # futures::executor::block_on(async {
 /// let p = MockProvider::new(["draft", "9"]);
 /// RefineLoop::new().temperature(0.9).run(&p, "Write a haiku", &RunContext::new()).await.unwrap();
@@ -58,7 +58,7 @@ pub const JUDGE_TEMPERATURE: f64 = 0.1;
 /// The judge's `max_tokens`.
 ///
 /// ```
-/// use executionkit::{MockProvider, RefineLoop, RunContext, JUDGE_MAX_TOKENS};
+/// use executionkit::{MockProvider, RefineLoop, RunContext, internals::judge::JUDGE_MAX_TOKENS};
 /// # futures::executor::block_on(async {
 /// let p = MockProvider::new(["draft", "9"]);
 /// RefineLoop::new().run(&p, "Write a haiku", &RunContext::new()).await.unwrap();

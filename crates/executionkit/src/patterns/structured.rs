@@ -157,7 +157,7 @@ pub struct Structured<T> {
 /// Starts a [`Structured<T>`] builder with the defaults.
 ///
 /// ```
-/// let s = executionkit::patterns::structured::structured::<Vec<String>>().max_repairs(1);
+/// let s = executionkit::structured::<Vec<String>>().max_repairs(1);
 /// # let _ = s;
 /// ```
 pub fn structured<T: DeserializeOwned + JsonSchema>() -> Structured<T> {
@@ -233,7 +233,7 @@ impl<T: DeserializeOwned + JsonSchema> Structured<T> {
     /// ```
     /// #[derive(serde::Deserialize, schemars::JsonSchema)]
     /// struct Status { status: String }
-    /// let s = executionkit::patterns::structured::structured::<Status>()
+    /// let s = executionkit::structured::<Status>()
     ///     .validator(|s: &Status| if s.status == "ready" { Ok(()) } else { Err("must be ready".into()) });
     /// # let _ = s;
     /// ```
@@ -271,7 +271,7 @@ impl<T: DeserializeOwned + JsonSchema> Structured<T> {
     /// use executionkit::{MockProvider, RunContext};
     /// # futures::executor::block_on(async {
     /// let p = MockProvider::new(["no", "still no"]);
-    /// let e = executionkit::patterns::structured::structured::<Vec<i32>>()
+    /// let e = executionkit::structured::<Vec<i32>>()
     ///     .max_repairs(1)
     ///     .run(&p, "Three primes?", &RunContext::new())
     ///     .await
@@ -577,10 +577,7 @@ fn instruction(schema: Option<&OutputSchema>) -> String {
 
 /// The repair prompt: what went wrong, the task, the previous reply (bounded) and the ask.
 fn repair_prompt(error: &str, prompt: &str, previous: &str) -> String {
-    let previous = match previous.char_indices().nth(MAX_ECHO_CHARS) {
-        Some((i, _)) => format!("{}\n[truncated]", &previous[..i]),
-        None => previous.to_owned(),
-    };
+    let previous = crate::text::cut_with(previous, MAX_ECHO_CHARS, "\n[truncated]");
     format!(
         "Your previous response was not valid structured output.\n\nError: {error}\n\n\
          Original task:\n{prompt}\n\nYour previous response:\n{previous}\n\n\

@@ -174,7 +174,7 @@ impl ReactLoop {
     /// against the run's budget, make them through the same [`RunContext`](crate::RunContext).)
     ///
     /// ```
-    /// use executionkit::{Result, react::{ReactLoop, Summary}};
+    /// use executionkit::{ReactLoop, Result, Summary};
     /// let r = ReactLoop::new().max_history_messages(6).summarizer(|dropped| async move {
     ///     Ok::<_, executionkit::Error>(format!("{} earlier messages", dropped.len()))
     /// });

@@ -374,19 +374,29 @@ impl ReactLoop {
         messages: Vec<Message>,
         ctx: &RunContext,
     ) -> Result<(PatternResult<String, ReactStats>, Vec<Message>)> {
-        match self.run_unsealed(provider, messages, ctx).await {
-            Ok((r, transcript)) => seal(Ok(r), provider).map(|r| (r, transcript)),
+        self.validate(provider)?;
+        let run = ctx.tracked(async |tracker| self.rounds(provider, messages, ctx, tracker).await);
+        match run.await {
+            Ok(r) => {
+                let mut transcript = Vec::new();
+                let r = r.map(|(content, history)| {
+                    transcript = history;
+                    content
+                });
+                seal(Ok(r), provider).map(|r| (r, transcript))
+            }
             Err(e) => Err(e.redacted_with(provider.secret())),
         }
     }
 
-    async fn run_unsealed(
+    /// The rounds: the value is the final answer and the transcript.
+    async fn rounds(
         &self,
         provider: &dyn LlmProvider,
         messages: Vec<Message>,
         ctx: &RunContext,
-    ) -> Result<(PatternResult<String, ReactStats>, Vec<Message>)> {
-        self.validate(provider)?;
+        tracker: &CostTracker,
+    ) -> Result<PatternResult<(String, Vec<Message>), ReactStats>> {
         if messages.is_empty() {
             return Err(Error::invalid_argument(
                 "messages",
@@ -399,7 +409,6 @@ impl ReactLoop {
                 history.insert(0, Message::system(s.clone()));
             }
         }
-        let tracker = CostTracker::new();
         let by_name: HashMap<&str, &Tool> = self.tools.iter().map(|t| (t.name(), t)).collect();
         let specs: Vec<_> = self.tools.iter().map(Tool::spec).collect();
         let mut counters = Counters::default();
@@ -407,7 +416,7 @@ impl ReactLoop {
 
         for round in 1..=self.max_rounds {
             let window = self
-                .window(&history, &tracker, &mut counters, &mut summaries)
+                .window(&history, tracker, &mut counters, &mut summaries)
                 .await?;
             let mut request = self
                 .call
@@ -420,7 +429,7 @@ impl ReactLoop {
             if let (false, Some(c)) = (specs.is_empty(), choice) {
                 request = request.tool_choice(c.clone());
             }
-            let resp = ctx.complete(provider, request, &tracker).await?;
+            let resp = ctx.complete(provider, request, tracker).await?;
             if resp.was_truncated() {
                 counters.truncated_responses += 1;
                 tracing::warn!(
@@ -436,14 +445,10 @@ impl ReactLoop {
                 let content = resp.content().to_owned();
                 history.push(Message::assistant(content.clone()));
                 let stats = Self::stats(&counters, ReactTermination::Natural, &history);
-                let result = PatternResult::with_stats(content, stats);
-                return Ok((ctx.spend_result(result, &tracker), history));
+                return Ok(PatternResult::with_stats((content, history), stats));
             }
             history.push(Message::assistant_tool_calls(resp.content(), calls.clone()));
-            let replies = self
-                .run_round(&calls, &by_name, ctx)
-                .await
-                .map_err(|e| ctx.spend_error(e, &tracker))?;
+            let replies = self.run_round(&calls, &by_name, ctx).await?;
             for reply in replies {
                 if reply.counted {
                     counters.tool_calls_made += 1;
@@ -471,15 +476,12 @@ impl ReactLoop {
             }
         }
         let stats = Self::stats(&counters, ReactTermination::MaxIterations, &history);
-        let mut err = ctx.spend_error(
-            Error::new(
-                ErrorKind::MaxIterations,
-                format!(
-                    "react_loop reached max_rounds ({}) without a final answer",
-                    self.max_rounds
-                ),
+        let mut err = Error::new(
+            ErrorKind::MaxIterations,
+            format!(
+                "react_loop reached max_rounds ({}) without a final answer",
+                self.max_rounds
             ),
-            &tracker,
         );
         for (k, v) in crate::result::stats_metadata(&stats) {
             err = err.with_metadata(&k, v);

@@ -97,7 +97,7 @@ impl ReactLoop {
                 ObservationKind::ArgumentError,
                 format!(
                     "Error: invalid arguments for tool '{name}': {}",
-                    crate::redact::redact(&crate::provider::parse::truncate_chars(reason, 200))
+                    crate::redact::redact(crate::text::prefix(reason, 200))
                 ),
             )),
             _ => None,
@@ -176,8 +176,5 @@ impl ReactLoop {
 
 /// A model-supplied name, cut to 100 characters before it is quoted back.
 fn quoted(name: &str) -> String {
-    match name.char_indices().nth(100) {
-        Some((i, _)) => format!("{}…", &name[..i]),
-        None => name.to_owned(),
-    }
+    crate::text::cut_with(name, 100, "…").into_owned()
 }

@@ -213,7 +213,7 @@ pub fn parse_usage(u: &Map<String, Value>) -> Result<Usage> {
 /// a whole number counts 0 (it only informs, and never fails a reply).
 ///
 /// ```
-/// use executionkit::{Usage, parse::with_usage_details};
+/// use executionkit::{Usage, internals::parse::with_usage_details};
 /// let u = serde_json::json!({"prompt_tokens_details": {"cached_tokens": 7},
 ///                            "completion_tokens_details": {"reasoning_tokens": 99}});
 /// let base = Usage { input_tokens: 10, output_tokens: 20, ..Usage::default() };

@@ -185,9 +185,3 @@ fn typed_reply(body: &[u8]) -> Option<LlmResponse> {
         .0
         .into_response()
 }
-
-/// The first `max` characters of `s`, owned: [`crate::text::prefix`] under its old name, kept
-/// for `patterns::react` until it calls `prefix` itself.
-pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
-    crate::text::prefix(s, max).to_owned()
-}
