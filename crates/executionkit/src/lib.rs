@@ -38,13 +38,14 @@ pub use kit::Kit;
 pub use patterns::call::{consensus, refine_loop};
 pub use patterns::consensus::{EarlyStopStats, VoteCount};
 pub use patterns::react::{ReactCheckpoint, ReactLoop, ReactStats, ReactTermination, Summary};
+pub use patterns::structured::structured;
 pub use patterns::vote_keys;
 pub use patterns::{CallOptions, WithCallOptions};
 pub use patterns::{
     Consensus, Pattern, RefineCheckpoint, RefineLoop, StepInput, TerminationReason, VotingStrategy,
 };
 pub use patterns::{ConsensusStats, MapReduceStats, RefineStats, StructuredStats, TypedStep};
-pub use patterns::{MapReduce, Structured, StructuredValue, structured};
+pub use patterns::{MapReduce, Structured, StructuredValue};
 pub use pipe::{Pipe, PipeStats, StepCost};
 #[cfg(feature = "offline")]
 pub use provider::OfflineModel;

@@ -84,14 +84,8 @@ pub fn redact(text: &str) -> String {
 
 /// Removes every echo of `secret` from `text` (see [`redact_secret`]), then redacts
 /// credential shapes (see [`redact`]).
-///
-/// ```
-/// use executionkit::redact::redact_with;
-/// assert_eq!(redact_with("echo: hunter2!", Some("hunter2")), "echo: [REDACTED]!");
-/// assert_eq!(redact_with("echo: HUNTER2!", Some("hunter2")), "echo: [REDACTED]!");
-/// ```
 #[must_use]
-pub fn redact_with(text: &str, secret: Option<&str>) -> String {
+pub(crate) fn redact_with(text: &str, secret: Option<&str>) -> String {
     match secret {
         Some(s) => redact(&redact_secret(text, s)),
         None => redact(text),
@@ -99,14 +93,14 @@ pub fn redact_with(text: &str, secret: Option<&str>) -> String {
 }
 
 /// The shortest secret [`redact_secret`] acts on: shorter ones would match ordinary words.
-pub const MIN_SECRET_LEN: usize = 4;
+pub(crate) const MIN_SECRET_LEN: usize = 4;
 
 /// The shortest secret whose base64 forms are looked for (shorter ones give too short a
 /// base64 core to be told from other base64 text).
 const MIN_BASE64_SECRET_LEN: usize = 12;
 
 /// Replaces every echo of `secret` in `text` with `[REDACTED]`; `text` is borrowed back
-/// untouched when there is none (or when `secret` is shorter than [`MIN_SECRET_LEN`] bytes).
+/// untouched when there is none (or when `secret` is shorter than 4 bytes).
 ///
 /// An echo is any of these (what servers, proxies and models are seen to do with a key):
 ///
@@ -510,5 +504,20 @@ mod tests {
             serde_json::json!({"a": {"[REDACTED]": [1, "x [REDACTED]"]}, "b": true})
         );
         assert!(!redact_secret_json(&mut v, KEY));
+    }
+}
+
+#[cfg(test)]
+mod redact_with_tests {
+    #[test]
+    fn the_key_goes_in_any_case() {
+        assert_eq!(
+            super::redact_with("echo: hunter2!", Some("hunter2")),
+            "echo: [REDACTED]!"
+        );
+        assert_eq!(
+            super::redact_with("echo: HUNTER2!", Some("hunter2")),
+            "echo: [REDACTED]!"
+        );
     }
 }

@@ -543,7 +543,7 @@ impl Tool {
 
     /// Runs one call the way a tool loop does and never fails: validates `args`, runs the body
     /// on its own task under `timeout` (or the tool's own), and turns the outcome into an
-    /// [`Observation`]. A successful result is truncated to `max_chars` (see [`truncate`]);
+    /// [`Observation`]. A successful result is truncated to `max_chars` (see `truncate`);
     /// errors, panics and timeouts give short fixed texts that name the kind and never quote
     /// the arguments or the error's detail. Needs a Tokio runtime (for the task and the timer):
     /// without one the body does not run and the observation says so.

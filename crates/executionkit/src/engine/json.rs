@@ -53,8 +53,8 @@ const INNER_BUDGET_FACTOR: usize = 3;
 ///
 /// # Errors
 ///
-/// A `parse` error: [`NO_JSON_MESSAGE`] when the text has no `{` or `[`, else
-/// [`INVALID_JSON_MESSAGE`]. A bare scalar (`42`) is not accepted.
+/// A `parse` error: `NO_JSON_MESSAGE` when the text has no `{` or `[`, else
+/// `INVALID_JSON_MESSAGE`. A bare scalar (`42`) is not accepted.
 ///
 /// ```
 /// use executionkit::internals::json::extract_json;

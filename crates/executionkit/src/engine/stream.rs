@@ -239,7 +239,7 @@ impl StreamingResult {
 /// Starts a streamed completion of `request` under `ctx`'s budget and retry policy.
 ///
 /// The first call is reserved before this returns: a spent budget fails here, before the
-/// provider is asked. See the [module docs](self) for retries and cost.
+/// provider is asked. See [`RunContext::stream`] for retries and cost.
 ///
 /// # Errors
 /// `invalid_argument` for a bad request or a provider that cannot stream

@@ -225,7 +225,7 @@ impl Consensus {
         Self::default()
     }
 
-    /// How many samples to draw (1 to [`MAX_SAMPLES`]).
+    /// How many samples to draw (1 to `MAX_SAMPLES`).
     ///
     /// ```
     /// assert_eq!(executionkit::Consensus::new().samples(3).samples_value(), 3);

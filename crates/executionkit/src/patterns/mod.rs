@@ -58,7 +58,7 @@ pub use consensus::{Consensus, ConsensusStats};
 pub use map_reduce::{MapReduce, MapReduceStats};
 pub use options::{CallOptions, WithCallOptions};
 pub use refine::{RefineCheckpoint, RefineLoop, RefineStats};
-pub use structured::{Structured, StructuredStats, StructuredValue, structured};
+pub use structured::{Structured, StructuredStats, StructuredValue};
 
 /// What a pattern receives as one step of a pipe.
 ///

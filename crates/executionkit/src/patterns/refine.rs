@@ -105,7 +105,7 @@ impl RedactStats for RefineStats {}
 /// draft in hand (`"budget_exhausted"`, returning the best so far; with no scored draft the run
 /// fails with `budget_exhausted`).
 ///
-/// The evaluator is the default LLM judge (see [`judge`](crate::patterns::judge)), whose reply is
+/// The evaluator is the default LLM judge, whose reply is
 /// retried once when it does not parse, or any async closure ([`RefineLoop::evaluator`]).
 /// Statistics ([`RefineStats`], also the metadata keys): `iterations`, `converged`,
 /// `score_history`, `termination_reason`.

@@ -417,7 +417,7 @@ impl StructuredValue {
 
     /// Validates replies against `schema` (any JSON Schema) and sends it as `response_format`
     /// under `name`; `strict` is `true` only if the schema already fits the strict dialect
-    /// after the rewrite of [`strict_schema`](crate::engine::schema::strict_schema).
+    /// after the rewrite of `strict_schema`.
     ///
     /// ```
     /// let s = executionkit::StructuredValue::new()

@@ -148,7 +148,7 @@ impl ReactLoop {
     }
 
     /// Sends at most about `n` messages per call (≥ 1): the first message, then the newest
-    /// whole blocks that fit (see [`trim_history`](super::trim_history)). The transcript itself
+    /// whole blocks that fit (see `trim_history`). The transcript itself
     /// keeps everything.
     ///
     /// ```

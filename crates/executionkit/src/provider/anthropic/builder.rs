@@ -79,7 +79,7 @@ impl fmt::Debug for AnthropicProviderBuilder {
 
 impl AnthropicProvider {
     /// Starts a builder for `model` at `base_url`, the API root (e.g.
-    /// [`ANTHROPIC_BASE_URL`](super::ANTHROPIC_BASE_URL), or `http://127.0.0.1:8080` for a local fake): requests go to
+    /// `ANTHROPIC_BASE_URL`, or `http://127.0.0.1:8080` for a local fake): requests go to
     /// `{base_url}/v1/messages`.
     ///
     /// ```
@@ -122,7 +122,7 @@ impl AnthropicProviderBuilder {
         self
     }
 
-    /// Sets the `anthropic-version` header (default [`ANTHROPIC_VERSION`], `2023-06-01`).
+    /// Sets the `anthropic-version` header (default `ANTHROPIC_VERSION`, `2023-06-01`).
     ///
     /// ```
     /// let e = executionkit::AnthropicProvider::builder("http://127.0.0.1:1", "m")

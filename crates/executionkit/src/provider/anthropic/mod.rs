@@ -71,8 +71,8 @@ fn provider_err(msg: impl Into<String>) -> Error {
 /// The Anthropic Messages provider.
 ///
 /// Cheap to clone: clones share one pooled connection (keep-alive, rustls, no redirects). Its
-/// base URL is the API root, as in Anthropic's SDKs ([`ANTHROPIC_BASE_URL`]); `complete` posts to
-/// `{base}/v1/messages` with `x-api-key`, `anthropic-version` ([`ANTHROPIC_VERSION`]) and
+/// base URL is the API root, as in Anthropic's SDKs (`ANTHROPIC_BASE_URL`); `complete` posts to
+/// `{base}/v1/messages` with `x-api-key`, `anthropic-version` (`ANTHROPIC_VERSION`) and
 /// `content-type: application/json`; `stream` does the same with `"stream": true`, lazily.
 /// Statuses map as for [`OpenAiProvider`](super::OpenAiProvider): 429 → `rate_limited` with its
 /// `Retry-After`; 400, 401, 403, 404, 413 → `permanent`; 5xx and 529 (`overloaded_error`) →

@@ -10,7 +10,7 @@ const MIB: usize = 1 << 20;
 ///
 /// The first three are counted in raw bytes received, before the bytes are split into events
 /// (by the byte-stream adapter the provider puts in front of the SSE parser); the others by
-/// [`StreamAccumulator`](super::StreamAccumulator) on what the events carry.
+/// `StreamAccumulator` on what the events carry.
 ///
 /// ```
 /// use executionkit::{internals::sse::StreamAccumulator, StreamLimits};
@@ -27,20 +27,20 @@ const MIB: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StreamLimits {
-    /// The most raw bytes of one stream ([`DEFAULT_MAX_STREAM_BYTES`]).
+    /// The most raw bytes of one stream (`DEFAULT_MAX_STREAM_BYTES`).
     pub max_stream_bytes: u64,
     /// The most raw bytes of one SSE line, its line ending not counted
-    /// ([`DEFAULT_MAX_LINE_BYTES`]).
+    /// (`DEFAULT_MAX_LINE_BYTES`).
     pub max_line_bytes: usize,
     /// The most bytes of one SSE event: its raw lines with their endings up to the blank line
-    /// that ends it, and the `data` the accumulator is given ([`DEFAULT_MAX_EVENT_BYTES`]).
+    /// that ends it, and the `data` the accumulator is given (`DEFAULT_MAX_EVENT_BYTES`).
     pub max_event_bytes: usize,
-    /// The most bytes of text a stream may accumulate ([`DEFAULT_MAX_TEXT_BYTES`]).
+    /// The most bytes of text a stream may accumulate (`DEFAULT_MAX_TEXT_BYTES`).
     pub max_text_bytes: usize,
     /// The most bytes of one tool call's name and arguments together
-    /// ([`DEFAULT_MAX_TOOL_CALL_BYTES`]).
+    /// (`DEFAULT_MAX_TOOL_CALL_BYTES`).
     pub max_tool_call_bytes: usize,
-    /// The most tool calls one stream may carry ([`MAX_TOOL_CALLS`], as in a whole reply).
+    /// The most tool calls one stream may carry (`MAX_TOOL_CALLS`, as in a whole reply).
     pub max_tool_calls: usize,
 }
 
