@@ -249,11 +249,11 @@ pub fn map_reduce(
 ///
 /// # Errors
 /// As [`block_on`] and [`Pipe::run`].
-pub fn pipe(
-    pipe: &Pipe,
+pub fn pipe<Out: Send + 'static>(
+    pipe: &Pipe<Out>,
     provider: &dyn LlmProvider,
     prompt: &str,
     ctx: &RunContext,
-) -> Result<PatternResult<String, PipeStats>> {
+) -> Result<PatternResult<Out, PipeStats>> {
     block_on(pipe.run(provider, prompt, ctx))
 }

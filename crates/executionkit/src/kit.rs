@@ -349,11 +349,11 @@ impl Kit {
     /// assert_eq!(kit.usage().llm_calls, 2);
     /// # });
     /// ```
-    pub async fn pipe(
+    pub async fn pipe<Out: Send + 'static>(
         &self,
         prompt: &str,
-        pipe: &Pipe,
-    ) -> Result<PatternResult<String, crate::PipeStats>> {
+        pipe: &Pipe<Out>,
+    ) -> Result<PatternResult<Out, crate::PipeStats>> {
         self.track(pipe.run(self.provider.as_ref(), prompt, &self.ctx))
             .await
     }

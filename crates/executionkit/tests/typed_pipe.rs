@@ -278,3 +278,22 @@ async fn plain_text_pipes_are_unchanged() {
             .starts_with("Pipe { steps: [\"Consensus")
     );
 }
+
+#[tokio::test]
+async fn a_typed_pipe_runs_on_a_kit_and_its_usage_is_counted() {
+    let p = MockProvider::new([reply(PLAN)]);
+    let kit = executionkit::Kit::new(p);
+    let pipe = Pipe::new().step_typed(structured::<Plan>());
+    let r = kit.pipe("Make tea", &pipe).await.unwrap();
+    assert_eq!(r.value.steps, ["boil water", "add tea"]);
+    assert_eq!(kit.usage(), TokenUsage::new(10, 5, 1));
+}
+
+#[test]
+fn a_typed_pipe_runs_blocking() {
+    let p = MockProvider::new([reply(PLAN)]);
+    let pipe = Pipe::new().step_typed(structured::<Plan>());
+    let r = executionkit::blocking::pipe(&pipe, &p, "Make tea", &RunContext::new()).unwrap();
+    let plan: Plan = r.value;
+    assert_eq!(plan.steps.len(), 2);
+}
