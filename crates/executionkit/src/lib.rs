@@ -140,4 +140,8 @@ pub mod internals {
 }
 
 /// The crate version.
+///
+/// ```
+/// assert!(executionkit::VERSION.starts_with("0."));
+/// ```
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,6 +7,20 @@ use crate::provider::Usage;
 
 /// One reserved call. Settle it with the usage the server reported; dropping it unsettled
 /// (failure, cancellation) returns the reservation and records no tokens (the call still counts).
+///
+/// ```
+/// use std::sync::Arc;
+/// use executionkit::{Budget, BudgetLedger, TokenUsage, Usage};
+/// # futures::executor::block_on(async {
+/// let l = Arc::new(BudgetLedger::new(Budget::new().max_output_tokens(100)));
+/// let r = l.reserve("m", 60, false).await.unwrap();
+/// assert_eq!(r.max_tokens(), 60);
+/// drop(r); // a failed call: its 60 tokens come back, the call still counts
+/// let r = l.reserve("m", 100, false).await.unwrap();
+/// r.settle(Usage { input_tokens: 3, output_tokens: 7, ..Usage::default() });
+/// assert_eq!(l.spent(), TokenUsage::new(3, 7, 2));
+/// # });
+/// ```
 #[derive(Debug)]
 #[must_use = "a reservation is returned when dropped"]
 pub struct Reservation {
