@@ -26,9 +26,9 @@ mod rate_limit;
 pub(crate) mod sse;
 mod transport;
 
-pub use anthropic::{
-    ANTHROPIC_BASE_URL, ANTHROPIC_VERSION, AnthropicProvider, AnthropicProviderBuilder,
-};
+#[cfg_attr(not(feature = "testing"), allow(unused_imports))] // reached through `internals`
+pub use anthropic::{ANTHROPIC_BASE_URL, ANTHROPIC_VERSION};
+pub use anthropic::{AnthropicProvider, AnthropicProviderBuilder};
 #[cfg(any(test, feature = "testing"))]
 pub use mock::{MockCall, MockProvider};
 #[cfg(feature = "offline")]

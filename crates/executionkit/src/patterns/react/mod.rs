@@ -61,7 +61,9 @@ mod history;
 mod tools_round;
 
 use history::SummarizerFn;
-pub use history::{SUMMARY_PREFIX, Summary, trim_history};
+pub use history::Summary;
+#[cfg_attr(not(feature = "testing"), allow(unused_imports))] // reached through `internals`
+pub use history::{SUMMARY_PREFIX, trim_history};
 
 /// The sampling temperature when none is set: steady tool use, little variety.
 const DEFAULT_TEMPERATURE: f64 = 0.3;

@@ -60,6 +60,7 @@ pub use builder::AnthropicProviderBuilder;
 use reply::parse_message;
 
 /// The API root of Anthropic's service.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))] // documents the default; tests use it
 pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 /// The `anthropic-version` header sent unless the builder says otherwise.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
