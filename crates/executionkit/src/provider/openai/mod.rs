@@ -75,7 +75,7 @@ struct Inner {
 
 impl fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Provider")
+        f.debug_struct("OpenAiProvider")
             .field("base_url", &redact(&self.inner.base_url))
             .field("model", &self.inner.model)
             .field("api_key", &mask(&self.inner.http.api_key))
