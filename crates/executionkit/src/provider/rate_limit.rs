@@ -1,9 +1,11 @@
-//! [`RateLimited`]: a provider layer that takes one [`governor`] permit per LLM call, and holds
-//! every call while a `rate_limited` error's `Retry-After` runs.
+//! [`RateLimited`]: a provider layer that takes one [`governor`] permit per LLM call (requests
+//! per minute), optionally a permit per token (tokens per minute: estimated before the call,
+//! corrected from the reported usage), and holds every call while a `rate_limited` error's
+//! `Retry-After` runs.
 
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use super::{ChatRequest, ChatStream, LlmProvider, LlmResponse};
+use super::{ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent};
 use crate::error::{Error, Result};
 
 /// A provider wrapper that takes one permit of a [`governor`] rate limiter before every call
@@ -40,6 +42,88 @@ pub struct RateLimited<P> {
     limiter: Arc<DefaultDirectRateLimiter>,
     permits: Arc<AtomicU64>,
     penalty: Arc<Mutex<Option<tokio::time::Instant>>>,
+    tokens: Option<Arc<TokenLimit>>,
+}
+
+/// A tokens-per-minute limit: a governor limiter whose permits are tokens, and what finished
+/// calls reported beyond (or below) what they were charged, carried to the next call.
+#[derive(Debug)]
+struct TokenLimit {
+    limiter: DefaultDirectRateLimiter,
+    capacity: NonZeroU32,
+    /// Reported minus charged tokens of finished calls not yet settled with the limiter
+    /// (negative: a credit the next call uses).
+    balance: AtomicI64,
+    /// Tokens taken from the limiter so far.
+    charged: AtomicU64,
+}
+
+impl TokenLimit {
+    /// Takes `estimate` tokens, plus the balance carried from earlier calls, at most a full
+    /// bucket at once (the rest is carried to the next call).
+    async fn charge(&self, estimate: u64) {
+        let carried = self.balance.swap(0, Ordering::AcqRel);
+        let want = i64::try_from(estimate)
+            .unwrap_or(i64::MAX)
+            .saturating_add(carried);
+        if want <= 0 {
+            self.balance.fetch_add(want, Ordering::AcqRel);
+            return;
+        }
+        let cap = i64::from(self.capacity.get());
+        let now = want.min(cap);
+        if want > cap {
+            self.balance.fetch_add(want - cap, Ordering::AcqRel);
+        }
+        let n = u32::try_from(now)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .unwrap_or(self.capacity);
+        // `n` is at most the burst size, so the limiter can always grant it.
+        let _ = self.limiter.until_n_ready(n).await;
+        self.charged
+            .fetch_add(u64::from(n.get()), Ordering::Relaxed);
+    }
+
+    /// Carries the difference between what a call reported and what it was charged.
+    fn correct(&self, estimate: u64, usage: &super::Usage) {
+        let actual = usage.input_tokens.saturating_add(usage.output_tokens);
+        let diff = i64::try_from(actual)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(estimate).unwrap_or(i64::MAX));
+        self.balance.fetch_add(diff, Ordering::AcqRel);
+    }
+}
+
+/// The tokens a request may use, estimated before it is sent: its text at about four bytes a
+/// token, four tokens of framing per message, its tools' JSON, and `max_tokens` for each choice
+/// (4096 when unset). The engine always sets `max_tokens` to the call's grant.
+fn estimate_tokens(request: &ChatRequest) -> u64 {
+    let text: usize = request
+        .messages
+        .iter()
+        .map(|m| {
+            m.content.len()
+                + m.tool_calls
+                    .iter()
+                    .map(|c| {
+                        c.name.len()
+                            + serde_json::Value::Object(c.arguments.clone())
+                                .to_string()
+                                .len()
+                    })
+                    .sum::<usize>()
+        })
+        .sum();
+    let tools: usize = if request.tools.is_empty() {
+        0
+    } else {
+        serde_json::to_string(&request.tools).map_or(0, |s| s.len())
+    };
+    let prompt = ((text + tools) as u64).div_ceil(4) + 4 * request.messages.len() as u64;
+    let choices = u64::from(request.n.unwrap_or(1).max(1));
+    let output = u64::from(request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)) * choices;
+    prompt + output
 }
 
 impl<P: fmt::Debug> fmt::Debug for RateLimited<P> {
@@ -48,6 +132,7 @@ impl<P: fmt::Debug> fmt::Debug for RateLimited<P> {
             .field("inner", &self.inner)
             .field("permits_taken", &self.permits.load(Ordering::Relaxed))
             .field("penalty_until", &self.penalty_until())
+            .field("tokens_charged", &self.tokens_charged())
             .finish_non_exhaustive()
     }
 }
@@ -137,7 +222,82 @@ impl<P> RateLimited<P> {
             limiter,
             permits: Arc::new(AtomicU64::new(0)),
             penalty: Arc::new(Mutex::new(None)),
+            tokens: None,
         }
+    }
+
+    /// Also limits tokens: at most `n` per minute (bursts of up to `n`). Each call is charged
+    /// its estimate before it is sent (its prompt at about four bytes a token, plus `max_tokens`
+    /// for each choice), waiting for that many tokens; when it finishes, the difference between
+    /// the usage the server reported and the estimate is carried to the next call (a call that
+    /// used less leaves a credit, one that used more a debt). A call larger than a whole
+    /// minute's tokens waits for a full bucket and carries the rest. A failed call keeps its
+    /// charge. Clones share the limit.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use executionkit::{ChatRequest, LlmProvider, LlmResponse, Message, MockProvider, RateLimited};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let p = RateLimited::per_second(MockProvider::new([LlmResponse::text("ok").with_usage(10, 20)]), NonZeroU32::new(10).unwrap())
+    ///     .tokens_per_minute(NonZeroU32::new(100_000).unwrap());
+    /// let req = ChatRequest::new(vec![Message::user("hi")]).max_tokens(100);
+    /// p.complete(&req).await.unwrap();
+    /// assert_eq!(p.tokens_charged(), Some(105)); // "hi" (1) + one message (4) + max_tokens (100)
+    /// p.complete(&req).await.unwrap();
+    /// assert_eq!(p.tokens_charged(), Some(135)); // the second call used the first one's credit
+    /// # });
+    /// ```
+    pub fn tokens_per_minute(self, n: NonZeroU32) -> Self {
+        self.token_quota(Quota::per_minute(n))
+    }
+
+    /// Also limits tokens under any governor `quota` (its burst is the most one call takes at
+    /// once); see [`tokens_per_minute`](Self::tokens_per_minute).
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// let p = executionkit::RateLimited::per_second(executionkit::MockProvider::default(), NonZeroU32::new(1).unwrap())
+    ///     .token_quota(governor::Quota::per_hour(NonZeroU32::new(1_000_000).unwrap()));
+    /// assert_eq!(p.tokens_charged(), Some(0));
+    /// ```
+    pub fn token_quota(mut self, quota: Quota) -> Self {
+        self.tokens = Some(Arc::new(TokenLimit {
+            limiter: RateLimiter::direct(quota),
+            capacity: quota.burst_size(),
+            balance: AtomicI64::new(0),
+            charged: AtomicU64::new(0),
+        }));
+        self
+    }
+
+    /// Tokens charged to the token limit so far (`None` without one).
+    ///
+    /// ```
+    /// let p = executionkit::RateLimited::per_second(
+    ///     executionkit::MockProvider::default(), std::num::NonZeroU32::new(1).unwrap());
+    /// assert_eq!(p.tokens_charged(), None);
+    /// ```
+    #[must_use]
+    pub fn tokens_charged(&self) -> Option<u64> {
+        self.tokens
+            .as_ref()
+            .map(|t| t.charged.load(Ordering::Relaxed))
+    }
+
+    /// Tokens reported beyond what was charged, carried to the next call (negative: a credit;
+    /// `None` without a token limit).
+    ///
+    /// ```
+    /// let p = executionkit::RateLimited::per_second(
+    ///     executionkit::MockProvider::default(), std::num::NonZeroU32::new(1).unwrap())
+    ///     .tokens_per_minute(std::num::NonZeroU32::new(1000).unwrap());
+    /// assert_eq!(p.token_balance(), Some(0));
+    /// ```
+    #[must_use]
+    pub fn token_balance(&self) -> Option<i64> {
+        self.tokens
+            .as_ref()
+            .map(|t| t.balance.load(Ordering::Acquire))
     }
 
     /// Holds every later permit until `after` from now (tokio's clock), as a 429 with that
@@ -222,9 +382,22 @@ impl<P: LlmProvider> LlmProvider for RateLimited<P> {
 
     async fn complete(&self, request: &ChatRequest) -> Result<LlmResponse> {
         acquire(&self.limiter, &self.penalty, &self.permits).await;
+        let estimate = match &self.tokens {
+            Some(t) => {
+                let e = estimate_tokens(request);
+                t.charge(e).await;
+                e
+            }
+            None => 0,
+        };
         let result = self.inner.complete(request).await;
-        if let Err(e) = &result {
-            penalize_for(&self.penalty, e);
+        match &result {
+            Ok(resp) => {
+                if let Some(t) = &self.tokens {
+                    t.correct(estimate, &resp.usage);
+                }
+            }
+            Err(e) => penalize_for(&self.penalty, e),
         }
         result
     }
@@ -234,13 +407,27 @@ impl<P: LlmProvider> LlmProvider for RateLimited<P> {
         let permits = Arc::clone(&self.permits);
         let penalty = Arc::clone(&self.penalty);
         let on_error = Arc::clone(&self.penalty);
-        let inner = self.inner.stream(request).inspect(move |item| {
-            if let Err(e) = item {
-                penalize_for(&on_error, e);
+        let tokens = self.tokens.clone();
+        let on_finish = self.tokens.clone();
+        let estimate = if tokens.is_some() {
+            estimate_tokens(&request)
+        } else {
+            0
+        };
+        let inner = self.inner.stream(request).inspect(move |item| match item {
+            Err(e) => penalize_for(&on_error, e),
+            Ok(StreamEvent::Finished(resp)) => {
+                if let Some(t) = &on_finish {
+                    t.correct(estimate, &resp.usage);
+                }
             }
+            Ok(_) => {}
         });
         let wait = futures::stream::once(async move {
             acquire(&limiter, &penalty, &permits).await;
+            if let Some(t) = &tokens {
+                t.charge(estimate).await;
+            }
         })
         .filter_map(|()| async { None });
         Box::pin(wait.chain(inner))
