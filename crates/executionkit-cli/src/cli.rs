@@ -141,6 +141,16 @@ pub struct Common {
     #[arg(long, value_name = "USD", allow_negative_numbers = true)]
     pub price_out: Option<f64>,
 
+    /// Price of cached input tokens read, USD per million (default: --price-in); needs
+    /// --price-in and --price-out.
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub price_cache_read: Option<f64>,
+
+    /// Price of input tokens written to the cache, USD per million (default: --price-in);
+    /// needs --price-in and --price-out.
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub price_cache_write: Option<f64>,
+
     /// Print exactly one JSON object on stdout (success or error).
     #[arg(long)]
     pub json: bool,

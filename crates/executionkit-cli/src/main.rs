@@ -292,8 +292,23 @@ fn budget(common: &Common) -> Result<Budget, Error> {
         b = b.max_calls(n);
     }
     match (common.price_in, common.price_out) {
-        (Some(p_in), Some(p_out)) => b = b.default_price(CostRates::new(p_in, p_out)?),
+        (Some(p_in), Some(p_out)) => {
+            let mut rates = CostRates::new(p_in, p_out)?;
+            if let Some(p) = common.price_cache_read {
+                rates = rates.with_cache_read(p)?;
+            }
+            if let Some(p) = common.price_cache_write {
+                rates = rates.with_cache_write(p)?;
+            }
+            b = b.default_price(rates);
+        }
         (None, None) => {
+            if common.price_cache_read.is_some() || common.price_cache_write.is_some() {
+                return Err(Error::invalid_argument(
+                    "price",
+                    "--price-cache-read and --price-cache-write need --price-in and --price-out (USD per million input / output tokens)",
+                ));
+            }
             if common.max_usd.is_some() {
                 return Err(Error::invalid_argument(
                     "max_usd",

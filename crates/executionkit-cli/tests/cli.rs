@@ -106,6 +106,27 @@ async fn exit2_max_usd_needs_prices() {
     )
     .await;
     assert_usage_error(
+        &["consensus", "hi", "--price-cache-read", "0.1"],
+        &[],
+        &["--price-cache-read", "--price-in", "--price-out"],
+    )
+    .await;
+    assert_usage_error(
+        &[
+            "consensus",
+            "hi",
+            "--price-in",
+            "1",
+            "--price-out",
+            "2",
+            "--price-cache-write",
+            "-1",
+        ],
+        &[],
+        &["price_cache_write"],
+    )
+    .await;
+    assert_usage_error(
         &[
             "consensus",
             "hi",
@@ -878,6 +899,32 @@ async fn json_cost_shows_cached_and_reasoning_tokens_only_when_reported() {
     // Without cache prices cached tokens cost the input price: 2 × (11 × 1000 + 7 × 2000) / 1e6.
     let usd = v["cost"]["usd"].as_f64().unwrap();
     assert!((usd - 0.05).abs() < 1e-9, "{v}");
+    // With a cache-read price the 16 cached tokens cost 100 instead of 1000 per million:
+    // 0.05 - 16 × (1000 - 100) / 1e6.
+    let o = ek_at(
+        &s,
+        &[
+            "consensus",
+            "q",
+            "--samples",
+            "2",
+            "--price-in",
+            "1000",
+            "--price-out",
+            "2000",
+            "--price-cache-read",
+            "100",
+            "--price-cache-write",
+            "1250",
+            "--max-usd",
+            "1",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let usd = json_out(&o)["cost"]["usd"].as_f64().unwrap();
+    assert!((usd - (0.05 - 16.0 * 900.0 / 1e6)).abs() < 1e-9, "{usd}");
     // A server that reports no details: the cost object is exactly the three counts.
     let plain = server(Script::new(&["ok"], &["9"])).await;
     let v = json_out(&ek_at(&plain, &["consensus", "q", "--samples", "1", "--json"]).await);
