@@ -50,9 +50,9 @@ pub use pipe::{Pipe, PipeStats, StepCost};
 #[cfg(feature = "offline")]
 pub use provider::OfflineModel;
 pub use provider::{
-    AnthropicProvider, AnthropicProviderBuilder, ChatRequest, ChatStream, Choice, LlmProvider,
-    LlmResponse, Message, OpenAiProvider, OpenAiProviderBuilder, RateLimited, Role, StreamEvent,
-    StreamLimits, ToolCall, ToolChoice, ToolSpec, Usage,
+    AnthropicProvider, AnthropicProviderBuilder, ChatRequest, ChatStream, Choice, Failover,
+    FailoverBuilder, LlmProvider, LlmResponse, Message, OpenAiProvider, OpenAiProviderBuilder,
+    RateLimited, Role, Route, StreamEvent, StreamLimits, ToolCall, ToolChoice, ToolSpec, Usage,
 };
 #[cfg(any(test, feature = "testing"))]
 pub use provider::{MockCall, MockProvider};

@@ -19,7 +19,8 @@ use super::retry::{FullJitter, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventSink};
 use crate::provider::{
-    ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, StreamEvent,
+    ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, Route, StreamEvent,
+    moves_on,
 };
 use crate::redact::{redact_secret_json, redact_with};
 use crate::result::{PatternResult, RedactStats};
@@ -201,11 +202,14 @@ impl RunContext {
         if let Err(e) = request.validate() {
             return Err(self.fail(e, 0, provider, tracker));
         }
+        if let Some(route) = provider.route(&request) {
+            return self.complete_routed(&route, &request, tracker).await;
+        }
         let attempt = AtomicU32::new(0);
         let request = &*request;
         let result = (|| async {
             let n = attempt.fetch_add(1, Ordering::Relaxed) + 1;
-            self.attempt(provider, request, tracker, n).await
+            self.attempt(provider, request, tracker, n, None).await
         })
         .retry(self.retry.backoff())
         .sleep(tokio::time::sleep)
@@ -234,6 +238,85 @@ impl RunContext {
         }
     }
 
+    /// A failover chain: each entry in order (skipping those cooling down after a 429), each
+    /// attempt reserved and counted like any other, its cost also added to the entry's share
+    /// (`metadata.cost_by_provider`). The run's retry policy gives the delays of an entry's own
+    /// retries and the longest wait for a cooled-down chain; it does not wrap the chain.
+    async fn complete_routed(
+        &self,
+        route: &Route,
+        request: &ChatRequest,
+        tracker: &CostTracker,
+    ) -> Result<LlmResponse> {
+        let mut n = 0_u32;
+        let mut waited = false;
+        loop {
+            let now = tokio::time::Instant::now();
+            let mut last: Option<(u64, Error, usize)> = None;
+            for (i, entry) in route.entries.iter().enumerate() {
+                if entry.cooling_until(now).is_some() {
+                    continue;
+                }
+                let mut backoff = self.retry.backoff();
+                for tries in 0..=entry.retries {
+                    n = n.saturating_add(1);
+                    let on = Some(&entry.name);
+                    match self
+                        .attempt(&*entry.provider, request, tracker, n, on)
+                        .await
+                    {
+                        Ok((_, resp)) => return Ok(resp),
+                        Err((call, e)) => {
+                            if !moves_on(&e) {
+                                return Err(self.fail(e, call, &*entry.provider, tracker));
+                            }
+                            if let (true, Some(after)) = (e.is_rate_limited(), e.retry_after()) {
+                                entry.cool_down(after);
+                                last = Some((call, e, i));
+                                break;
+                            }
+                            let delay = (tries < entry.retries)
+                                .then(|| self.next_delay(&e, &mut backoff))
+                                .flatten();
+                            last = Some((call, e, i));
+                            match delay {
+                                Some(d) => tokio::time::sleep(d).await,
+                                None => break,
+                            }
+                        }
+                    }
+                }
+            }
+            // Every provider is cooling down: wait for the first back, once, if that is within
+            // the policy's longest delay.
+            let now = tokio::time::Instant::now();
+            let back = route
+                .entries
+                .iter()
+                .map(|e| e.cooling_until(now))
+                .collect::<Option<Vec<_>>>()
+                .and_then(|all| all.into_iter().min());
+            match (back, last) {
+                (Some(at), last)
+                    if !waited && at.duration_since(now) <= self.retry.max_delay_value() =>
+                {
+                    drop(last);
+                    waited = true;
+                    tokio::time::sleep_until(at).await;
+                }
+                (_, Some((call, e, i))) => {
+                    return Err(self.fail(e, call, &*route.entries[i].provider, tracker));
+                }
+                (_, None) => {
+                    let e = Error::rate_limited(
+                        "every provider of the failover chain is cooling down (Retry-After) beyond the retry policy's max_delay",
+                    );
+                    return Err(self.fail(e, 0, &*route.entries[0].provider, tracker));
+                }
+            }
+        }
+    }
+
     /// Money spent by `tracker`, when prices are known.
     ///
     /// ```
@@ -257,6 +340,9 @@ impl RunContext {
         result.cost = tracker.usage();
         result.usd = self.tracker_usd(tracker);
         tracker.over_grant().apply_to_metadata(&mut result.metadata);
+        if let Some(by) = tracker.cost_by_provider() {
+            result.metadata.insert("cost_by_provider".to_owned(), by);
+        }
         result
     }
 
@@ -265,11 +351,15 @@ impl RunContext {
     /// [`tracked`](Self::tracked).
     #[must_use]
     pub(crate) fn spend_error(&self, error: Error, tracker: &CostTracker) -> Error {
-        tracker.over_grant().apply_to_error(
+        let error = tracker.over_grant().apply_to_error(
             error
                 .with_cost(tracker.usage())
                 .with_usd(self.tracker_usd(tracker)),
-        )
+        );
+        match tracker.cost_by_provider() {
+            Some(by) => error.with_metadata("cost_by_provider", by),
+            None => error,
+        }
     }
 
     /// Runs a pattern's body with a new [`CostTracker`] and attaches the tracker's spend to
@@ -515,16 +605,25 @@ impl RunContext {
         request: &ChatRequest,
         tracker: &CostTracker,
         attempt: u32,
+        entry: Option<&Arc<str>>,
     ) -> std::result::Result<(u64, LlmResponse), (u64, Error)> {
         let (reservation, req) = self
             .reserve(provider, request, tracker, attempt)
             .await
             .map_err(|e| (0, e))?;
+        // A failover entry's share is counted when its call is reserved, so a call cancelled
+        // in flight is in it too.
+        if let Some(name) = entry {
+            tracker.add_provider_cost(name, TokenUsage::new(0, 0, 1));
+        }
         let call = reservation.call();
         let span = llm_span(provider, &req, attempt);
         match provider.complete(&req).instrument(span.clone()).await {
             Ok(resp) => {
                 self.finish(reservation, &resp, tracker, &span);
+                if let Some(name) = entry {
+                    tracker.add_provider_cost(name, TokenUsage::from(resp.usage));
+                }
                 Ok((call, resp))
             }
             Err(e) => {

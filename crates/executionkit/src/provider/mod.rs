@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, ErrorKind, Result};
 
 mod anthropic;
+mod failover;
 mod http;
 #[cfg(any(test, feature = "testing"))]
 mod mock;
@@ -29,6 +30,8 @@ mod transport;
 #[cfg_attr(not(feature = "testing"), allow(unused_imports))] // reached through `internals`
 pub use anthropic::{ANTHROPIC_BASE_URL, ANTHROPIC_VERSION};
 pub use anthropic::{AnthropicProvider, AnthropicProviderBuilder};
+pub(crate) use failover::moves_on;
+pub use failover::{Failover, FailoverBuilder, Route};
 #[cfg(any(test, feature = "testing"))]
 pub use mock::{MockCall, MockProvider};
 #[cfg(feature = "offline")]
@@ -162,6 +165,20 @@ pub trait LlmProvider: Send + Sync + fmt::Debug {
     fn secret(&self) -> Option<&str> {
         None
     }
+
+    /// For a provider made of other providers (a [`Failover`] chain): the providers the engine
+    /// tries for `request`, each attempt reserved and counted in the run's ledger. `None` (the
+    /// default): the engine calls this provider, with the run's retry policy. A wrapper that
+    /// holds another provider forwards it (as [`RateLimited`] does, limiting every entry).
+    ///
+    /// ```
+    /// use executionkit::{ChatRequest, LlmProvider, Message, MockProvider};
+    /// assert!(MockProvider::default().route(&ChatRequest::new(vec![Message::user("q")])).is_none());
+    /// ```
+    fn route(&self, request: &ChatRequest) -> Option<Route> {
+        let _ = request;
+        None
+    }
 }
 
 #[async_trait]
@@ -186,6 +203,9 @@ impl<P: LlmProvider + ?Sized> LlmProvider for Arc<P> {
     }
     fn secret(&self) -> Option<&str> {
         (**self).secret()
+    }
+    fn route(&self, request: &ChatRequest) -> Option<Route> {
+        (**self).route(request)
     }
 }
 

@@ -448,6 +448,21 @@ impl<P: LlmProvider> LlmProvider for RateLimited<P> {
     fn secret(&self) -> Option<&str> {
         self.inner.secret()
     }
+
+    /// The inner provider's route with every entry under this limit (the same limiter, penalty
+    /// and token limit): each attempt on each provider takes its permits.
+    fn route(&self, request: &ChatRequest) -> Option<super::Route> {
+        let route = self.inner.route(request)?;
+        Some(route.map_providers(|p| {
+            Arc::new(RateLimited {
+                inner: p,
+                limiter: Arc::clone(&self.limiter),
+                permits: Arc::clone(&self.permits),
+                penalty: Arc::clone(&self.penalty),
+                tokens: self.tokens.clone(),
+            })
+        }))
+    }
 }
 
 /// Sets the penalty deadline to `max(existing, now + after)`.

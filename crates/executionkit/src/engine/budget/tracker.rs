@@ -31,6 +31,8 @@ struct TrackerInner {
     /// Calls that reported more output tokens than they were granted, and the excess.
     over_calls: AtomicU64,
     over_output: AtomicU64,
+    /// What each provider of a failover chain cost, in the order they were first used.
+    by_provider: std::sync::Mutex<Vec<(Arc<str>, crate::usage::TokenUsage)>>,
 }
 
 impl CostTracker {
@@ -42,6 +44,36 @@ impl CostTracker {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Adds `usage` to what the provider named `name` (an entry of a failover chain) cost.
+    pub(crate) fn add_provider_cost(&self, name: &Arc<str>, usage: crate::usage::TokenUsage) {
+        let mut all = self
+            .0
+            .by_provider
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match all.iter_mut().find(|(n, _)| n == name) {
+            Some((_, u)) => *u += usage,
+            None => all.push((Arc::clone(name), usage)),
+        }
+    }
+
+    /// `{name: cost}` for every provider of a failover chain used, or `None` when none was.
+    pub(crate) fn cost_by_provider(&self) -> Option<serde_json::Value> {
+        let all = self
+            .0
+            .by_provider
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if all.is_empty() {
+            return None;
+        }
+        let map: serde_json::Map<String, serde_json::Value> = all
+            .iter()
+            .map(|(n, u)| (n.to_string(), crate::result::cost_json(u, None)))
+            .collect();
+        Some(serde_json::Value::Object(map))
     }
 
     /// Counts one call.

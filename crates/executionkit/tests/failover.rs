@@ -1,0 +1,264 @@
+//! `Failover` (issue #11 item 1) over real HTTP providers on 127.0.0.1 (wiremock): which errors
+//! move to the next provider, entry retries, Retry-After cool-downs, and the one promise: every
+//! request a server received is a call in the run's ledger, on the provider it went to
+//! (`metadata.cost_by_provider`), and a budget holds across the whole chain.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use executionkit::prelude::*;
+use executionkit::{ChatRequest, Failover, Message, OpenAiProvider, RetryPolicy};
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const PATH: &str = "/v1/chat/completions";
+
+fn ok_body(content: &str) -> Value {
+    json!({
+        "id": "chatcmpl-1",
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    })
+}
+
+async fn server(template: ResponseTemplate) -> MockServer {
+    let s = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(PATH))
+        .respond_with(template)
+        .mount(&s)
+        .await;
+    s
+}
+
+fn provider(s: &MockServer) -> OpenAiProvider {
+    OpenAiProvider::new(format!("{}/v1", s.uri()), "m").unwrap()
+}
+
+async fn received(s: &MockServer) -> u64 {
+    s.received_requests().await.unwrap().len() as u64
+}
+
+fn ok(content: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(ok_body(content))
+}
+
+fn fast() -> RunContext {
+    RunContext::new().retry(
+        RetryPolicy::new()
+            .base_delay(Duration::from_millis(1))
+            .max_delay(Duration::from_millis(5)),
+    )
+}
+
+fn chain(a: &MockServer, b: &MockServer) -> Failover {
+    Failover::builder()
+        .provider("a", provider(a))
+        .provider("b", provider(b))
+        .build()
+        .unwrap()
+}
+
+fn calls(v: &Value, name: &str) -> u64 {
+    v["cost_by_provider"][name]["llm_calls"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_5xx_moves_to_the_next_provider_and_both_attempts_are_counted() {
+    let a = server(ResponseTemplate::new(500).set_body_string("down")).await;
+    let b = server(ok("Paris")).await;
+    let r = Consensus::new()
+        .samples(1)
+        .run(&chain(&a, &b), "Capital of France?", &fast())
+        .await
+        .unwrap();
+    assert_eq!(r.value, "Paris");
+    assert_eq!((received(&a).await, received(&b).await), (1, 1));
+    assert_eq!(r.cost.llm_calls, 2);
+    let m = Value::Object(r.metadata.clone());
+    assert_eq!((calls(&m, "a"), calls(&m, "b")), (1, 1));
+    assert_eq!(m["cost_by_provider"]["b"]["input_tokens"], 3);
+    assert_eq!(m["cost_by_provider"]["a"]["input_tokens"], 0);
+}
+
+#[tokio::test]
+async fn errors_the_next_provider_would_repeat_do_not_move() {
+    for status in [400, 413, 422] {
+        let a = server(ResponseTemplate::new(status).set_body_string("bad request")).await;
+        let b = server(ok("x")).await;
+        let e = Consensus::new()
+            .samples(1)
+            .run(&chain(&a, &b), "q", &fast())
+            .await
+            .unwrap_err();
+        assert_eq!(received(&b).await, 0, "HTTP {status} must not move on");
+        assert_eq!(e.cost().llm_calls, 1, "HTTP {status}");
+        assert_eq!(e.metadata()["cost_by_provider"]["a"]["llm_calls"], 1);
+    }
+}
+
+#[tokio::test]
+async fn auth_and_not_found_errors_move_on() {
+    for status in [401, 403, 404] {
+        let a = server(ResponseTemplate::new(status).set_body_string("no")).await;
+        let b = server(ok("fine")).await;
+        let r = Consensus::new()
+            .samples(1)
+            .run(&chain(&a, &b), "q", &fast())
+            .await
+            .unwrap();
+        assert_eq!(r.value, "fine", "HTTP {status}");
+        assert_eq!(received(&a).await + received(&b).await, r.cost.llm_calls);
+    }
+}
+
+#[tokio::test]
+async fn an_entry_is_retried_its_own_number_of_times_before_the_chain_moves() {
+    let a = server(ResponseTemplate::new(503).set_body_string("busy")).await;
+    let b = server(ok("ok")).await;
+    let f = Failover::builder()
+        .provider_with_retries("a", provider(&a), 2)
+        .provider("b", provider(&b))
+        .build()
+        .unwrap();
+    let r = Consensus::new()
+        .samples(1)
+        .run(&f, "q", &fast())
+        .await
+        .unwrap();
+    assert_eq!((received(&a).await, received(&b).await), (3, 1));
+    assert_eq!(r.cost.llm_calls, 4);
+    let m = Value::Object(r.metadata.clone());
+    assert_eq!((calls(&m, "a"), calls(&m, "b")), (3, 1));
+}
+
+#[tokio::test]
+async fn the_run_retry_policy_does_not_wrap_the_chain() {
+    // Both fail with a retryable 500: without entry retries, one attempt each, then the error
+    // (with both attempts' spend), although the run's policy would retry a plain provider.
+    let a = server(ResponseTemplate::new(500).set_body_string("x")).await;
+    let b = server(ResponseTemplate::new(502).set_body_string("y")).await;
+    let e = Consensus::new()
+        .samples(1)
+        .run(&chain(&a, &b), "q", &fast())
+        .await
+        .unwrap_err();
+    assert_eq!((received(&a).await, received(&b).await), (1, 1));
+    assert_eq!(e.cost().llm_calls, 2);
+    assert_eq!(e.http_status(), Some(502));
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_cools_the_provider_down() {
+    let a = server(
+        ResponseTemplate::new(429)
+            .insert_header("retry-after", "30")
+            .set_body_string("slow down"),
+    )
+    .await;
+    let b = server(ok("B")).await;
+    let f = chain(&a, &b);
+    let r = Consensus::new()
+        .samples(4)
+        .max_concurrency(1)
+        .run(&f, "q", &fast())
+        .await
+        .unwrap();
+    assert_eq!(r.value, "B");
+    // The first sample met the 429; the other three went straight to b.
+    assert_eq!((received(&a).await, received(&b).await), (1, 4));
+    assert_eq!(r.cost.llm_calls, 5);
+}
+
+#[tokio::test]
+async fn when_every_provider_cools_down_beyond_max_delay_the_call_fails_rate_limited() {
+    let a = server(
+        ResponseTemplate::new(429)
+            .insert_header("retry-after", "60")
+            .set_body_string("a busy"),
+    )
+    .await;
+    let b = server(
+        ResponseTemplate::new(429)
+            .insert_header("retry-after", "60")
+            .set_body_string("b busy"),
+    )
+    .await;
+    let f = chain(&a, &b);
+    let e = Consensus::new()
+        .samples(1)
+        .run(&f, "q", &fast())
+        .await
+        .unwrap_err();
+    assert!(e.is_rate_limited(), "{e:?}");
+    assert_eq!(e.cost().llm_calls, 2);
+    // A second run finds both cooling: it fails at once, without a request.
+    let e = Consensus::new()
+        .samples(1)
+        .run(&f, "q", &fast())
+        .await
+        .unwrap_err();
+    assert!(e.is_rate_limited());
+    assert_eq!(e.cost().llm_calls, 0);
+    assert_eq!((received(&a).await, received(&b).await), (1, 1));
+}
+
+#[tokio::test]
+async fn a_budget_holds_across_the_whole_chain() {
+    // 20 samples under 20 calls with a first provider that always fails: never more than 20
+    // requests reach the two servers together, and the error carries every provider's cost.
+    let a = server(ResponseTemplate::new(500).set_body_string("down")).await;
+    let b = server(ok("yes")).await;
+    let ctx = fast().budget(Budget::new().max_calls(20));
+    let outcome = Consensus::new()
+        .samples(20)
+        .max_concurrency(4)
+        .run(&chain(&a, &b), "q", &ctx)
+        .await;
+    let total = received(&a).await + received(&b).await;
+    assert!(total <= 20, "{total} requests for a budget of 20 calls");
+    let e = outcome.unwrap_err();
+    assert!(e.is_budget_exhausted(), "{e:?}");
+    // Every call reserved is counted, sent or cancelled in flight when the vote failed: what
+    // the servers received is at most that, and the providers' shares add up to it.
+    assert_eq!(e.cost().llm_calls, 20);
+    let m = Value::Object(e.metadata().clone());
+    assert_eq!(calls(&m, "a") + calls(&m, "b"), 20);
+    assert!(calls(&m, "a") >= received(&a).await, "{m}");
+    assert!(calls(&m, "b") >= received(&b).await, "{m}");
+}
+
+#[tokio::test]
+async fn a_direct_call_tries_the_chain_once() {
+    let a = server(ResponseTemplate::new(500).set_body_string("x")).await;
+    let b = server(ok("direct")).await;
+    let f = chain(&a, &b);
+    let r = f
+        .complete(&ChatRequest::new(vec![Message::user("q")]))
+        .await
+        .unwrap();
+    assert_eq!(r.content(), "direct");
+    assert_eq!((received(&a).await, received(&b).await), (1, 1));
+}
+
+#[tokio::test]
+async fn a_rate_limited_chain_takes_a_permit_per_attempt() {
+    let a = server(ResponseTemplate::new(500).set_body_string("x")).await;
+    let b = server(ok("ok")).await;
+    let limited = executionkit::RateLimited::per_second(
+        chain(&a, &b),
+        std::num::NonZeroU32::new(1000).unwrap(),
+    );
+    let r = Consensus::new()
+        .samples(1)
+        .run(&limited, "q", &fast())
+        .await
+        .unwrap();
+    assert_eq!(r.cost.llm_calls, 2);
+    assert_eq!(limited.permits_taken(), 2);
+}
