@@ -14,3 +14,6 @@ pub mod consensus_refine {}
 
 #[doc = include_str!("../../../docs/guide-react-kit.md")]
 pub mod react_kit {}
+
+#[doc = include_str!("../../../docs/guide-providers.md")]
+pub mod providers {}
