@@ -52,7 +52,8 @@ pub use provider::OfflineModel;
 pub use provider::{
     AnthropicProvider, AnthropicProviderBuilder, ChatRequest, ChatStream, Choice, Failover,
     FailoverBuilder, LlmProvider, LlmResponse, Message, OpenAiProvider, OpenAiProviderBuilder,
-    RateLimited, Role, Route, StreamEvent, StreamLimits, ToolCall, ToolChoice, ToolSpec, Usage,
+    RateLimited, Role, Route, RouteRequest, Router, RouterBuilder, StreamEvent, StreamLimits,
+    ToolCall, ToolChoice, ToolSpec, Usage,
 };
 #[cfg(any(test, feature = "testing"))]
 pub use provider::{MockCall, MockProvider};

@@ -258,7 +258,23 @@ impl RunContext {
                     continue;
                 }
                 let mut backoff = self.retry.backoff();
-                for tries in 0..=entry.retries {
+                // A router's plain target keeps the run's retry policy; a chain's entry has
+                // its own retries, and a 429 cools it down instead.
+                let (retries, own) = match entry.retries {
+                    Some(r) => (r, true),
+                    None => (self.retry.max_retries(), false),
+                };
+                let routed;
+                let request = match &entry.model {
+                    Some(m) => {
+                        let mut r = request.clone();
+                        r.model = Some(m.to_string());
+                        routed = r;
+                        &routed
+                    }
+                    None => request,
+                };
+                for tries in 0..=retries {
                     n = n.saturating_add(1);
                     let on = Some(&entry.name);
                     match self
@@ -270,12 +286,14 @@ impl RunContext {
                             if !moves_on(&e) {
                                 return Err(self.fail(e, call, &*entry.provider, tracker));
                             }
-                            if let (true, Some(after)) = (e.is_rate_limited(), e.retry_after()) {
+                            if let (true, true, Some(after)) =
+                                (own, e.is_rate_limited(), e.retry_after())
+                            {
                                 entry.cool_down(after);
                                 last = Some((call, e, i));
                                 break;
                             }
-                            let delay = (tries < entry.retries)
+                            let delay = (tries < retries)
                                 .then(|| self.next_delay(&e, &mut backoff))
                                 .flatten();
                             last = Some((call, e, i));

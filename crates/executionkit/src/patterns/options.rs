@@ -35,6 +35,8 @@ pub struct CallOptions {
     pub max_tokens: Option<u32>,
     /// The seed (consensus sends `seed + i` to sample `i`).
     pub seed: Option<u64>,
+    /// A routing tag every request carries, for a [`Router`](crate::Router)'s rules (not sent).
+    pub tier: Option<String>,
 }
 
 impl CallOptions {
@@ -99,6 +101,16 @@ impl CallOptions {
         self
     }
 
+    /// Tags every request for a [`Router`](crate::Router)'s rules (the tag is not sent).
+    ///
+    /// ```
+    /// assert_eq!(executionkit::CallOptions::new().tier("best").tier.as_deref(), Some("best"));
+    /// ```
+    pub fn tier(mut self, tier: impl Into<String>) -> Self {
+        self.tier = Some(tier.into());
+        self
+    }
+
     /// Checks every option set; an `invalid_argument` error names the first bad one. The
     /// patterns call it from their own validation, before any request is sent.
     ///
@@ -160,6 +172,7 @@ impl CallOptions {
         if let Some(m) = &self.model {
             req = req.model(m.clone());
         }
+        req.tier.clone_from(&self.tier);
         req
     }
 }
@@ -267,6 +280,19 @@ pub trait WithCallOptions: Sized {
     #[must_use]
     fn max_tokens(mut self, n: u32) -> Self {
         self.call_options_mut().max_tokens = Some(n);
+        self
+    }
+
+    /// A routing tag every request carries, for a [`Router`](crate::Router)'s rules (not
+    /// sent to the server).
+    ///
+    /// ```
+    /// use executionkit::prelude::*;
+    /// assert_eq!(Consensus::new().tier("best").call_options().tier.as_deref(), Some("best"));
+    /// ```
+    #[must_use]
+    fn tier(mut self, tier: impl Into<String>) -> Self {
+        self.call_options_mut().tier = Some(tier.into());
         self
     }
 

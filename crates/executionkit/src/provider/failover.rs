@@ -17,11 +17,29 @@ use crate::error::{Error, Result};
 pub(crate) struct RouteEntry {
     pub(crate) name: Arc<str>,
     pub(crate) provider: Arc<dyn LlmProvider>,
-    pub(crate) retries: u32,
+    /// The entry's own retries; `None`: the run's retry policy (a router's plain target).
+    pub(crate) retries: Option<u32>,
+    /// The model the entry's requests ask for, when the route sets one.
+    pub(crate) model: Option<Arc<str>>,
     cooldown: Arc<Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl RouteEntry {
+    pub(crate) fn new(
+        name: Arc<str>,
+        provider: Arc<dyn LlmProvider>,
+        retries: Option<u32>,
+        model: Option<Arc<str>>,
+    ) -> Self {
+        Self {
+            name,
+            provider,
+            retries,
+            model,
+            cooldown: Arc::new(Mutex::new(None)),
+        }
+    }
+
     /// When the provider may be asked again, if it is cooling down.
     pub(crate) fn cooling_until(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
         let until = *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
@@ -63,6 +81,13 @@ impl fmt::Debug for Route {
 }
 
 impl Route {
+    /// A route of one entry.
+    pub(crate) fn single(entry: RouteEntry) -> Self {
+        Self {
+            entries: Arc::from(vec![entry]),
+        }
+    }
+
     /// The providers' names, in the order they are tried.
     ///
     /// ```
@@ -198,12 +223,12 @@ impl FailoverBuilder {
         provider: impl LlmProvider + 'static,
         retries: u32,
     ) -> Self {
-        self.entries.push(RouteEntry {
-            name: Arc::from(name.into()),
-            provider: Arc::new(provider),
-            retries,
-            cooldown: Arc::new(Mutex::new(None)),
-        });
+        self.entries.push(RouteEntry::new(
+            Arc::from(name.into()),
+            Arc::new(provider),
+            Some(retries),
+            None,
+        ));
         self
     }
 

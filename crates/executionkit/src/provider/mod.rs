@@ -24,6 +24,7 @@ mod offline;
 mod openai;
 pub(crate) mod parse;
 mod rate_limit;
+mod router;
 pub(crate) mod sse;
 mod transport;
 
@@ -38,6 +39,7 @@ pub use mock::{MockCall, MockProvider};
 pub use offline::OfflineModel;
 pub use openai::{OpenAiProvider, OpenAiProviderBuilder};
 pub use rate_limit::RateLimited;
+pub use router::{RouteRequest, Router, RouterBuilder};
 pub use sse::StreamLimits;
 
 /// The default `max_tokens` of every pattern and of [`OpenAiProvider`].
@@ -589,6 +591,8 @@ pub struct ChatRequest {
     pub response_format: Option<Value>,
     /// Any other body keys, merged last (they override the keys above).
     pub extra: Map<String, Value>,
+    /// A routing tag for a [`Router`]'s rules (e.g. `"best"`); never sent to a server.
+    pub tier: Option<String>,
 }
 
 impl ChatRequest {
@@ -709,6 +713,17 @@ impl ChatRequest {
     /// ```
     pub fn response_format(mut self, format: Value) -> Self {
         self.response_format = Some(format);
+        self
+    }
+
+    /// Tags the request for a [`Router`]'s rules; the tag is not sent.
+    ///
+    /// ```
+    /// let r = executionkit::ChatRequest::new(vec![]).tier("best");
+    /// assert_eq!(r.tier.as_deref(), Some("best"));
+    /// ```
+    pub fn tier(mut self, tier: impl Into<String>) -> Self {
+        self.tier = Some(tier.into());
         self
     }
 

@@ -99,6 +99,14 @@ impl TokenLimit {
 /// token, four tokens of framing per message, its tools' JSON, and `max_tokens` for each choice
 /// (4096 when unset). The engine always sets `max_tokens` to the call's grant.
 fn estimate_tokens(request: &ChatRequest) -> u64 {
+    let choices = u64::from(request.n.unwrap_or(1).max(1));
+    let output = u64::from(request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)) * choices;
+    estimate_prompt_tokens(request) + output
+}
+
+/// The prompt part of [`estimate_tokens`]: text at about four bytes a token, four tokens of
+/// framing per message, the tools' JSON.
+pub(crate) fn estimate_prompt_tokens(request: &ChatRequest) -> u64 {
     let text: usize = request
         .messages
         .iter()
@@ -120,10 +128,7 @@ fn estimate_tokens(request: &ChatRequest) -> u64 {
     } else {
         serde_json::to_string(&request.tools).map_or(0, |s| s.len())
     };
-    let prompt = ((text + tools) as u64).div_ceil(4) + 4 * request.messages.len() as u64;
-    let choices = u64::from(request.n.unwrap_or(1).max(1));
-    let output = u64::from(request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)) * choices;
-    prompt + output
+    ((text + tools) as u64).div_ceil(4) + 4 * request.messages.len() as u64
 }
 
 impl<P: fmt::Debug> fmt::Debug for RateLimited<P> {
