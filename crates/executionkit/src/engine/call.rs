@@ -203,7 +203,9 @@ impl RunContext {
             return Err(self.fail(e, 0, provider, tracker));
         }
         if let Some(route) = provider.route(&request) {
-            return self.complete_routed(&route, &request, tracker).await;
+            // Boxed: the chain's state would sit in every call's future (docs/architecture.md,
+            // "Future sizes").
+            return Box::pin(self.complete_routed(&route, &request, tracker)).await;
         }
         let attempt = AtomicU32::new(0);
         let request = &*request;
