@@ -262,3 +262,66 @@ async fn a_rate_limited_chain_takes_a_permit_per_attempt() {
     assert_eq!(r.cost.llm_calls, 2);
     assert_eq!(limited.permits_taken(), 2);
 }
+
+fn sse_ok(text: &str) -> ResponseTemplate {
+    let frames = [
+        json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]}),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        json!({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}}),
+    ];
+    let mut body: String = frames.iter().map(|f| format!("data: {f}\n\n")).collect();
+    body.push_str("data: [DONE]\n\n");
+    ResponseTemplate::new(200).set_body_raw(body, "text/event-stream")
+}
+
+#[tokio::test]
+async fn a_stream_moves_to_the_next_provider_before_its_first_delta() {
+    use futures::StreamExt;
+    let a = server(ResponseTemplate::new(503).set_body_string("down")).await;
+    let b = server(sse_ok("streamed")).await;
+    let f = chain(&a, &b);
+    let ctx = fast();
+    let tracker = executionkit::CostTracker::new();
+    let s = ctx
+        .stream(&f, ChatRequest::new(vec![Message::user("q")]), &tracker)
+        .await
+        .unwrap();
+    let items: Vec<_> = s.collect().await;
+    let text: String = items
+        .iter()
+        .filter_map(|i| match i {
+            Ok(executionkit::StreamEvent::TextDelta(t)) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, "streamed");
+    assert!(matches!(
+        items.last(),
+        Some(Ok(executionkit::StreamEvent::Finished(_)))
+    ));
+    assert_eq!((received(&a).await, received(&b).await), (1, 1));
+    assert_eq!(tracker.usage().llm_calls, 2);
+    assert_eq!(tracker.usage().input_tokens, 4);
+}
+
+#[tokio::test]
+async fn a_stream_does_not_move_on_a_request_the_next_provider_would_refuse() {
+    let a = server(ResponseTemplate::new(400).set_body_string("bad")).await;
+    let b = server(sse_ok("never")).await;
+    let f = chain(&a, &b);
+    let ctx = fast();
+    let tracker = executionkit::CostTracker::new();
+    let outcome = ctx
+        .stream(&f, ChatRequest::new(vec![Message::user("q")]), &tracker)
+        .await;
+    let e = match outcome {
+        Err(e) => e,
+        Ok(mut s) => {
+            use futures::StreamExt;
+            s.next().await.unwrap().unwrap_err()
+        }
+    };
+    assert_eq!(e.http_status(), Some(400));
+    assert_eq!(received(&b).await, 0);
+    assert_eq!(tracker.usage().llm_calls, 1);
+}

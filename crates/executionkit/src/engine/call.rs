@@ -470,6 +470,11 @@ impl RunContext {
         if let Err(e) = request.validate() {
             return Err(self.fail(e, 0, provider, tracker));
         }
+        let route = provider.route(&request).map(|route| StreamRoute {
+            route,
+            entry: 0,
+            tries: 0,
+        });
         let mut state = CheckedStream {
             ctx: self,
             provider,
@@ -480,9 +485,19 @@ impl RunContext {
             current: None,
             delivered: false,
             done: false,
+            route,
         };
+        if let Some(r) = &mut state.route {
+            if !r.skip_cooling() {
+                let e = Error::rate_limited(
+                    "every provider of the failover chain is cooling down (Retry-After)",
+                );
+                return Err(self.fail(e, 0, provider, tracker));
+            }
+        }
         if let Err((call, e)) = state.open().await {
-            return Err(self.fail(e, call, provider, tracker));
+            let p = state.entry_provider();
+            return Err(self.fail(e, call, p.as_deref().unwrap_or(provider), tracker));
         }
         Ok(Box::pin(futures::stream::unfold(
             state,
@@ -717,6 +732,33 @@ struct Attempt {
     span: tracing::Span,
 }
 
+/// Where a stream over a failover chain or a router stands: the entry it is on and how many
+/// times that entry was tried. A stream moves to the next entry only before its first delta.
+struct StreamRoute {
+    route: Route,
+    entry: usize,
+    tries: u32,
+}
+
+impl StreamRoute {
+    /// Moves past entries cooling down; `false` when none is left.
+    fn skip_cooling(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        while let Some(e) = self.route.entries.get(self.entry) {
+            if e.cooling_until(now).is_none() {
+                return true;
+            }
+            self.entry += 1;
+            self.tries = 0;
+        }
+        false
+    }
+
+    fn current(&self) -> Option<&crate::provider::RouteEntry> {
+        self.route.entries.get(self.entry)
+    }
+}
+
 /// The state of [`RunContext::stream`].
 struct CheckedStream<'a> {
     ctx: &'a RunContext,
@@ -728,19 +770,49 @@ struct CheckedStream<'a> {
     current: Option<Attempt>,
     delivered: bool,
     done: bool,
+    route: Option<StreamRoute>,
 }
 
 impl CheckedStream<'_> {
-    /// Reserves and opens the next attempt.
+    /// The provider of the current route entry (`None` without a route).
+    fn entry_provider(&self) -> Option<Arc<dyn LlmProvider>> {
+        self.route
+            .as_ref()
+            .and_then(StreamRoute::current)
+            .map(|e| Arc::clone(&e.provider))
+    }
+
+    /// Reserves and opens the next attempt (on the current route entry, if routed).
     async fn open(&mut self) -> std::result::Result<(), (u64, Error)> {
         self.attempt += 1;
+        let entry = self.route.as_ref().and_then(StreamRoute::current).cloned();
+        let routed_request;
+        let (provider, request): (&dyn LlmProvider, &ChatRequest) = match &entry {
+            Some(e) => {
+                let request = match &e.model {
+                    Some(m) => {
+                        let mut r = self.request.clone();
+                        r.model = Some(m.to_string());
+                        routed_request = r;
+                        &routed_request
+                    }
+                    None => &self.request,
+                };
+                (&*e.provider, request)
+            }
+            None => (self.provider, &self.request),
+        };
         let (reservation, req) = self
             .ctx
-            .reserve(self.provider, &self.request, self.tracker, self.attempt)
+            .reserve(provider, request, self.tracker, self.attempt)
             .await
             .map_err(|e| (0, e))?;
-        let span = llm_span(self.provider, &req, self.attempt);
-        let inner = self.provider.stream(req.into_owned());
+        if let Some(e) = &entry {
+            self.tracker
+                .add_provider_cost(&e.name, TokenUsage::new(0, 0, 1));
+        }
+        let span = llm_span(provider, &req, self.attempt);
+        let inner = provider.stream(req.into_owned());
         self.current = Some(Attempt {
             call: reservation.call(),
             reservation,
@@ -748,6 +820,38 @@ impl CheckedStream<'_> {
             span,
         });
         Ok(())
+    }
+
+    /// After a failure before the first delta on a routed stream: stay on the entry (its own
+    /// retries, or the run's policy for a router's plain target), or move to the next one.
+    /// `None`: give up with the error.
+    fn next_on_route(&mut self, err: &Error) -> Option<Duration> {
+        let route = self.route.as_mut()?;
+        let entry = route.current()?.clone();
+        if !moves_on(err) {
+            return None;
+        }
+        let (retries, own) = match entry.retries {
+            Some(r) => (r, true),
+            None => (self.ctx.retry.max_retries(), false),
+        };
+        let cooled =
+            if let (true, true, Some(after)) = (own, err.is_rate_limited(), err.retry_after()) {
+                entry.cool_down(after);
+                true
+            } else {
+                false
+            };
+        if !cooled && route.tries < retries {
+            if let Some(d) = self.ctx.next_delay(err, &mut self.backoff) {
+                route.tries += 1;
+                return Some(d);
+            }
+        }
+        route.entry += 1;
+        route.tries = 0;
+        self.backoff = self.ctx.retry.backoff();
+        route.skip_cooling().then_some(Duration::ZERO)
     }
 
     async fn next_item(&mut self) -> Option<Result<StreamEvent>> {
@@ -763,6 +867,10 @@ impl CheckedStream<'_> {
                     self.done = true;
                     if let Some(a) = self.current.take() {
                         self.ctx.finish(a.reservation, &resp, self.tracker, &a.span);
+                    }
+                    if let Some(e) = self.route.as_ref().and_then(StreamRoute::current) {
+                        self.tracker
+                            .add_provider_cost(&e.name, TokenUsage::from(resp.usage));
                     }
                     return Some(Ok(StreamEvent::Finished(resp)));
                 }
@@ -781,14 +889,18 @@ impl CheckedStream<'_> {
                 // Dropping the reservation returns its unused output tokens; the call counts.
                 drop(a);
             }
+            let failed_on = self.entry_provider();
             let delay = if self.delivered {
                 None
+            } else if self.route.is_some() {
+                self.next_on_route(&err)
             } else {
                 self.ctx.next_delay(&err, &mut self.backoff)
             };
             let Some(delay) = delay else {
                 self.done = true;
-                return Some(Err(self.ctx.fail(err, call, self.provider, self.tracker)));
+                let p = failed_on.as_deref().unwrap_or(self.provider);
+                return Some(Err(self.ctx.fail(err, call, p, self.tracker)));
             };
             self.ctx.emit(&Event::CallRetried {
                 call,
@@ -799,7 +911,9 @@ impl CheckedStream<'_> {
             tokio::time::sleep(delay).await;
             if let Err((call, e)) = self.open().await {
                 self.done = true;
-                return Some(Err(self.ctx.fail(e, call, self.provider, self.tracker)));
+                let p = self.entry_provider();
+                let p = p.as_deref().unwrap_or(self.provider);
+                return Some(Err(self.ctx.fail(e, call, p, self.tracker)));
             }
         }
     }

@@ -138,10 +138,13 @@ impl Route {
 /// * Run through the engine (every pattern, [`RunContext::complete`]), each attempt on each
 ///   provider reserves a call in the run's ledger and is counted; the result and every error
 ///   carry `metadata.cost_by_provider` (`{name: {input_tokens, output_tokens, llm_calls}}`).
-/// * A stream goes to the first provider that is not cooling down; it does not move to the next
-///   provider (not yet).
+/// * A stream through the engine ([`RunContext::stream`], `Kit::stream`) moves to the next
+///   provider only before its first delta, by the same rules and with the same counting.
 /// * Called directly ([`LlmProvider::complete`] outside the engine), the chain is tried once
-///   through, without retries, cool-downs honoured.
+///   through, without retries, cool-downs honoured; [`LlmProvider::stream`] called directly
+///   goes to the first provider that is not cooling down.
+///
+/// [`RunContext::stream`]: crate::RunContext::stream
 ///
 /// [`RetryPolicy`]: crate::RetryPolicy
 /// [`RunContext::complete`]: crate::RunContext::complete

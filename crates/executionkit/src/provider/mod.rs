@@ -31,8 +31,8 @@ mod transport;
 #[cfg_attr(not(feature = "testing"), allow(unused_imports))] // reached through `internals`
 pub use anthropic::{ANTHROPIC_BASE_URL, ANTHROPIC_VERSION};
 pub use anthropic::{AnthropicProvider, AnthropicProviderBuilder};
-pub(crate) use failover::moves_on;
 pub use failover::{Failover, FailoverBuilder, Route};
+pub(crate) use failover::{RouteEntry, moves_on};
 #[cfg(any(test, feature = "testing"))]
 pub use mock::{MockCall, MockProvider};
 #[cfg(feature = "offline")]
