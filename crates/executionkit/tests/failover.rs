@@ -325,3 +325,33 @@ async fn a_stream_does_not_move_on_a_request_the_next_provider_would_refuse() {
     assert_eq!(received(&b).await, 0);
     assert_eq!(tracker.usage().llm_calls, 1);
 }
+
+#[tokio::test]
+async fn every_provider_key_of_a_chain_is_kept_out_of_metadata() {
+    // The backup's reply echoes the backup's own key; with a stop rule, the vote counts (model
+    // text) are in the metadata: the key must not be.
+    let key_a = "sk-primary-0123456789";
+    let key_b = "sk-backup-9876543210";
+    let down = MockProvider::failing(executionkit::Error::new(
+        executionkit::ErrorKind::Transport,
+        "refused",
+    ))
+    .with_secret(key_a);
+    let backup = MockProvider::new([format!("the key is {key_b}")]).with_secret(key_b);
+    let f = Failover::builder()
+        .provider("a", down)
+        .provider("b", backup)
+        .build()
+        .unwrap();
+    let r = Consensus::new()
+        .samples(3)
+        .max_concurrency(1)
+        .early_stop(executionkit::StopRule::window(2))
+        .run(&f, "q", &fast())
+        .await
+        .unwrap();
+    let meta = Value::Object(r.metadata.clone()).to_string();
+    assert!(!meta.contains(key_b), "{meta}");
+    assert!(!format!("{:?}", r.stats).contains(key_b));
+    assert!(meta.contains("[REDACTED]"), "{meta}");
+}

@@ -935,20 +935,30 @@ fn redact_error(e: Error, secret: Option<&str>) -> Error {
     })
 }
 
-/// The boundary every pattern's public `run` returns through: the provider's key, in every
-/// form [`redact_secret`](crate::redact::redact_secret) knows, is removed from an error's
-/// message and metadata and from a result's metadata (the value itself, the model's answer, is
-/// returned as given), and the same way from its typed statistics, which stay equal to it.
+/// The boundary every pattern's public `run` returns through: the provider's keys (every
+/// provider's, for a failover chain or a router), in every form
+/// [`redact_secret`](crate::redact::redact_secret) knows, are removed from an error's message
+/// and metadata and from a result's metadata (the value itself, the model's answer, is returned
+/// as given), and the same way from its typed statistics, which stay equal to it.
 pub(crate) fn seal<T, S: RedactStats>(
     r: crate::error::Result<PatternResult<T, S>>,
     provider: &dyn LlmProvider,
 ) -> crate::error::Result<PatternResult<T, S>> {
-    let Some(secret) = provider
-        .secret()
-        .filter(|s| s.len() >= crate::redact::MIN_SECRET_LEN)
-    else {
+    // Once per run, not per call.
+    let mut r = r;
+    for s in provider.secrets() {
+        r = seal_one(r, s);
+    }
+    r
+}
+
+fn seal_one<T, S: RedactStats>(
+    r: crate::error::Result<PatternResult<T, S>>,
+    secret: &str,
+) -> crate::error::Result<PatternResult<T, S>> {
+    if secret.len() < crate::redact::MIN_SECRET_LEN {
         return r;
-    };
+    }
     match r {
         Ok(mut result) => {
             if !result.metadata.is_empty() {

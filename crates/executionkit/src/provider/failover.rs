@@ -363,6 +363,14 @@ impl LlmProvider for Failover {
         self.first().provider.secret()
     }
 
+    fn secrets(&self) -> Vec<&str> {
+        self.route
+            .entries
+            .iter()
+            .flat_map(|e| e.provider.secrets())
+            .collect()
+    }
+
     fn route(&self, _request: &ChatRequest) -> Option<Route> {
         Some(self.route.clone())
     }

@@ -181,6 +181,23 @@ pub trait LlmProvider: Send + Sync + fmt::Debug {
         let _ = request;
         None
     }
+
+    /// Every credential this provider holds, removed from results and errors like
+    /// [`secret`](Self::secret): one for a plain provider (the default), each provider's for a
+    /// [`Failover`] chain or a [`Router`].
+    ///
+    /// ```
+    /// use executionkit::{Failover, LlmProvider, MockProvider};
+    /// let f = Failover::builder()
+    ///     .provider("a", MockProvider::default().with_secret("key-of-a-1234"))
+    ///     .provider("b", MockProvider::default().with_secret("key-of-b-5678"))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(f.secrets(), ["key-of-a-1234", "key-of-b-5678"]);
+    /// ```
+    fn secrets(&self) -> Vec<&str> {
+        self.secret().into_iter().collect()
+    }
 }
 
 #[async_trait]
@@ -208,6 +225,9 @@ impl<P: LlmProvider + ?Sized> LlmProvider for Arc<P> {
     }
     fn route(&self, request: &ChatRequest) -> Option<Route> {
         (**self).route(request)
+    }
+    fn secrets(&self) -> Vec<&str> {
+        (**self).secrets()
     }
 }
 

@@ -454,6 +454,10 @@ impl<P: LlmProvider> LlmProvider for RateLimited<P> {
         self.inner.secret()
     }
 
+    fn secrets(&self) -> Vec<&str> {
+        self.inner.secrets()
+    }
+
     /// The inner provider's route with every entry under this limit (the same limiter, penalty
     /// and token limit): each attempt on each provider takes its permits.
     fn route(&self, request: &ChatRequest) -> Option<super::Route> {

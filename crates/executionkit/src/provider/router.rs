@@ -453,6 +453,10 @@ impl LlmProvider for Router {
         self.targets().find_map(|t| t.provider.secret())
     }
 
+    fn secrets(&self) -> Vec<&str> {
+        self.targets().flat_map(|t| t.provider.secrets()).collect()
+    }
+
     fn route(&self, request: &ChatRequest) -> Option<Route> {
         Some(self.pick(request).route(request))
     }

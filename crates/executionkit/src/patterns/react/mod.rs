@@ -387,7 +387,10 @@ impl ReactLoop {
                 });
                 seal(Ok(r), provider).map(|r| (r, transcript))
             }
-            Err(e) => Err(e.redacted_with(provider.secret())),
+            Err(e) => Err(provider
+                .secrets()
+                .into_iter()
+                .fold(e, |e, s| e.redacted_with(Some(s)))),
         }
     }
 
