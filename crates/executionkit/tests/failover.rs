@@ -5,54 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use executionkit::prelude::*;
-use executionkit::{ChatRequest, Failover, Message, OpenAiProvider, RetryPolicy};
+use executionkit::{ChatRequest, Failover, Message};
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{MockServer, ResponseTemplate};
 
-const PATH: &str = "/v1/chat/completions";
+mod common;
 
-fn ok_body(content: &str) -> Value {
-    json!({
-        "id": "chatcmpl-1",
-        "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    })
-}
-
-async fn server(template: ResponseTemplate) -> MockServer {
-    let s = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(PATH))
-        .respond_with(template)
-        .mount(&s)
-        .await;
-    s
-}
-
-fn provider(s: &MockServer) -> OpenAiProvider {
-    OpenAiProvider::new(format!("{}/v1", s.uri()), "m").unwrap()
-}
-
-async fn received(s: &MockServer) -> u64 {
-    s.received_requests().await.unwrap().len() as u64
-}
-
-fn ok(content: &str) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(ok_body(content))
-}
-
-fn fast() -> RunContext {
-    RunContext::new().retry(
-        RetryPolicy::new()
-            .base_delay(Duration::from_millis(1))
-            .max_delay(Duration::from_millis(5)),
-    )
-}
+use common::chat::{fast, ok, provider, received, server};
 
 fn chain(a: &MockServer, b: &MockServer) -> Failover {
     Failover::builder()

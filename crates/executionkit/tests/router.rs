@@ -5,40 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use executionkit::prelude::*;
-use executionkit::{
-    ChatRequest, Failover, Message, OpenAiProvider, RateLimited, RetryPolicy, Router, ToolSpec,
-};
+use executionkit::{ChatRequest, Failover, Message, RateLimited, Router, ToolSpec};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const PATH: &str = "/v1/chat/completions";
+mod common;
 
-fn ok(content: &str) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!({
-        "id": "c",
-        "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    }))
-}
-
-async fn server(template: ResponseTemplate) -> MockServer {
-    let s = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(PATH))
-        .respond_with(template)
-        .mount(&s)
-        .await;
-    s
-}
-
-fn provider(s: &MockServer) -> OpenAiProvider {
-    OpenAiProvider::new(format!("{}/v1", s.uri()), "m").unwrap()
-}
+use common::chat::{PATH, fast, ok, provider, received, server};
 
 async fn bodies(s: &MockServer) -> Vec<Value> {
     s.received_requests()
@@ -47,18 +22,6 @@ async fn bodies(s: &MockServer) -> Vec<Value> {
         .iter()
         .map(|r| serde_json::from_slice(&r.body).unwrap())
         .collect()
-}
-
-async fn received(s: &MockServer) -> usize {
-    s.received_requests().await.unwrap().len()
-}
-
-fn fast() -> RunContext {
-    RunContext::new().retry(
-        RetryPolicy::new()
-            .base_delay(Duration::from_millis(1))
-            .max_delay(Duration::from_millis(5)),
-    )
 }
 
 #[tokio::test]

@@ -19,8 +19,8 @@ use super::retry::{FullJitter, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventSink};
 use crate::provider::{
-    ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, Route, StreamEvent,
-    moves_on,
+    ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, Route, RouteEntry,
+    StreamEvent, moves_on,
 };
 use crate::redact::{redact_secret_json, redact_with};
 use crate::result::{PatternResult, RedactStats};
@@ -260,48 +260,28 @@ impl RunContext {
                     continue;
                 }
                 let mut backoff = self.retry.backoff();
-                // A router's plain target keeps the run's retry policy; a chain's entry has
-                // its own retries, and a 429 cools it down instead.
-                let (retries, own) = match entry.retries {
-                    Some(r) => (r, true),
-                    None => (self.retry.max_retries(), false),
-                };
-                let routed;
-                let request = match &entry.model {
-                    Some(m) => {
-                        let mut r = request.clone();
-                        r.model = Some(m.to_string());
-                        routed = r;
-                        &routed
-                    }
-                    None => request,
-                };
-                for tries in 0..=retries {
+                let request = entry.request_for(request);
+                for tries in 0..=self.entry_retries(entry) {
                     n = n.saturating_add(1);
                     let on = Some(&entry.name);
                     match self
-                        .attempt(&*entry.provider, request, tracker, n, on)
+                        .attempt(&*entry.provider, &request, tracker, n, on)
                         .await
                     {
                         Ok((_, resp)) => return Ok(resp),
                         Err((call, e)) => {
-                            if !moves_on(&e) {
-                                return Err(self.fail(e, call, &*entry.provider, tracker));
-                            }
-                            if let (true, true, Some(after)) =
-                                (own, e.is_rate_limited(), e.retry_after())
-                            {
-                                entry.cool_down(after);
-                                last = Some((call, e, i));
-                                break;
-                            }
-                            let delay = (tries < retries)
-                                .then(|| self.next_delay(&e, &mut backoff))
-                                .flatten();
-                            last = Some((call, e, i));
-                            match delay {
-                                Some(d) => tokio::time::sleep(d).await,
-                                None => break,
+                            match self.after_failure(entry, &e, tries, &mut backoff) {
+                                AfterFailure::Stop => {
+                                    return Err(self.fail(e, call, &*entry.provider, tracker));
+                                }
+                                AfterFailure::Retry(d) => {
+                                    last = Some((call, e, i));
+                                    tokio::time::sleep(d).await;
+                                }
+                                AfterFailure::MoveOn => {
+                                    last = Some((call, e, i));
+                                    break;
+                                }
                             }
                         }
                     }
@@ -335,6 +315,40 @@ impl RunContext {
                 }
             }
         }
+    }
+
+    /// The retries of a route entry: its own (a chain's entry), else the run's policy's (a
+    /// router's plain target).
+    fn entry_retries(&self, entry: &RouteEntry) -> u32 {
+        entry.retries.unwrap_or_else(|| self.retry.max_retries())
+    }
+
+    /// What a route does after `tries` retries of `entry` failed with `err`: give up, try the
+    /// entry again after a delay, or move to the next entry. A chain's entry that answered 429
+    /// with `Retry-After` cools down and the route moves on; a router's plain target retries it
+    /// as any provider does. One rule for calls and streams.
+    fn after_failure(
+        &self,
+        entry: &RouteEntry,
+        err: &Error,
+        tries: u32,
+        backoff: &mut FullJitter,
+    ) -> AfterFailure {
+        if !moves_on(err) {
+            return AfterFailure::Stop;
+        }
+        if entry.retries.is_some() {
+            if let (true, Some(after)) = (err.is_rate_limited(), err.retry_after()) {
+                entry.cool_down(after);
+                return AfterFailure::MoveOn;
+            }
+        }
+        if tries < self.entry_retries(entry) {
+            if let Some(d) = self.next_delay(err, backoff) {
+                return AfterFailure::Retry(d);
+            }
+        }
+        AfterFailure::MoveOn
     }
 
     /// Money spent by `tracker`, when prices are known.
@@ -732,6 +746,13 @@ struct Attempt {
     span: tracing::Span,
 }
 
+/// The decision after a failed attempt on a route entry ([`RunContext::after_failure`]).
+enum AfterFailure {
+    Stop,
+    Retry(Duration),
+    MoveOn,
+}
+
 /// Where a stream over a failover chain or a router stands: the entry it is on and how many
 /// times that entry was tried. A stream moves to the next entry only before its first delta.
 struct StreamRoute {
@@ -786,25 +807,13 @@ impl CheckedStream<'_> {
     async fn open(&mut self) -> std::result::Result<(), (u64, Error)> {
         self.attempt += 1;
         let entry = self.route.as_ref().and_then(StreamRoute::current).cloned();
-        let routed_request;
-        let (provider, request): (&dyn LlmProvider, &ChatRequest) = match &entry {
-            Some(e) => {
-                let request = match &e.model {
-                    Some(m) => {
-                        let mut r = self.request.clone();
-                        r.model = Some(m.to_string());
-                        routed_request = r;
-                        &routed_request
-                    }
-                    None => &self.request,
-                };
-                (&*e.provider, request)
-            }
-            None => (self.provider, &self.request),
+        let (provider, request): (&dyn LlmProvider, Cow<'_, ChatRequest>) = match &entry {
+            Some(e) => (&*e.provider, e.request_for(&self.request)),
+            None => (self.provider, Cow::Borrowed(&self.request)),
         };
         let (reservation, req) = self
             .ctx
-            .reserve(provider, request, self.tracker, self.attempt)
+            .reserve(provider, &request, self.tracker, self.attempt)
             .await
             .map_err(|e| (0, e))?;
         if let Some(e) = &entry {
@@ -827,26 +836,17 @@ impl CheckedStream<'_> {
     /// `None`: give up with the error.
     fn next_on_route(&mut self, err: &Error) -> Option<Duration> {
         let route = self.route.as_mut()?;
-        let entry = route.current()?.clone();
-        if !moves_on(err) {
-            return None;
-        }
-        let (retries, own) = match entry.retries {
-            Some(r) => (r, true),
-            None => (self.ctx.retry.max_retries(), false),
-        };
-        let cooled =
-            if let (true, true, Some(after)) = (own, err.is_rate_limited(), err.retry_after()) {
-                entry.cool_down(after);
-                true
-            } else {
-                false
-            };
-        if !cooled && route.tries < retries {
-            if let Some(d) = self.ctx.next_delay(err, &mut self.backoff) {
+        let entry = route.current()?;
+        match self
+            .ctx
+            .after_failure(entry, err, route.tries, &mut self.backoff)
+        {
+            AfterFailure::Stop => return None,
+            AfterFailure::Retry(d) => {
                 route.tries += 1;
                 return Some(d);
             }
+            AfterFailure::MoveOn => {}
         }
         route.entry += 1;
         route.tries = 0;

@@ -3,6 +3,7 @@
 //! one ledger and counted, and each provider's cost is reported
 //! (`metadata.cost_by_provider`).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -46,14 +47,21 @@ impl RouteEntry {
         until.filter(|u| *u > now)
     }
 
-    /// Skips the provider for `after` (a 429's `Retry-After`); a later deadline is kept.
+    /// Skips the provider for `after` (a 429's `Retry-After`); a later deadline is kept, as
+    /// for [`RateLimited`](super::RateLimited)'s penalty.
     pub(crate) fn cool_down(&self, after: Duration) {
-        let Some(until) = tokio::time::Instant::now().checked_add(after) else {
-            return;
-        };
-        let mut slot = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.is_none_or(|d| d < until) {
-            *slot = Some(until);
+        super::rate_limit::penalize(&self.cooldown, after);
+    }
+
+    /// `request` as this entry sends it: with the entry's model when the route sets one.
+    pub(crate) fn request_for<'r>(&self, request: &'r ChatRequest) -> Cow<'r, ChatRequest> {
+        match &self.model {
+            Some(m) => {
+                let mut r = request.clone();
+                r.model = Some(m.to_string());
+                Cow::Owned(r)
+            }
+            None => Cow::Borrowed(request),
         }
     }
 }

@@ -115,10 +115,7 @@ pub(crate) fn estimate_prompt_tokens(request: &ChatRequest) -> u64 {
                 + m.tool_calls
                     .iter()
                     .map(|c| {
-                        c.name.len()
-                            + serde_json::Value::Object(c.arguments.clone())
-                                .to_string()
-                                .len()
+                        c.name.len() + serde_json::to_string(&c.arguments).map_or(0, |s| s.len())
                     })
                     .sum::<usize>()
         })
@@ -475,7 +472,7 @@ impl<P: LlmProvider> LlmProvider for RateLimited<P> {
 }
 
 /// Sets the penalty deadline to `max(existing, now + after)`.
-fn penalize(penalty: &Mutex<Option<tokio::time::Instant>>, after: Duration) {
+pub(crate) fn penalize(penalty: &Mutex<Option<tokio::time::Instant>>, after: Duration) {
     let Some(until) = tokio::time::Instant::now().checked_add(after) else {
         return;
     };

@@ -10,6 +10,7 @@
 #![allow(dead_code)] // each test file uses part of this
 
 pub mod attacks;
+pub mod chat;
 pub mod counting;
 pub mod h2;
 pub mod h2relay;
