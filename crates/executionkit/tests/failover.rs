@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use executionkit::prelude::*;
-use executionkit::{ChatRequest, Failover, Message};
+use executionkit::{ChatRequest, Failover, Message, OpenAiProvider};
 use serde_json::{Value, json};
 use wiremock::{MockServer, ResponseTemplate};
 
@@ -314,4 +314,64 @@ async fn every_provider_key_of_a_chain_is_kept_out_of_metadata() {
     assert!(!meta.contains(key_b), "{meta}");
     assert!(!format!("{:?}", r.stats).contains(key_b));
     assert!(meta.contains("[REDACTED]"), "{meta}");
+}
+
+/// A primary that misbehaves after reading the request: closes, sends garbage, or sends a body
+/// without end. Each moves the call to the backup; memory stays bounded (the reply cap), the
+/// requests the primary read equal the calls counted for it, and its key is printed nowhere.
+#[tokio::test]
+async fn hostile_primaries_move_on_with_every_request_counted_and_no_key_shown() {
+    use common::hostile::{Conn, Hostile};
+    const KEY: &str = "sk-hostile-primary-0123456789";
+    let close = Hostile::start(|mut c: Conn| async move {
+        c.read_request().await?;
+        c.close().await
+    })
+    .await;
+    let garbage = Hostile::start(|mut c: Conn| async move {
+        c.read_request().await?;
+        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{not json")
+            .await?;
+        c.close().await
+    })
+    .await;
+    let endless = Hostile::start(|mut c: Conn| async move {
+        c.read_request().await?;
+        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+            .await?;
+        c.write_repeated(b"{\"a\":", 64 << 20).await;
+        Ok(())
+    })
+    .await;
+    let backup = server(ok("safe")).await;
+    for (what, hostile) in [
+        ("close", &close),
+        ("garbage", &garbage),
+        ("endless", &endless),
+    ] {
+        let primary = OpenAiProvider::builder(hostile.url(), "m")
+            .api_key(KEY)
+            .max_response_bytes(1 << 20)
+            .build()
+            .unwrap();
+        let f = Failover::builder()
+            .provider("primary", primary)
+            .provider("backup", provider(&backup))
+            .build()
+            .unwrap();
+        let r = Consensus::new()
+            .samples(1)
+            .run(&f, "q", &fast())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        assert_eq!(r.value, "safe", "{what}");
+        let m = Value::Object(r.metadata.clone());
+        assert_eq!(
+            calls(&m, "primary"),
+            hostile.requests() as u64,
+            "{what}: requests read = calls counted"
+        );
+        assert_eq!(calls(&m, "primary"), 1, "{what}");
+        assert!(!format!("{r:?} {m}").contains(KEY), "{what}");
+    }
 }
