@@ -91,6 +91,19 @@ pub struct Common {
     #[arg(long, value_name = "KEY")]
     pub api_key: Option<String>,
 
+    /// The config file of named providers, failover chains and routers (default: `EK_CONFIG`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<String>,
+
+    /// A provider, failover chain or router of the config file, by name (not with --base-url,
+    /// --model or --api-key; the EXECUTIONKIT_* variables are then ignored).
+    #[arg(long, value_name = "NAME")]
+    pub provider: Option<String>,
+
+    /// A routing tag on every request, for a router's `tier == '…'` rules (never sent).
+    #[arg(long, value_name = "TIER")]
+    pub tier: Option<String>,
+
     /// A system message before the prompt.
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
@@ -250,7 +263,8 @@ pub struct PipeArgs {
     #[command(flatten)]
     pub common: Common,
     /// A step: `NAME KEY=VALUE …` with NAME `consensus` or `refine`; keys are that command's
-    /// options with `_` for `-`, plus `model=NAME` and `if_score_below=X`. Repeat for more steps.
+    /// options with `_` for `-`, plus `model=NAME`, `provider=NAME` (from --config), `tier=T`
+    /// and `if_score_below=X`. Repeat for more steps.
     #[arg(long = "step", value_name = "SPEC", required = true)]
     pub steps: Vec<String>,
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use executionkit::{Error, LlmProvider, OfflineModel, OpenAiProvider};
 
 use crate::cli::Common;
+use crate::config::{Builder, Config};
 
 /// The one line `ek` prints on stderr when it falls back to the offline model.
 pub const OFFLINE_NOTICE: &str = "ek: no endpoint configured; using the embedded offline model (set EXECUTIONKIT_BASE_URL to use a real one)";
@@ -21,6 +22,8 @@ pub struct Env {
     pub api_key: Option<String>,
     /// `OPENAI_API_KEY`.
     pub openai_api_key: Option<String>,
+    /// `EK_CONFIG`: the config file's path.
+    pub config: Option<String>,
 }
 
 impl Env {
@@ -32,6 +35,7 @@ impl Env {
             model: var("EXECUTIONKIT_MODEL"),
             api_key: var("EXECUTIONKIT_API_KEY"),
             openai_api_key: var("OPENAI_API_KEY"),
+            config: var("EK_CONFIG"),
         }
     }
 }
@@ -102,6 +106,58 @@ pub fn select(common: &Common, env: &Env) -> Result<Selected, Error> {
     let provider = builder.build()?;
     Ok(Selected {
         provider: Arc::new(provider),
+        offline: false,
+    })
+}
+
+/// The config file from `--config`, else `EK_CONFIG`, checked whole; `None` without either.
+///
+/// # Errors
+/// `invalid_argument` for a file that cannot be read or has a mistake (naming its line).
+pub fn config(common: &Common, env: &Env) -> Result<Option<Config>, Error> {
+    let path = common
+        .config
+        .clone()
+        .filter(|p| !p.trim().is_empty())
+        .or_else(|| env.config.clone());
+    path.map(|p| Config::load(&p)).transpose()
+}
+
+/// The provider `--provider NAME` picks from the config file.
+///
+/// # Errors
+/// `invalid_argument` when `--base-url`, `--model` or `--api-key` is given too, when there is no
+/// config file, or when the name is unknown or its provider cannot be built.
+pub fn from_config(
+    common: &Common,
+    name: &str,
+    builder: Option<&mut Builder<'_>>,
+) -> Result<Selected, Error> {
+    let clashing: Vec<&str> = [
+        ("--base-url", common.base_url.is_some()),
+        ("--model", common.model.is_some()),
+        ("--api-key", common.api_key.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect();
+    if !clashing.is_empty() {
+        return Err(Error::invalid_argument(
+            "provider",
+            format!(
+                "--provider takes the endpoint, model and key from the config file; drop {}",
+                clashing.join(", ")
+            ),
+        ));
+    }
+    let Some(builder) = builder else {
+        return Err(Error::invalid_argument(
+            "provider",
+            format!("--provider {name} needs a config file: pass --config FILE or set EK_CONFIG"),
+        ));
+    };
+    Ok(Selected {
+        provider: builder.get("--provider", name)?,
         offline: false,
     })
 }

@@ -5,6 +5,7 @@
 
 mod calc;
 mod cli;
+mod config;
 mod endpoint;
 mod inputs;
 mod output;
@@ -128,6 +129,8 @@ struct Prepared {
     prompt: String,
     ctx: RunContext,
     progress: Option<Progress>,
+    /// The process's secrets and the keys the config file's providers were given.
+    secrets: Secrets,
 }
 
 async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secrets) -> u8 {
@@ -148,7 +151,9 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
         prompt,
         ctx,
         progress,
+        secrets,
     } = prepared;
+    let secrets = &secrets;
     let work = async {
         let p = provider.as_ref();
         match &job {
@@ -205,23 +210,35 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
         None => String::new(),
     };
     // Checked here too, so a bad --timeout is an error on the offline model as well.
-    endpoint::timeout(common.timeout)?;
-    let selected = endpoint::select(common, env)?;
+    let timeout = endpoint::timeout(common.timeout)?;
+    let retry = RetryPolicy::new().try_max_retries(common.max_retries)?;
+    let config = endpoint::config(common, env)?;
+    let read_key = |var: &str| std::env::var(var).ok();
+    let opts = config::BuildOptions {
+        timeout,
+        max_retries: u32::try_from(common.max_retries).unwrap_or(u32::MAX),
+    };
+    let mut builder = config
+        .as_ref()
+        .map(|c| config::Builder::new(c, &read_key, opts));
+    let selected = match &common.provider {
+        Some(name) => endpoint::from_config(common, name, builder.as_mut())?,
+        None => endpoint::select(common, env)?,
+    };
     if selected.offline {
         output::eprint_line(endpoint::OFFLINE_NOTICE, secrets);
     }
-    let retry = RetryPolicy::new().try_max_retries(common.max_retries)?;
-    let budget = budget(common)?;
     // What every request inherits from the command line; each command adds its own
     // temperature and max_tokens.
     let mut call = CallOptions::new();
     call.seed = common.seed.or(selected.offline.then_some(0));
     call.system.clone_from(&common.system);
+    call.tier.clone_from(&common.tier);
     let mut provider = selected.provider;
     let job = match command {
         Command::Consensus(a) => Job::Consensus(consensus(a, &call)?),
         Command::Refine(a) => Job::Refine(refine(a, &call)?),
-        Command::Pipe(a) => Job::Pipe(pipe(&a.steps, &call)?),
+        Command::Pipe(a) => Job::Pipe(pipe(&a.steps, &call, builder.as_mut())?),
         Command::React(a) => {
             if selected.offline {
                 // The offline model never calls a tool; it is offered the tools and answers.
@@ -238,6 +255,16 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
             Job::MapReduce(m, items)
         }
     };
+    let (prices, unpriced, keys) = match &builder {
+        Some(b) => (
+            b.prices().map(|(m, r)| (m.to_owned(), r)).collect(),
+            b.unpriced().into_iter().map(str::to_owned).collect(),
+            b.keys().to_vec(),
+        ),
+        None => (Vec::new(), Vec::new(), Vec::new()),
+    };
+    let secrets = secrets.with(&keys);
+    let budget = budget(common, &prices, &unpriced, config.as_ref())?;
     let mut ctx = RunContext::new().budget(budget.clone()).retry(retry);
     // The bar exists only on a terminal; otherwise no event callback is registered at all.
     let progress = std::io::stderr()
@@ -253,6 +280,7 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
         prompt,
         ctx,
         progress,
+        secrets,
     })
 }
 
@@ -279,8 +307,14 @@ fn read_prompt(arg: &str) -> Result<String, Error> {
     Ok(prompt)
 }
 
-/// The run's budget from the budget flags.
-fn budget(common: &Common) -> Result<Budget, Error> {
+/// The run's budget from the budget flags, and the prices of the config file's providers the
+/// run uses (`prices`: model → rates; `unpriced`: used providers without prices).
+fn budget(
+    common: &Common,
+    prices: &[(String, CostRates)],
+    unpriced: &[String],
+    config: Option<&config::Config>,
+) -> Result<Budget, Error> {
     let mut b = Budget::new();
     if let Some(n) = common.max_input_tokens {
         b = b.max_input_tokens(n);
@@ -310,10 +344,26 @@ fn budget(common: &Common) -> Result<Budget, Error> {
                 ));
             }
             if common.max_usd.is_some() {
-                return Err(Error::invalid_argument(
-                    "max_usd",
-                    "--max-usd needs --price-in and --price-out (USD per million input / output tokens)",
-                ));
+                match config {
+                    Some(_) if !prices.is_empty() && unpriced.is_empty() => {}
+                    Some(c) if !prices.is_empty() => {
+                        return Err(Error::invalid_argument(
+                            "max_usd",
+                            format!(
+                                "--max-usd: {} in {} {} no price_in / price_out, and no --price-in / --price-out is given",
+                                unpriced.join(", "),
+                                c.path(),
+                                if unpriced.len() == 1 { "has" } else { "have" }
+                            ),
+                        ));
+                    }
+                    _ => {
+                        return Err(Error::invalid_argument(
+                            "max_usd",
+                            "--max-usd needs --price-in and --price-out (USD per million input / output tokens)",
+                        ));
+                    }
+                }
             }
         }
         (Some(_), None) | (None, Some(_)) => {
@@ -322,6 +372,9 @@ fn budget(common: &Common) -> Result<Budget, Error> {
                 "--price-in and --price-out go together (USD per million input / output tokens)",
             ));
         }
+    }
+    for (model, rates) in prices {
+        b = b.price(model.clone(), *rates);
     }
     if let Some(usd) = common.max_usd {
         b = b.max_usd(usd);
@@ -373,15 +426,40 @@ fn refine(a: &RefineArgs, call: &CallOptions) -> Result<RefineLoop, Error> {
     Ok(r)
 }
 
-fn pipe(steps: &[String], call: &CallOptions) -> Result<Pipe, Error> {
+fn pipe(
+    steps: &[String],
+    call: &CallOptions,
+    mut config: Option<&mut config::Builder<'_>>,
+) -> Result<Pipe, Error> {
     let mut pipe = Pipe::new();
     for (i, spec) in steps.iter().enumerate() {
         let step = parse_step(i + 1, spec, call)?;
-        pipe = match (step.pattern, step.if_score_below) {
-            (StepPattern::Consensus(c), None) => pipe.step(c),
-            (StepPattern::Refine(r), None) => pipe.step(r),
-            (StepPattern::Consensus(c), Some(x)) => pipe.step_if(below(x), c),
-            (StepPattern::Refine(r), Some(x)) => pipe.step_if(below(x), r),
+        let provider = match (&step.provider, config.as_deref_mut()) {
+            (None, _) => None,
+            (Some(name), Some(b)) => Some(b.get(&format!("--step {}: provider", i + 1), name)?),
+            (Some(name), None) => {
+                return Err(Error::invalid_argument(
+                    "provider",
+                    format!(
+                        "--step {} (`{spec}`): provider={name} needs a config file: pass --config FILE or set EK_CONFIG",
+                        i + 1
+                    ),
+                ));
+            }
+        };
+        pipe = match (step.pattern, step.if_score_below, provider) {
+            (StepPattern::Consensus(c), None, None) => pipe.step(c),
+            (StepPattern::Refine(r), None, None) => pipe.step(r),
+            (StepPattern::Consensus(c), Some(x), None) => pipe.step_if(below(x), c),
+            (StepPattern::Refine(r), Some(x), None) => pipe.step_if(below(x), r),
+            (StepPattern::Consensus(c), None, Some(p)) => pipe.step_with_provider(p, c),
+            (StepPattern::Refine(r), None, Some(p)) => pipe.step_with_provider(p, r),
+            (StepPattern::Consensus(c), Some(x), Some(p)) => {
+                pipe.step_if_with_provider(below(x), p, c)
+            }
+            (StepPattern::Refine(r), Some(x), Some(p)) => {
+                pipe.step_if_with_provider(below(x), p, r)
+            }
         };
     }
     Ok(pipe)

@@ -66,6 +66,11 @@ impl Secrets {
         Self(v)
     }
 
+    /// These secrets and `more` (the keys a config file's providers were given).
+    pub fn with(&self, more: &[String]) -> Self {
+        Self::new(self.0.iter().chain(more).cloned())
+    }
+
     /// `text` with every secret replaced; borrowed back when it holds none.
     pub fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(text);

@@ -14,7 +14,7 @@ use executionkit::{Consensus, Error, Pattern, RefineLoop, VotingStrategy};
 pub const STEP_NAMES: &[&str] = &["consensus", "refine"];
 
 /// Keys any step takes.
-const COMMON_KEYS: &[&str] = &["model", "if_score_below"];
+const COMMON_KEYS: &[&str] = &["model", "provider", "tier", "if_score_below"];
 /// Keys of a consensus step.
 pub const CONSENSUS_KEYS: &[&str] = &[
     "samples",
@@ -51,6 +51,8 @@ pub struct StepSpec {
     pub pattern: StepPattern,
     /// `if_score_below=X`: run only when the previous step's score is below X or null.
     pub if_score_below: Option<f64>,
+    /// `provider=NAME`: a provider, failover chain or router of the config file.
+    pub provider: Option<String>,
 }
 
 /// Parses `--step` number `index` (1-based) of text `spec`.
@@ -95,6 +97,7 @@ pub fn parse_step(index: usize, spec: &str, call: &CallOptions) -> Result<StepSp
         _ => StepPattern::Refine(RefineLoop::default().options(call.clone())),
     };
     let mut if_score_below = None;
+    let mut provider = None;
     let mut seen = HashSet::new();
     for token in tokens {
         let Some((key, value)) = token.split_once('=') else {
@@ -138,6 +141,22 @@ pub fn parse_step(index: usize, spec: &str, call: &CallOptions) -> Result<StepSp
                     StepPattern::Consensus(c) => StepPattern::Consensus(c.model(value.to_owned())),
                     StepPattern::Refine(r) => StepPattern::Refine(r.model(value.to_owned())),
                 }
+            }
+            ("tier", p) => {
+                if value.trim().is_empty() {
+                    return Err(bad("a tier name"));
+                }
+                match p {
+                    StepPattern::Consensus(c) => StepPattern::Consensus(c.tier(value.to_owned())),
+                    StepPattern::Refine(r) => StepPattern::Refine(r.tier(value.to_owned())),
+                }
+            }
+            ("provider", p) => {
+                if value.trim().is_empty() {
+                    return Err(bad("a name from the config file"));
+                }
+                provider = Some(value.to_owned());
+                p
             }
             ("if_score_below", p) => {
                 let x = parse_f64(value).ok_or_else(|| bad("a number"))?;
@@ -206,6 +225,7 @@ pub fn parse_step(index: usize, spec: &str, call: &CallOptions) -> Result<StepSp
     Ok(StepSpec {
         pattern,
         if_score_below,
+        provider,
     })
 }
 
@@ -247,6 +267,12 @@ mod tests {
         assert!(matches!(s.pattern, StepPattern::Refine(_)));
         let s = parse_step(2, "refine if_score_below=0.95 model=m", &CallOptions::new()).unwrap();
         assert_eq!(s.if_score_below, Some(0.95));
+        let s = parse_step(1, "consensus provider=cheap tier=best", &CallOptions::new()).unwrap();
+        assert_eq!(s.provider.as_deref(), Some("cheap"));
+        let StepPattern::Consensus(c) = s.pattern else {
+            panic!("not consensus")
+        };
+        assert_eq!(c.call_options().tier.as_deref(), Some("best"));
     }
 
     #[test]
@@ -259,5 +285,7 @@ mod tests {
         assert!(err("consensus strategy=best").contains("majority, unanimous"));
         assert!(err("refine samples=3").contains("target_score"));
         assert!(err("").contains("empty step"));
+        assert!(err("consensus provider=").contains("a name from the config file"));
+        assert!(err("refine tier=").contains("a tier name"));
     }
 }

@@ -1,0 +1,1344 @@
+//! The config file (`--config FILE` or `EK_CONFIG`): named providers, failover chains and
+//! routers, picked with `--provider NAME` or a pipe step's `provider=NAME` (docs/cli.md
+//! "Config file").
+//!
+//! The whole file is read and checked before anything else: TOML syntax, every table's keys and
+//! types, every name a chain or a router refers to, the router rules' `when` expressions. Each
+//! mistake is an `invalid_argument` naming the file, the line and what is wrong, and never
+//! quotes a value that could be a key. Providers are built only when a run uses them; only
+//! then are their key variables read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use executionkit::{
+    AnthropicProvider, CostRates, Error, Failover, LlmProvider, OpenAiProvider, RateLimited,
+    RouteRequest, Router,
+};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use toml::Spanned;
+
+/// Where an OpenAI-kind provider without `base_url` sends its requests.
+const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// Where an Anthropic-kind provider without `base_url` sends its requests (the API root).
+const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
+
+// The file as TOML has it. Unknown keys and tables are errors (`deny_unknown_fields`).
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    providers: BTreeMap<Spanned<String>, Spanned<RawProvider>>,
+    #[serde(default)]
+    failover: BTreeMap<Spanned<String>, Spanned<RawFailover>>,
+    #[serde(default)]
+    routers: BTreeMap<Spanned<String>, Spanned<RawRouter>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    kind: Option<Spanned<String>>,
+    base_url: Option<Spanned<String>>,
+    model: Spanned<String>,
+    api_key_env: Option<Spanned<String>>,
+    /// Refused: a key is never written in the file.
+    api_key: Option<Spanned<IgnoredAny>>,
+    retries: Option<u32>,
+    price_in: Option<Spanned<f64>>,
+    price_out: Option<Spanned<f64>>,
+    price_cache_read: Option<Spanned<f64>>,
+    price_cache_write: Option<Spanned<f64>>,
+    rpm: Option<Spanned<u32>>,
+    tpm: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailover {
+    providers: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouter {
+    rules: Option<Vec<Spanned<RawRule>>>,
+    default: Option<Spanned<String>>,
+    round_robin: Option<Vec<Spanned<String>>>,
+    weighted: Option<Vec<Spanned<RawWeight>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    when: Spanned<String>,
+    #[serde(rename = "use")]
+    target: Spanned<String>,
+    model: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeight {
+    #[serde(rename = "use")]
+    target: Spanned<String>,
+    weight: Spanned<u32>,
+}
+
+// The file, checked.
+
+/// The wire a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    OpenAi,
+    Anthropic,
+}
+
+#[derive(Debug)]
+struct ProviderDef {
+    line: usize,
+    kind: Kind,
+    base_url: String,
+    model: String,
+    api_key_env: Option<String>,
+    retries: Option<u32>,
+    rates: Option<CostRates>,
+    rpm: Option<NonZeroU32>,
+    tpm: Option<NonZeroU32>,
+}
+
+#[derive(Debug)]
+struct FailoverDef {
+    providers: Vec<String>,
+}
+
+#[derive(Debug)]
+enum RouterDef {
+    Rules {
+        rules: Vec<RuleDef>,
+        default: String,
+    },
+    RoundRobin(Vec<String>),
+    Weighted(Vec<(String, u32)>),
+}
+
+#[derive(Debug, Clone)]
+struct RuleDef {
+    when: Vec<Cond>,
+    target: String,
+    model: Option<String>,
+}
+
+/// One comparison of a rule's `when`.
+#[derive(Debug, Clone, PartialEq)]
+enum Cond {
+    PromptTokens(Cmp, u64),
+    HasTools(bool),
+    /// `tier == 'x'` (true) or `tier != 'x'` (false).
+    Tier(bool, String),
+    /// `model == 'x'` (true) or `model != 'x'` (false).
+    Model(bool, String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl Cmp {
+    fn holds(self, a: u64, b: u64) -> bool {
+        match self {
+            Self::Lt => a < b,
+            Self::Le => a <= b,
+            Self::Gt => a > b,
+            Self::Ge => a >= b,
+            Self::Eq => a == b,
+            Self::Ne => a != b,
+        }
+    }
+}
+
+impl Cond {
+    fn holds(&self, r: &RouteRequest<'_>) -> bool {
+        match self {
+            Self::PromptTokens(cmp, n) => cmp.holds(r.prompt_tokens, *n),
+            Self::HasTools(want) => r.has_tools == *want,
+            Self::Tier(eq, t) => (r.tier == Some(t.as_str())) == *eq,
+            Self::Model(eq, m) => (r.model == Some(m.as_str())) == *eq,
+        }
+    }
+}
+
+/// A checked config file.
+#[derive(Debug)]
+pub struct Config {
+    /// The path as given, for messages.
+    path: String,
+    providers: BTreeMap<String, ProviderDef>,
+    failovers: BTreeMap<String, FailoverDef>,
+    routers: BTreeMap<String, RouterDef>,
+}
+
+/// What a run's providers are built with.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOptions {
+    /// `--timeout`.
+    pub timeout: Duration,
+    /// `--max-retries`: the retries of a provider used on its own (or as a router's target)
+    /// when the file gives it none.
+    pub max_retries: u32,
+}
+
+/// The 1-based line of byte `at` of `src`.
+fn line_of(src: &str, at: usize) -> usize {
+    src.get(..at).unwrap_or(src).matches('\n').count() + 1
+}
+
+/// A serde message without the value it quotes (`invalid type: string "…"`): a value in the
+/// wrong place could be a key.
+fn unquoted(msg: &str) -> String {
+    match (msg.find('"'), msg.rfind('"')) {
+        (Some(a), Some(b)) if b > a => format!("{}…{}", &msg[..a], &msg[b + 1..]),
+        _ => msg.to_owned(),
+    }
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    ///
+    /// # Errors
+    /// `invalid_argument` (argument `config`) naming the file, and the line for a mistake in it.
+    pub fn load(path: &str) -> Result<Self, Error> {
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid_argument("config", format!("cannot read the config file {path}: {e}"))
+        })?;
+        Self::parse(path, &src)
+    }
+
+    /// Checks `src`, the text of the file at `path`.
+    ///
+    /// # Errors
+    /// See [`Config::load`].
+    pub fn parse(path: &str, src: &str) -> Result<Self, Error> {
+        let raw: RawFile = toml::from_str(src).map_err(|e| {
+            let msg = unquoted(e.message().trim());
+            match e.span() {
+                Some(s) => Error::invalid_argument(
+                    "config",
+                    format!("{path}, line {}: {msg}", line_of(src, s.start)),
+                ),
+                None => Error::invalid_argument("config", format!("{path}: {msg}")),
+            }
+        })?;
+        let at = |span: std::ops::Range<usize>, msg: String| {
+            Error::invalid_argument(
+                "config",
+                format!("{path}, line {}: {msg}", line_of(src, span.start)),
+            )
+        };
+
+        // One namespace: --provider picks by name, whatever the table.
+        let mut names: HashMap<&str, (&str, usize)> = HashMap::new();
+        let tables = raw
+            .providers
+            .keys()
+            .map(|k| ("providers", k))
+            .chain(raw.failover.keys().map(|k| ("failover", k)))
+            .chain(raw.routers.keys().map(|k| ("routers", k)));
+        for (table, key) in tables {
+            let name = key.get_ref().as_str();
+            if name.trim().is_empty() {
+                return Err(at(key.span(), format!("[{table}] has an empty name")));
+            }
+            if let Some((other, line)) = names.insert(name, (table, line_of(src, key.span().start)))
+            {
+                return Err(at(
+                    key.span(),
+                    format!(
+                        "the name `{name}` is already used by [{other}.{name}] (line {line}); \
+                         --provider picks by name, so every name must be different"
+                    ),
+                ));
+            }
+        }
+
+        let mut providers = BTreeMap::new();
+        for (key, value) in &raw.providers {
+            let def = provider_def(key, value, &at, src)?;
+            providers.insert(key.get_ref().clone(), def);
+        }
+
+        let mut failovers = BTreeMap::new();
+        for (key, value) in &raw.failover {
+            let name = key.get_ref();
+            let list = &value.get_ref().providers;
+            if list.is_empty() {
+                return Err(at(
+                    value.span(),
+                    format!("[failover.{name}]: `providers` is empty; list at least one provider"),
+                ));
+            }
+            let mut seen = Vec::new();
+            for p in list {
+                let p_name = p.get_ref();
+                if !providers.contains_key(p_name) {
+                    return Err(at(
+                        p.span(),
+                        format!(
+                            "[failover.{name}]: `{p_name}` is not a provider; a chain lists names from [providers.*] ({})",
+                            list_or_none(providers.keys())
+                        ),
+                    ));
+                }
+                if seen.contains(&p_name) {
+                    return Err(at(
+                        p.span(),
+                        format!("[failover.{name}]: `{p_name}` is listed twice"),
+                    ));
+                }
+                seen.push(p_name);
+            }
+            failovers.insert(
+                name.clone(),
+                FailoverDef {
+                    providers: list.iter().map(|p| p.get_ref().clone()).collect(),
+                },
+            );
+        }
+
+        let targets: Vec<&String> = providers.keys().chain(failovers.keys()).collect();
+        let target = |t: &Spanned<String>, router: &str| -> Result<String, Error> {
+            let n = t.get_ref();
+            if targets.contains(&n) {
+                Ok(n.clone())
+            } else {
+                Err(at(
+                    t.span(),
+                    format!(
+                        "[routers.{router}]: `{n}` is neither a provider nor a failover chain ({})",
+                        list_or_none(targets.iter().copied())
+                    ),
+                ))
+            }
+        };
+        let mut routers = BTreeMap::new();
+        for (key, value) in &raw.routers {
+            let name = key.get_ref();
+            let r = value.get_ref();
+            let modes = [
+                r.rules.is_some() || r.default.is_some(),
+                r.round_robin.is_some(),
+                r.weighted.is_some(),
+            ];
+            let def = match modes {
+                [true, false, false] => {
+                    let Some(default) = &r.default else {
+                        return Err(at(
+                            value.span(),
+                            format!(
+                                "[routers.{name}]: `rules` needs a `default` provider for requests no rule matches"
+                            ),
+                        ));
+                    };
+                    let mut rules = Vec::new();
+                    for rule in r.rules.iter().flatten() {
+                        let raw_rule = rule.get_ref();
+                        let when = parse_when(raw_rule.when.get_ref()).map_err(|m| {
+                            at(
+                                raw_rule.when.span(),
+                                format!(
+                                    "[routers.{name}]: when = \"{}\": {m}",
+                                    raw_rule.when.get_ref()
+                                ),
+                            )
+                        })?;
+                        let model = match &raw_rule.model {
+                            Some(m) if m.get_ref().trim().is_empty() => {
+                                return Err(at(
+                                    m.span(),
+                                    format!("[routers.{name}]: a rule's `model` is empty"),
+                                ));
+                            }
+                            m => m.as_ref().map(|m| m.get_ref().clone()),
+                        };
+                        rules.push(RuleDef {
+                            when,
+                            target: target(&raw_rule.target, name)?,
+                            model,
+                        });
+                    }
+                    RouterDef::Rules {
+                        rules,
+                        default: target(default, name)?,
+                    }
+                }
+                [false, true, false] => {
+                    let list = r.round_robin.as_deref().unwrap_or_default();
+                    if list.is_empty() {
+                        return Err(at(
+                            value.span(),
+                            format!("[routers.{name}]: `round_robin` is empty"),
+                        ));
+                    }
+                    RouterDef::RoundRobin(
+                        list.iter()
+                            .map(|t| target(t, name))
+                            .collect::<Result<_, _>>()?,
+                    )
+                }
+                [false, false, true] => {
+                    let list = r.weighted.as_deref().unwrap_or_default();
+                    if list.is_empty() {
+                        return Err(at(
+                            value.span(),
+                            format!("[routers.{name}]: `weighted` is empty"),
+                        ));
+                    }
+                    let mut out = Vec::new();
+                    for w in list {
+                        let w = w.get_ref();
+                        if *w.weight.get_ref() == 0 {
+                            return Err(at(
+                                w.weight.span(),
+                                format!("[routers.{name}]: a weight must be >= 1"),
+                            ));
+                        }
+                        out.push((target(&w.target, name)?, *w.weight.get_ref()));
+                    }
+                    RouterDef::Weighted(out)
+                }
+                [false, false, false] => {
+                    return Err(at(
+                        value.span(),
+                        format!(
+                            "[routers.{name}]: give `rules` and `default`, or `round_robin`, or `weighted`"
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err(at(
+                        value.span(),
+                        format!(
+                            "[routers.{name}]: `rules`/`default`, `round_robin` and `weighted` are three kinds of router; give one"
+                        ),
+                    ));
+                }
+            };
+            routers.insert(name.clone(), def);
+        }
+
+        Ok(Self {
+            path: path.to_owned(),
+            providers,
+            failovers,
+            routers,
+        })
+    }
+
+    /// Every name the file defines, by table, for messages.
+    fn defined(&self) -> String {
+        let mut parts = Vec::new();
+        for (table, names) in [
+            ("providers", self.providers.keys().collect::<Vec<_>>()),
+            ("failover", self.failovers.keys().collect()),
+            ("routers", self.routers.keys().collect()),
+        ] {
+            if !names.is_empty() {
+                let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+                parts.push(format!("{} ({table})", names.join(", ")));
+            }
+        }
+        if parts.is_empty() {
+            "nothing".to_owned()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    /// Whether `name` is defined in any table.
+    #[cfg(test)]
+    fn has(&self, name: &str) -> bool {
+        self.providers.contains_key(name)
+            || self.failovers.contains_key(name)
+            || self.routers.contains_key(name)
+    }
+
+    /// The path as given.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// `invalid_argument` for `flag NAME` naming nothing in the file.
+    pub fn unknown(&self, flag: &str, name: &str) -> Error {
+        Error::invalid_argument(
+            "provider",
+            format!(
+                "{flag} `{name}`: no provider, failover chain or router of that name in {}; it defines {}",
+                self.path,
+                self.defined()
+            ),
+        )
+    }
+}
+
+fn list_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = names.map(String::as_str).collect();
+    if v.is_empty() {
+        "none is defined".to_owned()
+    } else {
+        format!("defined: {}", v.join(", "))
+    }
+}
+
+/// Whether `s` is a conventional environment variable name: ASCII letters, digits and `_`,
+/// not starting with a digit.
+fn is_var_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `name` as a message may show it: only an upper-case variable name (a key is never one).
+fn shown_var(name: &str) -> String {
+    if name
+        .chars()
+        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    {
+        format!("`{name}`")
+    } else {
+        "a variable".to_owned()
+    }
+}
+
+fn provider_def(
+    key: &Spanned<String>,
+    value: &Spanned<RawProvider>,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> Error,
+    src: &str,
+) -> Result<ProviderDef, Error> {
+    let name = key.get_ref();
+    let p = value.get_ref();
+    let ctx = format!("[providers.{name}]");
+    if let Some(k) = &p.api_key {
+        return Err(at(
+            k.span(),
+            format!(
+                "{ctx}: `api_key` is not allowed (a key is never written in the file): put the key in an environment variable and give its name as api_key_env"
+            ),
+        ));
+    }
+    let kind = match p.kind.as_ref().map(|k| k.get_ref().as_str()) {
+        None | Some("openai") => Kind::OpenAi,
+        Some("anthropic") => Kind::Anthropic,
+        Some(other) => {
+            let span = p.kind.as_ref().map_or(value.span(), Spanned::span);
+            return Err(at(
+                span,
+                format!("{ctx}: unknown kind `{other}`; valid kinds: openai, anthropic"),
+            ));
+        }
+    };
+    let base_url = match &p.base_url {
+        Some(u) => {
+            let text = u.get_ref();
+            let shown = executionkit::redact::redact(text);
+            let url = url::Url::parse(text).map_err(|e| {
+                at(
+                    u.span(),
+                    format!("{ctx}: base_url is not a valid URL ({e}): {shown}"),
+                )
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(at(
+                    u.span(),
+                    format!(
+                        "{ctx}: base_url must be http:// or https://, got {}://",
+                        url.scheme()
+                    ),
+                ));
+            }
+            if url.password().is_some() || !url.username().is_empty() {
+                return Err(at(
+                    u.span(),
+                    format!("{ctx}: base_url must not hold credentials ({shown}); use api_key_env"),
+                ));
+            }
+            text.clone()
+        }
+        None => match kind {
+            Kind::OpenAi => OPENAI_BASE_URL.to_owned(),
+            Kind::Anthropic => ANTHROPIC_BASE_URL.to_owned(),
+        },
+    };
+    if p.model.get_ref().trim().is_empty() {
+        return Err(at(p.model.span(), format!("{ctx}: `model` is empty")));
+    }
+    let api_key_env = match &p.api_key_env {
+        Some(v) if !is_var_name(v.get_ref()) => {
+            return Err(at(
+                v.span(),
+                format!(
+                    "{ctx}: api_key_env must be the NAME of an environment variable (letters, digits and _), not the key itself"
+                ),
+            ));
+        }
+        v => v.as_ref().map(|v| v.get_ref().clone()),
+    };
+    let price = |v: &Option<Spanned<f64>>| v.as_ref().map(|s| (*s.get_ref(), s.span()));
+    let rates = match (price(&p.price_in), price(&p.price_out)) {
+        (Some((i, span)), Some((o, _))) => {
+            let bad = |e: Error| at(span.clone(), format!("{ctx}: {}", e.message()));
+            let mut r = CostRates::new(i, o).map_err(bad)?;
+            if let Some((c, span)) = price(&p.price_cache_read) {
+                r = r
+                    .with_cache_read(c)
+                    .map_err(|e| at(span, format!("{ctx}: price_cache_read: {}", e.message())))?;
+            }
+            if let Some((c, span)) = price(&p.price_cache_write) {
+                r = r
+                    .with_cache_write(c)
+                    .map_err(|e| at(span, format!("{ctx}: price_cache_write: {}", e.message())))?;
+            }
+            Some(r)
+        }
+        (None, None) => {
+            if let Some((_, span)) = price(&p.price_cache_read).or(price(&p.price_cache_write)) {
+                return Err(at(
+                    span,
+                    format!(
+                        "{ctx}: price_cache_read and price_cache_write need price_in and price_out"
+                    ),
+                ));
+            }
+            None
+        }
+        (Some((_, span)), None) | (None, Some((_, span))) => {
+            return Err(at(
+                span,
+                format!(
+                    "{ctx}: price_in and price_out go together (USD per million input / output tokens)"
+                ),
+            ));
+        }
+    };
+    let per_minute = |v: &Option<Spanned<u32>>, what: &str| -> Result<Option<NonZeroU32>, Error> {
+        match v {
+            None => Ok(None),
+            Some(s) => NonZeroU32::new(*s.get_ref()).map(Some).ok_or_else(|| {
+                at(
+                    s.span(),
+                    format!("{ctx}: {what} must be >= 1 (leave it out for no limit)"),
+                )
+            }),
+        }
+    };
+    Ok(ProviderDef {
+        line: line_of(src, key.span().start),
+        kind,
+        base_url,
+        model: p.model.get_ref().clone(),
+        api_key_env,
+        retries: p.retries,
+        rates,
+        rpm: per_minute(&p.rpm, "rpm")?,
+        tpm: per_minute(&p.tpm, "tpm")?,
+    })
+}
+
+/// Parses a rule's `when`: comparisons joined by `and`.
+///
+/// `prompt_tokens OP N` (OP one of `<`, `<=`, `>`, `>=`, `==`, `!=`), `has_tools`,
+/// `not has_tools`, `has_tools == true|false`, `tier == 'T'`, `tier != 'T'`, `model == 'M'`,
+/// `model != 'M'` (single or double quotes).
+fn parse_when(text: &str) -> Result<Vec<Cond>, String> {
+    let tokens = tokenize(text)?;
+    let mut conds = Vec::new();
+    let mut it = tokens.iter().peekable();
+    loop {
+        let negated = matches!(it.peek(), Some(Tok::Word(w)) if w == "not");
+        if negated {
+            it.next();
+        }
+        let field = match it.next() {
+            Some(Tok::Word(w)) => w.as_str(),
+            Some(t) => {
+                return Err(format!(
+                    "expected a field (prompt_tokens, has_tools, tier, model), got {t}"
+                ));
+            }
+            None => {
+                return Err(
+                    "expected a field (prompt_tokens, has_tools, tier, model), got the end"
+                        .to_owned(),
+                );
+            }
+        };
+        let cond = match field {
+            "has_tools" => {
+                let value = match it.peek() {
+                    Some(Tok::Op(op @ ("==" | "!="))) => {
+                        let eq = *op == "==";
+                        it.next();
+                        let b = match it.next() {
+                            Some(Tok::Word(w)) if w == "true" => true,
+                            Some(Tok::Word(w)) if w == "false" => false,
+                            Some(t) => {
+                                return Err(format!(
+                                    "has_tools compares with true or false, got {t}"
+                                ));
+                            }
+                            None => {
+                                return Err(
+                                    "has_tools compares with true or false, got the end".to_owned()
+                                );
+                            }
+                        };
+                        b == eq
+                    }
+                    _ => true,
+                };
+                Cond::HasTools(value != negated)
+            }
+            _ if negated => return Err(format!("`not` goes only before has_tools, not {field}")),
+            "prompt_tokens" => {
+                let cmp = match it.next() {
+                    Some(Tok::Op(op)) => match *op {
+                        "<" => Cmp::Lt,
+                        "<=" => Cmp::Le,
+                        ">" => Cmp::Gt,
+                        ">=" => Cmp::Ge,
+                        "==" => Cmp::Eq,
+                        _ => Cmp::Ne,
+                    },
+                    Some(t) => {
+                        return Err(format!(
+                            "expected <, <=, >, >=, == or != after prompt_tokens, got {t}"
+                        ));
+                    }
+                    None => {
+                        return Err(
+                            "expected <, <=, >, >=, == or != after prompt_tokens, got the end"
+                                .to_owned(),
+                        );
+                    }
+                };
+                match it.next() {
+                    Some(Tok::Int(n)) => Cond::PromptTokens(cmp, *n),
+                    Some(t) => {
+                        return Err(format!(
+                            "prompt_tokens compares with a whole number, got {t}"
+                        ));
+                    }
+                    None => {
+                        return Err(
+                            "prompt_tokens compares with a whole number, got the end".to_owned()
+                        );
+                    }
+                }
+            }
+            "tier" | "model" => {
+                let eq = match it.next() {
+                    Some(Tok::Op("==")) => true,
+                    Some(Tok::Op("!=")) => false,
+                    Some(t) => return Err(format!("expected == or != after {field}, got {t}")),
+                    None => return Err(format!("expected == or != after {field}, got the end")),
+                };
+                let value = match it.next() {
+                    Some(Tok::Str(s)) => s.clone(),
+                    Some(t) => {
+                        return Err(format!(
+                            "{field} compares with a quoted string ('…'), got {t}"
+                        ));
+                    }
+                    None => {
+                        return Err(format!(
+                            "{field} compares with a quoted string ('…'), got the end"
+                        ));
+                    }
+                };
+                if field == "tier" {
+                    Cond::Tier(eq, value)
+                } else {
+                    Cond::Model(eq, value)
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown field `{other}`; valid fields: prompt_tokens, has_tools, tier, model"
+                ));
+            }
+        };
+        conds.push(cond);
+        match it.next() {
+            None => return Ok(conds),
+            Some(Tok::Word(w)) if w == "and" => {}
+            Some(t) => return Err(format!("expected `and` or the end, got {t}")),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Tok {
+    Word(String),
+    Int(u64),
+    Str(String),
+    Op(&'static str),
+}
+
+impl std::fmt::Display for Tok {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Word(w) => write!(f, "`{w}`"),
+            Self::Int(n) => write!(f, "`{n}`"),
+            Self::Str(s) => write!(f, "'{s}'"),
+            Self::Op(o) => write!(f, "`{o}`"),
+        }
+    }
+}
+
+fn tokenize(text: &str) -> Result<Vec<Tok>, String> {
+    let mut out = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some(&(i, c)) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let mut w = String::new();
+            while let Some(&(_, c)) = chars.peek() {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    w.push(c);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            out.push(Tok::Word(w));
+        } else if c.is_ascii_digit() {
+            let mut w = String::new();
+            while let Some(&(_, c)) = chars.peek() {
+                if c.is_ascii_digit() || c == '_' {
+                    if c != '_' {
+                        w.push(c);
+                    }
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            let n = w
+                .parse()
+                .map_err(|_| format!("the number {w} is too large"))?;
+            out.push(Tok::Int(n));
+        } else if c == '\'' || c == '"' {
+            chars.next();
+            let mut s = String::new();
+            let mut closed = false;
+            for (_, d) in chars.by_ref() {
+                if d == c {
+                    closed = true;
+                    break;
+                }
+                s.push(d);
+            }
+            if !closed {
+                return Err(format!(
+                    "the string starting at character {} has no closing {c}",
+                    i + 1
+                ));
+            }
+            out.push(Tok::Str(s));
+        } else {
+            let rest = &text[i..];
+            let op = ["<=", ">=", "==", "!=", "<", ">"]
+                .into_iter()
+                .find(|op| rest.starts_with(op));
+            match op {
+                Some(op) => {
+                    for _ in 0..op.len() {
+                        chars.next();
+                    }
+                    out.push(Tok::Op(op));
+                }
+                None if c == '!' => {
+                    chars.next();
+                    out.push(Tok::Word("not".to_owned()));
+                }
+                None if rest.starts_with("&&") => {
+                    chars.next();
+                    chars.next();
+                    out.push(Tok::Word("and".to_owned()));
+                }
+                None => return Err(format!("unexpected `{c}` at character {}", i + 1)),
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err("the condition is empty".to_owned());
+    }
+    Ok(out)
+}
+
+/// Builds the providers a run uses, each once (a provider named twice, e.g. in a chain and by a
+/// pipe step, shares its rate limits and cool-downs), and remembers the keys it read and the
+/// prices the used providers give.
+pub struct Builder<'c> {
+    config: &'c Config,
+    env: &'c dyn Fn(&str) -> Option<String>,
+    opts: BuildOptions,
+    /// HTTP providers (with their rate limits), by name.
+    bases: HashMap<String, Arc<dyn LlmProvider>>,
+    /// What a name stands for when picked: a named provider, a chain or a router.
+    built: HashMap<String, Arc<dyn LlmProvider>>,
+    keys: Vec<String>,
+    /// model → (prices, the provider that gave them).
+    prices: BTreeMap<String, (CostRates, String)>,
+}
+
+impl std::fmt::Debug for Builder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("config", &self.config.path)
+            .field("built", &self.built.keys().collect::<Vec<_>>())
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'c> Builder<'c> {
+    /// A builder over `config`, reading key variables through `env`.
+    pub fn new(
+        config: &'c Config,
+        env: &'c dyn Fn(&str) -> Option<String>,
+        opts: BuildOptions,
+    ) -> Self {
+        Self {
+            config,
+            env,
+            opts,
+            bases: HashMap::new(),
+            built: HashMap::new(),
+            keys: Vec::new(),
+            prices: BTreeMap::new(),
+        }
+    }
+
+    /// The keys read so far (for redaction).
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// `(model, prices)` of every provider built so far that has prices.
+    pub fn prices(&self) -> impl Iterator<Item = (&str, CostRates)> {
+        self.prices.iter().map(|(m, (r, _))| (m.as_str(), *r))
+    }
+
+    /// The providers built so far without prices, for `--max-usd`'s check.
+    pub fn unpriced(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .bases
+            .keys()
+            .filter(|n| {
+                self.config
+                    .providers
+                    .get(*n)
+                    .is_some_and(|d| d.rates.is_none())
+            })
+            .map(String::as_str)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The provider, chain or router named `name`, for `flag` (`--provider`, or a step).
+    ///
+    /// # Errors
+    /// `invalid_argument` for an unknown name, a key variable that is not set, two providers
+    /// pricing one model differently, or settings a provider refuses.
+    pub fn get(&mut self, flag: &str, name: &str) -> Result<Arc<dyn LlmProvider>, Error> {
+        if let Some(p) = self.built.get(name) {
+            return Ok(Arc::clone(p));
+        }
+        let p: Arc<dyn LlmProvider> = if self.config.providers.contains_key(name) {
+            let retries = self.retries(name, self.opts.max_retries);
+            let base = self.base(name)?;
+            Arc::new(
+                Failover::builder()
+                    .provider_with_retries(name, base, retries)
+                    .build()?,
+            )
+        } else if self.config.failovers.contains_key(name) {
+            Arc::new(self.chain(name)?)
+        } else if self.config.routers.contains_key(name) {
+            Arc::new(self.router(name)?)
+        } else {
+            return Err(self.config.unknown(flag, name));
+        };
+        self.built.insert(name.to_owned(), Arc::clone(&p));
+        Ok(p)
+    }
+
+    fn retries(&self, name: &str, default: u32) -> u32 {
+        self.config
+            .providers
+            .get(name)
+            .and_then(|d| d.retries)
+            .unwrap_or(default)
+    }
+
+    fn chain(&mut self, name: &str) -> Result<Failover, Error> {
+        let list = self
+            .config
+            .failovers
+            .get(name)
+            .map(|d| d.providers.clone())
+            .unwrap_or_default();
+        let mut b = Failover::builder();
+        for p in &list {
+            let retries = self.retries(p, 0);
+            b = b.provider_with_retries(p.clone(), self.base(p)?, retries);
+        }
+        b.build()
+    }
+
+    fn router(&mut self, name: &str) -> Result<Router, Error> {
+        let Some(def) = self.config.routers.get(name) else {
+            return Err(self.config.unknown("--provider", name));
+        };
+        match def {
+            RouterDef::Rules { rules, default } => {
+                let mut b = Router::builder();
+                for rule in rules {
+                    let target = self.get("use", &rule.target)?;
+                    let when = rule.when.clone();
+                    let pred = move |r: &RouteRequest<'_>| when.iter().all(|c| c.holds(r));
+                    b = match &rule.model {
+                        Some(m) => b.rule_with_model(pred, rule.target.clone(), target, m.clone()),
+                        None => b.rule(pred, rule.target.clone(), target),
+                    };
+                }
+                let target = self.get("default", default)?;
+                b.default(default.clone(), target).build()
+            }
+            RouterDef::RoundRobin(names) => {
+                let mut v = Vec::new();
+                for n in names {
+                    v.push((n.clone(), self.get("round_robin", n)?));
+                }
+                Router::round_robin(v)
+            }
+            RouterDef::Weighted(list) => {
+                let mut v = Vec::new();
+                for (n, w) in list {
+                    v.push((n.clone(), self.get("weighted", n)?, *w));
+                }
+                Router::weighted(v)
+            }
+        }
+    }
+
+    /// The HTTP provider `name`, under its rate limits.
+    fn base(&mut self, name: &str) -> Result<Arc<dyn LlmProvider>, Error> {
+        if let Some(p) = self.bases.get(name) {
+            return Ok(Arc::clone(p));
+        }
+        let Some(def) = self.config.providers.get(name) else {
+            return Err(self.config.unknown("--provider", name));
+        };
+        let path = &self.config.path;
+        let at = |msg: String| {
+            Error::invalid_argument(
+                "config",
+                format!("{path}, line {} ([providers.{name}]): {msg}", def.line),
+            )
+        };
+        let key = match &def.api_key_env {
+            Some(var) => match (self.env)(var).filter(|v| !v.trim().is_empty()) {
+                Some(k) => Some(k),
+                None => {
+                    return Err(at(format!(
+                        "api_key_env names {}, which is not set (or is empty)",
+                        shown_var(var)
+                    )));
+                }
+            },
+            None => None,
+        };
+        if let Some(rates) = def.rates {
+            match self.prices.get(&def.model) {
+                Some((other, by)) if *other != rates => {
+                    return Err(at(format!(
+                        "model `{}` has other prices in [providers.{by}]; prices are per model, so providers of one model must agree",
+                        def.model
+                    )));
+                }
+                _ => {
+                    self.prices
+                        .insert(def.model.clone(), (rates, name.to_owned()));
+                }
+            }
+        }
+        let http: Arc<dyn LlmProvider> = match def.kind {
+            Kind::OpenAi => {
+                let mut b = OpenAiProvider::builder(def.base_url.clone(), def.model.clone())
+                    .timeout(self.opts.timeout);
+                if let Some(k) = &key {
+                    b = b.api_key(k.clone());
+                }
+                Arc::new(b.build().map_err(|e| at(e.message().to_owned()))?)
+            }
+            Kind::Anthropic => {
+                let mut b = AnthropicProvider::builder(def.base_url.clone(), def.model.clone())
+                    .timeout(self.opts.timeout);
+                if let Some(k) = &key {
+                    b = b.api_key(k.clone());
+                }
+                Arc::new(b.build().map_err(|e| at(e.message().to_owned()))?)
+            }
+        };
+        let limited: Arc<dyn LlmProvider> = match (def.rpm, def.tpm) {
+            (None, None) => http,
+            (rpm, tpm) => {
+                // Without an rpm the request limit is one no run reaches: only tokens count.
+                let quota = rpm.map_or(governor::Quota::per_second(NonZeroU32::MAX), |n| {
+                    governor::Quota::per_minute(n)
+                });
+                let mut l = RateLimited::new(http, quota);
+                if let Some(t) = tpm {
+                    l = l.tokens_per_minute(t);
+                }
+                Arc::new(l)
+            }
+        };
+        self.keys.extend(key);
+        self.bases.insert(name.to_owned(), Arc::clone(&limited));
+        Ok(limited)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[providers.primary]
+kind = "openai"
+base_url = "http://127.0.0.1:8081/v1"
+model = "m"
+api_key_env = "PRIMARY_KEY"
+retries = 0
+price_in = 0.15
+price_out = 0.6
+
+[providers.backup]
+kind = "anthropic"
+base_url = "http://127.0.0.1:8082"
+model = "claude"
+rpm = 60
+tpm = 100000
+
+[failover.main]
+providers = ["primary", "backup"]
+
+[routers.cheap]
+rules = [{ when = "prompt_tokens < 2000", use = "primary" }, { when = "tier == 'best'", use = "main" }]
+default = "primary"
+
+[routers.spread]
+weighted = [{ use = "primary", weight = 3 }, { use = "backup", weight = 1 }]
+"#;
+
+    fn err(src: &str) -> String {
+        Config::parse("ek.toml", src)
+            .unwrap_err()
+            .message()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_good_file_parses() {
+        let c = Config::parse("ek.toml", GOOD).unwrap();
+        assert!(c.has("primary") && c.has("main") && c.has("cheap") && c.has("spread"));
+        assert!(!c.has("nope"));
+        assert_eq!(c.providers["backup"].kind, Kind::Anthropic);
+        assert_eq!(c.providers["primary"].line, 2);
+        assert!(c.providers["primary"].rates.is_some());
+    }
+
+    #[test]
+    fn mistakes_name_the_line() {
+        let e = err("[providers.a]\nmodel = \"m\"\nfoo = 1\n");
+        assert!(e.starts_with("ek.toml, line 3: unknown field `foo`"), "{e}");
+        let e = err("[providers.a]\nkind = \"grpc\"\nmodel = \"m\"\n");
+        assert!(
+            e.contains("line 2") && e.contains("openai, anthropic"),
+            "{e}"
+        );
+        let e = err("[providers.a]\nkind = \"openai\"\n");
+        assert!(
+            e.contains("line 1") && e.contains("missing field `model`"),
+            "{e}"
+        );
+        let e = err("[providers.a]\nmodel = \"m\"\n\n[failover.f]\nproviders = [\"a\", \"b\"]\n");
+        assert!(
+            e.contains("line 5") && e.contains("`b` is not a provider"),
+            "{e}"
+        );
+        let e = err("[providers.a]\nmodel = \"m\"\n[routers.a]\ndefault = \"a\"\n");
+        assert!(
+            e.contains("line 3") && e.contains("already used by [providers.a] (line 1)"),
+            "{e}"
+        );
+        let e = err(
+            "[providers.a]\nmodel = \"m\"\n[routers.r]\nrules = [{ when = \"prompt_tokens <\", use = \"a\" }]\ndefault = \"a\"\n",
+        );
+        assert!(e.contains("line 4") && e.contains("whole number"), "{e}");
+        let e = err("[providers.a]\nmodel = \"m\"\n[routers.r]\nrules = []\n");
+        assert!(e.contains("needs a `default`"), "{e}");
+        let e = err(
+            "[providers.a]\nmodel = \"m\"\n[routers.r]\nround_robin = [\"a\"]\ndefault = \"a\"\n",
+        );
+        assert!(e.contains("give one"), "{e}");
+        let e = err("[providers.a]\nmodel = \"m\"\nprice_in = 1\n");
+        assert!(e.contains("line 3") && e.contains("go together"), "{e}");
+        let e = err("[providers.a]\nmodel = \"m\"\nrpm = 0\n");
+        assert!(
+            e.contains("line 3") && e.contains("rpm must be >= 1"),
+            "{e}"
+        );
+        let e = err("[providers.a]\nmodel = \"m\"\nbase_url = \"ftp://h/\"\n");
+        assert!(
+            e.contains("line 3") && e.contains("http:// or https://"),
+            "{e}"
+        );
+        let e = err("[providers.a\nmodel = \"m\"\n");
+        assert!(e.starts_with("ek.toml, line 1:"), "{e}");
+    }
+
+    #[test]
+    fn keys_are_refused_and_never_quoted() {
+        let key = "sk-live-0123456789abcdefghij";
+        for src in [
+            format!("[providers.a]\nmodel = \"m\"\napi_key = \"{key}\"\n"),
+            format!("[providers.a]\nmodel = \"m\"\napi_key_env = \"{key}\"\n"),
+            format!("[providers.a]\nmodel = \"m\"\nretries = \"{key}\"\n"),
+            format!("[providers.a]\nmodel = \"m\"\nbase_url = \"http://u:{key}@127.0.0.1/v1\"\n"),
+        ] {
+            let e = err(&src);
+            assert!(e.contains("line 3"), "{e}");
+            assert!(!e.contains(key) && !e.contains("0123456789abcdef"), "{e}");
+        }
+        assert!(
+            err(&format!(
+                "[providers.a]\nmodel = \"m\"\napi_key = \"{key}\"\n"
+            ))
+            .contains("api_key_env")
+        );
+    }
+
+    #[test]
+    fn when_expressions() {
+        use executionkit::{ChatRequest, Message, ToolSpec};
+        let small = ChatRequest::new(vec![Message::user("hi")]);
+        let best = ChatRequest::new(vec![Message::user("hi")]).tier("best");
+        let tools = ChatRequest::new(vec![Message::user("hi")]).tools(vec![ToolSpec::new(
+            "t",
+            "d",
+            serde_json::json!({"type": "object"}),
+        )]);
+        let eval = |w: &str, r: &ChatRequest| {
+            let conds = parse_when(w).unwrap();
+            let seen = RouteRequest::of(r);
+            conds.iter().all(|c| c.holds(&seen))
+        };
+        assert!(eval("prompt_tokens < 2000", &small));
+        assert!(!eval("prompt_tokens >= 2_000", &small));
+        assert!(eval("tier == 'best'", &best) && !eval("tier == \"best\"", &small));
+        assert!(eval("tier != 'best'", &small));
+        assert!(eval("has_tools", &tools) && !eval("has_tools", &small));
+        assert!(eval("not has_tools", &small) && eval("!has_tools", &small));
+        assert!(eval("has_tools == false", &small));
+        assert!(eval("prompt_tokens < 100 and tier == 'best'", &best));
+        assert!(!eval("prompt_tokens < 100 && tier == 'best'", &small));
+        for (bad, needle) in [
+            ("", "empty"),
+            ("tokens < 3", "unknown field `tokens`"),
+            ("tier == best", "quoted string"),
+            ("tier < 'x'", "== or !="),
+            ("prompt_tokens < 3 or tier == 'x'", "`and` or the end"),
+            ("tier == 'x", "no closing"),
+            ("not tier == 'x'", "only before has_tools"),
+            ("prompt_tokens < 99999999999999999999999", "too large"),
+            ("prompt_tokens # 3", "unexpected `#`"),
+        ] {
+            let e = parse_when(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn building_reads_keys_and_shares_providers() {
+        let c = Config::parse("ek.toml", GOOD).unwrap();
+        let env = |v: &str| (v == "PRIMARY_KEY").then(|| "sk-primary-key-000111222".to_owned());
+        let opts = BuildOptions {
+            timeout: Duration::from_secs(5),
+            max_retries: 3,
+        };
+        let mut b = Builder::new(&c, &env, opts);
+        let cheap = b.get("--provider", "cheap").unwrap();
+        assert_eq!(cheap.model(), "m");
+        assert_eq!(b.keys(), ["sk-primary-key-000111222"]);
+        assert_eq!(b.prices().map(|(m, _)| m).collect::<Vec<_>>(), ["m"]);
+        assert_eq!(b.unpriced(), ["backup"]);
+        // Built once: the same provider for the same name.
+        let again = b.get("--step", "cheap").unwrap();
+        assert!(Arc::ptr_eq(&cheap, &again));
+        let e = b.get("--provider", "nope").unwrap_err();
+        assert!(
+            e.message().contains("primary, backup") || e.message().contains("backup, primary"),
+            "{}",
+            e.message()
+        );
+
+        let none = |_: &str| None;
+        let mut b = Builder::new(&c, &none, opts);
+        let e = b.get("--provider", "primary").unwrap_err();
+        assert!(
+            e.message().contains("`PRIMARY_KEY`, which is not set"),
+            "{}",
+            e.message()
+        );
+        assert!(e.message().contains("line 2"), "{}", e.message());
+        // A provider without a key variable needs none.
+        assert!(b.get("--provider", "backup").is_ok());
+    }
+
+    #[test]
+    fn one_model_two_prices_is_refused_when_both_are_used() {
+        let src = "[providers.a]\nmodel = \"m\"\nprice_in = 1\nprice_out = 2\n\
+                   [providers.b]\nmodel = \"m\"\nprice_in = 3\nprice_out = 4\n\
+                   [failover.f]\nproviders = [\"a\", \"b\"]\n";
+        let c = Config::parse("ek.toml", src).unwrap();
+        let none = |_: &str| None;
+        let opts = BuildOptions {
+            timeout: Duration::from_secs(5),
+            max_retries: 0,
+        };
+        assert!(Builder::new(&c, &none, opts).get("--provider", "a").is_ok());
+        let e = Builder::new(&c, &none, opts)
+            .get("--provider", "f")
+            .unwrap_err();
+        assert!(e.message().contains("other prices"), "{}", e.message());
+    }
+}
