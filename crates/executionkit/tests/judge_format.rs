@@ -1,5 +1,5 @@
 //! The refine judge asks for `{"score": N}` through a JSON-schema `response_format`, and falls
-//! back to plain text, once per run, when the endpoint refuses it.
+//! back to plain text when the endpoint refuses it, remembered by the provider for later runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -83,6 +83,47 @@ async fn a_refused_response_format_is_asked_again_in_plain_text_and_remembered()
     assert_eq!(with_format, 1);
     assert_eq!(r.cost.llm_calls as usize, bodies.len());
     assert_eq!(r.score, Some(0.6));
+
+    // A later run on the same provider (or a clone) asks in plain text from the start.
+    let again = RefineLoop::new()
+        .max_iterations(1)
+        .target_score(0.99)
+        .run(&p.clone(), "Write a limerick", &RunContext::new())
+        .await
+        .unwrap();
+    let all = s.received_requests().await.unwrap();
+    let with_format = all
+        .iter()
+        .filter(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.body)
+                .unwrap()
+                .get("response_format")
+                .is_some()
+        })
+        .count();
+    assert_eq!(with_format, 1, "the refusal was not remembered");
+    assert_eq!(again.cost.llm_calls as usize, all.len() - bodies.len());
+    // A new provider for the same endpoint has not seen the refusal: it asks once more.
+    let fresh = OpenAiProvider::new(format!("{}/v1", s.uri()), "m").unwrap();
+    let r = RefineLoop::new()
+        .max_iterations(0)
+        .run(&fresh, "Write a poem", &RunContext::new())
+        .await
+        .unwrap();
+    assert_eq!(r.score, Some(0.6));
+    let with_format = s
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.body)
+                .unwrap()
+                .get("response_format")
+                .is_some()
+        })
+        .count();
+    assert_eq!(with_format, 2);
 }
 
 #[tokio::test]

@@ -527,14 +527,15 @@ impl Run<'_> {
     /// One judge call: with [`judge_response_format`] (a `{"score": 0..10}` JSON schema, which
     /// llama-server turns into a grammar) unless the endpoint refused it earlier in this run; a
     /// refusal (HTTP 400 or 422 to a request carrying it) is asked again once in plain text, a
-    /// new counted call, and remembered for the rest of the run.
+    /// new counted call, and remembered for the rest of the run and by the provider
+    /// ([`LlmProvider::note_response_format_refused`]) for later runs.
     async fn ask_judge(&self, messages: Vec<Message>) -> Result<crate::provider::LlmResponse> {
         use std::sync::atomic::Ordering;
         // The judge keeps the run's model and seed but its own temperature and length.
         let mut plain = self.cfg.call.request(messages, JUDGE_TEMPERATURE);
         plain.temperature = Some(JUDGE_TEMPERATURE);
         plain.max_tokens = Some(JUDGE_MAX_TOKENS);
-        if self.plain_judge.load(Ordering::Relaxed) {
+        if self.plain_judge.load(Ordering::Relaxed) || self.provider.response_format_refused() {
             return self.ctx.complete(self.provider, plain, self.tracker).await;
         }
         let structured = plain.clone().response_format(judge_response_format());
@@ -549,6 +550,7 @@ impl Run<'_> {
                     "the endpoint refused the judge's response_format; asking in plain text"
                 );
                 self.plain_judge.store(true, Ordering::Relaxed);
+                self.provider.note_response_format_refused();
                 self.ctx.complete(self.provider, plain, self.tracker).await
             }
             other => other,

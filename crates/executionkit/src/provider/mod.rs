@@ -198,6 +198,35 @@ pub trait LlmProvider: Send + Sync + fmt::Debug {
     fn secrets(&self) -> Vec<&str> {
         self.secret().into_iter().collect()
     }
+
+    /// `true` once the endpoint has refused a JSON-schema `response_format` (an HTTP 400 or 422
+    /// to a request carrying one, noted with
+    /// [`note_response_format_refused`](Self::note_response_format_refused)): the refine judge
+    /// and the consensus selection call then ask in plain text from the start, in every later
+    /// run on this provider. Default `false`; [`OpenAiProvider`] remembers it (its clones
+    /// share it), wrappers forward it.
+    ///
+    /// ```
+    /// use executionkit::{LlmProvider, OpenAiProvider};
+    /// let p = OpenAiProvider::new("http://127.0.0.1:8080/v1", "m").unwrap();
+    /// assert!(!p.response_format_refused());
+    /// p.clone().note_response_format_refused();
+    /// assert!(p.response_format_refused());
+    /// ```
+    fn response_format_refused(&self) -> bool {
+        false
+    }
+
+    /// Notes that the endpoint refused a `response_format`; see
+    /// [`response_format_refused`](Self::response_format_refused). The default forgets it.
+    ///
+    /// ```
+    /// use executionkit::{LlmProvider, MockProvider};
+    /// let p = MockProvider::default();
+    /// p.note_response_format_refused();
+    /// assert!(!p.response_format_refused());
+    /// ```
+    fn note_response_format_refused(&self) {}
 }
 
 #[async_trait]
@@ -228,6 +257,12 @@ impl<P: LlmProvider + ?Sized> LlmProvider for Arc<P> {
     }
     fn secrets(&self) -> Vec<&str> {
         (**self).secrets()
+    }
+    fn response_format_refused(&self) -> bool {
+        (**self).response_format_refused()
+    }
+    fn note_response_format_refused(&self) {
+        (**self).note_response_format_refused();
     }
 }
 

@@ -455,6 +455,14 @@ impl<P: LlmProvider> LlmProvider for RateLimited<P> {
         self.inner.secrets()
     }
 
+    fn response_format_refused(&self) -> bool {
+        self.inner.response_format_refused()
+    }
+
+    fn note_response_format_refused(&self) {
+        self.inner.note_response_format_refused();
+    }
+
     /// The inner provider's route with every entry under this limit (the same limiter, penalty
     /// and token limit): each attempt on each provider takes its permits.
     fn route(&self, request: &ChatRequest) -> Option<super::Route> {

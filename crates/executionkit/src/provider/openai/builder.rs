@@ -366,6 +366,7 @@ impl OpenAiProviderBuilder {
                 supports_n: self.supports_n,
                 stream_deadline: self.stream_deadline,
                 stream_limits: self.stream_limits,
+                response_format_refused: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }

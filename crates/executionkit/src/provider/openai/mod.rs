@@ -71,6 +71,9 @@ struct Inner {
     supports_n: bool,
     stream_deadline: Duration,
     stream_limits: StreamLimits,
+    /// Set once the endpoint refused a `response_format`
+    /// ([`LlmProvider::note_response_format_refused`]).
+    response_format_refused: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for OpenAiProvider {
@@ -255,5 +258,17 @@ impl LlmProvider for OpenAiProvider {
 
     fn secret(&self) -> Option<&str> {
         self.inner.secret()
+    }
+
+    fn response_format_refused(&self) -> bool {
+        self.inner
+            .response_format_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note_response_format_refused(&self) {
+        self.inner
+            .response_format_refused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
