@@ -1,6 +1,6 @@
 //! [`Kit`]: a session facade (reference §13) holding a provider, a [`RunContext`], the
 //! cumulative usage of everything it dispatched (failed runs included) and a conversation. Its
-//! rate limit is the provider layer [`RateLimited`].
+//! rate limits (requests, tokens per minute) are the provider layer [`RateLimited`].
 //!
 //! ```
 //! use executionkit::{Consensus, MockProvider, Kit};
@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use governor::Quota;
@@ -53,6 +54,8 @@ use crate::usage::TokenUsage;
 /// ```
 pub struct Kit {
     provider: Arc<dyn LlmProvider>,
+    /// The rate-limit layer the Kit made last, when `provider` is that layer.
+    limited: Option<RateLimited<Arc<dyn LlmProvider>>>,
     ctx: RunContext,
     usage: CostTracker,
     track_cost: bool,
@@ -96,6 +99,7 @@ impl Kit {
     pub fn from_arc(provider: Arc<dyn LlmProvider>) -> Self {
         Self {
             provider,
+            limited: None,
             ctx: RunContext::new(),
             usage: CostTracker::new(),
             track_cost: true,
@@ -118,19 +122,82 @@ impl Kit {
     }
 
     /// Limits the session's LLM calls to `quota` (one permit per call: a 5-sample consensus
-    /// takes 5). Wraps the provider in a [`RateLimited`].
+    /// takes 5). Wraps the provider in a [`RateLimited`]; each call of this method adds a layer.
     ///
     /// ```
     /// use std::num::NonZeroU32;
     /// use executionkit::{MockProvider, Kit};
     /// let kit = Kit::new(MockProvider::default())
     ///     .rate_limit(governor::Quota::per_second(NonZeroU32::new(5).unwrap()));
-    /// # let _ = kit;
+    /// assert_eq!(kit.rate_limited().unwrap().permits_taken(), 0);
     /// ```
     #[must_use]
     pub fn rate_limit(mut self, quota: Quota) -> Self {
-        self.provider = Arc::new(RateLimited::new(Arc::clone(&self.provider), quota));
+        let layer = RateLimited::new(Arc::clone(&self.provider), quota);
+        self.provider = Arc::new(layer.clone());
+        self.limited = Some(layer);
         self
+    }
+
+    /// Limits the session's tokens to `n` per minute, with
+    /// [`RateLimited::tokens_per_minute`]: each call is charged its estimate (the prompt at
+    /// about four bytes a token, four per message, the tools' JSON, `max_tokens` for each
+    /// choice) before it is sent, waiting while the minute's tokens are spent, and the
+    /// difference from the usage the server reports is carried to the next call. Right after
+    /// [`rate_limit`](Self::rate_limit) it joins that layer (one [`RateLimited`] limits both
+    /// requests and tokens); otherwise it wraps the provider in a new layer whose request limit
+    /// never binds. Called again, the new token limit replaces the old one.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use executionkit::{Kit, LlmResponse, MockProvider};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let kit = Kit::new(MockProvider::new([LlmResponse::text("ok").with_usage(5, 1)]))
+    ///     .rate_limit(governor::Quota::per_second(NonZeroU32::new(10).unwrap()))
+    ///     .tokens_per_minute(NonZeroU32::new(90_000).unwrap());
+    /// kit.turn("hi").await.unwrap();
+    /// let layer = kit.rate_limited().unwrap();
+    /// assert_eq!(layer.permits_taken(), 1);
+    /// // "hi" (1) + one message (4) + max_tokens (4096, the default), then corrected by the
+    /// // reported 6: the next call gets the difference back.
+    /// assert_eq!(layer.tokens_charged(), Some(4101));
+    /// assert_eq!(layer.token_balance(), Some(6 - 4101));
+    /// # });
+    /// ```
+    #[must_use]
+    pub fn tokens_per_minute(mut self, n: NonZeroU32) -> Self {
+        let layer = match self.limited.take() {
+            Some(layer) => layer,
+            None => RateLimited::new(
+                Arc::clone(&self.provider),
+                // One permit a nanosecond, four billion at once: never the limit.
+                Quota::per_second(NonZeroU32::MAX),
+            ),
+        }
+        .tokens_per_minute(n);
+        self.provider = Arc::new(layer.clone());
+        self.limited = Some(layer);
+        self
+    }
+
+    /// The rate-limit layer made by the last [`rate_limit`](Self::rate_limit) or
+    /// [`tokens_per_minute`](Self::tokens_per_minute), to read its counters (`None` without
+    /// one). Clones share the counters with the provider the session uses.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use executionkit::{Kit, MockProvider};
+    /// # futures::executor::block_on(async {
+    /// let kit = Kit::new(MockProvider::new(["ok"]));
+    /// assert!(kit.rate_limited().is_none());
+    /// let kit = kit.tokens_per_minute(NonZeroU32::new(100_000).unwrap());
+    /// kit.turn("hi").await.unwrap();
+    /// assert_eq!(kit.rate_limited().unwrap().permits_taken(), 1);
+    /// # });
+    /// ```
+    #[must_use]
+    pub fn rate_limited(&self) -> Option<&RateLimited<Arc<dyn LlmProvider>>> {
+        self.limited.as_ref()
     }
 
     /// `false` turns accounting off: [`usage`](Self::usage) stays zero.
@@ -158,7 +225,8 @@ impl Kit {
         self
     }
 
-    /// The provider (rate-limited when [`rate_limit`](Self::rate_limit) was used).
+    /// The provider (rate-limited when [`rate_limit`](Self::rate_limit) or
+    /// [`tokens_per_minute`](Self::tokens_per_minute) was used).
     ///
     /// ```
     /// use executionkit::{MockProvider, Kit};

@@ -228,6 +228,11 @@ enum Stage {
 /// * When a server reported more output tokens than a call was granted, in any step, the
 ///   result's (or error's) `metadata.usage_over_grant` sums every step's
 ///   ([`UsageOverGrant`]); each step's own is in its `step_metadata`.
+/// * When a step ran on a failover chain or a router
+///   ([`Failover`](crate::Failover), [`Router`](crate::Router)), the result's (and every
+///   error's) `metadata.cost_by_provider` adds up every step's per provider
+///   (`{name: {input_tokens, output_tokens, llm_calls}}`, the failing step's included); each
+///   step's own is in its `step_metadata`. Without one the key is absent.
 /// * An empty pipe returns the prompt at zero cost with empty metadata.
 ///
 /// Internally every step hands on its text and, for a typed step, its value (type-erased); the
@@ -677,7 +682,13 @@ impl<Out: Send + 'static> Pipe<Out> {
                 metadata,
                 stats,
             }),
-            Err(e) => Err(e.with_cost(cost).with_usd(usd)),
+            Err(e) => {
+                let e = e.with_cost(cost).with_usd(usd);
+                Err(match metadata.get(COST_BY_PROVIDER) {
+                    Some(by) => e.with_metadata(COST_BY_PROVIDER, by.clone()),
+                    None => e,
+                })
+            }
         }
     }
 }
@@ -699,6 +710,59 @@ fn mismatch(expected: &str) -> Error {
     )
 }
 
+/// The metadata key of what each provider of a failover chain or router cost.
+const COST_BY_PROVIDER: &str = "cost_by_provider";
+
+/// The steps' `cost_by_provider` added up: each provider's cost over every step, in the order
+/// the providers were first used. Empty when no step used a chain or a router.
+#[derive(Debug, Default)]
+struct ProviderCosts(Vec<(String, TokenUsage)>);
+
+impl ProviderCosts {
+    /// Adds a step's `cost_by_provider` (from its result's or error's metadata).
+    fn add(&mut self, metadata: &Metadata) {
+        let Some(Value::Object(by)) = metadata.get(COST_BY_PROVIDER) else {
+            return;
+        };
+        for (name, cost) in by {
+            let Ok(cost) = serde_json::from_value::<TokenUsage>(cost.clone()) else {
+                continue;
+            };
+            match self.0.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => *sum += cost,
+                None => self.0.push((name.clone(), cost)),
+            }
+        }
+    }
+
+    /// `{name: cost}`, or `None` when no step used a chain or a router.
+    fn json(&self) -> Option<Value> {
+        (!self.0.is_empty()).then(|| {
+            Value::Object(
+                self.0
+                    .iter()
+                    .map(|(n, u)| (n.clone(), cost_json(u, None)))
+                    .collect(),
+            )
+        })
+    }
+
+    /// Writes the sums over a step's own (the last step's keys are copied to the pipe's).
+    fn apply_to_metadata(&self, metadata: &mut Metadata) {
+        if let Some(v) = self.json() {
+            metadata.insert(COST_BY_PROVIDER.to_owned(), v);
+        }
+    }
+
+    /// `error` with the sums, replacing the failing step's own.
+    fn apply_to_error(&self, error: Error) -> Error {
+        match self.json() {
+            Some(v) => error.with_metadata(COST_BY_PROVIDER, v),
+            None => error,
+        }
+    }
+}
+
 /// The pipe's loop over its stages, on the run's ledger (or a child of it with `max_budget`).
 async fn run_stages(
     stages: &[Stage],
@@ -715,6 +779,7 @@ async fn run_stages(
     let mut total = TokenUsage::default();
     let mut total_usd: Option<f64> = None;
     let mut over_grant = UsageOverGrant::default();
+    let mut by_provider = ProviderCosts::default();
     // The previous result: the last step that ran, or the prompt with no score; its value is
     // the text the next step receives once `moved` (a step ran or a prompt was mapped).
     let mut prev = PatternResult::new(prompt.to_owned());
@@ -733,8 +798,8 @@ async fn run_stages(
                 };
                 let Some(text) = f(value, prompt) else {
                     let costs = step_costs.iter().map(StepCost::json).collect();
-                    return Err(over_grant
-                        .apply_to_error(mismatch(takes))
+                    return Err(by_provider
+                        .apply_to_error(over_grant.apply_to_error(mismatch(takes)))
                         .add_cost(total, total_usd)
                         .with_metadata("step_costs", Value::Array(costs)));
                 };
@@ -775,6 +840,7 @@ async fn run_stages(
                 total += r.cost;
                 total_usd = add_usd(total_usd, r.usd);
                 over_grant += UsageOverGrant::from_metadata(&r.metadata);
+                by_provider.add(&r.metadata);
                 step_costs.push(StepCost {
                     cost: r.cost,
                     usd: r.usd,
@@ -790,9 +856,10 @@ async fn run_stages(
                     usd: e.usd(),
                 });
                 over_grant += UsageOverGrant::from_metadata(e.metadata());
+                by_provider.add(e.metadata());
                 let costs = step_costs.iter().map(StepCost::json).collect();
-                return Err(over_grant
-                    .apply_to_error(e)
+                return Err(by_provider
+                    .apply_to_error(over_grant.apply_to_error(e))
                     .add_cost(total, total_usd)
                     .with_metadata("step_costs", Value::Array(costs))
                     .with_metadata("failed_step", i));
@@ -818,8 +885,9 @@ async fn run_stages(
     for (k, v) in last_metadata {
         result.metadata.entry(k).or_insert(v);
     }
-    // The last step's count is replaced by the whole chain's.
+    // The last step's count and costs by provider are replaced by the whole chain's.
     over_grant.apply_to_metadata(&mut result.metadata);
+    by_provider.apply_to_metadata(&mut result.metadata);
     Ok(result)
 }
 

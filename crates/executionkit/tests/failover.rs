@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use executionkit::prelude::*;
-use executionkit::{ChatRequest, Failover, Message, OpenAiProvider};
+use std::sync::Arc;
+
+use executionkit::{ChatRequest, Failover, Message, OpenAiProvider, Router};
 use serde_json::{Value, json};
 use wiremock::{MockServer, ResponseTemplate};
 
@@ -374,4 +376,81 @@ async fn hostile_primaries_move_on_with_every_request_counted_and_no_key_shown()
         assert_eq!(calls(&m, "primary"), 1, "{what}");
         assert!(!format!("{r:?} {m}").contains(KEY), "{what}");
     }
+}
+
+/// A pipe's `metadata.cost_by_provider` adds up every step's, on the result and on an error in
+/// a later step (each step's own stays in `step_metadata`): step 1 runs on a failover chain,
+/// step 2 on a router (success) or another chain (failure), and provider "b" serves both.
+#[tokio::test]
+async fn a_pipe_sums_cost_by_provider_over_its_steps() {
+    let down = server(ResponseTemplate::new(500).set_body_string("down")).await;
+    let up = server(ok("x")).await; // 3 in, 2 out a call
+    let chain = |first: &str, second: &str, second_up: bool| {
+        Failover::builder()
+            .provider(first, provider(&down))
+            .provider(second, provider(if second_up { &up } else { &down }))
+            .build()
+            .unwrap()
+    };
+    let router = Router::builder()
+        .default("b", provider(&up))
+        .build()
+        .unwrap();
+    let cost = |m: &Value, name: &str| {
+        let c = &m["cost_by_provider"][name];
+        (
+            c["llm_calls"].as_u64().unwrap(),
+            c["input_tokens"].as_u64().unwrap(),
+            c["output_tokens"].as_u64().unwrap(),
+        )
+    };
+
+    // Step 1: two samples, each failing on "a" then answered by "b"; step 2: one call on "b".
+    let pipe = Pipe::new()
+        .step_with_provider(
+            Arc::new(chain("a", "b", true)),
+            Consensus::new().samples(2).max_concurrency(1),
+        )
+        .step_with_provider(Arc::new(router), Consensus::new().samples(1));
+    let r = pipe.run(&provider(&up), "q", &fast()).await.unwrap();
+    let m = Value::Object(r.metadata.clone());
+    assert_eq!(cost(&m, "a"), (2, 0, 0));
+    assert_eq!(cost(&m, "b"), (3, 9, 6), "both steps' b: {m}");
+    assert_eq!(m["cost_by_provider"].as_object().unwrap().len(), 2);
+    assert_eq!(r.cost, TokenUsage::new(9, 6, 5));
+    // Each step's own.
+    let step = |i: usize| Value::Object(r.stats.step_metadata[i].clone());
+    assert_eq!(cost(&step(0), "b"), (2, 6, 4));
+    assert_eq!(cost(&step(1), "b"), (1, 3, 2));
+    assert!(step(1)["cost_by_provider"].get("a").is_none());
+
+    // Step 2 fails on a chain whose providers are both down ("c", then "b" again).
+    let pipe = Pipe::new()
+        .step_with_provider(
+            Arc::new(chain("a", "b", true)),
+            Consensus::new().samples(2).max_concurrency(1),
+        )
+        .step_with_provider(
+            Arc::new(chain("c", "b", false)),
+            Consensus::new().samples(1),
+        );
+    let e = pipe.run(&provider(&up), "q", &fast()).await.unwrap_err();
+    let m = Value::Object(e.metadata().clone());
+    assert_eq!(m["failed_step"], 1);
+    assert_eq!(cost(&m, "a"), (2, 0, 0));
+    assert_eq!(cost(&m, "b"), (3, 6, 4), "{m}");
+    assert_eq!(cost(&m, "c"), (1, 0, 0));
+    assert_eq!(e.cost(), TokenUsage::new(6, 4, 6));
+    let by = m["cost_by_provider"].as_object().unwrap();
+    let calls: u64 = by.values().map(|c| c["llm_calls"].as_u64().unwrap()).sum();
+    assert_eq!(calls, e.cost().llm_calls, "the shares add up to the spend");
+
+    // No chain or router in any step: no key.
+    let r = Pipe::new()
+        .step(Consensus::new().samples(1))
+        .step(Consensus::new().samples(1))
+        .run(&provider(&up), "q", &fast())
+        .await
+        .unwrap();
+    assert!(r.metadata.get("cost_by_provider").is_none());
 }

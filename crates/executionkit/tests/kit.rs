@@ -17,7 +17,7 @@ use executionkit::{
     MockProvider, Pipe, RefineLoop, Result, RetryPolicy, Role, RunContext, TokenUsage, ToolCall,
     WithCallOptions,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use governor::Quota;
 use serde_json::json;
 
@@ -283,6 +283,60 @@ async fn s147_rate_limits_apply_per_llm_call() {
         .await
         .unwrap();
     assert_eq!((r.value.as_str(), kit.usage().llm_calls), ("yes", 5));
+}
+
+/// `Kit::tokens_per_minute`: a token limit on the session's provider, in the same
+/// `RateLimited` layer as `rate_limit` when it follows it, and a call that does not fit the
+/// minute's tokens waits.
+#[tokio::test]
+async fn tokens_per_minute_limits_the_sessions_tokens() {
+    // "hi" is 1 token, the message 4, max_tokens 4096 (the default): 4101 estimated per turn.
+    const ESTIMATE: u64 = 4101;
+    let reply = || MockProvider::new([LlmResponse::text("ok").with_usage(5, 4096)]);
+
+    // Joined to the request limit: one layer counts both.
+    let kit = Kit::new(reply())
+        .rate_limit(roomy_quota())
+        .tokens_per_minute(NonZeroU32::new(1_000_000).unwrap());
+    for _ in 0..3 {
+        kit.set_messages(Vec::new());
+        let _ = kit.turn("hi").await.unwrap();
+    }
+    let layer = kit.rate_limited().unwrap();
+    assert_eq!(layer.permits_taken(), 3);
+    assert_eq!(layer.tokens_charged(), Some(3 * ESTIMATE));
+    assert_eq!(layer.token_balance(), Some(0)); // usage 5 + 4096 = the estimate
+    // The request limit is the one `rate_limit` set: its burst of 100 has 97 permits left.
+    assert!(
+        layer
+            .limiter()
+            .check_n(NonZeroU32::new(97).unwrap())
+            .unwrap()
+            .is_ok()
+    );
+
+    // A minute's tokens are one turn's: the first turn takes them all, the next one waits (it
+    // is still pending when first polled; the same turn without the limit completes at once).
+    let limited = Kit::new(reply()).tokens_per_minute(NonZeroU32::new(4101).unwrap());
+    let unlimited = Kit::new(reply());
+    for kit in [&limited, &unlimited] {
+        let _ = kit.turn("hi").await.unwrap();
+        kit.set_messages(Vec::new());
+    }
+    let second = limited.turn("hi").now_or_never();
+    assert!(
+        second.is_none(),
+        "a turn beyond the minute's tokens must wait"
+    );
+    assert!(unlimited.turn("hi").now_or_never().unwrap().is_ok());
+    let layer = limited.rate_limited().unwrap();
+    assert_eq!(layer.tokens_charged(), Some(ESTIMATE));
+    assert_eq!(
+        layer.permits_taken(),
+        2,
+        "the waiting turn took its request permit"
+    );
+    assert!(unlimited.rate_limited().is_none());
 }
 
 #[tokio::test]
