@@ -1,0 +1,307 @@
+//! Quality per cost of consensus stop rules (issue 12, benchmark (a) and (c); bench/quality/).
+//!
+//! A loopback HTTP server on 127.0.0.1 plays a model whose answers follow known distributions.
+//! Question `k` of dataset seed `s` has a correct answer with probability
+//! `p ~ U(0.35, 0.95)` and 2–4 wrong answers sharing `1 - p` by Dirichlet(1). Sample `i` of a
+//! question (the request's `seed`, since a consensus with seed 0 sends `seed = i` on sample
+//! `i`) is a fixed draw from that distribution, so every rule reads a prefix of the same answer
+//! stream as fixed N = 40: the comparison is paired. Each reply carries log-probabilities with a
+//! weak, noisy signal (a correct answer's mean token log-probability is drawn from
+//! N(-0.45, 0.35), a wrong one's from N(-0.65, 0.35)).
+//!
+//! Every rule runs every question of every seed through `OpenAiProvider` and the engine, one
+//! sample in flight per question (so calls = samples: nothing is cancelled mid-flight) and many
+//! questions at once. It reports accuracy, mean calls per question, calls saved against fixed
+//! N = 40, and the accuracy difference to N = 40 with a 95% confidence interval (paired, over
+//! questions).
+//!
+//! `cargo bench -p executionkit --bench quality -- [--seeds 5] [--questions 400]`, or
+//! `bench/quality/run.sh`. Not run in CI (CI only builds it).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    missing_docs
+)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use executionkit::{Budget, Consensus, OpenAiProvider, RunContext, StopRule, WithCallOptions};
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// The fixed-N reference.
+const N: usize = 40;
+
+/// splitmix64: a fixed, documented mixing function, so the answer streams are the same on every
+/// machine and with every version of every crate (a library RNG may change its algorithm).
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A uniform number in (0, 1) from the words `keys`.
+fn uniform(keys: &[u64]) -> f64 {
+    let h = keys.iter().fold(0x5EED_u64, |acc, k| mix(acc ^ mix(*k)));
+    ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+/// A standard normal draw (Box–Muller) from the words `keys`.
+fn normal(keys: &[u64]) -> f64 {
+    let mut a = keys.to_vec();
+    a.push(1);
+    let u1 = uniform(&a);
+    a.push(2);
+    let u2 = uniform(&a);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// Question `k` of dataset `seed`: the answers' probabilities; answer 0 is the correct one.
+fn distribution(seed: u64, k: u64) -> Vec<f64> {
+    let p = 0.35 + 0.6 * uniform(&[seed, k, 0]);
+    let wrong = 2 + (uniform(&[seed, k, 1]) * 3.0) as usize; // 2..=4
+    let gammas: Vec<f64> = (0..wrong)
+        .map(|j| -uniform(&[seed, k, 2, j as u64]).ln())
+        .collect();
+    let total: f64 = gammas.iter().sum();
+    std::iter::once(p)
+        .chain(gammas.iter().map(|g| (1.0 - p) * g / total))
+        .collect()
+}
+
+/// Sample `i` of question `k`: which answer, and its mean token log-probability.
+fn sample(seed: u64, k: u64, i: u64) -> (usize, f64) {
+    let d = distribution(seed, k);
+    let u = uniform(&[seed, k, 3, i]);
+    let mut acc = 0.0;
+    let mut answer = d.len() - 1;
+    for (j, p) in d.iter().enumerate() {
+        acc += p;
+        if u < acc {
+            answer = j;
+            break;
+        }
+    }
+    let centre = if answer == 0 { -0.45 } else { -0.65 };
+    let lp = (centre + 0.35 * normal(&[seed, k, 4, i])).min(-0.01);
+    (answer, lp)
+}
+
+fn answer_text(k: u64, answer: usize) -> String {
+    format!("q{k}-answer-{answer}")
+}
+
+/// The synthetic model: reads `dataset S question K` from the prompt and `seed` from the body.
+async fn respond(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    let reply = body
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| {
+            let prompt = v["messages"].as_array()?.last()?["content"]
+                .as_str()?
+                .to_owned();
+            let mut words = prompt.split_whitespace();
+            let seed: u64 = words.nth(1)?.parse().ok()?;
+            let k: u64 = words.nth(1)?.parse().ok()?;
+            let i = v["seed"].as_u64().unwrap_or(0);
+            let (answer, lp) = sample(seed, k, i);
+            let text = answer_text(k, answer);
+            let mut choice = json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop"
+            });
+            if v["logprobs"] == json!(true) {
+                // Three tokens whose mean is `lp`.
+                choice["logprobs"] = json!({"content": [
+                    {"token": "q", "logprob": lp - 0.1, "bytes": null, "top_logprobs": []},
+                    {"token": "-answer-", "logprob": lp, "bytes": null, "top_logprobs": []},
+                    {"token": "x", "logprob": lp + 0.1, "bytes": null, "top_logprobs": []}
+                ]});
+            }
+            Some(json!({
+                "id": "q", "object": "chat.completion", "created": 0, "model": "synthetic",
+                "choices": [choice],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+            }))
+        });
+    Ok(match reply {
+        Some(v) => Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(v.to_string())))
+            .unwrap(),
+        None => Response::builder()
+            .status(400)
+            .body(Full::new(Bytes::from_static(
+                b"{\"error\":{\"message\":\"bad request\"}}",
+            )))
+            .unwrap(),
+    })
+}
+
+async fn serve() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(respond))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One rule's outcome on one question.
+#[derive(Clone, Copy)]
+struct Outcome {
+    correct: bool,
+    calls: u64,
+}
+
+/// A rule under test.
+#[derive(Clone)]
+struct Rule {
+    name: String,
+    consensus: Consensus,
+}
+
+fn rules() -> Vec<Rule> {
+    let base = || Consensus::new().samples(N).max_concurrency(1).seed(0);
+    let mut v = vec![Rule {
+        name: format!("fixed N={N}"),
+        consensus: base(),
+    }];
+    for k in [3, 4, 5] {
+        v.push(Rule {
+            name: format!("window:{k}"),
+            consensus: base().early_stop(StopRule::window(k)),
+        });
+    }
+    for c in [0.9, 0.95, 0.99] {
+        v.push(Rule {
+            name: format!("adaptive:{c}"),
+            consensus: base().early_stop(StopRule::adaptive(c)),
+        });
+    }
+    v
+}
+
+/// Runs `rule` on every question of `seed`, `parallel` questions at a time.
+async fn run_rule(
+    provider: &OpenAiProvider,
+    rule: &Rule,
+    seed: u64,
+    questions: u64,
+    parallel: usize,
+) -> Vec<Outcome> {
+    futures::stream::iter(0..questions)
+        .map(|k| {
+            let c = rule.consensus.clone();
+            async move {
+                let ctx = RunContext::new().budget(Budget::new());
+                let prompt = format!("dataset {seed} question {k}");
+                let r = c.run(provider, &prompt, &ctx).await.unwrap();
+                Outcome {
+                    correct: r.value == answer_text(k, 0),
+                    calls: r.cost.llm_calls,
+                }
+            }
+        })
+        .buffered(parallel)
+        .collect()
+        .await
+}
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes `--bench`; only our own flags are read.
+    let seeds = arg(&args, "--seeds", 5);
+    let questions = arg(&args, "--questions", 400);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let addr = serve().await;
+        let provider = OpenAiProvider::builder(format!("http://{addr}/v1"), "synthetic")
+            .no_proxy()
+            .build()
+            .unwrap();
+        let rules = rules();
+        // outcomes[rule][seed * questions + k]
+        let mut outcomes: Vec<Vec<Outcome>> = Vec::new();
+        for rule in &rules {
+            let mut all = Vec::new();
+            for seed in 1..=seeds {
+                all.extend(run_rule(&provider, rule, seed, questions, 64).await);
+            }
+            outcomes.push(all);
+        }
+        report(&rules, &outcomes, seeds, questions);
+    });
+}
+
+/// Accuracy, calls, and the paired accuracy difference to the first rule (fixed N) with a 95%
+/// normal-approximation interval over questions.
+fn report(rules: &[Rule], outcomes: &[Vec<Outcome>], seeds: u64, questions: u64) {
+    let n = outcomes[0].len() as f64;
+    let reference = &outcomes[0];
+    let ref_calls: f64 = reference.iter().map(|o| o.calls as f64).sum::<f64>() / n;
+    println!(
+        "synthetic questions: {seeds} seeds x {questions} questions, p(correct) ~ U(0.35, 0.95), 2-4 wrong answers ~ Dirichlet(1)"
+    );
+    println!(
+        "| rule | accuracy | mean calls | calls saved vs N={N} | accuracy − N={N} (95% CI), points |"
+    );
+    println!("|---|---|---|---|---|");
+    for (rule, outs) in rules.iter().zip(outcomes) {
+        let acc = outs.iter().filter(|o| o.correct).count() as f64 / n;
+        let calls = outs.iter().map(|o| o.calls as f64).sum::<f64>() / n;
+        let diffs: Vec<f64> = outs
+            .iter()
+            .zip(reference)
+            .map(|(o, r)| f64::from(u8::from(o.correct)) - f64::from(u8::from(r.correct)))
+            .collect();
+        let mean = diffs.iter().sum::<f64>() / n;
+        let var = diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        let half = 1.96 * (var / n).sqrt();
+        println!(
+            "| {} | {:.2}% | {:.2} | {:.1}% | {:+.2} [{:+.2}, {:+.2}] |",
+            rule.name,
+            acc * 100.0,
+            calls,
+            (1.0 - calls / ref_calls) * 100.0,
+            mean * 100.0,
+            (mean - half) * 100.0,
+            (mean + half) * 100.0
+        );
+    }
+}
