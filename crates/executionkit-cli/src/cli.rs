@@ -173,9 +173,23 @@ pub struct Common {
 // one on its `Command` variant (the flags are built late, by `Deferred`).
 #[derive(Debug, Args)]
 pub struct ConsensusArgs {
-    /// The prompt; `-` reads it from stdin.
-    #[arg(value_name = "PROMPT")]
-    pub prompt: String,
+    /// The prompt; `-` reads it from stdin. Not with --inputs.
+    #[arg(
+        value_name = "PROMPT",
+        required_unless_present = "inputs",
+        conflicts_with = "inputs"
+    )]
+    pub prompt: Option<String>,
+    /// Many questions instead of PROMPT: a JSON Lines file (`-`: stdin), one
+    /// `{"prompt": "…", "id": "…"}` per line (`id` optional: the line number). Prints one JSON
+    /// line per question, in input order, then a summary line.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub inputs: Option<String>,
+    /// With --inputs: the samples for all questions together, spent where the votes are most
+    /// split (every question at least one, none more than --samples; default: --samples ×
+    /// the number of questions).
+    #[arg(long, value_name = "N")]
+    pub total_samples: Option<usize>,
     /// Flags every command takes.
     #[command(flatten)]
     pub common: Common,
@@ -378,10 +392,11 @@ impl Command {
         }
     }
 
-    /// The prompt argument as given (`-` means stdin); `None` for `map-reduce`.
+    /// The prompt argument as given (`-` means stdin); `None` for `map-reduce` and for
+    /// `consensus --inputs`.
     pub fn prompt(&self) -> Option<&str> {
         match self {
-            Self::Consensus(a) => Some(&a.prompt),
+            Self::Consensus(a) => a.prompt.as_deref(),
             Self::Refine(a) => Some(&a.prompt),
             Self::Pipe(a) => Some(&a.prompt),
             Self::React(a) => Some(&a.prompt),
@@ -422,7 +437,7 @@ mod tests {
         let Command::Consensus(a) = &cli.command else {
             panic!("not consensus: {cli:?}");
         };
-        assert_eq!((a.samples, a.prompt.as_str()), (7, "hello"));
+        assert_eq!((a.samples, a.prompt.as_deref()), (7, Some("hello")));
         let err = Cli::try_parse_from(["ek", "refine", "--bogus", "x"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
     }

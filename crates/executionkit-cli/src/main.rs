@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod endpoint;
 mod inputs;
+mod many;
 mod output;
 mod progress;
 mod secrets;
@@ -108,12 +109,16 @@ enum Job {
     Structured(StructuredValue),
     /// The pattern and its items.
     MapReduce(MapReduce, Vec<String>),
+    /// `consensus --inputs`: many questions under one total sample budget.
+    Many(many::Many),
 }
 
 /// A finished run: a text value, or a JSON value (`ek structured`).
 enum Done {
     Text(PatternResult<String>),
     Json(PatternResult<Value>),
+    /// `consensus --inputs`: printed as JSON Lines.
+    Many(many::Outcome),
 }
 
 impl Done {
@@ -167,6 +172,7 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
                 .await
                 .map(|r| Done::Json(r.erase_stats())),
             Job::MapReduce(m, items) => m.run(p, items, &ctx).await.map(Done::text),
+            Job::Many(m) => m.run(p, &ctx).await.map(Done::Many),
         }
     };
     let outcome: Result<Done, (Error, u8)> = tokio::select! {
@@ -192,6 +198,7 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
             match &done {
                 Done::Text(r) => output::print_success(r, json, shape, secrets),
                 Done::Json(r) => output::print_success(r, json, shape, secrets),
+                Done::Many(o) => return many::print(o, secrets),
             }
             0
         }
@@ -236,7 +243,10 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
     call.tier.clone_from(&common.tier);
     let mut provider = selected.provider;
     let job = match command {
-        Command::Consensus(a) => Job::Consensus(consensus(a, &call)?),
+        Command::Consensus(a) => match many::inputs(a)? {
+            None => Job::Consensus(consensus(a, &call)?),
+            Some(path) => Job::Many(many::prepare(a, path, consensus(a, &call)?)?),
+        },
         Command::Refine(a) => Job::Refine(refine(a, &call)?),
         Command::Pipe(a) => Job::Pipe(pipe(&a.steps, &call, builder.as_mut())?),
         Command::React(a) => {

@@ -17,3 +17,6 @@ pub mod react_kit {}
 
 #[doc = include_str!("../../../docs/guide-providers.md")]
 pub mod providers {}
+
+#[doc = include_str!("../../../docs/guide-consensus-set.md")]
+pub mod consensus_set {}

@@ -36,6 +36,7 @@ pub use engine::{BudgetLedger, CostTracker, Reservation, RetryPolicy, RunContext
 pub use error::{Error, ErrorKind, Result};
 pub use kit::Kit;
 pub use patterns::call::{consensus, refine_loop};
+pub use patterns::consensus::{ConsensusSet, ConsensusSetResult};
 pub use patterns::consensus::{EarlyStopStats, VoteCount};
 pub use patterns::react::{ReactCheckpoint, ReactLoop, ReactStats, ReactTermination, Summary};
 pub use patterns::structured::structured;

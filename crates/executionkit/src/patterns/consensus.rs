@@ -586,3 +586,8 @@ impl Pattern for Consensus {
         Ok(self.run(provider, input.prompt(), ctx).await?.erase_stats())
     }
 }
+
+// Many questions under one total sample budget; a child module, so that its samples are built
+// as this module builds them.
+mod set;
+pub use set::{ConsensusSet, ConsensusSetResult};
