@@ -15,6 +15,11 @@
 //! N = 40, and the accuracy difference to N = 40 with a 95% confidence interval (paired, over
 //! questions).
 //!
+//! With `EK_LLAMA_URL` set (`eval "$(scripts/start-llama.sh)"`), benchmark (b) follows:
+//! SmolLM2-135M through llama-server on 50 one-word factual questions (capitals, chemical
+//! symbols) at N = 20, the vote key being the last word of the reply's first line; every rule again reads a
+//! prefix of the same seeded answers (`seed = i` on sample `i`, one request at a time).
+//!
 //! `cargo bench -p executionkit --bench quality -- [--seeds 5] [--questions 400]`, or
 //! `bench/quality/run.sh`. Not run in CI (CI only builds it).
 
@@ -184,10 +189,10 @@ struct Rule {
     consensus: Consensus,
 }
 
-fn rules() -> Vec<Rule> {
-    let base = || Consensus::new().samples(N).max_concurrency(1).seed(0);
+fn rules(n: usize) -> Vec<Rule> {
+    let base = || Consensus::new().samples(n).max_concurrency(1).seed(0);
     let mut v = vec![Rule {
-        name: format!("fixed N={N}"),
+        name: format!("fixed N={n}"),
         consensus: base(),
     }];
     for k in [3, 4, 5] {
@@ -255,7 +260,7 @@ fn main() {
             .no_proxy()
             .build()
             .unwrap();
-        let rules = rules();
+        let rules = rules(N);
         // outcomes[rule][seed * questions + k]
         let mut outcomes: Vec<Vec<Outcome>> = Vec::new();
         for rule in &rules {
@@ -265,21 +270,142 @@ fn main() {
             }
             outcomes.push(all);
         }
-        report(&rules, &outcomes, seeds, questions);
+        println!(
+            "(a) synthetic questions: {seeds} seeds x {questions} questions, p(correct) ~ U(0.35, 0.95), 2-4 wrong answers ~ Dirichlet(1)"
+        );
+        report(&rules, &outcomes);
+        if let Ok(url) = std::env::var("EK_LLAMA_URL") {
+            let key = std::env::var("EK_LLAMA_KEY").unwrap_or_else(|_| "ek-test-key".to_owned());
+            llama(&url, &key).await;
+        }
     });
+}
+
+/// (b): 50 one-word questions and their answers.
+const FACTS: &[(&str, &str)] = &[
+    ("What is the capital of France?", "paris"),
+    ("What is the capital of Germany?", "berlin"),
+    ("What is the capital of Italy?", "rome"),
+    ("What is the capital of Spain?", "madrid"),
+    ("What is the capital of Japan?", "tokyo"),
+    ("What is the capital of Russia?", "moscow"),
+    ("What is the capital of China?", "beijing"),
+    ("What is the capital of Egypt?", "cairo"),
+    ("What is the capital of Greece?", "athens"),
+    ("What is the capital of Portugal?", "lisbon"),
+    ("What is the capital of Austria?", "vienna"),
+    ("What is the capital of Norway?", "oslo"),
+    ("What is the capital of Sweden?", "stockholm"),
+    ("What is the capital of Finland?", "helsinki"),
+    ("What is the capital of Ireland?", "dublin"),
+    ("What is the capital of Poland?", "warsaw"),
+    ("What is the capital of Hungary?", "budapest"),
+    ("What is the capital of Canada?", "ottawa"),
+    ("What is the capital of Australia?", "canberra"),
+    ("What is the capital of Kenya?", "nairobi"),
+    ("What is the capital of Peru?", "lima"),
+    ("What is the capital of Chile?", "santiago"),
+    ("What is the capital of Argentina?", "aires"),
+    ("What is the capital of Thailand?", "bangkok"),
+    ("What is the capital of the United Kingdom?", "london"),
+    ("What is the chemical symbol of gold?", "au"),
+    ("What is the chemical symbol of silver?", "ag"),
+    ("What is the chemical symbol of iron?", "fe"),
+    ("What is the chemical symbol of oxygen?", "o"),
+    ("What is the chemical symbol of hydrogen?", "h"),
+    ("What is the chemical symbol of carbon?", "c"),
+    ("What is the chemical symbol of nitrogen?", "n"),
+    ("What is the chemical symbol of sodium?", "na"),
+    ("What is the chemical symbol of potassium?", "k"),
+    ("What is the chemical symbol of copper?", "cu"),
+    ("What is the chemical symbol of lead?", "pb"),
+    ("What is the chemical symbol of tin?", "sn"),
+    ("What is the chemical symbol of mercury?", "hg"),
+    ("What is the chemical symbol of helium?", "he"),
+    ("What is the chemical symbol of neon?", "ne"),
+    ("What is the chemical symbol of calcium?", "ca"),
+    ("What is the chemical symbol of zinc?", "zn"),
+    ("What is the chemical symbol of sulfur?", "s"),
+    ("What is the chemical symbol of chlorine?", "cl"),
+    ("What is the chemical symbol of magnesium?", "mg"),
+    ("What is the chemical symbol of aluminium?", "al"),
+    ("What is the chemical symbol of silicon?", "si"),
+    ("What is the chemical symbol of uranium?", "u"),
+    ("What is the chemical symbol of platinum?", "pt"),
+    ("What is the chemical symbol of phosphorus?", "p"),
+];
+
+/// The vote key of (b): the last word of the reply's first line, lower case, without
+/// punctuation (SmolLM2 answers "The capital of France is Paris.").
+fn answer_word(text: &str) -> String {
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .split_whitespace()
+        .next_back()
+        .unwrap_or("")
+        .trim_matches(|c: char| !c.is_alphanumeric())
+        .to_lowercase()
+}
+
+/// (b): SmolLM2-135M through llama-server, N = 20.
+async fn llama(url: &str, key: &str) {
+    const N_LLAMA: usize = 20;
+    let provider = OpenAiProvider::builder(url, "smollm2")
+        .api_key(key)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let rules: Vec<Rule> = rules(N_LLAMA)
+        .into_iter()
+        .map(|r| Rule {
+            name: r.name,
+            consensus: r
+                .consensus
+                .vote_key(answer_word)
+                .temperature(0.7)
+                .max_tokens(16)
+                .system("Answer with one word."),
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for rule in &rules {
+        let outs: Vec<Outcome> = futures::stream::iter(FACTS)
+            .map(|(q, a)| {
+                let c = rule.consensus.clone();
+                let provider = &provider;
+                async move {
+                    let r = c.run(provider, q, &RunContext::new()).await.unwrap();
+                    Outcome {
+                        correct: answer_word(&r.value) == *a,
+                        calls: r.cost.llm_calls,
+                    }
+                }
+            })
+            // One request at a time: llama-server's batching changes its numerics, and the
+            // rules must read the same answers.
+            .buffered(1)
+            .collect()
+            .await;
+        outcomes.push(outs);
+    }
+    println!();
+    println!(
+        "(b) SmolLM2-135M through llama-server: {} one-word questions (capitals, chemical symbols), N={N_LLAMA}, temperature 0.7",
+        FACTS.len()
+    );
+    report(&rules, &outcomes);
 }
 
 /// Accuracy, calls, and the paired accuracy difference to the first rule (fixed N) with a 95%
 /// normal-approximation interval over questions.
-fn report(rules: &[Rule], outcomes: &[Vec<Outcome>], seeds: u64, questions: u64) {
+fn report(rules: &[Rule], outcomes: &[Vec<Outcome>]) {
     let n = outcomes[0].len() as f64;
     let reference = &outcomes[0];
     let ref_calls: f64 = reference.iter().map(|o| o.calls as f64).sum::<f64>() / n;
+    let fixed = &rules[0].name;
     println!(
-        "synthetic questions: {seeds} seeds x {questions} questions, p(correct) ~ U(0.35, 0.95), 2-4 wrong answers ~ Dirichlet(1)"
-    );
-    println!(
-        "| rule | accuracy | mean calls | calls saved vs N={N} | accuracy − N={N} (95% CI), points |"
+        "| rule | accuracy | mean calls | calls saved vs {fixed} | accuracy − {fixed} (95% CI), points |"
     );
     println!("|---|---|---|---|---|");
     for (rule, outs) in rules.iter().zip(outcomes) {
