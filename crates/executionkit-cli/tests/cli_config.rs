@@ -264,7 +264,10 @@ async fn twenty_samples_under_max_calls_20_with_a_failing_first_provider() {
     // a server received is counted, and the counts add up.
     let by = &err["metadata"]["cost_by_provider"];
     let (cp, cb) = (calls(&by["primary"]), calls(&by["backup"]));
-    assert!(p as u64 <= cp && cp <= p as u64 + 4, "{by}: primary got {p}");
+    assert!(
+        p as u64 <= cp && cp <= p as u64 + 4,
+        "{by}: primary got {p}"
+    );
     assert!(b as u64 <= cb && cb <= b as u64 + 4, "{by}: backup got {b}");
     assert_eq!(calls(&err["cost"]), cp + cb);
     assert_eq!(calls(&err["cost"]), 20);
