@@ -49,7 +49,7 @@ fn logprobs_are_asked_for_only_when_set() {
     let plain = ChatRequest::new(vec![Message::user("x")]);
     let body = p.request_body(&plain, false).unwrap();
     assert!(!std::str::from_utf8(&body).unwrap().contains("logprobs"));
-    let asked = plain.clone().logprobs(true).seed(3);
+    let asked = plain.logprobs(true).seed(3);
     let body = p.request_body(&asked, false).unwrap();
     assert_eq!(
         std::str::from_utf8(&body).unwrap(),
