@@ -290,3 +290,61 @@ async fn llama_server_returns_logprobs_and_the_weights_are_probabilities() {
     let ratio = r.metadata["agreement_ratio"].as_f64().unwrap();
     assert!(ratio > 0.0 && ratio <= 1.0);
 }
+
+fn scripted_mock(script: &[(&str, f64)]) -> executionkit::MockProvider {
+    executionkit::MockProvider::new(
+        script
+            .iter()
+            .map(|(t, lp)| {
+                executionkit::LlmResponse::text(*t).with_logprobs(executionkit::LogprobSummary {
+                    sum: *lp,
+                    tokens: 1,
+                })
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[test]
+fn one_request_with_n_weighs_each_choice() {
+    let p = scripted_mock(&[("Lyon", -3.0), ("Paris", -0.1), ("Lyon", -3.0)]).with_n_support();
+    let r = futures::executor::block_on(
+        Consensus::new()
+            .samples(3)
+            .use_n(true)
+            .logprob_weights(true)
+            .run(&p, "q", &RunContext::new()),
+    )
+    .unwrap();
+    assert_eq!(p.call_count(), 1);
+    assert!(p.last_call().unwrap().request.logprobs);
+    assert_eq!(
+        (r.value.as_str(), &r.metadata["logprob_weighted"]),
+        ("Paris", &json!(true))
+    );
+}
+
+#[test]
+fn a_unanimous_vote_keeps_its_rule_and_scores_the_confidence() {
+    let p = scripted_mock(&[("Paris", -0.5)]);
+    let r = futures::executor::block_on(
+        Consensus::new()
+            .samples(4)
+            .strategy(executionkit::VotingStrategy::Unanimous)
+            .logprob_weights(true)
+            .run(&p, "q", &RunContext::new()),
+    )
+    .unwrap();
+    assert_eq!(r.metadata["tie_count"], 0);
+    assert!((r.score.unwrap() - (-0.5f64).exp()).abs() < 1e-12);
+    let p = scripted_mock(&[("Paris", -0.1), ("Lyon", -3.0)]);
+    let e = futures::executor::block_on(
+        Consensus::new()
+            .samples(2)
+            .strategy(executionkit::VotingStrategy::Unanimous)
+            .logprob_weights(true)
+            .run(&p, "q", &RunContext::new()),
+    )
+    .unwrap_err();
+    assert!(e.is_consensus_failed());
+}
