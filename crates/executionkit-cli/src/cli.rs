@@ -218,6 +218,10 @@ pub struct ConsensusArgs {
     /// probability P; default 0.95). With a rule, --samples is the cap.
     #[arg(long, default_value = "none", value_name = "RULE")]
     pub early_stop: String,
+    /// Weigh each vote by the model's confidence: asks for token log-probabilities and weighs
+    /// a sample by exp(mean token log-probability); plain counting when a sample has none.
+    #[arg(long)]
+    pub logprob_weights: bool,
 }
 
 // `ek refine` (no doc comment: see `ConsensusArgs`).

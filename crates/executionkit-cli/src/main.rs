@@ -415,7 +415,8 @@ fn consensus(a: &ConsensusArgs, call: &CallOptions) -> Result<Consensus, Error> 
         .samples(a.samples)
         .max_concurrency(a.max_concurrency)
         .strategy(strategy)
-        .early_stop(early_stop);
+        .early_stop(early_stop)
+        .logprob_weights(a.logprob_weights);
     c.validate()?;
     Ok(c)
 }

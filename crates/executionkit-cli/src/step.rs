@@ -23,6 +23,7 @@ pub const CONSENSUS_KEYS: &[&str] = &[
     "strategy",
     "max_tokens",
     "early_stop",
+    "logprob_weights",
 ];
 /// Keys of a refine step.
 pub const REFINE_KEYS: &[&str] = &[
@@ -178,6 +179,10 @@ pub fn parse_step(index: usize, spec: &str, call: &CallOptions) -> Result<StepSp
                 let rule = StopRule::from_str(value)
                     .map_err(|_| bad("none, window[:K] (K >= 2) or adaptive[:P] (0.5 < P < 1)"))?;
                 StepPattern::Consensus(c.early_stop(rule))
+            }
+            ("logprob_weights", StepPattern::Consensus(c)) => {
+                let yes = parse(value).ok_or_else(|| bad("true or false"))?;
+                StepPattern::Consensus(c.logprob_weights(yes))
             }
             ("temperature", StepPattern::Consensus(c)) => StepPattern::Consensus(
                 c.temperature(parse_f64(value).ok_or_else(|| bad("a number >= 0"))?),

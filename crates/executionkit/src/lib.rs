@@ -52,9 +52,9 @@ pub use pipe::{Pipe, PipeStats, StepCost};
 pub use provider::OfflineModel;
 pub use provider::{
     AnthropicProvider, AnthropicProviderBuilder, ChatRequest, ChatStream, Choice, Failover,
-    FailoverBuilder, LlmProvider, LlmResponse, Message, OpenAiProvider, OpenAiProviderBuilder,
-    RateLimited, Role, Route, RouteRequest, Router, RouterBuilder, StreamEvent, StreamLimits,
-    ToolCall, ToolChoice, ToolSpec, Usage,
+    FailoverBuilder, LlmProvider, LlmResponse, LogprobSummary, Message, OpenAiProvider,
+    OpenAiProviderBuilder, RateLimited, Role, Route, RouteRequest, Router, RouterBuilder,
+    StreamEvent, StreamLimits, ToolCall, ToolChoice, ToolSpec, Usage,
 };
 #[cfg(any(test, feature = "testing"))]
 pub use provider::{MockCall, MockProvider};

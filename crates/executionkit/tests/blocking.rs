@@ -50,6 +50,7 @@ fn react_runs_its_tools_on_the_blocking_runtime() {
             content: String::new(),
             tool_calls: vec![ToolCall::new("c1", "add", json!({"a": 2, "b": 3}))],
             finish_reason: Some("tool_calls".into()),
+            logprobs: None,
         }],
         ..LlmResponse::default()
     };

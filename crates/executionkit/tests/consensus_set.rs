@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use executionkit::WithCallOptions as _;
 use executionkit::{
     Budget, ChatRequest, Consensus, ConsensusSet, ConsensusSetResult, Error, ErrorKind,
-    LlmProvider, LlmResponse, RetryPolicy, RunContext, StopRule,
+    LlmProvider, LlmResponse, LogprobSummary, RetryPolicy, RunContext, StopRule,
 };
 
 /// Answers each question (its prompt) from its own script, indexed by the request's seed, so a
@@ -70,7 +70,17 @@ impl LlmProvider for ByQuestion {
         }
         let answers = &self.script[&prompt];
         let answer = answers[usize::try_from(seed).unwrap() % answers.len()].clone();
-        Ok(LlmResponse::text(answer).with_usage(3, 1))
+        // `text@logprob`: a reply with that mean token log-probability, when asked for.
+        match answer.split_once('@') {
+            Some((text, lp)) if request.logprobs => Ok(LlmResponse::text(text)
+                .with_usage(3, 1)
+                .with_logprobs(LogprobSummary {
+                    sum: lp.parse().unwrap(),
+                    tokens: 1,
+                })),
+            Some((text, _)) => Ok(LlmResponse::text(text).with_usage(3, 1)),
+            None => Ok(LlmResponse::text(answer).with_usage(3, 1)),
+        }
     }
 
     fn secret(&self) -> Option<&str> {
@@ -338,4 +348,35 @@ proptest::proptest! {
             proptest::prop_assert_eq!(r.samples_used, total.min(cap * scripts.len()));
         }
     }
+}
+
+#[test]
+fn log_probability_weights_apply_per_question() {
+    let p = ByQuestion::new([
+        ("weighted", vec!["Lyon@-3.0", "Lyon@-3.0", "Paris@-0.05"]),
+        ("plain", vec!["a@-0.1", "a@-0.1", "b@-0.1"]),
+    ]);
+    let consensus = || Consensus::new().samples(3).max_concurrency(1).seed(0);
+    let prompts = ["weighted", "plain"];
+    let set = ConsensusSet::new()
+        .consensus(consensus().logprob_weights(true))
+        .stop_rule(StopRule::Fixed);
+    let r = run(&p, &set, &prompts, &RunContext::new());
+    let w = r.results[0].as_ref().unwrap();
+    // Two unsure votes for Lyon (2 e^-3 ≈ 0.10) lose to one sure vote for Paris (e^-0.05).
+    assert_eq!(w.value, "Paris");
+    assert_eq!(w.metadata["logprob_weighted"], true);
+    assert_eq!(w.metadata["vote_counts"][0]["answer"], "Paris");
+    assert_eq!(w.metadata["vote_counts"][0]["count"], 1);
+    assert!((w.score.unwrap() - (-0.05f64).exp() / 3.0).abs() < 1e-12);
+    assert_eq!(r.results[1].as_ref().unwrap().value, "a");
+    // Without weights the same answers count 2 to 1, and no request asks for log-probabilities.
+    let p2 = ByQuestion::new([("weighted", vec!["Lyon@-3.0", "Lyon@-3.0", "Paris@-0.05"])]);
+    let set = ConsensusSet::new()
+        .consensus(consensus())
+        .stop_rule(StopRule::Fixed);
+    let r = run(&p2, &set, &["weighted"], &RunContext::new());
+    let plain = r.results[0].as_ref().unwrap();
+    assert_eq!(plain.value, "Lyon");
+    assert!(plain.metadata.get("logprob_weighted").is_none());
 }

@@ -27,6 +27,7 @@ fn tool_round(id: &str) -> LlmResponse {
             content: String::new(),
             tool_calls: vec![ToolCall::new(id, "echo", json!({"text": "x"}))],
             finish_reason: Some("tool_calls".into()),
+            logprobs: None,
         }],
         ..LlmResponse::default()
     }

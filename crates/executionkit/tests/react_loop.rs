@@ -33,6 +33,7 @@ fn calls(list: &[(&str, &str, Value)]) -> LlmResponse {
                 .map(|(name, id, args)| ToolCall::new(*id, *name, args.clone()))
                 .collect(),
             finish_reason: Some("tool_calls".into()),
+            logprobs: None,
         }],
         ..LlmResponse::default()
     }

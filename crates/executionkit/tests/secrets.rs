@@ -155,6 +155,7 @@ fn tool_call(text: &str) -> LlmResponse {
             content: String::new(),
             tool_calls: vec![ToolCall::new("c1", "echo", json!({ "text": text }))],
             finish_reason: Some("tool_calls".into()),
+            logprobs: None,
         }],
         ..LlmResponse::default()
     }

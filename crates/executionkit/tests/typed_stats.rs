@@ -311,6 +311,7 @@ async fn react_stats_of_a_failed_run_are_in_the_error() {
                 serde_json::json!({}),
             )],
             finish_reason: Some("tool_calls".into()),
+            logprobs: None,
         }],
         ..LlmResponse::default()
     };

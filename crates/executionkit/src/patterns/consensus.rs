@@ -25,7 +25,7 @@ use crate::engine::stop::{StopRule, VoteBook};
 use crate::engine::voting::{VotingStrategy, normalized, tally_keys};
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, Result};
-use crate::provider::{ChatRequest, LlmProvider, Message};
+use crate::provider::{ChatRequest, Choice, LlmProvider, Message};
 use crate::redact::redact_secret;
 use crate::result::{PatternResult, RedactStats};
 
@@ -44,17 +44,24 @@ use crate::result::{PatternResult, RedactStats};
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConsensusStats {
-    /// The winner's votes over the samples voted on (also the result's `score`).
+    /// The winner's votes over the samples voted on (also the result's `score`); with
+    /// [`Consensus::logprob_weights`] applied, the winner's total weight over the samples.
     pub agreement_ratio: f64,
     /// Distinct vote keys.
     pub unique_responses: usize,
-    /// Keys sharing the top count: 1 is a clean win, 0 a unanimous vote's.
+    /// Keys sharing the top count (the top weight when weighted): 1 is a clean win, 0 a
+    /// unanimous vote's.
     pub tie_count: usize,
-    /// With a stop rule ([`Consensus::early_stop`]): how the sampling ended. Its fields are
-    /// metadata keys of their own (`samples_used`, `stopped_early`, `stop_rule`,
-    /// `vote_counts`), all absent without a rule.
+    /// With a stop rule ([`Consensus::early_stop`]) or [`Consensus::logprob_weights`]: how the
+    /// sampling ended. Its fields are metadata keys of their own (`samples_used`,
+    /// `stopped_early`, `stop_rule`, `vote_counts`), all absent otherwise.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub early_stop: Option<EarlyStopStats>,
+    /// With [`Consensus::logprob_weights`]: whether the votes were weighted (`false` when a
+    /// sample came without log-probabilities, so every vote counted 1). Metadata key
+    /// `logprob_weighted`, absent when weights were not asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprob_weighted: Option<bool>,
 }
 
 /// How a consensus with a stop rule ended ([`ConsensusStats::early_stop`]).
@@ -96,7 +103,8 @@ pub struct VoteCount {
     pub answer: String,
     /// How many samples gave it.
     pub count: u64,
-    /// Its weight in the vote (today the count, as a float).
+    /// Its weight in the vote: the sum of its samples' weights under
+    /// [`Consensus::logprob_weights`], else the count (as a float).
     pub weight: f64,
 }
 
@@ -174,6 +182,7 @@ pub struct Consensus {
     vote_key: Option<VoteKey>,
     use_n: bool,
     early_stop: StopRule,
+    logprob_weights: bool,
 }
 
 impl Default for Consensus {
@@ -186,6 +195,7 @@ impl Default for Consensus {
             vote_key: None,
             use_n: false,
             early_stop: StopRule::Fixed,
+            logprob_weights: false,
         }
     }
 }
@@ -200,6 +210,7 @@ impl fmt::Debug for Consensus {
             .field("vote_key", &self.vote_key.as_ref().map(|_| "<fn>"))
             .field("use_n", &self.use_n)
             .field("early_stop", &self.early_stop)
+            .field("logprob_weights", &self.logprob_weights)
             .finish()
     }
 }
@@ -344,7 +355,55 @@ impl Consensus {
         if let Some(seed) = self.call.seed {
             req.seed = Some(seed.wrapping_add(sample as u64));
         }
+        req.logprobs = self.logprob_weights;
         req
+    }
+
+    /// A sample's vote weight: its choice's [`LogprobSummary::weight`](crate::LogprobSummary::weight) when weights are on.
+    fn weight_of(&self, choice: Option<&Choice>) -> Option<f64> {
+        if self.logprob_weights {
+            choice.and_then(|c| c.logprobs).and_then(|s| s.weight())
+        } else {
+            None
+        }
+    }
+
+    /// Weighs each vote by the model's confidence in its answer (default off). Each request
+    /// then asks for token log-probabilities (`"logprobs": true`), and a sample's weight is
+    /// `exp(mean token log-probability)`, the geometric mean of its tokens' probabilities, in
+    /// (0, 1] ([`LogprobSummary::weight`](crate::LogprobSummary::weight)). The answer of highest total weight wins (a tie goes
+    /// to the answer seen first), `agreement_ratio` (and `score`) is the winner's weight over
+    /// the samples used, and the metadata adds `logprob_weighted: true` and `vote_counts`
+    /// with each answer's `weight` (and `samples_used`, `stopped_early`, `stop_rule` as with a
+    /// stop rule). Stop rules use the weights ([`StopRule`]: the adaptive rule rescales them
+    /// to sum to the number of samples; the window rule ignores them).
+    ///
+    /// **Off when log-probabilities are absent:** if any sample of the run comes without
+    /// them (Anthropic, a server that ignores `logprobs`, a reply with none or in another
+    /// shape, an empty answer), every vote of the run counts 1, as without this option, and
+    /// `logprob_weighted` is `false`.
+    ///
+    /// ```
+    /// use executionkit::{Consensus, LlmResponse, LogprobSummary, MockProvider, RunContext};
+    /// # futures::executor::block_on(async {
+    /// let sure = |t: &str| LlmResponse::text(t).with_logprobs(LogprobSummary { sum: -0.1, tokens: 1 });
+    /// let unsure = |t: &str| LlmResponse::text(t).with_logprobs(LogprobSummary { sum: -3.0, tokens: 1 });
+    /// let p = MockProvider::new([unsure("Lyon"), sure("Paris"), unsure("Lyon")]);
+    /// let r = Consensus::new().samples(3).max_concurrency(1).logprob_weights(true)
+    ///     .run(&p, "Capital of France?", &RunContext::new()).await.unwrap();
+    /// assert_eq!(r.value, "Paris"); // 0.905 outweighs 2 × 0.050
+    /// assert_eq!(r.metadata["logprob_weighted"], true);
+    /// assert!(p.last_call().unwrap().request.logprobs);
+    /// // Without log-probabilities, plain counting.
+    /// let p = MockProvider::new(["Lyon", "Paris", "Lyon"]);
+    /// let r = Consensus::new().samples(3).logprob_weights(true)
+    ///     .run(&p, "Capital of France?", &RunContext::new()).await.unwrap();
+    /// assert_eq!((r.value.as_str(), r.metadata["logprob_weighted"].as_bool()), ("Lyon", Some(false)));
+    /// # });
+    /// ```
+    pub fn logprob_weights(mut self, yes: bool) -> Self {
+        self.logprob_weights = yes;
+        self
     }
 
     /// Stops sampling when the answer is settled ([`StopRule`]; default [`StopRule::Fixed`]:
@@ -433,12 +492,16 @@ impl Consensus {
         }
 
         let mut texts: Vec<Option<String>> = vec![None; self.samples];
+        let mut weights: Vec<Option<f64>> = vec![None; self.samples];
 
         if self.use_n && self.samples > 1 && provider.supports_n() {
             if let Ok(n) = u32::try_from(self.samples) {
                 let req = self.request(&messages, 0).n(n);
                 let resp = ctx.complete(provider, req, tracker).await?;
-                for (slot, choice) in texts.iter_mut().zip(resp.choices) {
+                for ((slot, weight), choice) in
+                    texts.iter_mut().zip(weights.iter_mut()).zip(resp.choices)
+                {
+                    *weight = self.weight_of(Some(&choice));
                     *slot = Some(choice.content);
                 }
             }
@@ -455,7 +518,10 @@ impl Consensus {
                 .buffer_unordered(self.max_concurrency);
             while let Some((i, r)) = in_flight.next().await {
                 match r {
-                    Ok(resp) => texts[i] = Some(resp.into_content()),
+                    Ok(resp) => {
+                        weights[i] = self.weight_of(resp.choices.first());
+                        texts[i] = Some(resp.into_content());
+                    }
                     Err(e) => {
                         // Dropping the stream cancels the samples still in flight; their
                         // reserved calls stay counted in the tracker, whose spend the error
@@ -473,14 +539,99 @@ impl Consensus {
             None => texts.iter().map(|t| normalized(t)).collect(),
         };
         let t = tally_keys(&keys, self.strategy)?;
+        if self.logprob_weights {
+            // Tally again with weights, in sample order (the unanimous check is done).
+            let mut votes = Votes::default();
+            for ((key, text), weight) in keys.iter().zip(&texts).zip(weights) {
+                votes.push(key, text, weight);
+            }
+            let weighted = votes.book.is_weighted();
+            let (mut stats, value) = votes.stats(StopRule::Fixed, false);
+            if self.strategy == VotingStrategy::Unanimous {
+                stats.tie_count = t.tie_count;
+            }
+            stats.logprob_weighted = Some(weighted);
+            let score = stats.agreement_ratio;
+            return Ok(PatternResult::with_stats(value, stats).with_score(score));
+        }
         let value = texts.into_iter().nth(t.winner_index).unwrap_or_default();
         let stats = ConsensusStats {
             agreement_ratio: t.agreement_ratio,
             unique_responses: t.unique_responses,
             tie_count: t.tie_count,
             early_stop: None,
+            logprob_weighted: None,
         };
         Ok(PatternResult::with_stats(value, stats).with_score(t.agreement_ratio))
+    }
+}
+
+/// The votes of a consensus in the order they are counted: the [`VoteBook`] the stop rules
+/// read, and each answer's key, first text, count and total weight.
+#[derive(Default)]
+struct Votes {
+    book: VoteBook,
+    answers: Vec<(String, String, u64, f64)>,
+}
+
+impl Votes {
+    /// Counts one sample (`weight` `None`: no weight, which turns weighting off).
+    fn push(&mut self, key: &str, text: &str, weight: Option<f64>) {
+        self.book.push_weighted(key, weight);
+        let w = weight.unwrap_or(0.0);
+        match self.answers.iter_mut().find(|a| a.0 == key) {
+            Some(a) => {
+                a.2 += 1;
+                a.3 += w;
+            }
+            None => self.answers.push((key.to_owned(), text.to_owned(), 1, w)),
+        }
+    }
+
+    /// The statistics of the vote and the winning text. Weights are the answers' total
+    /// weights when every vote had one, else their counts; the winner has the highest, the
+    /// first counted among equals.
+    #[allow(clippy::cast_precision_loss)]
+    fn stats(self, rule: StopRule, stopped_early: bool) -> (ConsensusStats, String) {
+        let used = self.book.len();
+        let weighted = self.book.is_weighted();
+        let weight = |a: &(String, String, u64, f64)| if weighted { a.3 } else { a.2 as f64 };
+        let unique = self.answers.len();
+        // A stable sort keeps the counting order among equal weights: the first is the winner.
+        let mut ranked: Vec<(String, String, u64, f64)> = self
+            .answers
+            .into_iter()
+            .map(|a| {
+                let w = weight(&a);
+                (a.0, a.1, a.2, w)
+            })
+            .collect();
+        ranked.sort_by(|x, y| y.3.total_cmp(&x.3));
+        let top = ranked.first().map_or(0.0, |a| a.3);
+        let tie_count = ranked.iter().filter(|a| a.3 == top).count();
+        let agreement = if used == 0 { 0.0 } else { top / used as f64 };
+        let vote_counts = ranked
+            .iter()
+            .map(|a| VoteCount {
+                answer: a.0.clone(),
+                count: a.2,
+                weight: a.3,
+            })
+            .collect();
+        let value = ranked.into_iter().next().map(|a| a.1).unwrap_or_default();
+        let stats = ConsensusStats {
+            agreement_ratio: agreement,
+            unique_responses: unique,
+            tie_count,
+            early_stop: Some(EarlyStopStats {
+                samples_used: used,
+                stopped_early,
+                stop_rule: rule,
+                vote_counts,
+            }),
+            logprob_weighted: None,
+        };
+        (stats, value)
     }
 }
 
@@ -494,9 +645,7 @@ impl Consensus {
         ctx: &RunContext,
         tracker: &CostTracker,
     ) -> Result<PatternResult<String, ConsensusStats>> {
-        let mut book = VoteBook::new();
-        // (key, first text with that key, count), in order of first arrival.
-        let mut answers: Vec<(String, String, u64)> = Vec::new();
+        let mut votes = Votes::default();
         let mut stopped_early = false;
         {
             let mut in_flight = futures::stream::iter(0..self.samples)
@@ -506,8 +655,11 @@ impl Consensus {
                 })
                 .buffer_unordered(self.max_concurrency);
             while let Some(r) = in_flight.next().await {
-                let text = match r {
-                    Ok(resp) => resp.into_content(),
+                let (text, weight) = match r {
+                    Ok(resp) => {
+                        let weight = self.weight_of(resp.choices.first());
+                        (resp.into_content(), weight)
+                    }
                     Err(e) => {
                         drop(in_flight);
                         return Err(e);
@@ -517,12 +669,8 @@ impl Consensus {
                     Some(key) => key(&text),
                     None => normalized(&text).into_owned(),
                 };
-                book.push(&key);
-                match answers.iter_mut().find(|a| a.0 == key) {
-                    Some(a) => a.2 += 1,
-                    None => answers.push((key, text, 1)),
-                }
-                if book.len() < self.samples && self.early_stop.should_stop(&book) {
+                votes.push(&key, &text, weight);
+                if votes.book.len() < self.samples && self.early_stop.should_stop(&votes.book) {
                     // Dropping the stream cancels the samples in flight; their reserved calls
                     // stay counted in the tracker.
                     stopped_early = true;
@@ -530,38 +678,10 @@ impl Consensus {
                 }
             }
         }
-        let used = book.len();
-        let top = answers.iter().map(|a| a.2).max().unwrap_or(0);
-        let tie_count = answers.iter().filter(|a| a.2 == top).count();
-        let unique = answers.len();
-        // A stable sort keeps arrival order among equal counts: the first is the winner.
-        let mut ranked: Vec<&(String, String, u64)> = answers.iter().collect();
-        ranked.sort_by_key(|a| std::cmp::Reverse(a.2));
-        let vote_counts: Vec<VoteCount> = ranked
-            .iter()
-            .map(|a| VoteCount {
-                answer: a.0.clone(),
-                count: a.2,
-                weight: a.2 as f64,
-            })
-            .collect();
-        let value = ranked.first().map(|a| a.1.clone()).unwrap_or_default();
-        let agreement = if used == 0 {
-            0.0
-        } else {
-            top as f64 / used as f64
-        };
-        let stats = ConsensusStats {
-            agreement_ratio: agreement,
-            unique_responses: unique,
-            tie_count,
-            early_stop: Some(EarlyStopStats {
-                samples_used: used,
-                stopped_early,
-                stop_rule: self.early_stop,
-                vote_counts,
-            }),
-        };
+        let weighted = self.logprob_weights.then(|| votes.book.is_weighted());
+        let (mut stats, value) = votes.stats(self.early_stop, stopped_early);
+        stats.logprob_weighted = weighted;
+        let agreement = stats.agreement_ratio;
         Ok(PatternResult::with_stats(value, stats).with_score(agreement))
     }
 }

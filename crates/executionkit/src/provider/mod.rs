@@ -648,6 +648,10 @@ pub struct ChatRequest {
     pub extra: Map<String, Value>,
     /// A routing tag for a [`Router`]'s rules (e.g. `"best"`); never sent to a server.
     pub tier: Option<String>,
+    /// Asks for the log-probability of each generated token (`"logprobs": true` in an
+    /// OpenAI-compatible body; Anthropic has none and ignores it). The reply's
+    /// [`Choice::logprobs`] then holds their summary when the server sent them.
+    pub logprobs: bool,
 }
 
 impl ChatRequest {
@@ -782,6 +786,16 @@ impl ChatRequest {
         self
     }
 
+    /// Asks for token log-probabilities (see [`ChatRequest::logprobs`](ChatRequest#structfield.logprobs)).
+    ///
+    /// ```
+    /// assert!(executionkit::ChatRequest::new(vec![]).logprobs(true).logprobs);
+    /// ```
+    pub fn logprobs(mut self, yes: bool) -> Self {
+        self.logprobs = yes;
+        self
+    }
+
     /// Adds an extra body key (merged last).
     ///
     /// ```
@@ -885,6 +899,7 @@ pub struct Usage {
 ///         content: String::new(),
 ///         tool_calls: vec![ToolCall::new("tc1", "search", serde_json::json!({"q": "rust"}))],
 ///         finish_reason: Some("tool_calls".into()),
+///         logprobs: None,
 ///     }],
 ///     ..LlmResponse::default()
 /// };
@@ -899,6 +914,82 @@ pub struct Choice {
     pub tool_calls: Vec<ToolCall>,
     /// Why generation stopped, as the server said (`None` when absent or `null`).
     pub finish_reason: Option<String>,
+    /// The summary of its tokens' log-probabilities, when the server sent them (asked for with
+    /// [`ChatRequest::logprobs`](ChatRequest#structfield.logprobs)); `None` when it sent none or
+    /// sent them in a shape that is not `logprobs.content[].logprob` numbers.
+    pub logprobs: Option<LogprobSummary>,
+}
+
+/// The log-probabilities of one choice's tokens, summarised as their sum and count: the
+/// tokens themselves are not kept, so a reply's log-probabilities cost the same few bytes
+/// whatever their length.
+///
+/// Read from `choices[].logprobs.content[].logprob` (the OpenAI and llama-server shape), and
+/// in a stream from the same key of every chunk. A list with an entry that has no `logprob`
+/// number, or whose `logprob` is above 0, or a sum that is not finite, gives no summary at all.
+///
+/// ```
+/// use executionkit::LogprobSummary;
+/// let s = LogprobSummary { sum: -0.5, tokens: 2 };
+/// assert_eq!(s.mean(), Some(-0.25));
+/// assert!((s.weight().unwrap() - (-0.25f64).exp()).abs() < 1e-12);
+/// assert_eq!(LogprobSummary::default().mean(), None); // no tokens, no mean
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LogprobSummary {
+    /// The sum of the tokens' log-probabilities (≤ 0).
+    pub sum: f64,
+    /// How many tokens were summed.
+    pub tokens: u64,
+}
+
+impl LogprobSummary {
+    /// The lowest mean log-probability [`LogprobSummary::weight`] uses; a lower mean counts
+    /// as this one, so that a weight is never 0.
+    ///
+    /// ```
+    /// use executionkit::LogprobSummary;
+    /// let s = LogprobSummary { sum: -1e6, tokens: 1 };
+    /// assert_eq!(s.weight(), Some(LogprobSummary::MIN_MEAN.exp()));
+    /// ```
+    pub const MIN_MEAN: f64 = -100.0;
+
+    /// The mean log-probability per token (`None` without tokens).
+    ///
+    /// ```
+    /// assert_eq!(executionkit::LogprobSummary { sum: -3.0, tokens: 3 }.mean(), Some(-1.0));
+    /// ```
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub fn mean(&self) -> Option<f64> {
+        (self.tokens > 0).then(|| self.sum / self.tokens as f64)
+    }
+
+    /// The geometric mean of the tokens' probabilities, `exp(mean)`, with the mean clamped to
+    /// [[`MIN_MEAN`](Self::MIN_MEAN), 0]: a number in (0, 1] (`None` without tokens). This is
+    /// a sample's vote weight under [`Consensus::logprob_weights`](crate::Consensus::logprob_weights).
+    ///
+    /// ```
+    /// let s = executionkit::LogprobSummary { sum: 0.0, tokens: 4 };
+    /// assert_eq!(s.weight(), Some(1.0)); // every token certain
+    /// ```
+    #[must_use]
+    pub fn weight(&self) -> Option<f64> {
+        self.mean()
+            .map(|m| m.clamp(Self::MIN_MEAN, 0.0).exp())
+            .filter(|w| w.is_finite())
+    }
+
+    /// Adds one token's log-probability.
+    pub(crate) fn add(&mut self, logprob: f64) {
+        self.sum += logprob;
+        self.tokens += 1;
+    }
+
+    /// `Some(self)` when every token added was a log-probability and the sum is finite.
+    pub(crate) fn checked(self) -> Option<Self> {
+        (self.sum.is_finite() && self.sum <= 0.0).then_some(self)
+    }
 }
 
 /// A provider's answer: every choice, the usage, and the server's id and model.
@@ -933,9 +1024,25 @@ impl LlmResponse {
                 content: content.into(),
                 tool_calls: Vec::new(),
                 finish_reason: Some("stop".to_owned()),
+                logprobs: None,
             }],
             ..Self::default()
         }
+    }
+
+    /// Sets the first choice's log-probability summary (for scripted replies).
+    ///
+    /// ```
+    /// use executionkit::{LlmResponse, LogprobSummary};
+    /// let r = LlmResponse::text("Paris").with_logprobs(LogprobSummary { sum: -0.1, tokens: 1 });
+    /// assert_eq!(r.choices[0].logprobs.unwrap().tokens, 1);
+    /// ```
+    #[must_use]
+    pub fn with_logprobs(mut self, logprobs: LogprobSummary) -> Self {
+        if let Some(c) = self.choices.first_mut() {
+            c.logprobs = Some(logprobs);
+        }
+        self
     }
 
     /// Sets the usage.

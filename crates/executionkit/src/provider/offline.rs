@@ -112,6 +112,7 @@ impl OfflineModel {
                     content,
                     tool_calls: Vec::new(),
                     finish_reason: Some(if truncated { "length" } else { "stop" }.to_owned()),
+                    logprobs: None,
                 }
             })
             .collect();

@@ -11,8 +11,10 @@ use futures::future::{AbortHandle, Abortable};
 use futures::stream::FuturesUnordered;
 use tracing::Instrument;
 
-use super::{Consensus, ConsensusStats, EarlyStopStats, VoteCount};
-use crate::engine::stop::{DEFAULT_CONFIDENCE, StopRule, VoteBook, leader_probability};
+use super::{Consensus, ConsensusStats, Votes};
+use crate::engine::stop::{
+    DEFAULT_CONFIDENCE, StopRule, leader_probability, leader_probability_weighted,
+};
 use crate::engine::voting::{VotingStrategy, normalized};
 use crate::engine::{CostTracker, RunContext, seal};
 use crate::error::{Error, Result};
@@ -346,15 +348,16 @@ impl ConsensusSet {
                 // The question had already failed; its reserved call stays counted.
                 Err(_aborted) => {}
                 Ok(Ok(resp)) if st.error.is_none() => {
+                    let weight = c.weight_of(resp.choices.first());
                     let text = resp.into_content();
                     let key = match &c.vote_key {
                         Some(key) => key(&text),
                         None => normalized(&text).into_owned(),
                     };
-                    st.vote(key, text);
+                    st.votes.push(&key, &text, weight);
                     if !st.settled
-                        && st.book.len() < c.samples
-                        && self.stop_rule.should_stop(&st.book)
+                        && st.votes.book.len() < c.samples
+                        && self.stop_rule.should_stop(&st.votes.book)
                     {
                         st.settled = true;
                     }
@@ -387,13 +390,13 @@ impl ConsensusSet {
             .map(|(st, tracker)| {
                 let outcome = if let Some(e) = st.error {
                     Err(e)
-                } else if st.book.is_empty() {
+                } else if st.votes.book.is_empty() {
                     Err(st
                         .budget_error
                         .or_else(|| exhausted.clone())
                         .unwrap_or_else(Error::cancelled))
                 } else {
-                    Ok(st.finish(self.stop_rule))
+                    Ok(st.finish(self.stop_rule, c.logprob_weights))
                 };
                 let outcome = match outcome {
                     Ok(r) => Ok(ctx.spend_result(r, tracker)),
@@ -422,9 +425,8 @@ impl ConsensusSet {
 /// One question's votes and sampling state.
 #[derive(Default)]
 struct QuestionState {
-    book: VoteBook,
-    /// (key, first text with that key, count), in order of first arrival.
-    answers: Vec<(String, String, u64)>,
+    /// The votes, counted (and weighted) as a single consensus counts them.
+    votes: Votes,
     sent: usize,
     /// The samples in flight: their index and the handle that cancels them.
     in_flight: Vec<(usize, AbortHandle)>,
@@ -434,51 +436,36 @@ struct QuestionState {
 }
 
 impl QuestionState {
-    fn vote(&mut self, key: String, text: String) {
-        self.book.push(&key);
-        match self.answers.iter_mut().find(|a| a.0 == key) {
-            Some(a) => a.2 += 1,
-            None => self.answers.push((key, text, 1)),
-        }
+    #[cfg(test)]
+    fn vote(&mut self, key: &str) {
+        self.votes.push(key, key, None);
     }
 
     /// The question's result from its votes (at least one), as a consensus with a stop rule
-    /// reports it.
-    #[allow(clippy::cast_precision_loss)]
-    fn finish(self, rule: StopRule) -> PatternResult<String, ConsensusStats> {
-        let used = self.book.len();
-        let top = self.answers.iter().map(|a| a.2).max().unwrap_or(0);
-        let tie_count = self.answers.iter().filter(|a| a.2 == top).count();
-        let unique = self.answers.len();
-        let mut ranked = self.answers;
-        // A stable sort keeps arrival order among equal counts: the first is the winner.
-        ranked.sort_by_key(|a| std::cmp::Reverse(a.2));
-        let vote_counts: Vec<VoteCount> = ranked
-            .iter()
-            .map(|a| VoteCount {
-                answer: a.0.clone(),
-                count: a.2,
-                weight: a.2 as f64,
-            })
-            .collect();
-        let agreement = if used == 0 {
-            0.0
-        } else {
-            top as f64 / used as f64
-        };
-        let value = ranked.into_iter().next().map(|a| a.1).unwrap_or_default();
-        let stats = ConsensusStats {
-            agreement_ratio: agreement,
-            unique_responses: unique,
-            tie_count,
-            early_stop: Some(EarlyStopStats {
-                samples_used: used,
-                stopped_early: self.settled,
-                stop_rule: rule,
-                vote_counts,
-            }),
-        };
+    /// reports it (`weights`: whether log-probability weights were asked for).
+    fn finish(self, rule: StopRule, weights: bool) -> PatternResult<String, ConsensusStats> {
+        let weighted = weights.then(|| self.votes.book.is_weighted());
+        let (mut stats, value) = self.votes.stats(rule, self.settled);
+        stats.logprob_weighted = weighted;
+        let agreement = stats.agreement_ratio;
         PatternResult::with_stats(value, stats).with_score(agreement)
+    }
+
+    /// `P(leader beats runner-up)` with the samples in flight counted for the leader: the
+    /// allocation's priority (weights rescaled to the number of votes, as the adaptive rule
+    /// reads them).
+    #[allow(clippy::cast_precision_loss)]
+    fn priority(&self) -> f64 {
+        let book = &self.votes.book;
+        let pending = self.in_flight.len() as u64;
+        if book.is_weighted() {
+            let (a, b) = book.top_two_weights();
+            let scale = book.len() as f64 / book.total_weight();
+            leader_probability_weighted(a * scale + pending as f64, b * scale)
+        } else {
+            let (a, b) = book.top_two();
+            leader_probability(a + pending, b)
+        }
     }
 }
 
@@ -519,9 +506,7 @@ impl Queue {
         if st.error.is_some() || st.settled || st.sent >= self.cap {
             return;
         }
-        let (a, b) = st.book.top_two();
-        let pending = st.in_flight.len() as u64;
-        let priority = leader_probability(a + pending, b);
+        let priority = st.priority();
         let rank = (st.sent > 0, priority.to_bits(), st.sent, q);
         self.ranked.insert(rank);
         self.ranks[q] = Some(rank);
@@ -545,17 +530,17 @@ mod tests {
         let mut q = Queue::new(3, 10);
         assert_eq!(q.pop(), Some(0));
         q.states[0].sent = 1;
-        q.states[0].vote("a".into(), "a".into());
-        q.states[0].vote("b".into(), "b".into());
+        q.states[0].vote("a");
+        q.states[0].vote("b");
         q.update(0);
         assert_eq!(q.pop(), Some(1)); // not sampled yet beats a 1-1 split
         q.states[1].sent = 1;
-        q.states[1].vote("a".into(), "a".into());
+        q.states[1].vote("a");
         q.update(1);
         assert_eq!(q.pop(), Some(2));
         q.states[2].sent = 1;
-        q.states[2].vote("a".into(), "a".into());
-        q.states[2].vote("a".into(), "a".into());
+        q.states[2].vote("a");
+        q.states[2].vote("a");
         q.update(2);
         // 0: 1-1 (P = 0.5), 1: 1-0 (0.75), 2: 2-0 (0.875).
         assert_eq!(q.pop(), Some(0));
@@ -581,7 +566,7 @@ mod tests {
         let mut q = Queue::new(2, 10);
         for i in 0..2 {
             q.states[i].sent = 1;
-            q.states[i].vote("a".into(), "a".into());
+            q.states[i].vote("a");
         }
         let (h, _) = AbortHandle::new_pair();
         q.states[0].in_flight.push((1, h));

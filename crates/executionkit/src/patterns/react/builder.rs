@@ -75,6 +75,7 @@ impl ReactLoop {
     ///         content: String::new(),
     ///         tool_calls: vec![ToolCall::new("t1", "echo", serde_json::json!({}))],
     ///         finish_reason: Some("tool_calls".into()),
+    ///         logprobs: None,
     ///     }],
     ///     ..LlmResponse::default()
     /// };
@@ -203,6 +204,7 @@ impl ReactLoop {
     ///         content: String::new(),
     ///         tool_calls: vec![ToolCall::new("t1", "rm", serde_json::json!({}))],
     ///         finish_reason: Some("tool_calls".into()),
+    ///         logprobs: None,
     ///     }],
     ///     ..LlmResponse::default()
     /// };
@@ -282,6 +284,7 @@ impl ReactLoop {
     ///         content: String::new(),
     ///         tool_calls: vec![ToolCall::new("t1", "echo", serde_json::json!({"text": "hi"}))],
     ///         finish_reason: Some("tool_calls".into()),
+    ///         logprobs: None,
     ///     }],
     ///     ..LlmResponse::default()
     /// };

@@ -23,6 +23,7 @@
 //!         content: String::new(),
 //!         tool_calls: vec![ToolCall::new("tc1", "add", serde_json::json!({"a": 2, "b": 3}))],
 //!         finish_reason: Some("tool_calls".into()),
+//!         logprobs: None,
 //!     }],
 //!     ..LlmResponse::default()
 //! };

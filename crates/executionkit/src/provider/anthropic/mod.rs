@@ -8,7 +8,8 @@
 //! `tool_result` blocks of a user message; tools are sent as `{name, description, input_schema}`;
 //! `stop` becomes `stop_sequences`; `max_tokens` is always sent (the API requires it).
 //! `response_format` and `seed` have no Messages equivalent and are not sent
-//! ([`Structured`](crate::Structured) also states the schema in the prompt); `n` above 1 is
+//! ([`Structured`](crate::Structured) also states the schema in the prompt), nor has
+//! `logprobs` (replies carry no [`Choice::logprobs`](crate::Choice::logprobs)); `n` above 1 is
 //! refused (one choice per request: [`LlmProvider::supports_n`] is `false`). `extra` keys are
 //! merged into the body last, as for [`OpenAiProvider`](super::OpenAiProvider).
 //!

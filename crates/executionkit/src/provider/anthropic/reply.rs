@@ -146,6 +146,7 @@ pub(super) fn parse_message(body: &[u8]) -> Result<LlmResponse> {
             content: text,
             tool_calls: tool_calls(calls)?,
             finish_reason: string("stop_reason").map(|r| finish_reason(&r)),
+            logprobs: None,
         }],
         usage,
         id: string("id"),

@@ -232,6 +232,7 @@ impl MessageAccumulator {
                 content: self.text,
                 tool_calls: tool_calls(wire)?,
                 finish_reason: self.stop_reason.as_deref().map(finish_reason),
+                logprobs: None,
             }],
             usage: self.usage,
             id: self.id,

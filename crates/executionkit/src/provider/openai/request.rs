@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::provider::ChatRequest;
 
 /// The JSON body: model, messages, temperature, max_tokens, tools, tool_choice,
-/// response_format, top_p, stop, seed, n, (stream, stream_options), then `extra` merged last:
+/// response_format, top_p, stop, seed, n, logprobs (when asked for), (stream, stream_options), then `extra` merged last:
 /// an extra key that names one of these replaces its value in place; the others follow.
 struct WireBody<'a> {
     model: &'a str,
@@ -32,6 +32,7 @@ impl WireBody<'_> {
             "stop" => !r.stop.is_empty(),
             "seed" => r.seed.is_some(),
             "n" => r.n.is_some(),
+            "logprobs" => r.logprobs,
             "stream" | "stream_options" => self.stream,
             _ => false,
         }
@@ -89,6 +90,9 @@ impl Serialize for WireBody<'_> {
         }
         if let Some(n) = r.n {
             put(&mut m, x, "n", &n)?;
+        }
+        if r.logprobs {
+            put(&mut m, x, "logprobs", &true)?;
         }
         if self.stream {
             put(&mut m, x, "stream", &true)?;

@@ -40,3 +40,25 @@ fn extra_keys_replace_in_place_and_append() {
         r#"{"model":"other","messages":[{"role":"user","content":"x"}],"temperature":0.1,"max_tokens":4096,"stream":true,"stream_options":{"include_usage":true},"zeta":1}"#
     );
 }
+
+#[test]
+fn logprobs_are_asked_for_only_when_set() {
+    let p = OpenAiProvider::builder("http://127.0.0.1:1/v1", "m")
+        .build()
+        .unwrap();
+    let plain = ChatRequest::new(vec![Message::user("x")]);
+    let body = p.request_body(&plain, false).unwrap();
+    assert!(!std::str::from_utf8(&body).unwrap().contains("logprobs"));
+    let asked = plain.logprobs(true).seed(3);
+    let body = p.request_body(&asked, false).unwrap();
+    assert_eq!(
+        std::str::from_utf8(&body).unwrap(),
+        r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":0.7,"max_tokens":4096,"seed":3,"logprobs":true}"#
+    );
+    // An extra key of the same name replaces it in place.
+    let body = p
+        .request_body(&asked.extra("logprobs", false), false)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["logprobs"], false);
+}

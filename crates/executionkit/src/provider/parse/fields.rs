@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{MAX_REPORTED_TOKENS, ToolCall, Usage, provider_err};
 use crate::error::Result;
+use crate::provider::LogprobSummary;
 use crate::redact::redact;
 use crate::text::prefix;
 
@@ -20,6 +21,37 @@ pub(crate) fn finish_reason(v: Option<&Value>) -> Option<String> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => Some(other.to_string()),
     }
+}
+
+/// A choice's `logprobs` value summarised: `{"content": [{"logprob": x, …}, …]}` with every
+/// `x` a number ≤ 0 gives their sum and count; anything else (absent, `null`, another shape,
+/// an entry without a `logprob` number, a positive one, a sum that is not finite) gives
+/// `None`. Token strings and `top_logprobs` are not read.
+///
+/// ```
+/// use executionkit::internals::parse::logprob_summary;
+/// let v = serde_json::json!({"content": [{"token": "Par", "logprob": -0.25, "top_logprobs": []},
+///                                        {"token": "is", "logprob": -0.75}]});
+/// let s = logprob_summary(Some(&v)).unwrap();
+/// assert_eq!((s.sum, s.tokens), (-1.0, 2));
+/// assert_eq!(logprob_summary(Some(&serde_json::json!({"content": [{"logprob": "x"}]}))), None);
+/// assert_eq!(logprob_summary(Some(&serde_json::Value::Null)), None);
+/// ```
+#[must_use]
+pub fn logprob_summary(v: Option<&Value>) -> Option<LogprobSummary> {
+    let Some(Value::Array(tokens)) = v.and_then(|l| l.get("content")) else {
+        return None;
+    };
+    let mut s = LogprobSummary::default();
+    for t in tokens {
+        s.add(token_logprob(t.get("logprob")?.as_f64()?)?);
+    }
+    s.checked()
+}
+
+/// A token's log-probability when it is one (a finite number ≤ 0).
+pub(super) fn token_logprob(x: f64) -> Option<f64> {
+    (x.is_finite() && x <= 0.0).then_some(x)
 }
 
 /// Extracts text from a `content` value: `null` → `""`, a string as is, a list of parts

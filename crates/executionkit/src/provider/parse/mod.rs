@@ -23,7 +23,8 @@ mod wire;
 
 pub use errors::{error_detail, is_insufficient_quota, parse_retry_after};
 pub use fields::{
-    content_text, parse_arguments, parse_tool_calls, parse_usage, with_usage_details,
+    content_text, logprob_summary, parse_arguments, parse_tool_calls, parse_usage,
+    with_usage_details,
 };
 pub(crate) use fields::{finish_reason, null_as_empty, wire_tool_calls};
 
@@ -124,6 +125,7 @@ pub fn parse_completion_value(value: Value) -> Result<LlmResponse> {
                 Some(Value::String(s)) => Some(s),
                 other => finish_reason(other.as_ref()),
             },
+            logprobs: logprob_summary(c.get("logprobs")),
         });
     }
     let usage = match obj.get("usage") {

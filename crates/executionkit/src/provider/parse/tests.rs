@@ -387,6 +387,32 @@ fn content() -> impl Strategy<Value = J> {
     ]
 }
 
+/// `logprobs`: `{"content": [{"token", "logprob", "top_logprobs"}, …]}` most of the time.
+fn logprobs() -> impl Strategy<Value = J> {
+    let number = prop_oneof![
+        6 => prop::sample::select(&["-0.5", "-0", "0", "-3", "0.25", "-1e308", "-7"][..])
+            .prop_map(J::Lit),
+        1 => scalar(),
+    ];
+    let top = prop::sample::select(&["[]", r#"[{"token":"x","logprob":-1.5}]"#, "null"][..]);
+    let token = obj(
+        prop_oneof![
+            3 => field(r#""logprob""#, number),
+            1 => field(r#""token""#, scalar()),
+            1 => top.prop_map(|t| (r#""top_logprobs""#, J::Lit(t))),
+        ],
+        4,
+    );
+    obj(
+        prop_oneof![
+            6 => prop::collection::vec(token, 0..5).prop_map(|t| (r#""content""#, J::Arr(t))),
+            1 => field(r#""content""#, scalar()),
+            1 => other_field(),
+        ],
+        3,
+    )
+}
+
 fn choice() -> impl Strategy<Value = J> {
     let message = obj(
         prop_oneof![
@@ -399,9 +425,10 @@ fn choice() -> impl Strategy<Value = J> {
     );
     obj(
         prop_oneof![
-            field(r#""message""#, message),
-            field(r#""finish_reason""#, scalar()),
-            field(r#""index""#, scalar()),
+            3 => field(r#""message""#, message),
+            3 => field(r#""finish_reason""#, scalar()),
+            3 => field(r#""index""#, scalar()),
+            2 => logprobs().prop_map(|v| (r#""logprobs""#, v)),
         ],
         4,
     )
@@ -446,14 +473,15 @@ proptest! {
     }
 }
 
-/// The generator reaches the typed pass often, and its refusals too.
+/// The generator reaches the typed pass often, and its refusals too, and the typed pass reads
+/// log-probabilities in some of the replies it takes.
 #[test]
 fn random_replies_reach_both_paths() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let strategy = reply();
-    let (mut typed, mut general) = (0, 0);
-    for _ in 0..2000 {
+    let (mut typed, mut general, mut with_logprobs) = (0, 0, 0);
+    for _ in 0..3000 {
         let mut b = Vec::new();
         strategy
             .new_tree(&mut runner)
@@ -462,12 +490,108 @@ fn random_replies_reach_both_paths() {
             .render(&mut b);
         if agrees(&b) {
             typed += 1;
+            let r = typed_reply(&b).unwrap();
+            if r.choices.iter().any(|c| c.logprobs.is_some()) {
+                with_logprobs += 1;
+            }
         } else {
             general += 1;
         }
     }
     assert!(
-        typed > 200 && general > 200,
-        "{typed} typed, {general} general"
+        typed > 200 && general > 200 && with_logprobs >= 5,
+        "{typed} typed ({with_logprobs} with logprobs), {general} general"
     );
+}
+
+fn logprob_reply(tokens: &str) -> String {
+    format!(
+        r#"{{"choices":[{{"message":{{"content":"Paris"}},"logprobs":{{"content":[{tokens}],"refusal":null}},"finish_reason":"stop"}}]}}"#
+    )
+}
+
+#[test]
+fn logprobs_are_summed_on_both_paths() {
+    let body = logprob_reply(
+        r#"{"token":"Par","logprob":-0.5,"bytes":[80,97,114],"top_logprobs":[{"token":"Lyon","logprob":-2.0}]},{"token":"is","logprob":-1.5,"top_logprobs":[]},{"logprob":0}"#,
+    );
+    assert!(agrees(body.as_bytes()));
+    let r = parse_reply(body.as_bytes()).unwrap();
+    let s = r.choices[0].logprobs.unwrap();
+    assert_eq!((s.sum, s.tokens), (-2.0, 3));
+    assert!((s.weight().unwrap() - (-2.0f64 / 3.0).exp()).abs() < 1e-12);
+    // The usual reply without them (`"logprobs": null`) has none.
+    assert_eq!(parse_reply(NGINX).unwrap().choices[0].logprobs, None);
+    // Several choices each keep their own.
+    let two = br#"{"choices":[{"message":{"content":"a"},"logprobs":{"content":[{"logprob":-1}]}},{"message":{"content":"b"}}]}"#;
+    assert!(agrees(two));
+    let r = parse_reply(two).unwrap();
+    assert_eq!(r.choices[0].logprobs.map(|s| s.tokens), Some(1));
+    assert_eq!(r.choices[1].logprobs, None);
+}
+
+#[test]
+fn malformed_logprobs_give_none_and_never_fail_the_reply() {
+    for tokens in [
+        r#"{"logprob":"-0.5"}"#,             // not a number
+        r#"{"logprob":-0.5},{"token":"x"}"#, // one entry without it
+        r#"{"logprob":0.5}"#,                // a probability above 1
+        r#"{"logprob":null}"#,
+        r#"{"logprob":-1e308},{"logprob":-1e308}"#, // the sum overflows
+        r#"[-0.5]"#,                                // an entry that is not an object
+        r#""x",{"logprob":-1}"#,
+        r#"{"logprob":{"v":-1}}"#,
+    ] {
+        let body = logprob_reply(tokens);
+        assert!(agrees(body.as_bytes()), "{tokens}");
+        let r = parse_reply(body.as_bytes()).unwrap();
+        assert_eq!(
+            (r.content(), r.choices[0].logprobs),
+            ("Paris", None),
+            "{tokens}"
+        );
+    }
+    for logprobs in [
+        r#""x""#,
+        "[]",
+        "7",
+        r#"{"content":null}"#,
+        r#"{"content":{"logprob":-1}}"#,
+    ] {
+        let body =
+            format!(r#"{{"choices":[{{"message":{{"content":"x"}},"logprobs":{logprobs}}}]}}"#);
+        assert!(agrees(body.as_bytes()), "{logprobs}");
+        assert_eq!(
+            parse_reply(body.as_bytes()).unwrap().choices[0].logprobs,
+            None
+        );
+    }
+    // An empty list sums nothing: no mean, no weight.
+    let body = logprob_reply("");
+    let s = parse_reply(body.as_bytes()).unwrap().choices[0]
+        .logprobs
+        .unwrap();
+    assert_eq!((s.tokens, s.mean(), s.weight()), (0, None, None));
+    // Repeated keys: the last wins, as in a `Value`.
+    let body = logprob_reply(r#"{"logprob":"x","logprob":-1}"#);
+    assert!(agrees(body.as_bytes()));
+    assert_eq!(
+        parse_reply(body.as_bytes()).unwrap().choices[0]
+            .logprobs
+            .map(|s| s.sum),
+        Some(-1.0)
+    );
+}
+
+#[test]
+fn a_huge_logprobs_list_is_summed_by_the_typed_pass() {
+    let token = r#"{"token":"ab","logprob":-0.25,"bytes":[97,98],"top_logprobs":[{"token":"c","logprob":-3.0}]}"#;
+    let n = 100_000;
+    let body = logprob_reply(&vec![token; n].join(","));
+    assert!(body.len() > 8_000_000);
+    // The typed pass (which keeps nothing per token) takes it.
+    let typed = typed_reply(body.as_bytes()).unwrap();
+    let s = typed.choices[0].logprobs.unwrap();
+    assert_eq!((s.tokens, s.sum), (n as u64, -0.25 * n as f64));
+    assert_eq!(typed, parse_completion(body.as_bytes()).unwrap());
 }

@@ -12,11 +12,12 @@ use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use super::fields::decode_argument_string;
+use super::fields::{decode_argument_string, token_logprob};
 use super::{
     Choice, LlmResponse, MAX_REPORTED_TOKENS, MAX_TOOL_CALLS, ToolCall, Usage, content_text,
     finish_reason,
 };
+use crate::provider::LogprobSummary;
 
 /// A value that is read and dropped. It goes through `deserialize_any`, as a `Value` does
 /// (serde's `IgnoredAny` does not: serde_json then skips without checking number ranges,
@@ -365,6 +366,7 @@ impl<'de> Visitor<'de> for ChoicesVisitor {
 pub(super) struct WireChoice<'de> {
     message: Option<OrDefault<WireMessage<'de>>>,
     finish_reason: Option<Loose<'de>>,
+    logprobs: Option<OrDefault<WireLogprobs>>,
 }
 
 impl<'de> Fields<'de> for WireChoice<'de> {
@@ -372,6 +374,7 @@ impl<'de> Fields<'de> for WireChoice<'de> {
         match key {
             "message" => self.message = Some(map.next_value()?),
             "finish_reason" => self.finish_reason = Some(map.next_value()?),
+            "logprobs" => self.logprobs = Some(map.next_value()?),
             _ => {
                 map.next_value::<Skip>()?;
             }
@@ -404,7 +407,148 @@ impl WireChoice<'_> {
             content,
             tool_calls,
             finish_reason,
+            logprobs: self
+                .logprobs
+                .and_then(|OrDefault(l)| l.content)
+                .and_then(|TokenLogprobs(s)| s),
         })
+    }
+}
+
+/// A choice's `logprobs`: only `content` is read (as `logprob_summary` reads it).
+#[derive(Default)]
+pub(super) struct WireLogprobs {
+    content: Option<TokenLogprobs>,
+}
+
+impl<'de> Fields<'de> for WireLogprobs {
+    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "content" => self.content = Some(map.next_value()?),
+            _ => {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `logprobs.content`: the list of tokens summed as it is read, one entry at a time, so that
+/// its length costs no memory; `None` for any other value or a list with an entry that is not
+/// a token with a log-probability.
+pub(super) struct TokenLogprobs(Option<LogprobSummary>);
+
+impl<'de> Deserialize<'de> for TokenLogprobs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TokenLogprobsVisitor)
+    }
+}
+
+struct TokenLogprobsVisitor;
+
+impl<'de> Visitor<'de> for TokenLogprobsVisitor {
+    type Value = TokenLogprobs;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TokenLogprobs, A::Error> {
+        let mut sum = Some(LogprobSummary::default());
+        while let Some(OrDefault(WireToken { logprob })) = seq.next_element()? {
+            match (
+                sum.as_mut(),
+                logprob.and_then(|Number(x)| x).and_then(token_logprob),
+            ) {
+                (Some(s), Some(x)) => s.add(x),
+                _ => sum = None,
+            }
+        }
+        Ok(TokenLogprobs(sum.and_then(LogprobSummary::checked)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TokenLogprobs, A::Error> {
+        SkipVisitor.visit_map(map).map(|_| TokenLogprobs(None))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<TokenLogprobs, E> {
+        Ok(TokenLogprobs(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<TokenLogprobs, E> {
+        Ok(TokenLogprobs(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<TokenLogprobs, E> {
+        Ok(TokenLogprobs(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<TokenLogprobs, E> {
+        Ok(TokenLogprobs(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<TokenLogprobs, E> {
+        Ok(TokenLogprobs(None))
+    }
+    fn visit_unit<E>(self) -> Result<TokenLogprobs, E> {
+        Ok(TokenLogprobs(None))
+    }
+}
+
+/// One entry of `logprobs.content`: its `logprob` (`None` when absent; an entry that is not
+/// an object reads as one without it).
+#[derive(Default)]
+pub(super) struct WireToken {
+    logprob: Option<Number>,
+}
+
+impl<'de> Fields<'de> for WireToken {
+    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "logprob" => self.logprob = Some(map.next_value()?),
+            _ => {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A number as `f64` (as `Value::as_f64` reads it), or `None` for any other value.
+struct Number(Option<f64>);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NumberVisitor)
+    }
+}
+
+struct NumberVisitor;
+
+impl<'de> Visitor<'de> for NumberVisitor {
+    type Value = Number;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    #[allow(clippy::cast_precision_loss)]
+    fn visit_i64<E>(self, v: i64) -> Result<Number, E> {
+        Ok(Number(Some(v as f64)))
+    }
+    #[allow(clippy::cast_precision_loss)]
+    fn visit_u64<E>(self, v: u64) -> Result<Number, E> {
+        Ok(Number(Some(v as f64)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Number, E> {
+        Ok(Number(Some(v)))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Number, E> {
+        Ok(Number(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Number, E> {
+        Ok(Number(None))
+    }
+    fn visit_unit<E>(self) -> Result<Number, E> {
+        Ok(Number(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Number, A::Error> {
+        SkipVisitor.visit_seq(seq).map(|_| Number(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Number, A::Error> {
+        SkipVisitor.visit_map(map).map(|_| Number(None))
     }
 }
 

@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use super::tool_calls::ToolCalls;
 use super::{SseLine, StreamLimits, limit_err, parse_sse_data, provider_err};
 use crate::error::Result;
-use crate::provider::parse::{finish_reason, parse_usage};
-use crate::provider::{Choice, LlmResponse, StreamEvent, Usage};
+use crate::provider::parse::{finish_reason, logprob_summary, parse_usage};
+use crate::provider::{Choice, LlmResponse, LogprobSummary, StreamEvent, Usage};
 use crate::redact::redact;
 use crate::text::prefix;
 
@@ -31,6 +31,7 @@ pub struct StreamAccumulator {
     tool_calls: ToolCalls,
     usage: Option<Usage>,
     finish_reason: Option<String>,
+    logprobs: Logprobs,
     done: bool,
     id: Option<String>,
     model: Option<String>,
@@ -183,6 +184,7 @@ impl StreamAccumulator {
                 }
             }
         }
+        self.logprobs.push(choice.get("logprobs"));
         if let Some(reason) = finish_reason(choice.get("finish_reason")) {
             self.finish_reason = Some(reason);
         }
@@ -254,11 +256,49 @@ impl StreamAccumulator {
                 content: self.text,
                 tool_calls,
                 finish_reason: self.finish_reason,
+                logprobs: self.logprobs.summary(),
             }],
             usage: self.usage.unwrap_or_default(),
             id: self.id,
             model: self.model,
         })
+    }
+}
+
+/// The log-probabilities of a stream's chunks, summed as they come (the tokens are not kept).
+#[derive(Debug, Clone, Copy, Default)]
+enum Logprobs {
+    /// No chunk carried any.
+    #[default]
+    None,
+    /// The sum so far.
+    Sum(LogprobSummary),
+    /// A chunk carried them in a shape that is not `content[].logprob` numbers.
+    Broken,
+}
+
+impl Logprobs {
+    /// Adds one chunk's `logprobs` (absent or `null` adds nothing).
+    fn push(&mut self, v: Option<&Value>) {
+        if matches!(v, None | Some(Value::Null)) || matches!(self, Self::Broken) {
+            return;
+        }
+        *self = match (logprob_summary(v), *self) {
+            (Some(chunk), Self::None) => Self::Sum(chunk),
+            (Some(chunk), Self::Sum(mut s)) => {
+                s.sum += chunk.sum;
+                s.tokens = s.tokens.saturating_add(chunk.tokens);
+                s.checked().map_or(Self::Broken, Self::Sum)
+            }
+            _ => Self::Broken,
+        };
+    }
+
+    fn summary(self) -> Option<LogprobSummary> {
+        match self {
+            Self::Sum(s) => Some(s),
+            Self::None | Self::Broken => None,
+        }
     }
 }
 

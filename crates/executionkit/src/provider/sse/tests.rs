@@ -554,3 +554,55 @@ proptest! {
         prop_assert_eq!(run(split(&bytes, &cuts), &lines_only).1.is_some(), too_long);
     }
 }
+
+#[test]
+fn stream_logprobs_are_summed_across_chunks() {
+    let mut acc = StreamAccumulator::new();
+    feed(
+        &mut acc,
+        r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null}]}"#,
+    );
+    feed(
+        &mut acc,
+        r#"{"choices":[{"index":0,"delta":{"content":"Par"},"logprobs":{"content":[{"token":"Par","logprob":-0.5,"top_logprobs":[]}]}}]}"#,
+    );
+    feed(
+        &mut acc,
+        r#"{"choices":[{"index":0,"delta":{"content":"is"},"logprobs":{"content":[{"token":"is","logprob":-1.5}]}}]}"#,
+    );
+    feed(
+        &mut acc,
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+    );
+    let r = acc.finish().unwrap();
+    assert_eq!(r.content(), "Paris");
+    let s = r.choices[0].logprobs.unwrap();
+    assert_eq!((s.sum, s.tokens), (-2.0, 2));
+}
+
+#[test]
+fn stream_logprobs_are_absent_without_them_and_dropped_when_one_chunk_is_malformed() {
+    let mut acc = StreamAccumulator::new();
+    feed(
+        &mut acc,
+        r#"{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}]}"#,
+    );
+    assert_eq!(acc.finish().unwrap().choices[0].logprobs, None);
+
+    let mut acc = StreamAccumulator::new();
+    feed(
+        &mut acc,
+        r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":{"content":[{"logprob":-0.5}]}}]}"#,
+    );
+    feed(
+        &mut acc,
+        r#"{"choices":[{"index":0,"delta":{"content":"b"},"logprobs":{"content":[{"logprob":"high"}]}}]}"#,
+    );
+    feed(
+        &mut acc,
+        r#"{"choices":[{"index":0,"delta":{"content":"c"},"logprobs":{"content":[{"logprob":-0.5}]}}]}"#,
+    );
+    feed(&mut acc, "[DONE]");
+    let r = acc.finish().unwrap();
+    assert_eq!((r.content(), r.choices[0].logprobs), ("abc", None));
+}
