@@ -222,6 +222,10 @@ pub struct ConsensusArgs {
     /// a sample by exp(mean token log-probability); plain counting when a sample has none.
     #[arg(long)]
     pub logprob_weights: bool,
+    /// Universal self-consistency: when every answer differs, one extra (counted) call asks the
+    /// model which answer is the most consistent with the others, and that answer wins.
+    #[arg(long)]
+    pub usc: bool,
 }
 
 // `ek refine` (no doc comment: see `ConsensusArgs`).

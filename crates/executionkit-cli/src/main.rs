@@ -416,7 +416,8 @@ fn consensus(a: &ConsensusArgs, call: &CallOptions) -> Result<Consensus, Error> 
         .max_concurrency(a.max_concurrency)
         .strategy(strategy)
         .early_stop(early_stop)
-        .logprob_weights(a.logprob_weights);
+        .logprob_weights(a.logprob_weights)
+        .usc(a.usc);
     c.validate()?;
     Ok(c)
 }

@@ -24,6 +24,7 @@ pub const CONSENSUS_KEYS: &[&str] = &[
     "max_tokens",
     "early_stop",
     "logprob_weights",
+    "usc",
 ];
 /// Keys of a refine step.
 pub const REFINE_KEYS: &[&str] = &[
@@ -183,6 +184,10 @@ pub fn parse_step(index: usize, spec: &str, call: &CallOptions) -> Result<StepSp
             ("logprob_weights", StepPattern::Consensus(c)) => {
                 let yes = parse(value).ok_or_else(|| bad("true or false"))?;
                 StepPattern::Consensus(c.logprob_weights(yes))
+            }
+            ("usc", StepPattern::Consensus(c)) => {
+                let yes = parse(value).ok_or_else(|| bad("true or false"))?;
+                StepPattern::Consensus(c.usc(yes))
             }
             ("temperature", StepPattern::Consensus(c)) => StepPattern::Consensus(
                 c.temperature(parse_f64(value).ok_or_else(|| bad("a number >= 0"))?),

@@ -37,7 +37,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use kit::Kit;
 pub use patterns::call::{consensus, refine_loop};
 pub use patterns::consensus::{ConsensusSet, ConsensusSetResult};
-pub use patterns::consensus::{EarlyStopStats, VoteCount};
+pub use patterns::consensus::{EarlyStopStats, UscStats, VoteCount};
 pub use patterns::react::{ReactCheckpoint, ReactLoop, ReactStats, ReactTermination, Summary};
 pub use patterns::structured::structured;
 pub use patterns::vote_keys;
@@ -120,6 +120,10 @@ pub mod internals {
     /// Vote tallies.
     pub mod voting {
         pub use crate::engine::voting::*;
+    }
+    /// Universal self-consistency's selection call.
+    pub mod usc {
+        pub use crate::patterns::usc::*;
     }
     /// Stop rules' vote book.
     pub mod stop {

@@ -62,6 +62,36 @@ pub struct ConsensusStats {
     /// `logprob_weighted`, absent when weights were not asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logprob_weighted: Option<bool>,
+    /// With [`Consensus::usc`], when every answer differed and the selection call ran: what it
+    /// picked. Metadata key `usc`, absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usc: Option<UscStats>,
+}
+
+/// What universal self-consistency's selection call did ([`ConsensusStats::usc`]):
+/// `{"picked": <sample index>|null, "failure": null|"unparsable"|<error kind>}`.
+///
+/// ```
+/// use executionkit::{Consensus, MockProvider, RunContext};
+/// # futures::executor::block_on(async {
+/// // Three different answers, then the selection call's reply.
+/// let p = MockProvider::new(["It is four.", "4", "Four, I think.", r#"{"response": 1}"#]);
+/// let r = Consensus::new().samples(3).max_concurrency(1).usc(true)
+///     .run(&p, "What is 2 + 2?", &RunContext::new()).await.unwrap();
+/// assert_eq!(r.value, "4");
+/// assert_eq!(r.stats.usc.unwrap().picked, Some(1));
+/// assert_eq!(r.metadata["usc"], serde_json::json!({"picked": 1, "failure": null}));
+/// assert_eq!(r.cost.llm_calls, 4);
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UscStats {
+    /// The chosen answer's sample index (in the order the answers were counted), or `None`
+    /// when the call failed or its reply named no answer (the vote's winner is kept).
+    pub picked: Option<usize>,
+    /// Why nothing was picked: `"unparsable"`, or the failed call's error kind
+    /// (`budget_exhausted`, …).
+    pub failure: Option<String>,
 }
 
 /// How a consensus with a stop rule ended ([`ConsensusStats::early_stop`]).
@@ -183,6 +213,7 @@ pub struct Consensus {
     use_n: bool,
     early_stop: StopRule,
     logprob_weights: bool,
+    usc: bool,
 }
 
 impl Default for Consensus {
@@ -196,6 +227,7 @@ impl Default for Consensus {
             use_n: false,
             early_stop: StopRule::Fixed,
             logprob_weights: false,
+            usc: false,
         }
     }
 }
@@ -211,6 +243,7 @@ impl fmt::Debug for Consensus {
             .field("use_n", &self.use_n)
             .field("early_stop", &self.early_stop)
             .field("logprob_weights", &self.logprob_weights)
+            .field("usc", &self.usc)
             .finish()
     }
 }
@@ -406,6 +439,29 @@ impl Consensus {
         self
     }
 
+    /// Universal self-consistency for free text (off by default): when the samples' answers
+    /// all differ (no two equal after normalisation or [`vote_key`](Self::vote_key)), one
+    /// extra call shows the model every answer and asks which is the most consistent with the
+    /// others; its choice becomes the value. The call is counted in the budget like any other
+    /// (a refused JSON-schema `response_format` is asked again in plain text, as the refine
+    /// judge does). When it fails, or its reply names no answer, the vote's winner is kept and
+    /// `metadata.usc` says why; the run does not fail for it. See [`UscStats`].
+    ///
+    /// ```
+    /// use executionkit::{Consensus, MockProvider, RunContext};
+    /// # futures::executor::block_on(async {
+    /// // Two answers agree: no selection call.
+    /// let p = MockProvider::new(["4", "4", "four"]);
+    /// let r = Consensus::new().samples(3).usc(true).run(&p, "2 + 2?", &RunContext::new()).await.unwrap();
+    /// assert_eq!((r.value.as_str(), r.cost.llm_calls), ("4", 3));
+    /// assert!(r.metadata.get("usc").is_none());
+    /// # });
+    /// ```
+    pub fn usc(mut self, yes: bool) -> Self {
+        self.usc = yes;
+        self
+    }
+
     /// Stops sampling when the answer is settled ([`StopRule`]; default [`StopRule::Fixed`]:
     /// every sample). With a rule, `samples` is the cap; samples go out `max_concurrency` at a
     /// time, each its own request (sample *i* still sends seed + *i*; `use_n` is not used), and
@@ -484,19 +540,109 @@ impl Consensus {
         tracker: &CostTracker,
     ) -> Result<PatternResult<String, ConsensusStats>> {
         let messages = self.call.messages(prompt);
+        let (result, distinct) = if self.early_stop.stops_early() {
+            self.vote_until_settled(provider, &messages, ctx, tracker)
+                .await?
+        } else {
+            self.vote_fixed(provider, &messages, ctx, tracker).await?
+        };
+        Ok(match distinct {
+            Some(texts) => {
+                self.select_usc(provider, prompt, &texts, result, ctx, tracker)
+                    .await
+            }
+            None => result,
+        })
+    }
 
-        if self.early_stop.stops_early() {
-            return self
-                .vote_until_settled(provider, &messages, ctx, tracker)
-                .await;
-        }
+    /// The texts of a vote of `samples` whose answers all differ (`unique == samples`, at
+    /// least two), when [`usc`](Self::usc) is on: what the selection call chooses from.
+    fn distinct_texts<'t>(
+        &self,
+        samples: usize,
+        unique: usize,
+        texts: impl Iterator<Item = &'t str>,
+    ) -> Option<Vec<String>> {
+        (self.usc && samples >= 2 && unique == samples).then(|| texts.map(str::to_owned).collect())
+    }
 
+    /// Universal self-consistency's selection call over `texts`; sets the value and
+    /// `stats.usc`. A failure keeps the vote's winner.
+    async fn select_usc(
+        &self,
+        provider: &dyn LlmProvider,
+        prompt: &str,
+        texts: &[String],
+        result: PatternResult<String, ConsensusStats>,
+        ctx: &RunContext,
+        tracker: &CostTracker,
+    ) -> PatternResult<String, ConsensusStats> {
+        use super::usc::{
+            USC_MAX_CHARS, USC_MAX_TOKENS, USC_TEMPERATURE, parse_usc_choice, usc_messages,
+            usc_response_format,
+        };
+        let answers: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut plain = self.call.request(
+            usc_messages(prompt, &answers, USC_MAX_CHARS),
+            USC_TEMPERATURE,
+        );
+        plain.temperature = Some(USC_TEMPERATURE);
+        plain.max_tokens = Some(USC_MAX_TOKENS);
+        let reply = if provider.response_format_refused() {
+            ctx.complete(provider, plain, tracker).await
+        } else {
+            let structured = plain
+                .clone()
+                .response_format(usc_response_format(texts.len()));
+            match ctx.complete(provider, structured, tracker).await {
+                Err(e) if e.is_permanent() && matches!(e.http_status(), Some(400 | 422)) => {
+                    provider.note_response_format_refused();
+                    ctx.complete(provider, plain, tracker).await
+                }
+                other => other,
+            }
+        };
+        let mut value = result.value;
+        let usc = match reply {
+            Ok(resp) => match parse_usc_choice(resp.content(), texts.len()) {
+                Some(k) => {
+                    value.clone_from(&texts[k]);
+                    UscStats {
+                        picked: Some(k),
+                        failure: None,
+                    }
+                }
+                None => UscStats {
+                    picked: None,
+                    failure: Some("unparsable".to_owned()),
+                },
+            },
+            Err(e) => UscStats {
+                picked: None,
+                failure: Some(e.kind().as_str().to_owned()),
+            },
+        };
+        let mut stats = result.stats;
+        stats.usc = Some(usc);
+        let mut r = PatternResult::with_stats(value, stats);
+        r.score = result.score;
+        r
+    }
+
+    /// Every sample drawn (no stop rule), then the vote.
+    async fn vote_fixed(
+        &self,
+        provider: &dyn LlmProvider,
+        messages: &[Message],
+        ctx: &RunContext,
+        tracker: &CostTracker,
+    ) -> Result<(PatternResult<String, ConsensusStats>, Option<Vec<String>>)> {
         let mut texts: Vec<Option<String>> = vec![None; self.samples];
         let mut weights: Vec<Option<f64>> = vec![None; self.samples];
 
         if self.use_n && self.samples > 1 && provider.supports_n() {
             if let Ok(n) = u32::try_from(self.samples) {
-                let req = self.request(&messages, 0).n(n);
+                let req = self.request(messages, 0).n(n);
                 let resp = ctx.complete(provider, req, tracker).await?;
                 for ((slot, weight), choice) in
                     texts.iter_mut().zip(weights.iter_mut()).zip(resp.choices)
@@ -509,7 +655,6 @@ impl Consensus {
 
         let missing: Vec<usize> = (0..self.samples).filter(|&i| texts[i].is_none()).collect();
         {
-            let messages = &messages;
             let mut in_flight = futures::stream::iter(missing)
                 .map(|i| {
                     let req = self.request(messages, i);
@@ -539,6 +684,11 @@ impl Consensus {
             None => texts.iter().map(|t| normalized(t)).collect(),
         };
         let t = tally_keys(&keys, self.strategy)?;
+        let distinct = self.distinct_texts(
+            texts.len(),
+            t.unique_responses,
+            texts.iter().map(String::as_str),
+        );
         if self.logprob_weights {
             // Tally again with weights, in sample order (the unanimous check is done).
             let mut votes = Votes::default();
@@ -552,7 +702,10 @@ impl Consensus {
             }
             stats.logprob_weighted = Some(weighted);
             let score = stats.agreement_ratio;
-            return Ok(PatternResult::with_stats(value, stats).with_score(score));
+            return Ok((
+                PatternResult::with_stats(value, stats).with_score(score),
+                distinct,
+            ));
         }
         let value = texts.into_iter().nth(t.winner_index).unwrap_or_default();
         let stats = ConsensusStats {
@@ -561,8 +714,12 @@ impl Consensus {
             tie_count: t.tie_count,
             early_stop: None,
             logprob_weighted: None,
+            usc: None,
         };
-        Ok(PatternResult::with_stats(value, stats).with_score(t.agreement_ratio))
+        Ok((
+            PatternResult::with_stats(value, stats).with_score(t.agreement_ratio),
+            distinct,
+        ))
     }
 }
 
@@ -630,6 +787,7 @@ impl Votes {
                 vote_counts,
             }),
             logprob_weighted: None,
+            usc: None,
         };
         (stats, value)
     }
@@ -644,7 +802,7 @@ impl Consensus {
         messages: &[Message],
         ctx: &RunContext,
         tracker: &CostTracker,
-    ) -> Result<PatternResult<String, ConsensusStats>> {
+    ) -> Result<(PatternResult<String, ConsensusStats>, Option<Vec<String>>)> {
         let mut votes = Votes::default();
         let mut stopped_early = false;
         {
@@ -679,10 +837,18 @@ impl Consensus {
             }
         }
         let weighted = self.logprob_weights.then(|| votes.book.is_weighted());
+        let distinct = self.distinct_texts(
+            votes.book.len(),
+            votes.answers.len(),
+            votes.answers.iter().map(|a| a.1.as_str()),
+        );
         let (mut stats, value) = votes.stats(self.early_stop, stopped_early);
         stats.logprob_weighted = weighted;
         let agreement = stats.agreement_ratio;
-        Ok(PatternResult::with_stats(value, stats).with_score(agreement))
+        Ok((
+            PatternResult::with_stats(value, stats).with_score(agreement),
+            distinct,
+        ))
     }
 }
 

@@ -50,6 +50,7 @@ pub mod refine;
 /// # });
 /// ```
 pub mod structured;
+pub(crate) mod usc;
 pub mod vote_keys;
 
 pub use crate::engine::voting::VotingStrategy;

@@ -255,6 +255,12 @@ impl ConsensusSet {
                 "a consensus set settles questions by its own stop_rule; leave the consensus's early_stop unset",
             ));
         }
+        if self.consensus.usc {
+            return Err(Error::invalid_argument(
+                "usc",
+                "universal self-consistency (usc) is not available in a consensus set; leave it off",
+            ));
+        }
         self.stop_rule.check()?;
         if questions == 0 {
             return Err(Error::invalid_argument(
