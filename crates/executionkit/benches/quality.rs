@@ -20,8 +20,12 @@
 //! symbols) at N = 20, the vote key being the last word of the reply's first line; every rule again reads a
 //! prefix of the same seeded answers (`seed = i` on sample `i`, one request at a time).
 //!
-//! `cargo bench -p executionkit --bench quality -- [--seeds 5] [--questions 400]`, or
-//! `bench/quality/run.sh`. Not run in CI (CI only builds it).
+//! Then (d): the seed pipeline (consensus of 5, then refine to 0.9 in at most 3 rounds, at most
+//! 20 calls) on SmolLM2 with seeds 1–10: how many runs end with a value rather than an error
+//! (issue 12 asks for at least 9 of 10; CI's test runs two seeds).
+//!
+//! `cargo bench -p executionkit --bench quality -- [--seeds 5] [--questions 400]
+//! [--llama-only]`, or `bench/quality/run.sh`. Not run in CI (CI only builds it).
 
 #![allow(
     clippy::unwrap_used,
@@ -35,7 +39,10 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use executionkit::{Budget, Consensus, OpenAiProvider, RunContext, StopRule, WithCallOptions};
+use executionkit::{
+    Budget, Consensus, ConsensusSet, OpenAiProvider, Pipe, RefineLoop, RunContext, StopRule,
+    WithCallOptions,
+};
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -182,30 +189,72 @@ struct Outcome {
     calls: u64,
 }
 
-/// A rule under test.
+/// A rule under test: a consensus per question, or (benchmark (c)) one `ConsensusSet` over
+/// each dataset's questions with `per_question` samples each on average.
 #[derive(Clone)]
 struct Rule {
     name: String,
     consensus: Consensus,
+    set: Option<(usize, StopRule)>,
 }
 
 fn rules(n: usize) -> Vec<Rule> {
     let base = || Consensus::new().samples(n).max_concurrency(1).seed(0);
-    let mut v = vec![Rule {
-        name: format!("fixed N={n}"),
-        consensus: base(),
-    }];
+    let rule = |name: String, consensus: Consensus| Rule {
+        name,
+        consensus,
+        set: None,
+    };
+    let mut v = vec![rule(format!("fixed N={n}"), base())];
     for k in [3, 4, 5] {
-        v.push(Rule {
-            name: format!("window:{k}"),
-            consensus: base().early_stop(StopRule::window(k)),
-        });
+        v.push(rule(
+            format!("window:{k}"),
+            base().early_stop(StopRule::window(k)),
+        ));
     }
     for c in [0.9, 0.95, 0.99] {
+        v.push(rule(
+            format!("adaptive:{c}"),
+            base().early_stop(StopRule::adaptive(c)),
+        ));
+    }
+    for c in [0.95, 0.99] {
+        v.push(rule(
+            format!("adaptive:{c} + logprob weights"),
+            base()
+                .early_stop(StopRule::adaptive(c))
+                .logprob_weights(true),
+        ));
+    }
+    v
+}
+
+/// Benchmark (c): the many-questions mode at a few totals, against fixed N at the same total.
+fn set_rules(n: usize) -> Vec<Rule> {
+    let mut v = Vec::new();
+    for per_question in [8, 10, 12, 14] {
         v.push(Rule {
-            name: format!("adaptive:{c}"),
-            consensus: base().early_stop(StopRule::adaptive(c)),
+            name: format!("fixed N={per_question} (same total)"),
+            consensus: Consensus::new()
+                .samples(per_question)
+                .max_concurrency(1)
+                .seed(0),
+            set: None,
         });
+        for (c, weights) in [(0.95, false), (0.99, true)] {
+            v.push(Rule {
+                name: format!(
+                    "set: {per_question}/question, adaptive:{c}{}",
+                    if weights { " + logprob weights" } else { "" }
+                ),
+                consensus: Consensus::new()
+                    .samples(n)
+                    .max_concurrency(64)
+                    .seed(0)
+                    .logprob_weights(weights),
+                set: Some((per_question, StopRule::adaptive(c))),
+            });
+        }
     }
     v
 }
@@ -218,6 +267,32 @@ async fn run_rule(
     questions: u64,
     parallel: usize,
 ) -> Vec<Outcome> {
+    if let Some((per_question, stop)) = rule.set {
+        let prompts: Vec<String> = (0..questions)
+            .map(|k| format!("dataset {seed} question {k}"))
+            .collect();
+        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let set = ConsensusSet::new()
+            .consensus(rule.consensus.clone())
+            .total_samples(per_question * prompts.len())
+            .stop_rule(stop);
+        let r = set
+            .run(provider, &prompts, &RunContext::new())
+            .await
+            .unwrap();
+        return r
+            .results
+            .iter()
+            .zip(0..)
+            .map(|(q, k)| {
+                let q = q.as_ref().unwrap();
+                Outcome {
+                    correct: q.value == answer_text(k, 0),
+                    calls: q.cost.llm_calls,
+                }
+            })
+            .collect();
+    }
     futures::stream::iter(0..questions)
         .map(|k| {
             let c = rule.consensus.clone();
@@ -254,7 +329,17 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let llama_only = args.iter().any(|a| a == "--llama-only");
     rt.block_on(async {
+        if llama_only {
+            if let Ok(url) = std::env::var("EK_LLAMA_URL") {
+                let key =
+                    std::env::var("EK_LLAMA_KEY").unwrap_or_else(|_| "ek-test-key".to_owned());
+                llama(&url, &key).await;
+                seed_pipeline(&url, &key).await;
+            }
+            return;
+        }
         let addr = serve().await;
         let provider = OpenAiProvider::builder(format!("http://{addr}/v1"), "synthetic")
             .no_proxy()
@@ -274,11 +359,87 @@ fn main() {
             "(a) synthetic questions: {seeds} seeds x {questions} questions, p(correct) ~ U(0.35, 0.95), 2-4 wrong answers ~ Dirichlet(1)"
         );
         report(&rules, &outcomes);
+
+        // (c): the reference stays fixed N = 40.
+        let mut rules_c = vec![rules[0].clone()];
+        rules_c.extend(set_rules(N));
+        let mut outcomes_c = vec![outcomes[0].clone()];
+        for rule in &rules_c[1..] {
+            let mut all = Vec::new();
+            for seed in 1..=seeds {
+                all.extend(run_rule(&provider, rule, seed, questions, 64).await);
+            }
+            outcomes_c.push(all);
+        }
+        println!();
+        println!(
+            "(c) many questions, one total: each dataset's {questions} questions as one ConsensusSet (cap {N} per question), against fixed N at the same total"
+        );
+        report(&rules_c, &outcomes_c);
         if let Ok(url) = std::env::var("EK_LLAMA_URL") {
             let key = std::env::var("EK_LLAMA_KEY").unwrap_or_else(|_| "ek-test-key".to_owned());
             llama(&url, &key).await;
+            seed_pipeline(&url, &key).await;
         }
     });
+}
+
+/// (d): the seed pipeline on SmolLM2, seeds 1–10.
+async fn seed_pipeline(url: &str, key: &str) {
+    const PROMPT: &str = "Write a one-paragraph executive summary of the Turing test for an audience of non-technical board members.";
+    let provider = OpenAiProvider::builder(url, "smollm2")
+        .api_key(key)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let mut values = 0;
+    let mut lines = Vec::new();
+    for seed in 1..=10_u64 {
+        let r = Pipe::new()
+            .step(
+                Consensus::default()
+                    .samples(5)
+                    .temperature(0.9)
+                    .max_tokens(128)
+                    .seed(seed),
+            )
+            .step(
+                RefineLoop::default()
+                    .target_score(0.9)
+                    .max_iterations(3)
+                    .max_tokens(128)
+                    .seed(seed),
+            )
+            .max_budget(
+                Budget::new()
+                    .max_input_tokens(20_000)
+                    .max_output_tokens(10_000)
+                    .max_calls(20),
+            )
+            .run(&provider, PROMPT, &RunContext::new())
+            .await;
+        match r {
+            Ok(r) => {
+                values += 1;
+                lines.push(format!(
+                    "| {seed} | value | {} | {:?} |",
+                    r.cost.llm_calls, r.score
+                ));
+            }
+            Err(e) => lines.push(format!(
+                "| {seed} | {} | {} | |",
+                e.kind().as_str(),
+                e.cost().llm_calls
+            )),
+        }
+    }
+    println!();
+    println!("(d) the seed pipeline on SmolLM2-135M, seeds 1-10: {values} of 10 end with a value");
+    println!("| seed | outcome | calls | score |");
+    println!("|---|---|---|---|");
+    for l in lines {
+        println!("{l}");
+    }
 }
 
 /// (b): 50 one-word questions and their answers.
@@ -358,8 +519,10 @@ async fn llama(url: &str, key: &str) {
         .unwrap();
     let rules: Vec<Rule> = rules(N_LLAMA)
         .into_iter()
+        .filter(|r| !r.name.contains("logprob"))
         .map(|r| Rule {
             name: r.name,
+            set: None,
             consensus: r
                 .consensus
                 .vote_key(answer_word)
