@@ -49,8 +49,9 @@ use crate::usage::TokenUsage;
 ///    samples in flight spread over the questions instead of piling onto one) and *n* the
 ///    samples it was sent. Dividing by *n* moves samples away from a question that stays split
 ///    after many samples (a near tie that more samples barely settle) to questions not yet
-///    sampled much: on the synthetic benchmark (bench/quality) this loses 1.4 accuracy points
-///    against fixed N = 40 at 10 samples a question, where ranking by `P` alone lost 1.8. Ties
+///    sampled much. On the synthetic benchmark (bench/quality, 2,000 questions) at 8 samples a
+///    question this lost 3.1 accuracy points against fixed N = 40 where ranking by `P` alone
+///    lost 4.25; at 10 a question both lost about 1.9 (RESULTS.md). Ties
 ///    go to the question sent fewer samples, then to the earlier one. `leader_probability` is
 ///    the closed form of [`StopRule::Adaptive`]: `P(θ > ½)` for `θ ~ Beta(a + 1, b + 1)`.
 ///
