@@ -554,6 +554,37 @@ impl BudgetLedger {
         Ok(Some(per))
     }
 
+    /// Records spend made outside this ledger (a resumed run's earlier spend, from a
+    /// [`WorkflowCheckpoint`](crate::WorkflowCheckpoint)) here and at every level above, as if
+    /// its calls had run here: later reservations see it, so a resumed run stays within the
+    /// limits in total. `usd` is added at the levels that know prices. Nothing is refused: spend
+    /// past a limit makes every later reservation fail with `budget_exhausted`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use executionkit::{Budget, BudgetLedger, TokenUsage};
+    /// # futures::executor::block_on(async {
+    /// let outer = Arc::new(BudgetLedger::new(Budget::new().max_calls(3)));
+    /// let inner = BudgetLedger::child(outer.clone(), Budget::new());
+    /// inner.charge(TokenUsage::new(10, 5, 3), None);
+    /// assert_eq!(outer.spent(), TokenUsage::new(10, 5, 3));
+    /// let inner = Arc::new(inner);
+    /// assert!(inner.reserve("m", 8, false).await.unwrap_err().is_budget_exhausted());
+    /// # });
+    /// ```
+    pub fn charge(&self, usage: TokenUsage, usd: Option<f64>) {
+        let mut level = Some(self);
+        while let Some(l) = level {
+            let mut s = l.lock();
+            s.spent += usage;
+            if let (Some(usd), true) = (usd, l.budget.has_prices()) {
+                s.usd += usd;
+            }
+            drop(s);
+            level = l.parent.as_deref();
+        }
+    }
+
     /// Returns `r` at this level and every level above, recording `usage` at each; wakes
     /// waiters once every level is updated. Returns the call's cost at this level's prices.
     fn release(&self, r: &Reservation, usage: Option<Usage>) -> f64 {
