@@ -305,7 +305,11 @@ impl Step {
 /// * `spent`: everything the workflow had spent when the checkpoint was taken: the finished
 ///   steps, the calls of steps still running (every call counts when it is reserved; the
 ///   tokens of a call still in flight are not known yet) and what an earlier run it resumed had
-///   spent. [`Workflow::resume`] starts its ledger with it.
+///   spent.
+/// * `in_flight_output_tokens`: the output tokens granted to the calls still in flight.
+///
+/// [`Workflow::resume`] starts its ledger with `spent` plus `in_flight_output_tokens` (the
+/// lost calls' worst case), so the runs together stay within the output-token limit.
 ///
 /// ```
 /// use executionkit::{TokenUsage, WorkflowCheckpoint};
@@ -331,6 +335,10 @@ pub struct WorkflowCheckpoint {
     /// The same in dollars, when prices are known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usd: Option<f64>,
+    /// The output tokens granted to calls still in flight when the checkpoint was taken: a
+    /// resumed run counts them as spent (a call lost in a crash may have used its whole grant).
+    #[serde(default)]
+    pub in_flight_output_tokens: u64,
 }
 
 impl WorkflowCheckpoint {
@@ -404,7 +412,8 @@ pub struct WorkflowStats {
     pub step_costs: BTreeMap<String, StepCost>,
     /// The metadata of each step that ran in this run.
     pub step_metadata: BTreeMap<String, Metadata>,
-    /// The spend carried over from the checkpoint (zero for a fresh run).
+    /// The spend carried over from the checkpoint, its calls' in-flight output grants included
+    /// (zero for a fresh run).
     #[serde(skip_serializing_if = "TokenUsage::is_zero")]
     pub carried: TokenUsage,
 }
@@ -914,12 +923,13 @@ impl Workflow {
         let mut total_usd: Option<f64>;
         match resume {
             Some(cp) => {
-                ledger.charge(cp.spent, cp.usd);
+                let carried = cp.spent + TokenUsage::new(0, cp.in_flight_output_tokens, 0);
+                ledger.charge(carried, cp.usd);
                 outputs = cp.outputs.clone();
                 finished = cp.finished.clone();
                 costs = cp.step_costs.clone();
                 total_usd = cp.usd;
-                stats.carried = cp.spent;
+                stats.carried = carried;
                 stats.resumed = cp.finished.clone();
             }
             None => {
@@ -971,6 +981,7 @@ impl Workflow {
                             step_costs: costs.clone(),
                             spent: ledger.spent(),
                             usd: ledger.spent_usd(),
+                            in_flight_output_tokens: ledger.reserved_output_tokens(),
                         };
                         if let Err(e) = self.save(&cp) {
                             drop(running);

@@ -313,9 +313,12 @@ async fn resume_after_a_crash_reruns_no_finished_step_and_stays_within_budget() 
     }
     let cp = saved.lock().unwrap().last().cloned().unwrap();
     assert_eq!(cp.finished, ["a"]);
-    // a's tokens and call, and b's call (reserved, in flight).
+    // a's tokens and call, and b's call (reserved, in flight) with its output grant.
     assert_eq!(cp.spent, TokenUsage::new(10, 5, 2));
+    let lost = cp.in_flight_output_tokens;
+    assert!(lost > 0);
     let cp = WorkflowCheckpoint::from_json(&cp.to_json()).unwrap();
+    assert_eq!(cp.in_flight_output_tokens, lost);
 
     // Four calls in all: a, b (lost), b again, c.
     let p = Recorder::default();
@@ -324,15 +327,13 @@ async fn resume_after_a_crash_reruns_no_finished_step_and_stays_within_budget() 
     assert_eq!(p.started(), ["b", "c"]);
     assert_eq!(r.value["a"], "out:a");
     assert_eq!(r.value["c"], "out:c");
-    assert_eq!(r.cost, TokenUsage::new(30, 15, 4));
+    // The lost call counts its whole grant (it may have used it).
+    assert_eq!(r.cost, TokenUsage::new(30, 15 + lost, 4));
     assert_eq!(r.stats.resumed, ["a"]);
     assert_eq!(r.stats.finished, ["b", "c"]);
-    assert_eq!(ctx4.ledger().spent(), TokenUsage::new(30, 15, 4));
+    assert_eq!(ctx4.ledger().spent(), r.cost);
     // The checkpoints of the resumed run carry the earlier spend on.
-    assert_eq!(
-        saved.lock().unwrap().last().unwrap().spent,
-        TokenUsage::new(30, 15, 4)
-    );
+    assert_eq!(saved.lock().unwrap().last().unwrap().spent, r.cost);
 
     // With three calls in all, the carried spend leaves room for one: c does not run.
     let p = Recorder::default();
@@ -343,6 +344,18 @@ async fn resume_after_a_crash_reruns_no_finished_step_and_stays_within_budget() 
     assert!(e.is_budget_exhausted(), "{e}");
     assert_eq!(p.started(), ["b"]);
     assert_eq!(e.cost().llm_calls, 3);
+
+    // The lost grant counts against an output limit: with room for the known spend plus one
+    // step's answer but not the lost grant too, nothing more runs.
+    let p = Recorder::default();
+    let tight = Budget::new().max_output_tokens(5 + lost);
+    let e = wf
+        .resume(&p, "t", &ctx().budget(tight), &cp)
+        .await
+        .unwrap_err();
+    assert!(e.is_budget_exhausted(), "{e}");
+    assert_eq!(e.metadata()["exhausted"], "output_tokens");
+    assert!(p.started().is_empty());
 }
 
 #[tokio::test]
@@ -425,6 +438,7 @@ async fn checkpoint_json_is_strict() {
         step_costs: [("a".to_owned(), TokenUsage::new(1, 2, 3))].into(),
         spent: TokenUsage::new(1, 2, 3),
         usd: Some(0.5),
+        in_flight_output_tokens: 7,
     };
     assert_eq!(WorkflowCheckpoint::from_json(&cp.to_json()).unwrap(), cp);
     for bad in [
@@ -442,4 +456,72 @@ async fn checkpoint_json_is_strict() {
             .message()
             .contains("outputs")
     );
+}
+
+/// Reference scenario 151: a full checkpoint runs nothing and costs what it carries; resuming
+/// from the checkpoint after step 3 of 5 gives the outputs of a fresh run.
+#[tokio::test]
+async fn resuming_from_any_checkpoint_gives_the_fresh_outputs() {
+    let saved: Arc<Mutex<Vec<WorkflowCheckpoint>>> = Arc::default();
+    let s = saved.clone();
+    let wf = Workflow::new()
+        .initial_context([("seed", "0")])
+        .step(step("s1"))
+        .step(step("s2").after(["s1"]))
+        .step(step("s3").after(["s1"]))
+        .step(step("s4").after(["s2", "s3"]))
+        .step(step("s5").after(["s4"]))
+        .on_checkpoint(move |cp| {
+            s.lock().unwrap().push(cp.clone());
+            Ok(())
+        });
+    let fresh = wf.run(&Recorder::default(), "t", &ctx()).await.unwrap();
+    let cps = saved.lock().unwrap().clone();
+    assert_eq!(cps.len(), 5);
+
+    let after3 = &cps[2];
+    let p = Recorder::default();
+    let r = wf.resume(&p, "t", &ctx(), after3).await.unwrap();
+    assert_eq!(r.value, fresh.value);
+    assert_eq!(p.started(), ["s4", "s5"]);
+    assert_eq!(r.cost, fresh.cost);
+
+    let full = &cps[4];
+    let p = Recorder::default();
+    let r = wf.resume(&p, "t", &ctx(), full).await.unwrap();
+    assert!(p.started().is_empty());
+    assert_eq!(r.value, fresh.value);
+    assert_eq!(r.cost, full.spent);
+}
+
+/// A provider whose failure quotes its own key.
+#[derive(Debug)]
+struct Leaky;
+
+const KEY: &str = "sk-workflow-secret-0123456789";
+
+#[async_trait]
+impl LlmProvider for Leaky {
+    fn model(&self) -> &str {
+        "leaky"
+    }
+    fn secret(&self) -> Option<&str> {
+        Some(KEY)
+    }
+    async fn complete(&self, _request: &ChatRequest) -> Result<LlmResponse> {
+        Err(
+            executionkit::Error::new(executionkit::ErrorKind::Permanent, format!("bad key {KEY}"))
+                .with_metadata("echo", KEY),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_failing_step_does_not_leak_the_providers_key() {
+    let wf = Workflow::new().step(step("a"));
+    let e = wf.run(&Leaky, "t", &ctx()).await.unwrap_err();
+    assert!(e.is_permanent(), "{e}");
+    assert!(!e.to_string().contains(KEY));
+    assert!(!format!("{e:?}").contains(KEY));
+    assert!(!e.to_json().to_string().contains(KEY));
 }

@@ -472,9 +472,8 @@ impl BudgetLedger {
         };
         s.spent.llm_calls += 1;
         s.in_flight += 1;
-        if self.budget.output_tokens_limit().is_some() {
-            s.reserved_output += grant;
-        }
+        // Kept at every level, limit or not: a workflow checkpoint reports it.
+        s.reserved_output += grant;
         s.reserved_usd += usd_reserved;
         Ok(Some((
             per,
@@ -554,6 +553,23 @@ impl BudgetLedger {
         Ok(Some(per))
     }
 
+    /// The output tokens granted to calls in flight (reserved, not yet returned).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// # futures::executor::block_on(async {
+    /// let l = Arc::new(executionkit::BudgetLedger::unlimited());
+    /// let r = l.reserve("m", 64, false).await.unwrap();
+    /// assert_eq!(l.reserved_output_tokens(), 64);
+    /// drop(r);
+    /// assert_eq!(l.reserved_output_tokens(), 0);
+    /// # });
+    /// ```
+    #[must_use]
+    pub fn reserved_output_tokens(&self) -> u64 {
+        self.lock().reserved_output
+    }
+
     /// Records spend made outside this ledger (a resumed run's earlier spend, from a
     /// [`WorkflowCheckpoint`](crate::WorkflowCheckpoint)) here and at every level above, as if
     /// its calls had run here: later reservations see it, so a resumed run stays within the
@@ -606,9 +622,7 @@ impl BudgetLedger {
     fn release_level(&self, granted: u64, grant: LevelGrant, usage: Option<Usage>) -> f64 {
         let mut s = self.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
-        if self.budget.output_tokens_limit().is_some() {
-            s.reserved_output = s.reserved_output.saturating_sub(granted);
-        }
+        s.reserved_output = s.reserved_output.saturating_sub(granted);
         s.reserved_usd = (s.reserved_usd - grant.usd_reserved).max(0.0);
         let mut usd = 0.0;
         if let Some(u) = usage {
