@@ -20,3 +20,6 @@ pub mod providers {}
 
 #[doc = include_str!("../../../docs/guide-consensus-set.md")]
 pub mod consensus_set {}
+
+#[doc = include_str!("../../../docs/guide-workflow.md")]
+pub mod workflow {}

@@ -26,6 +26,7 @@ pub mod telemetry;
 mod text;
 mod tools;
 mod usage;
+mod workflow;
 
 pub use approval::{ApprovalDecision, ApprovalGate, ApprovalRequest, OnTimeout};
 pub use engine::json::extract_json;
@@ -61,6 +62,7 @@ pub use provider::{MockCall, MockProvider};
 pub use result::{Metadata, PatternResult};
 pub use tools::{Observation, ObservationKind, Tool, ToolError, ToolErrorKind};
 pub use usage::{Budget, CostRates, TokenUsage, UsageOverGrant};
+pub use workflow::{Step, Workflow, WorkflowCheckpoint, WorkflowContext, WorkflowStats};
 
 /// The names most programs need, in one import: `use executionkit::prelude::*;`.
 ///

@@ -472,9 +472,8 @@ impl BudgetLedger {
         };
         s.spent.llm_calls += 1;
         s.in_flight += 1;
-        if self.budget.output_tokens_limit().is_some() {
-            s.reserved_output += grant;
-        }
+        // Kept at every level, limit or not: a workflow checkpoint reports it.
+        s.reserved_output += grant;
         s.reserved_usd += usd_reserved;
         Ok(Some((
             per,
@@ -554,6 +553,54 @@ impl BudgetLedger {
         Ok(Some(per))
     }
 
+    /// The output tokens granted to calls in flight (reserved, not yet returned).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// # futures::executor::block_on(async {
+    /// let l = Arc::new(executionkit::BudgetLedger::unlimited());
+    /// let r = l.reserve("m", 64, false).await.unwrap();
+    /// assert_eq!(l.reserved_output_tokens(), 64);
+    /// drop(r);
+    /// assert_eq!(l.reserved_output_tokens(), 0);
+    /// # });
+    /// ```
+    #[must_use]
+    pub fn reserved_output_tokens(&self) -> u64 {
+        self.lock().reserved_output
+    }
+
+    /// Records spend made outside this ledger (a resumed run's earlier spend, from a
+    /// [`WorkflowCheckpoint`](crate::WorkflowCheckpoint)) here and at every level above, as if
+    /// its calls had run here: later reservations see it, so a resumed run stays within the
+    /// limits in total. `usd` is added at the levels that know prices. Nothing is refused: spend
+    /// past a limit makes every later reservation fail with `budget_exhausted`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use executionkit::{Budget, BudgetLedger, TokenUsage};
+    /// # futures::executor::block_on(async {
+    /// let outer = Arc::new(BudgetLedger::new(Budget::new().max_calls(3)));
+    /// let inner = BudgetLedger::child(outer.clone(), Budget::new());
+    /// inner.charge(TokenUsage::new(10, 5, 3), None);
+    /// assert_eq!(outer.spent(), TokenUsage::new(10, 5, 3));
+    /// let inner = Arc::new(inner);
+    /// assert!(inner.reserve("m", 8, false).await.unwrap_err().is_budget_exhausted());
+    /// # });
+    /// ```
+    pub fn charge(&self, usage: TokenUsage, usd: Option<f64>) {
+        let mut level = Some(self);
+        while let Some(l) = level {
+            let mut s = l.lock();
+            s.spent += usage;
+            if let (Some(usd), true) = (usd, l.budget.has_prices()) {
+                s.usd += usd;
+            }
+            drop(s);
+            level = l.parent.as_deref();
+        }
+    }
+
     /// Returns `r` at this level and every level above, recording `usage` at each; wakes
     /// waiters once every level is updated. Returns the call's cost at this level's prices.
     fn release(&self, r: &Reservation, usage: Option<Usage>) -> f64 {
@@ -575,9 +622,7 @@ impl BudgetLedger {
     fn release_level(&self, granted: u64, grant: LevelGrant, usage: Option<Usage>) -> f64 {
         let mut s = self.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
-        if self.budget.output_tokens_limit().is_some() {
-            s.reserved_output = s.reserved_output.saturating_sub(granted);
-        }
+        s.reserved_output = s.reserved_output.saturating_sub(granted);
         s.reserved_usd = (s.reserved_usd - grant.usd_reserved).max(0.0);
         let mut usd = 0.0;
         if let Some(u) = usage {
