@@ -421,9 +421,10 @@ async fn seed_pipeline(url: &str, key: &str) {
         match r {
             Ok(r) => {
                 values += 1;
+                let score = r.score.map_or_else(|| "null".to_owned(), |s| s.to_string());
                 lines.push(format!(
-                    "| {seed} | value | {} | {:?} |",
-                    r.cost.llm_calls, r.score
+                    "| {seed} | value | {} | {score} |",
+                    r.cost.llm_calls
                 ));
             }
             Err(e) => lines.push(format!(
