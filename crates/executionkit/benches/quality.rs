@@ -25,7 +25,8 @@
 //! (issue 12 asks for at least 9 of 10; CI's test runs two seeds).
 //!
 //! `cargo bench -p executionkit --bench quality -- [--seeds 5] [--questions 400]
-//! [--llama-only]`, or `bench/quality/run.sh`. Not run in CI (CI only builds it).
+//! [--llama-only]`, or `bench/quality/run.sh`. `cargo test --all-targets` (CI) runs it as a
+//! smoke test only: one seed of 8 questions, (a) and (c), no llama-server.
 
 #![allow(
     clippy::unwrap_used,
@@ -321,15 +322,21 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    // `cargo bench` passes `--bench`; only our own flags are read.
-    let seeds = arg(&args, "--seeds", 5);
-    let questions = arg(&args, "--questions", 400);
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this file without it: then
+    // a smoke run (one seed, 8 questions, no llama-server) checks that it still works.
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let seeds = if smoke { 1 } else { arg(&args, "--seeds", 5) };
+    let questions = if smoke {
+        8
+    } else {
+        arg(&args, "--questions", 400)
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let llama_only = args.iter().any(|a| a == "--llama-only");
+    let llama_only = !smoke && args.iter().any(|a| a == "--llama-only");
     rt.block_on(async {
         if llama_only {
             if let Ok(url) = std::env::var("EK_LLAMA_URL") {
@@ -376,6 +383,9 @@ fn main() {
             "(c) many questions, one total: each dataset's {questions} questions as one ConsensusSet (cap {N} per question), against fixed N at the same total"
         );
         report(&rules_c, &outcomes_c);
+        if smoke {
+            return;
+        }
         if let Ok(url) = std::env::var("EK_LLAMA_URL") {
             let key = std::env::var("EK_LLAMA_KEY").unwrap_or_else(|_| "ek-test-key".to_owned());
             llama(&url, &key).await;
