@@ -100,7 +100,11 @@ impl Eval {
     ///
     /// # Errors
     /// An exhausted budget or a cancellation, with what every case spent.
-    pub async fn run(&self, provider: &dyn LlmProvider, ctx: &RunContext) -> Result<Outcome, Error> {
+    pub async fn run(
+        &self,
+        provider: &dyn LlmProvider,
+        ctx: &RunContext,
+    ) -> Result<Outcome, Error> {
         let values: Vec<Mutex<Option<String>>> =
             self.cases.iter().map(|_| Mutex::new(None)).collect();
         let cases: Vec<EvalCase<'_, String>> = self
@@ -130,7 +134,10 @@ impl Eval {
             ids: self.cases.iter().map(|c| c.id.clone()).collect(),
             values: values
                 .into_iter()
-                .map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
+                .map(|m| {
+                    m.into_inner()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                })
                 .collect(),
             report,
         })
@@ -205,7 +212,12 @@ fn table(o: &Outcome) -> String {
         .map(|id| id.as_str().map_or_else(|| id.to_string(), str::to_owned))
         .map(|id| cell(&id, 24))
         .collect();
-    let w = ids.iter().map(|s| s.chars().count()).max().unwrap_or(2).max(2);
+    let w = ids
+        .iter()
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(2)
+        .max(2);
     let mut out = String::new();
     let _ = writeln!(out, "{:<w$}  {:<4}  DETAIL", "ID", "OK");
     for ((id, value), res) in ids.iter().zip(&o.values).zip(r.results()) {
@@ -222,7 +234,11 @@ fn table(o: &Outcome) -> String {
         "{} (min accuracy {:.1}%: {})",
         r.summary(),
         r.min_accuracy().unwrap_or(1.0) * 100.0,
-        if r.accuracy_passed() { "met" } else { "NOT met" }
+        if r.accuracy_passed() {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
     let _ = writeln!(out, "{}", r.cost());
     if let Some(usd) = r.usd() {
@@ -266,8 +282,9 @@ fn read(path: &str, name: &str) -> Result<String, Error> {
 /// # Errors
 /// `invalid_argument` naming `file`: `NAME, line N: …` for the first bad line, or no case.
 fn parse(name: &str, text: &str) -> Result<Vec<Case>, Error> {
-    let bad =
-        |line: usize, what: String| Error::invalid_argument("file", format!("{name}, line {line}: {what}"));
+    let bad = |line: usize, what: String| {
+        Error::invalid_argument("file", format!("{name}, line {line}: {what}"))
+    };
     let mut cases = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, raw) in text.lines().enumerate() {
@@ -314,7 +331,10 @@ fn parse(name: &str, text: &str) -> Result<Vec<Case>, Error> {
             (None, None) => Check::Run,
         };
         if let Some(first) = seen.insert(id.to_string(), line) {
-            return Err(bad(line, format!("id {id} was already used on line {first}")));
+            return Err(bad(
+                line,
+                format!("id {id} was already used on line {first}"),
+            ));
         }
         cases.push(Case { id, prompt, check });
     }

@@ -256,10 +256,7 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
         },
         Command::Refine(a) => Job::Refine(refine(a, &call)?),
         Command::Pipe(a) => Job::Pipe(pipe(&a.steps, &call, builder.as_mut())?),
-        Command::Eval(a) => Job::Eval(eval::prepare(
-            a,
-            pipe(&a.steps, &call, builder.as_mut())?,
-        )?),
+        Command::Eval(a) => Job::Eval(eval::prepare(a, pipe(&a.steps, &call, builder.as_mut())?)?),
         Command::React(a) => {
             if selected.offline {
                 // The offline model never calls a tool; it is offered the tools and answers.
