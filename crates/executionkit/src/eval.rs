@@ -574,8 +574,10 @@ fn usd_since(now: Option<f64>, start: Option<f64>) -> Option<f64> {
 /// ```
 pub struct Turn {
     user: String,
-    check: Box<dyn FnOnce(&PatternResult<String, crate::ReactStats>) -> Verdict + Send>,
+    check: TurnCheck,
 }
+
+type TurnCheck = Box<dyn FnOnce(&PatternResult<String, crate::ReactStats>) -> Verdict + Send>;
 
 impl fmt::Debug for Turn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
