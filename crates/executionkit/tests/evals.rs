@@ -1,4 +1,5 @@
-//! Conformance scenarios 161–167 (evals, conversation evals), plus this crate's one-budget rules:
+//! Conformance scenarios 161–167 (evals, conversation evals; 164's golden cases without refine's
+//! best-not-last), plus this crate's one-budget rules:
 //! every case's calls are counted on the suite's ledger, and an exhausted budget ends the suite
 //! with an error carrying the spend.
 
@@ -9,9 +10,10 @@ use executionkit::eval::{
     run_eval_suite,
 };
 use executionkit::{
-    Budget, Consensus, Error, ErrorKind, Kit, LlmResponse, MockProvider, Role, RunContext,
-    StructuredValue,
+    Budget, Choice, Consensus, Error, ErrorKind, Kit, LlmResponse, MockProvider, ReactLoop, Role,
+    RunContext, StructuredValue, Tool, ToolCall,
 };
+use serde_json::{Map, Value, json};
 
 fn ok_case(name: &str, value: &'static str) -> EvalCase<'static, String> {
     EvalCase::new(
@@ -144,6 +146,32 @@ async fn scenario_164_golden_cases_pass() {
     let majority = MockProvider::new(["Paris", "Lyon", "Paris"]);
     let clean = MockProvider::new([r#"{"a": 1}"#]);
     let fenced = MockProvider::new(["```json\n{\"a\": 1}\n```"]);
+    let prose = MockProvider::new([r#"Here it is: {"a": 1} as asked."#]);
+    let escaped = MockProvider::new([r#"{"a": "say \"hi\"\n"}"#]);
+    let repair = MockProvider::new(["not json", r#"{"a": 1}"#]);
+    let tie = MockProvider::new(["A", "B"]);
+    let tool_call = LlmResponse {
+        choices: vec![Choice {
+            content: String::new(),
+            tool_calls: vec![ToolCall::new("tc1", "echo", json!({"text": "hi"}))],
+            finish_reason: Some("tool_calls".into()),
+            logprobs: None,
+        }],
+        ..LlmResponse::default()
+    };
+    let react = MockProvider::new([tool_call, LlmResponse::text("done")]);
+    let echo = Tool::new(
+        "echo",
+        "Echoes its text",
+        json!({}),
+        |args: Map<String, Value>| async move {
+            Ok(args
+                .get("text")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned())
+        },
+    );
     let cases: Vec<EvalCase<'_, String>> = vec![
         EvalCase::new(
             "consensus unanimous",
@@ -183,14 +211,63 @@ async fn scenario_164_golden_cases_pass() {
             },
             |v: &String| v == r#"{"a":1}"#,
         ),
+        EvalCase::new(
+            "structured prose",
+            |ctx: RunContext| async move {
+                let r = StructuredValue::new().run(&prose, "q", &ctx).await?;
+                Ok(r.value.to_string())
+            },
+            |v: &String| v == r#"{"a":1}"#,
+        ),
+        EvalCase::new(
+            "structured escaped",
+            |ctx: RunContext| async move {
+                let r = StructuredValue::new().run(&escaped, "q", &ctx).await?;
+                Ok(r.value["a"].as_str().unwrap_or_default().to_owned())
+            },
+            |v: &String| v == "say \"hi\"\n",
+        ),
+        EvalCase::new(
+            "structured repair",
+            |ctx: RunContext| async move {
+                let r = StructuredValue::new()
+                    .max_repairs(1)
+                    .run(&repair, "q", &ctx)
+                    .await?;
+                Ok(format!("{} {}", r.value, r.stats.repair_attempts))
+            },
+            |v: &String| v == r#"{"a":1} 1"#,
+        ),
+        EvalCase::new(
+            "consensus exact tie",
+            |ctx: RunContext| async move {
+                let r = Consensus::new().samples(2).run(&tie, "q", &ctx).await?;
+                Ok(format!("{} {}", r.stats.tie_count, r.stats.agreement_ratio))
+            },
+            |v: &String| v == "2 0.5",
+        ),
+        EvalCase::new(
+            "react single tool call",
+            |ctx: RunContext| async move {
+                let r = ReactLoop::new()
+                    .tools([echo])
+                    .run(&react, "q", &ctx)
+                    .await?;
+                Ok(format!(
+                    "{} {} {}",
+                    r.value, r.stats.rounds, r.cost.llm_calls
+                ))
+            },
+            |v: &String| v == "done 2 2",
+        ),
     ];
     let r = run_eval_suite(cases, &ctx, Some(1.0)).await.unwrap();
     assert!(r.passed(), "{:?}", r.failures());
     // Every case's calls are on the one ledger and in the report.
-    assert_eq!(r.cost().llm_calls, 8);
-    assert_eq!(ctx.ledger().spent().llm_calls, 8);
+    assert_eq!(r.cost().llm_calls, 16);
+    assert_eq!(ctx.ledger().spent().llm_calls, 16);
     let per_case: Vec<u64> = r.results().iter().map(|x| x.cost.llm_calls).collect();
-    assert_eq!(per_case, [3, 3, 1, 1]);
+    assert_eq!(per_case, [3, 3, 1, 1, 1, 1, 2, 2, 2]);
 }
 
 #[tokio::test]
