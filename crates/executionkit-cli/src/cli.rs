@@ -33,6 +33,28 @@ pub enum Command {
     /// One call per item (each FILE, or each line with --lines), then a reduce call.
     #[command(name = "map-reduce")]
     MapReduce(Deferred<MapReduceArgs>),
+    /// Run the pipe of `--step`s on each case of a JSONL eval file and check the values:
+    /// accuracy, a table (or `--json`), exit 1 below `--min-accuracy`.
+    Eval(Deferred<EvalArgs>),
+}
+
+// `ek eval` (no doc comment: see `ConsensusArgs`).
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The eval file (`-`: stdin): one JSON object per line, `{"id"?, "prompt", "expected"? |
+    /// "contains"?}`.
+    #[arg(value_name = "FILE.jsonl")]
+    pub file: String,
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub common: Common,
+    /// A step of the pipe run on each prompt, as in `ek pipe`: `NAME KEY=VALUE …`. Repeat for
+    /// more steps.
+    #[arg(long = "step", value_name = "SPEC", required = true)]
+    pub steps: Vec<String>,
+    /// Exit 1 when the share of passing cases is below this (0 to 1).
+    #[arg(long, default_value_t = 1.0, value_name = "X")]
+    pub min_accuracy: f64,
 }
 
 /// A command's flags, built by clap only when that command runs or its help is shown
@@ -397,6 +419,7 @@ impl Command {
             Self::React(a) => &a.common,
             Self::Structured(a) => &a.common,
             Self::MapReduce(a) => &a.common,
+            Self::Eval(a) => &a.common,
         }
     }
 
@@ -409,7 +432,7 @@ impl Command {
             Self::Pipe(a) => Some(&a.prompt),
             Self::React(a) => Some(&a.prompt),
             Self::Structured(a) => Some(&a.prompt),
-            Self::MapReduce(_) => None,
+            Self::MapReduce(_) | Self::Eval(_) => None,
         }
     }
 }

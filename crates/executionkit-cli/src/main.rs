@@ -7,6 +7,7 @@ mod calc;
 mod cli;
 mod config;
 mod endpoint;
+mod eval;
 mod inputs;
 mod many;
 mod output;
@@ -111,6 +112,8 @@ enum Job {
     MapReduce(MapReduce, Vec<String>),
     /// `consensus --inputs`: many questions under one total sample budget.
     Many(many::Many),
+    /// `ek eval`: the pipe and the cases.
+    Eval(eval::Eval),
 }
 
 /// A finished run: a text value, or a JSON value (`ek structured`).
@@ -119,6 +122,8 @@ enum Done {
     Json(PatternResult<Value>),
     /// `consensus --inputs`: printed as JSON Lines.
     Many(many::Outcome),
+    /// `ek eval`: the report, printed as a table or one JSON object.
+    Eval(eval::Outcome),
 }
 
 impl Done {
@@ -173,6 +178,7 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
                 .map(|r| Done::Json(r.erase_stats())),
             Job::MapReduce(m, items) => m.run(p, items, &ctx).await.map(Done::text),
             Job::Many(m) => m.run(p, &ctx).await.map(Done::Many),
+            Job::Eval(e) => e.run(p, &ctx).await.map(Done::Eval),
         }
     };
     let outcome: Result<Done, (Error, u8)> = tokio::select! {
@@ -199,6 +205,7 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
                 Done::Text(r) => output::print_success(r, json, shape, secrets),
                 Done::Json(r) => output::print_success(r, json, shape, secrets),
                 Done::Many(o) => return many::print(o, secrets),
+                Done::Eval(o) => return eval::print(o, json, secrets),
             }
             0
         }
@@ -249,6 +256,7 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
         },
         Command::Refine(a) => Job::Refine(refine(a, &call)?),
         Command::Pipe(a) => Job::Pipe(pipe(&a.steps, &call, builder.as_mut())?),
+        Command::Eval(a) => Job::Eval(eval::prepare(a, pipe(&a.steps, &call, builder.as_mut())?)?),
         Command::React(a) => {
             if selected.offline {
                 // The offline model never calls a tool; it is offered the tools and answers.

@@ -23,3 +23,6 @@ pub mod consensus_set {}
 
 #[doc = include_str!("../../../docs/guide-workflow.md")]
 pub mod workflow {}
+
+#[doc = include_str!("../../../docs/guide-evals.md")]
+pub mod evals {}

@@ -14,6 +14,7 @@ mod approval;
 pub mod blocking;
 mod engine;
 mod error;
+pub mod eval;
 pub mod events;
 pub mod guide;
 mod kit;
