@@ -511,7 +511,10 @@ impl ProposedPlan {
                 return bad(format!("step '{}' has an empty instruction", s.name));
             }
         }
-        match self.workflow(Arc::new(Unrun), None).check() {
+        match self
+            .workflow(&(Arc::new(Unrun) as Arc<dyn Pattern>), None)
+            .check()
+        {
             Ok(()) => Ok(()),
             Err(e) => bad(e.message().to_owned()),
         }
@@ -519,7 +522,7 @@ impl ProposedPlan {
 
     /// The proposal as a workflow whose steps run `pattern`: each step's prompt is the task, its
     /// dependencies' outputs and its instruction (as a [`PlanStep`]'s).
-    fn workflow(&self, pattern: Arc<dyn Pattern>, gate: Option<&ApprovalGate>) -> Workflow {
+    fn workflow(&self, pattern: &Arc<dyn Pattern>, gate: Option<&ApprovalGate>) -> Workflow {
         let mut wf = Workflow::new();
         if let Some(gate) = gate {
             wf = wf.approval(gate.clone());
@@ -527,7 +530,7 @@ impl ProposedPlan {
         for s in &self.steps {
             let instruction = s.instruction.clone();
             let deps = s.depends_on.clone();
-            let step = Step::shared(s.name.clone(), Arc::clone(&pattern))
+            let step = Step::shared(s.name.clone(), Arc::clone(pattern))
                 .after(s.depends_on.iter().cloned())
                 .metadata("instruction", s.instruction.clone())
                 .prompt(move |c| {
@@ -807,7 +810,7 @@ impl Planner {
         let ledger = ctx.ledger();
         let plan = proposal.value;
         let plan_json = serde_json::to_value(&plan).unwrap_or_default();
-        let wf = plan.workflow(Arc::clone(&self.pattern), self.gate.as_ref());
+        let wf = plan.workflow(&self.pattern, self.gate.as_ref());
         let r = wf.run(provider, task, ctx).await.map_err(|e| {
             e.with_cost(ledger.spent())
                 .with_usd(ledger.spent_usd())
