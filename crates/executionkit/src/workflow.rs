@@ -1058,6 +1058,7 @@ impl Workflow {
                 "workflow.step",
                 step = step.name.as_str(),
                 pattern = step.pattern.name(),
+                kind = self.action.unwrap_or("workflow_step"),
             );
             step.pattern.run_step(p, input, ctx).instrument(span).await
         };

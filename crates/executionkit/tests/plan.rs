@@ -530,3 +530,56 @@ async fn planner_step_pattern_is_used_for_every_step() {
     );
     assert_eq!(r.cost, TokenUsage::new(102, 52, 1));
 }
+
+/// The log lines a `fmt` subscriber writes, in memory.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn each_plan_step_runs_in_a_span_that_opens_and_closes() {
+    // The reference traces plan_step_start / plan_step_end per step: here, a `workflow.step`
+    // span with `kind = "plan_step"` and the step's name, opened and closed once per step.
+    let log = LogBuf::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_span_events(
+            tracing_subscriber::fmt::format::FmtSpan::NEW
+                | tracing_subscriber::fmt::format::FmtSpan::CLOSE,
+        )
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+    let plan = Plan::new()
+        .step(PlanStep::new("draft", "D.", one()))
+        .step(PlanStep::new("review", "R.", one()));
+    let _ = plan
+        .run(&MockProvider::new(["x"]), "t", &ctx())
+        .await
+        .unwrap();
+    drop(guard);
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    for step in ["draft", "review"] {
+        // Lines of the step's own span (a child's line shows the parent's path before its own).
+        let own = format!(
+            "workflow.step{{step=\"{step}\" pattern=\"consensus\" kind=\"plan_step\"}}: executionkit: "
+        );
+        let count = |what: &str| {
+            text.lines()
+                .filter(|l| l.contains(&format!("{own}{what}")))
+                .count()
+        };
+        assert_eq!((count("new"), count("close")), (1, 1), "{text}");
+    }
+}
