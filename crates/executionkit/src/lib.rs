@@ -20,6 +20,7 @@ pub mod guide;
 mod kit;
 mod patterns;
 mod pipe;
+mod plan;
 mod provider;
 pub mod redact;
 mod result;
@@ -50,6 +51,7 @@ pub use patterns::{
 pub use patterns::{ConsensusStats, MapReduceStats, RefineStats, StructuredStats, TypedStep};
 pub use patterns::{MapReduce, Structured, StructuredValue};
 pub use pipe::{Pipe, PipeStats, StepCost};
+pub use plan::{Plan, PlanStep, Planner, PlannerStats, ProposedPlan, ProposedStep};
 #[cfg(feature = "offline")]
 pub use provider::OfflineModel;
 pub use provider::{

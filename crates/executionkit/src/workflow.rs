@@ -193,6 +193,19 @@ impl Step {
         }
     }
 
+    /// A step running a shared pattern (a [`Plan`](crate::Plan)'s or a
+    /// [`Planner`](crate::Planner)'s steps share theirs).
+    pub(crate) fn shared(name: impl Into<String>, pattern: Arc<dyn Pattern>) -> Self {
+        Self {
+            name: name.into(),
+            depends_on: Vec::new(),
+            pattern,
+            prompt: None,
+            provider: None,
+            metadata: Metadata::new(),
+        }
+    }
+
     /// Adds the steps this one waits for (it starts once every one has finished).
     ///
     /// ```
@@ -482,6 +495,12 @@ pub struct Workflow {
     on_checkpoint: Option<CheckpointFn>,
     file: Option<PathBuf>,
     max_budget: Option<Budget>,
+    /// The approval request's action (`None`: `"workflow_step"`); a [`Plan`](crate::Plan)
+    /// asks with `"plan_step"`.
+    pub(crate) action: Option<&'static str>,
+    /// Whether a step may overwrite an initial-context seed of its name (a
+    /// [`Plan`](crate::Plan)'s rule) instead of the run failing.
+    pub(crate) overwrite_seeds: bool,
 }
 
 impl fmt::Debug for Workflow {
@@ -714,7 +733,7 @@ impl Workflow {
             .initial
             .keys()
             .map(String::as_str)
-            .filter(|k| names.contains(k))
+            .filter(|k| !self.overwrite_seeds && names.contains(k))
             .collect();
         if !collide.is_empty() {
             return Err(Error::invalid_argument(
@@ -1018,8 +1037,9 @@ impl Workflow {
     ) -> (&'a Step, Result<PatternResult<String>>) {
         let run = async {
             if let Some(gate) = &self.gate {
-                let mut req = ApprovalRequest::new("workflow_step", step.name.clone())
-                    .with_metadata("depends_on", step.depends_on.clone());
+                let mut req =
+                    ApprovalRequest::new(self.action.unwrap_or("workflow_step"), step.name.clone())
+                        .with_metadata("depends_on", step.depends_on.clone());
                 for (k, v) in &step.metadata {
                     req = req.with_metadata(k, v.clone());
                 }
@@ -1038,6 +1058,7 @@ impl Workflow {
                 "workflow.step",
                 step = step.name.as_str(),
                 pattern = step.pattern.name(),
+                kind = self.action.unwrap_or("workflow_step"),
             );
             step.pattern.run_step(p, input, ctx).instrument(span).await
         };
