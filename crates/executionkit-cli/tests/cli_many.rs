@@ -63,7 +63,10 @@ async fn ek_stdin(s: Option<&MockServer>, args: &[&str], input: &str) -> Output 
     c.stdin(Stdio::piped());
     let mut child = c.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).await.unwrap();
+    // `ek` may exit (a usage error) before it reads its stdin: a closed pipe is not a failure.
+    if let Err(e) = stdin.write_all(input.as_bytes()).await {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     drop(stdin);
     child.wait_with_output().await.unwrap()
 }
