@@ -36,6 +36,17 @@ pub enum Command {
     /// Run the pipe of `--step`s on each case of a JSONL eval file and check the values:
     /// accuracy, a table (or `--json`), exit 1 below `--min-accuracy`.
     Eval(Deferred<EvalArgs>),
+    /// An MCP server over stdio (newline-delimited JSON-RPC): tools `consensus` and
+    /// `react_loop`; the budget flags apply to each tool call.
+    Mcp(Deferred<McpArgs>),
+}
+
+// `ek mcp` (no doc comment: see `ConsensusArgs`).
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub common: Common,
 }
 
 // `ek eval` (no doc comment: see `ConsensusArgs`).
@@ -420,6 +431,7 @@ impl Command {
             Self::Structured(a) => &a.common,
             Self::MapReduce(a) => &a.common,
             Self::Eval(a) => &a.common,
+            Self::Mcp(a) => &a.common,
         }
     }
 
@@ -432,7 +444,7 @@ impl Command {
             Self::Pipe(a) => Some(&a.prompt),
             Self::React(a) => Some(&a.prompt),
             Self::Structured(a) => Some(&a.prompt),
-            Self::MapReduce(_) | Self::Eval(_) => None,
+            Self::MapReduce(_) | Self::Eval(_) | Self::Mcp(_) => None,
         }
     }
 }

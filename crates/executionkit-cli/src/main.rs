@@ -10,6 +10,7 @@ mod endpoint;
 mod eval;
 mod inputs;
 mod many;
+mod mcp;
 mod output;
 mod progress;
 mod secrets;
@@ -144,6 +145,9 @@ struct Prepared {
 }
 
 async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secrets) -> u8 {
+    if let Command::Mcp(a) = &command {
+        return mcp::serve(&a.common, env, secrets).await;
+    }
     let shape = match command {
         Command::Pipe(_) => Shape::Pipe,
         _ => Shape::Single,
@@ -267,6 +271,12 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
             Job::React(r)
         }
         Command::Structured(a) => Job::Structured(structured(a, &call)?),
+        Command::Mcp(_) => {
+            return Err(Error::invalid_argument(
+                "command",
+                "ek mcp is served by `mcp::serve`",
+            ));
+        }
         Command::MapReduce(a) => {
             let m = map_reduce(a, &call)?;
             let items = inputs::read_items(&a.files, a.lines)?;

@@ -1,0 +1,265 @@
+//! `ek mcp`: an MCP server over stdio (newline-delimited JSON-RPC 2.0), on `rmcp`, the official
+//! Rust SDK, which owns the protocol (initialize, `tools/list`, `tools/call`, JSON-RPC errors).
+//!
+//! Tools (the reference's section 21): `consensus` (`prompt`, `n` 1..=9 default 3, `strategy`,
+//! `temperature` 0..=2) and `react_loop` (`prompt`, `max_rounds` 1..=8 default 5) over the CLI's
+//! built-in side-effect-free tools. The endpoint comes from the usual flags and variables, else
+//! the embedded offline model. Each tool call runs under its own budget from the `--max-*`
+//! flags. A result is the pattern's JSON (`value`, `cost`, `metadata`); a failure is a tool
+//! error (`isError: true`) carrying the error's JSON with its spend. Secrets are redacted from
+//! both.
+//!
+//! Malformed input (what `rmcp` does, tested in `tests/cli_mcp.rs`): well-formed JSON that is not
+//! a JSON-RPC message gets an Invalid Request error (-32600, id null); a line that is not JSON at
+//! all is ignored without a reply (as the other official MCP SDKs do: replying to garbage can
+//! start an error storm); neither stops the server.
+
+use std::sync::Arc;
+
+use executionkit::{
+    Budget, CallOptions, Consensus, Error, LlmProvider, Pattern as _, PatternResult, ReactLoop,
+    RetryPolicy, RunContext, VotingStrategy, WithCallOptions as _,
+};
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::{ServerHandler, ServiceExt as _, schemars, tool, tool_handler, tool_router};
+use serde::Deserialize;
+
+use crate::cli::Common;
+use crate::endpoint;
+use crate::output;
+use crate::secrets::Secrets;
+use crate::tools;
+
+/// Exit code: the server could not start or its transport failed.
+const EXIT_FAILURE: u8 = 1;
+/// Exit code: invalid flags, before the server starts.
+const EXIT_USAGE: u8 = 2;
+
+/// `consensus` arguments.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsensusParams {
+    /// The question; must not be blank.
+    pub prompt: String,
+    /// Number of samples (1 to 9, default 3).
+    #[schemars(range(min = 1, max = 9))]
+    pub n: Option<i64>,
+    /// `majority` (default) or `unanimous`.
+    #[schemars(regex(pattern = r"^(majority|unanimous)$"))]
+    pub strategy: Option<String>,
+    /// Sampling temperature (0 to 2).
+    #[schemars(range(min = 0.0, max = 2.0))]
+    pub temperature: Option<f64>,
+}
+
+/// `react_loop` arguments.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReactParams {
+    /// The task; must not be blank.
+    pub prompt: String,
+    /// The most LLM rounds (1 to 8, default 5).
+    #[schemars(range(min = 1, max = 8))]
+    pub max_rounds: Option<i64>,
+}
+
+/// The server: one provider, the per-call budget and options, the secrets to redact.
+#[derive(Clone)]
+pub struct Server {
+    provider: Arc<dyn LlmProvider>,
+    offline: bool,
+    budget: Budget,
+    retry: RetryPolicy,
+    call: CallOptions,
+    secrets: Secrets,
+}
+
+/// Runs the server on stdin/stdout until EOF.
+pub async fn serve(common: &Common, env: &endpoint::Env, secrets: &Secrets) -> u8 {
+    let server = match Server::new(common, env, secrets) {
+        Ok(s) => s,
+        Err(e) => {
+            output::print_error(&e, false, secrets);
+            return EXIT_USAGE;
+        }
+    };
+    if server.offline {
+        output::eprint_line(endpoint::OFFLINE_NOTICE, secrets);
+    }
+    let running = match server.serve(rmcp::transport::stdio()).await {
+        Ok(r) => r,
+        Err(e) => {
+            output::eprint_line(&format!("ek mcp: cannot start: {e}"), secrets);
+            return EXIT_FAILURE;
+        }
+    };
+    match running.waiting().await {
+        Ok(_) => 0,
+        Err(e) => {
+            output::eprint_line(&format!("ek mcp: {e}"), secrets);
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// An argument error as a tool error: nothing was spent.
+fn bad(argument: &str, message: &str) -> Error {
+    Error::invalid_argument(argument, message.to_owned())
+}
+
+/// A blank prompt is refused before any call.
+fn prompt(p: &str) -> Result<&str, Error> {
+    if p.trim().is_empty() {
+        return Err(bad(
+            "prompt",
+            "'prompt' is required and must be a non-empty string",
+        ));
+    }
+    Ok(p)
+}
+
+/// An optional integer within `lo..=hi`, else `default`.
+fn within(name: &str, v: Option<i64>, lo: i64, hi: i64, default: i64) -> Result<usize, Error> {
+    let v = v.unwrap_or(default);
+    if !(lo..=hi).contains(&v) {
+        return Err(bad(
+            name,
+            &format!("'{name}' must be between {lo} and {hi}"),
+        ));
+    }
+    usize::try_from(v).map_err(|_| bad(name, &format!("'{name}' must be between {lo} and {hi}")))
+}
+
+impl Server {
+    fn new(common: &Common, env: &endpoint::Env, secrets: &Secrets) -> Result<Self, Error> {
+        if common.provider.is_some() || common.config.is_some() {
+            return Err(bad(
+                "config",
+                "ek mcp takes its endpoint from --base-url / EXECUTIONKIT_BASE_URL; --config and --provider are not supported here yet",
+            ));
+        }
+        endpoint::timeout(common.timeout)?;
+        let retry = RetryPolicy::new().try_max_retries(common.max_retries)?;
+        let selected = endpoint::select(common, env)?;
+        let budget = crate::budget(common, &[], &[], None)?;
+        let mut call = CallOptions::new();
+        call.seed = common.seed.or(selected.offline.then_some(0));
+        call.system.clone_from(&common.system);
+        call.tier.clone_from(&common.tier);
+        Ok(Self {
+            provider: selected.provider,
+            offline: selected.offline,
+            budget,
+            retry,
+            call,
+            secrets: secrets.clone(),
+        })
+    }
+
+    /// A fresh context per tool call: the budget flags apply to each call on its own.
+    fn ctx(&self) -> RunContext {
+        RunContext::new()
+            .budget(self.budget.clone())
+            .retry(self.retry.clone())
+    }
+
+    /// The pattern's result or error as an MCP tool result, secrets redacted.
+    fn answer(&self, r: Result<PatternResult<String>, Error>) -> CallToolResult {
+        match r {
+            Ok(r) => {
+                let mut v = r.to_json();
+                self.secrets.json(&mut v);
+                CallToolResult::structured(v)
+            }
+            Err(e) => {
+                let mut v = output::error_json(&e);
+                self.secrets.json(&mut v);
+                CallToolResult::structured_error(v)
+            }
+        }
+    }
+
+    async fn run_consensus(&self, p: ConsensusParams) -> Result<PatternResult<String>, Error> {
+        let text = prompt(&p.prompt)?;
+        let n = within("n", p.n, 1, 9, 3)?;
+        let mut options = self.call.clone();
+        if let Some(t) = p.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(bad("temperature", "'temperature' must be between 0 and 2"));
+            }
+            options = options.temperature(t);
+        }
+        let strategy: VotingStrategy = match p.strategy.as_deref().unwrap_or("majority") {
+            s @ ("majority" | "unanimous") => s
+                .parse()
+                .map_err(|_| bad("strategy", "'strategy' must be 'majority' or 'unanimous'"))?,
+            _ => {
+                return Err(bad(
+                    "strategy",
+                    "'strategy' must be 'majority' or 'unanimous'",
+                ));
+            }
+        };
+        let c = Consensus::default()
+            .options(options)
+            .samples(n)
+            .strategy(strategy);
+        c.validate()?;
+        let r = c.run(self.provider.as_ref(), text, &self.ctx()).await?;
+        Ok(r.erase_stats())
+    }
+
+    async fn run_react(&self, p: ReactParams) -> Result<PatternResult<String>, Error> {
+        let text = prompt(&p.prompt)?;
+        let rounds = within("max_rounds", p.max_rounds, 1, 8, 5)?;
+        let provider: Arc<dyn LlmProvider> = if self.offline {
+            // The offline model never calls a tool; it is offered the tools and answers.
+            Arc::new(tools::AnswersWithoutTools(self.provider.clone()))
+        } else {
+            self.provider.clone()
+        };
+        let r = ReactLoop::new()
+            .options(self.call.clone())
+            .tools(tools::builtin())
+            .max_rounds(rounds);
+        r.validate(provider.as_ref())?;
+        let r = r.run(provider.as_ref(), text, &self.ctx()).await?;
+        Ok(r.erase_stats())
+    }
+}
+
+#[tool_router]
+impl Server {
+    /// `consensus`: N samples, majority or unanimous vote.
+    #[tool(
+        name = "consensus",
+        description = "Runs N parallel samples of the prompt and returns the majority (or unanimous) answer with its agreement ratio and the cost. Uses the endpoint from EXECUTIONKIT_BASE_URL / EXECUTIONKIT_MODEL; with none configured, the embedded offline model (deterministic, not a real LLM)."
+    )]
+    async fn consensus(&self, Parameters(p): Parameters<ConsensusParams>) -> CallToolResult {
+        self.answer(self.run_consensus(p).await)
+    }
+
+    /// `react_loop`: a ReAct tool loop over the built-in tools.
+    #[tool(
+        name = "react_loop",
+        description = "Runs a ReAct tool loop on the prompt over a fixed set of side-effect-free tools (calculator, utc_now, echo); callers cannot register tools. Returns the final answer and the cost. Uses the endpoint from EXECUTIONKIT_BASE_URL / EXECUTIONKIT_MODEL; with none configured, the embedded offline model, which answers without calling tools."
+    )]
+    async fn react_loop(&self, Parameters(p): Parameters<ReactParams>) -> CallToolResult {
+        self.answer(self.run_react(p).await)
+    }
+}
+
+#[tool_handler(name = "executionkit")]
+impl ServerHandler for Server {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                "executionkit",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(
+                "executionkit's reasoning patterns as tools; each call runs under its own budget.",
+            )
+    }
+}

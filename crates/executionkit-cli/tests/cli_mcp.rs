@@ -1,0 +1,210 @@
+//! `ek mcp`: the built binary as an MCP server over stdio, spoken to in newline-delimited
+//! JSON-RPC on its stdin/stdout, on the offline model (no endpoint configured).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::process::Stdio;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+/// A running `ek mcp` and its pipes.
+struct Session {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Session {
+    async fn start(flags: &[&str]) -> Self {
+        let mut args = vec!["mcp"];
+        args.extend_from_slice(flags);
+        let mut c = common::command::<&str>(&args, &[]);
+        c.stdin(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut s = Self {
+            child,
+            stdin,
+            lines,
+        };
+        let init = s
+            .request(
+                1,
+                "initialize",
+                json!({
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "cli_mcp", "version": "0"}
+                }),
+            )
+            .await;
+        assert_eq!(init["result"]["serverInfo"]["name"], "executionkit");
+        assert!(init["result"]["capabilities"]["tools"].is_object());
+        s.send_line(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
+            .await;
+        s
+    }
+
+    async fn send_line(&mut self, line: &str) {
+        let w = self.stdin.as_mut().unwrap();
+        w.write_all(line.as_bytes()).await.unwrap();
+        w.write_all(b"\n").await.unwrap();
+        w.flush().await.unwrap();
+    }
+
+    async fn read(&mut self) -> Value {
+        let line = self.lines.next_line().await.unwrap().expect("a reply line");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    async fn request(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.send_line(
+            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string(),
+        )
+        .await;
+        let reply = self.read().await;
+        assert_eq!(reply["id"], id, "{reply}");
+        reply
+    }
+
+    async fn call(&mut self, id: u64, tool: &str, arguments: Value) -> Value {
+        let reply = self
+            .request(
+                id,
+                "tools/call",
+                json!({"name": tool, "arguments": arguments}),
+            )
+            .await;
+        reply["result"].clone()
+    }
+
+    /// Closes stdin and waits for the server to exit.
+    async fn finish(mut self) -> i32 {
+        drop(self.stdin.take());
+        assert!(self.lines.next_line().await.unwrap().is_none());
+        self.child.wait().await.unwrap().code().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn lists_calls_rejects_and_survives_malformed_lines() {
+    let mut s = Session::start(&[]).await;
+
+    // tools/list: the reference's two tools with their schemas.
+    let list = s.request(2, "tools/list", json!({})).await;
+    let tools = list["result"]["tools"].as_array().unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["consensus", "react_loop"]);
+    let consensus = &tools[0]["inputSchema"];
+    assert_eq!(consensus["required"], json!(["prompt"]));
+    assert_eq!(consensus["additionalProperties"], false);
+    assert_eq!(consensus["properties"]["n"]["minimum"], 1);
+    assert_eq!(consensus["properties"]["n"]["maximum"], 9);
+    assert!(consensus["properties"]["temperature"].is_object());
+    assert!(consensus["properties"]["strategy"].is_object());
+    let react = &tools[1]["inputSchema"];
+    assert_eq!(react["properties"]["max_rounds"]["maximum"], 8);
+    for t in tools {
+        assert!(
+            t["description"].as_str().unwrap().contains("offline model"),
+            "{t}"
+        );
+    }
+
+    // consensus on the offline model: the value and the cost.
+    let r = s
+        .call(3, "consensus", json!({"prompt": "What is 2+2?", "n": 3}))
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let out = &r["structuredContent"];
+    assert!(!out["value"].as_str().unwrap().is_empty());
+    assert_eq!(out["cost"]["llm_calls"], 3);
+    assert_eq!(out["metadata"]["agreement_ratio"], 1.0);
+    let text: Value = serde_json::from_str(r["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(&text, out);
+
+    // Bad arguments: tool errors that spent nothing.
+    for (id, args, argument) in [
+        (4, json!({"prompt": "q", "n": 20}), "n"),
+        (5, json!({"prompt": "  "}), "prompt"),
+        (6, json!({"prompt": "q", "strategy": "loudest"}), "strategy"),
+        (7, json!({"prompt": "q", "temperature": 3.0}), "temperature"),
+    ] {
+        let r = s.call(id, "consensus", args).await;
+        assert_eq!(r["isError"], true, "{r}");
+        let e = &r["structuredContent"]["error"];
+        assert_eq!(e["kind"], "invalid_argument", "{r}");
+        assert_eq!(e["metadata"]["argument"], argument, "{r}");
+        assert_eq!(e["cost"]["llm_calls"], 0, "{r}");
+        assert_eq!(e["cost"]["input_tokens"], 0, "{r}");
+    }
+    let r = s
+        .call(8, "react_loop", json!({"prompt": "q", "max_rounds": 9}))
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(
+        r["structuredContent"]["error"]["metadata"]["argument"],
+        "max_rounds"
+    );
+
+    // An unknown argument or one of the wrong type: rmcp's tool error naming it.
+    let r = s
+        .call(9, "consensus", json!({"prompt": "q", "bogus": 1}))
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(
+        r["content"][0]["text"].as_str().unwrap().contains("bogus"),
+        "{r}"
+    );
+
+    // Malformed lines: JSON that is not a message gets Invalid Request (id null); a line that is
+    // not JSON is skipped without a reply (rmcp, like the other official SDKs). The server goes on.
+    s.send_line("[1, 2, 3]").await;
+    let reply = s.read().await;
+    assert_eq!(reply["error"]["code"], -32600, "{reply}");
+    assert!(reply["id"].is_null());
+    s.send_line("this is not json {").await;
+    s.send_line("").await;
+
+    // react_loop on the offline model answers without tools.
+    let r = s
+        .call(10, "react_loop", json!({"prompt": "What is 17 * 83?"}))
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["structuredContent"]["metadata"]["rounds"], 1);
+
+    // EOF ends the server.
+    assert_eq!(s.finish().await, 0);
+}
+
+#[tokio::test]
+async fn the_budget_flags_apply_to_each_tool_call() {
+    let mut s = Session::start(&["--max-calls", "3"]).await;
+    // Two calls of three samples each: each fits its own budget.
+    for id in [2, 3] {
+        let r = s
+            .call(id, "consensus", json!({"prompt": "q", "n": 3}))
+            .await;
+        assert_eq!(r["isError"], false, "{r}");
+        assert_eq!(r["structuredContent"]["cost"]["llm_calls"], 3);
+    }
+    // Five samples do not: a tool error that carries the spend.
+    let r = s.call(4, "consensus", json!({"prompt": "q", "n": 5})).await;
+    assert_eq!(r["isError"], true, "{r}");
+    let e = &r["structuredContent"]["error"];
+    assert_eq!(e["kind"], "budget_exhausted", "{r}");
+    assert!(e["cost"].is_object(), "{r}");
+    assert_eq!(s.finish().await, 0);
+}
+
+#[tokio::test]
+async fn bad_flags_fail_before_serving() {
+    let o = common::ek(&["mcp", "--max-usd", "1"]).await;
+    assert_eq!(common::code(&o), 2);
+    assert!(common::stderr(&o).contains("--max-usd"));
+}
