@@ -20,9 +20,13 @@ struct Session {
 
 impl Session {
     async fn start(flags: &[&str]) -> Self {
+        Self::start_env(flags, &[]).await
+    }
+
+    async fn start_env(flags: &[&str], env: &[(&str, String)]) -> Self {
         let mut args = vec!["mcp"];
         args.extend_from_slice(flags);
-        let mut c = common::command::<&str>(&args, &[]);
+        let mut c = common::command(&args, env);
         c.stdin(Stdio::piped());
         let mut child = c.spawn().unwrap();
         let stdin = child.stdin.take();
@@ -207,4 +211,63 @@ async fn bad_flags_fail_before_serving() {
     let o = common::ek(&["mcp", "--max-usd", "1"]).await;
     assert_eq!(common::code(&o), 2);
     assert!(common::stderr(&o).contains("--max-usd"));
+}
+
+const KEY: &str = "sk-mcp-test-0123456789abcdef";
+
+/// A chat completion whose content repeats the request's key.
+struct EchoKey;
+
+impl wiremock::Respond for EchoKey {
+    fn respond(&self, r: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let key = r
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        wiremock::ResponseTemplate::new(200).set_body_json(json!({
+            "id": "c", "object": "chat.completion", "model": "test-model",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": format!("the key is {key}")}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+        }))
+    }
+}
+
+#[tokio::test]
+async fn a_configured_endpoint_is_used_and_its_key_never_reaches_the_client() {
+    use wiremock::matchers::method;
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(method("POST"))
+        .respond_with(EchoKey)
+        .mount(&server)
+        .await;
+    let mut env = common::endpoint(&server);
+    env.push(("EXECUTIONKIT_API_KEY", KEY.to_owned()));
+    let mut s = Session::start_env(&["--max-retries", "0"], &env).await;
+    let r = s.call(2, "consensus", json!({"prompt": "q", "n": 2})).await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["structuredContent"]["cost"]["llm_calls"], 2);
+    assert_eq!(r["structuredContent"]["cost"]["input_tokens"], 10);
+    let text = r.to_string();
+    assert!(text.contains("the key is"), "{text}");
+    assert!(!text.contains(KEY), "{text}");
+    assert_eq!(common::bodies(&server).await.len(), 2);
+
+    // A failing endpoint: a tool error carrying what was spent.
+    server.reset().await;
+    wiremock::Mock::given(method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(400).set_body_string(format!("bad {KEY}")))
+        .mount(&server)
+        .await;
+    let r = s.call(3, "consensus", json!({"prompt": "q", "n": 1})).await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(
+        r["structuredContent"]["error"]["cost"]["llm_calls"], 1,
+        "{r}"
+    );
+    assert!(!r.to_string().contains(KEY), "{r}");
+    assert_eq!(s.finish().await, 0);
 }
