@@ -3,7 +3,8 @@
 //!
 //! Tools (the reference's section 21): `consensus` (`prompt`, `n` 1..=9 default 3, `strategy`,
 //! `temperature` 0..=2) and `react_loop` (`prompt`, `max_rounds` 1..=8 default 5) over the CLI's
-//! built-in side-effect-free tools. The endpoint comes from the usual flags and variables, else
+//! built-in side-effect-free tools; beyond it, `refine`, `structured` (a JSON Schema argument)
+//! and `pipe` (`--step` strings). The endpoint comes from the usual flags and variables, else
 //! the embedded offline model. Each tool call runs under its own budget from the `--max-*`
 //! flags. A result is the pattern's JSON (`value`, `cost`, `metadata`); a failure is a tool
 //! error (`isError: true`) carrying the error's JSON with its spend. Secrets are redacted from
@@ -18,12 +19,13 @@ use std::sync::Arc;
 
 use executionkit::{
     Budget, CallOptions, Consensus, Error, LlmProvider, Pattern as _, PatternResult, ReactLoop,
-    RetryPolicy, RunContext, VotingStrategy, WithCallOptions as _,
+    RefineLoop, RetryPolicy, RunContext, StructuredValue, VotingStrategy, WithCallOptions as _,
 };
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{ServerHandler, ServiceExt as _, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::cli::Common;
 use crate::endpoint;
@@ -62,6 +64,45 @@ pub struct ReactParams {
     /// The most LLM rounds (1 to 8, default 5).
     #[schemars(range(min = 1, max = 8))]
     pub max_rounds: Option<i64>,
+}
+
+/// `refine` arguments.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefineParams {
+    /// The task; must not be blank.
+    pub prompt: String,
+    /// Stop once a draft scores at least this (0 to 1, default 0.9).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub target_score: Option<f64>,
+    /// Improvement rounds after the first draft (1 to 10, default 5).
+    #[schemars(range(min = 1, max = 10))]
+    pub max_iterations: Option<i64>,
+}
+
+/// `structured` arguments.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StructuredParams {
+    /// The request; must not be blank.
+    pub prompt: String,
+    /// The JSON Schema the answer must validate against (an object).
+    pub schema: serde_json::Map<String, serde_json::Value>,
+    /// Repair attempts after an invalid answer (0 to 5, default 3).
+    #[schemars(range(min = 0, max = 5))]
+    pub max_repairs: Option<i64>,
+}
+
+/// `pipe` arguments.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipeParams {
+    /// The input of the first step; must not be blank.
+    pub prompt: String,
+    /// The steps, as `ek pipe --step` takes them (`consensus samples=3`, `refine
+    /// target_score=0.8`, …); 1 to 8 steps, without `provider=`.
+    #[schemars(length(min = 1, max = 8))]
+    pub steps: Vec<String>,
 }
 
 /// The server: one provider, the per-call budget and options, the secrets to redact.
@@ -165,7 +206,7 @@ impl Server {
     }
 
     /// The pattern's result or error as an MCP tool result, secrets redacted.
-    fn answer(&self, r: Result<PatternResult<String>, Error>) -> CallToolResult {
+    fn answer<T: serde::Serialize>(&self, r: Result<PatternResult<T>, Error>) -> CallToolResult {
         match r {
             Ok(r) => {
                 let mut v = r.to_json();
@@ -229,6 +270,49 @@ impl Server {
     }
 }
 
+impl Server {
+    async fn run_refine(&self, p: RefineParams) -> Result<PatternResult<String>, Error> {
+        let text = prompt(&p.prompt)?;
+        let iterations = within("max_iterations", p.max_iterations, 1, 10, 5)?;
+        let target = p.target_score.unwrap_or(0.9);
+        if !(0.0..=1.0).contains(&target) {
+            return Err(bad(
+                "target_score",
+                "'target_score' must be between 0 and 1",
+            ));
+        }
+        let r = RefineLoop::default()
+            .options(self.call.clone())
+            .target_score(target)
+            .max_iterations(iterations);
+        r.validate()?;
+        let r = r.run(self.provider.as_ref(), text, &self.ctx()).await?;
+        Ok(r.erase_stats())
+    }
+
+    async fn run_structured(&self, p: StructuredParams) -> Result<PatternResult<Value>, Error> {
+        let text = prompt(&p.prompt)?;
+        let repairs = within("max_repairs", p.max_repairs, 0, 5, 3)?;
+        let s = StructuredValue::new()
+            .options(self.call.clone())
+            .schema("answer", Value::Object(p.schema))
+            .max_repairs(repairs);
+        s.validate()?;
+        let r = s.run(self.provider.as_ref(), text, &self.ctx()).await?;
+        Ok(r.erase_stats())
+    }
+
+    async fn run_pipe(&self, p: PipeParams) -> Result<PatternResult<String>, Error> {
+        let text = prompt(&p.prompt)?;
+        if p.steps.is_empty() || p.steps.len() > 8 {
+            return Err(bad("steps", "'steps' must hold 1 to 8 steps"));
+        }
+        let pipe = crate::pipe(&p.steps, &self.call, None)?;
+        let r = pipe.run(self.provider.as_ref(), text, &self.ctx()).await?;
+        Ok(r.erase_stats())
+    }
+}
+
 #[tool_router]
 impl Server {
     /// `consensus`: N samples, majority or unanimous vote.
@@ -247,6 +331,33 @@ impl Server {
     )]
     async fn react_loop(&self, Parameters(p): Parameters<ReactParams>) -> CallToolResult {
         self.answer(self.run_react(p).await)
+    }
+
+    /// `refine`: draft, judge, improve.
+    #[tool(
+        name = "refine",
+        description = "Drafts an answer, scores it with an LLM judge and improves it until target_score or max_iterations. Returns the best draft, its score and the cost. Uses the endpoint from EXECUTIONKIT_BASE_URL / EXECUTIONKIT_MODEL; with none configured, the embedded offline model."
+    )]
+    async fn refine(&self, Parameters(p): Parameters<RefineParams>) -> CallToolResult {
+        self.answer(self.run_refine(p).await)
+    }
+
+    /// `structured`: JSON validated against a schema.
+    #[tool(
+        name = "structured",
+        description = "Asks for a JSON answer that validates against the given JSON Schema, repairing invalid answers up to max_repairs times. Returns the JSON value and the cost. Uses the endpoint from EXECUTIONKIT_BASE_URL / EXECUTIONKIT_MODEL; with none configured, the embedded offline model."
+    )]
+    async fn structured(&self, Parameters(p): Parameters<StructuredParams>) -> CallToolResult {
+        self.answer(self.run_structured(p).await)
+    }
+
+    /// `pipe`: steps under one budget.
+    #[tool(
+        name = "pipe",
+        description = "Chains consensus / refine steps (as `ek pipe --step` takes them) under one budget; each step's value is the next step's input. Returns the last value, every step's metadata and the cost. Uses the endpoint from EXECUTIONKIT_BASE_URL / EXECUTIONKIT_MODEL; with none configured, the embedded offline model."
+    )]
+    async fn pipe(&self, Parameters(p): Parameters<PipeParams>) -> CallToolResult {
+        self.answer(self.run_pipe(p).await)
     }
 }
 

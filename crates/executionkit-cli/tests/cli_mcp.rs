@@ -99,11 +99,14 @@ impl Session {
 async fn lists_calls_rejects_and_survives_malformed_lines() {
     let mut s = Session::start(&[]).await;
 
-    // tools/list: the reference's two tools with their schemas.
+    // tools/list: the five tools with their schemas (rmcp lists them by name).
     let list = s.request(2, "tools/list", json!({})).await;
     let tools = list["result"]["tools"].as_array().unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["consensus", "react_loop"]);
+    assert_eq!(
+        names,
+        ["consensus", "pipe", "react_loop", "refine", "structured"]
+    );
     let consensus = &tools[0]["inputSchema"];
     assert_eq!(consensus["required"], json!(["prompt"]));
     assert_eq!(consensus["additionalProperties"], false);
@@ -111,8 +114,16 @@ async fn lists_calls_rejects_and_survives_malformed_lines() {
     assert_eq!(consensus["properties"]["n"]["maximum"], 9);
     assert!(consensus["properties"]["temperature"].is_object());
     assert!(consensus["properties"]["strategy"].is_object());
-    let react = &tools[1]["inputSchema"];
+    let react = &tools[2]["inputSchema"];
     assert_eq!(react["properties"]["max_rounds"]["maximum"], 8);
+    assert_eq!(
+        tools[4]["inputSchema"]["required"],
+        json!(["prompt", "schema"])
+    );
+    assert_eq!(
+        tools[1]["inputSchema"]["required"],
+        json!(["prompt", "steps"])
+    );
     for t in tools {
         assert!(
             t["description"].as_str().unwrap().contains("offline model"),
@@ -183,6 +194,68 @@ async fn lists_calls_rejects_and_survives_malformed_lines() {
     assert_eq!(r["structuredContent"]["metadata"]["rounds"], 1);
 
     // EOF ends the server.
+    assert_eq!(s.finish().await, 0);
+}
+
+#[tokio::test]
+async fn refine_structured_and_pipe_on_the_offline_model() {
+    let mut s = Session::start(&[]).await;
+    let r = s
+        .call(
+            2,
+            "refine",
+            json!({"prompt": "Explain tides", "max_iterations": 2}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert!(r["structuredContent"]["score"].is_number(), "{r}");
+    assert!(
+        r["structuredContent"]["metadata"]["iterations"]
+            .as_u64()
+            .unwrap()
+            <= 2
+    );
+
+    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}},
+        "required": ["name"]});
+    let r = s
+        .call(
+            3,
+            "structured",
+            json!({"prompt": "A city", "schema": schema}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert!(r["structuredContent"]["value"]["name"].is_string(), "{r}");
+
+    let r = s
+        .call(
+            4,
+            "pipe",
+            json!({"prompt": "Explain tides",
+                "steps": ["consensus samples=3", "refine max_iterations=1"]}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["structuredContent"]["metadata"]["step_count"], 2, "{r}");
+
+    // Bad steps and limits: tool errors that spent nothing.
+    for (id, tool, args) in [
+        (5, "pipe", json!({"prompt": "q", "steps": ["bogus"]})),
+        (6, "pipe", json!({"prompt": "q", "steps": []})),
+        (7, "refine", json!({"prompt": "q", "target_score": 2.0})),
+        (
+            8,
+            "structured",
+            json!({"prompt": "q", "schema": {}, "max_repairs": 9}),
+        ),
+    ] {
+        let r = s.call(id, tool, args).await;
+        assert_eq!(r["isError"], true, "{r}");
+        let e = &r["structuredContent"]["error"];
+        assert_eq!(e["kind"], "invalid_argument", "{r}");
+        assert_eq!(e["cost"]["llm_calls"], 0, "{r}");
+    }
     assert_eq!(s.finish().await, 0);
 }
 
