@@ -288,8 +288,10 @@ async fn bad_flags_fail_before_serving() {
 
 const KEY: &str = "sk-mcp-test-0123456789abcdef";
 
-/// A chat completion whose content repeats the request's key.
-struct EchoKey;
+/// A chat completion whose content repeats the request's key (after 300 ms when delayed).
+struct EchoKey {
+    delayed: bool,
+}
 
 impl wiremock::Respond for EchoKey {
     fn respond(&self, r: &wiremock::Request) -> wiremock::ResponseTemplate {
@@ -300,7 +302,13 @@ impl wiremock::Respond for EchoKey {
             .unwrap_or("")
             .trim_start_matches("Bearer ")
             .to_owned();
-        wiremock::ResponseTemplate::new(200).set_body_json(json!({
+        let t = wiremock::ResponseTemplate::new(200);
+        let t = if self.delayed {
+            t.set_delay(std::time::Duration::from_millis(300))
+        } else {
+            t
+        };
+        t.set_body_json(json!({
             "id": "c", "object": "chat.completion", "model": "test-model",
             "choices": [{"index": 0, "finish_reason": "stop",
                 "message": {"role": "assistant", "content": format!("the key is {key}")}}],
@@ -314,7 +322,7 @@ async fn a_configured_endpoint_is_used_and_its_key_never_reaches_the_client() {
     use wiremock::matchers::method;
     let server = wiremock::MockServer::start().await;
     wiremock::Mock::given(method("POST"))
-        .respond_with(EchoKey)
+        .respond_with(EchoKey { delayed: false })
         .mount(&server)
         .await;
     let mut env = common::endpoint(&server);
@@ -342,5 +350,36 @@ async fn a_configured_endpoint_is_used_and_its_key_never_reaches_the_client() {
         "{r}"
     );
     assert!(!r.to_string().contains(KEY), "{r}");
+    assert_eq!(s.finish().await, 0);
+}
+
+#[tokio::test]
+async fn requests_are_handled_concurrently() {
+    use wiremock::matchers::method;
+    let server = wiremock::MockServer::start().await;
+    // Slow replies: both tool calls are in flight while the ping is answered.
+    wiremock::Mock::given(method("POST"))
+        .respond_with(EchoKey { delayed: true })
+        .mount(&server)
+        .await;
+    let mut s = Session::start_env(&[], &common::endpoint(&server)).await;
+    for id in [2, 3] {
+        s.send_line(
+            &json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": "consensus", "arguments": {"prompt": "q", "n": 1}}})
+            .to_string(),
+        )
+        .await;
+    }
+    s.send_line(&json!({"jsonrpc": "2.0", "id": 4, "method": "ping"}).to_string())
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let reply = s.read().await;
+        ids.push(reply["id"].as_u64().unwrap());
+    }
+    assert_eq!(ids[0], 4, "the ping waits for no tool call: {ids:?}");
+    ids.sort_unstable();
+    assert_eq!(ids, [2, 3, 4]);
     assert_eq!(s.finish().await, 0);
 }
