@@ -23,7 +23,8 @@ use executionkit::{
 };
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
-use rmcp::{ServerHandler, ServiceExt as _, schemars, tool, tool_handler, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler, ServiceExt as _, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -149,6 +150,26 @@ fn bad(argument: &str, message: &str) -> Error {
     Error::invalid_argument(argument, message.to_owned())
 }
 
+/// Runs `work` until the client cancels the request (`notifications/cancelled`): then `work`
+/// is dropped, which cancels its calls in flight, and the result is a `cancelled` error with
+/// the spend so far (rmcp sends no reply to a cancelled request; the error is for the logs and
+/// for a client that does not drop it).
+async fn until_cancelled<T>(
+    request: &RequestContext<RoleServer>,
+    ctx: &RunContext,
+    work: impl std::future::Future<Output = Result<PatternResult<T>, Error>>,
+) -> Result<PatternResult<T>, Error> {
+    tokio::select! {
+        r = work => r,
+        () = request.ct.cancelled() => {
+            let ledger = ctx.ledger();
+            Err(Error::cancelled()
+                .with_cost(ledger.spent())
+                .with_usd(ledger.spent_usd()))
+        }
+    }
+}
+
 /// A blank prompt is refused before any call.
 fn prompt(p: &str) -> Result<&str, Error> {
     if p.trim().is_empty() {
@@ -221,7 +242,11 @@ impl Server {
         }
     }
 
-    async fn run_consensus(&self, p: ConsensusParams) -> Result<PatternResult<String>, Error> {
+    async fn run_consensus(
+        &self,
+        p: ConsensusParams,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>, Error> {
         let text = prompt(&p.prompt)?;
         let n = within("n", p.n, 1, 9, 3)?;
         let mut options = self.call.clone();
@@ -247,11 +272,15 @@ impl Server {
             .samples(n)
             .strategy(strategy);
         c.validate()?;
-        let r = c.run(self.provider.as_ref(), text, &self.ctx()).await?;
+        let r = c.run(self.provider.as_ref(), text, ctx).await?;
         Ok(r.erase_stats())
     }
 
-    async fn run_react(&self, p: ReactParams) -> Result<PatternResult<String>, Error> {
+    async fn run_react(
+        &self,
+        p: ReactParams,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>, Error> {
         let text = prompt(&p.prompt)?;
         let rounds = within("max_rounds", p.max_rounds, 1, 8, 5)?;
         let provider: Arc<dyn LlmProvider> = if self.offline {
@@ -265,13 +294,17 @@ impl Server {
             .tools(tools::builtin())
             .max_rounds(rounds);
         r.validate(provider.as_ref())?;
-        let r = r.run(provider.as_ref(), text, &self.ctx()).await?;
+        let r = r.run(provider.as_ref(), text, ctx).await?;
         Ok(r.erase_stats())
     }
 }
 
 impl Server {
-    async fn run_refine(&self, p: RefineParams) -> Result<PatternResult<String>, Error> {
+    async fn run_refine(
+        &self,
+        p: RefineParams,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>, Error> {
         let text = prompt(&p.prompt)?;
         let iterations = within("max_iterations", p.max_iterations, 1, 10, 5)?;
         let target = p.target_score.unwrap_or(0.9);
@@ -286,11 +319,15 @@ impl Server {
             .target_score(target)
             .max_iterations(iterations);
         r.validate()?;
-        let r = r.run(self.provider.as_ref(), text, &self.ctx()).await?;
+        let r = r.run(self.provider.as_ref(), text, ctx).await?;
         Ok(r.erase_stats())
     }
 
-    async fn run_structured(&self, p: StructuredParams) -> Result<PatternResult<Value>, Error> {
+    async fn run_structured(
+        &self,
+        p: StructuredParams,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<Value>, Error> {
         let text = prompt(&p.prompt)?;
         let repairs = within("max_repairs", p.max_repairs, 0, 5, 3)?;
         let s = StructuredValue::new()
@@ -298,17 +335,21 @@ impl Server {
             .schema("answer", Value::Object(p.schema))
             .max_repairs(repairs);
         s.validate()?;
-        let r = s.run(self.provider.as_ref(), text, &self.ctx()).await?;
+        let r = s.run(self.provider.as_ref(), text, ctx).await?;
         Ok(r.erase_stats())
     }
 
-    async fn run_pipe(&self, p: PipeParams) -> Result<PatternResult<String>, Error> {
+    async fn run_pipe(
+        &self,
+        p: PipeParams,
+        ctx: &RunContext,
+    ) -> Result<PatternResult<String>, Error> {
         let text = prompt(&p.prompt)?;
         if p.steps.is_empty() || p.steps.len() > 8 {
             return Err(bad("steps", "'steps' must hold 1 to 8 steps"));
         }
         let pipe = crate::pipe(&p.steps, &self.call, None)?;
-        let r = pipe.run(self.provider.as_ref(), text, &self.ctx()).await?;
+        let r = pipe.run(self.provider.as_ref(), text, ctx).await?;
         Ok(r.erase_stats())
     }
 }
@@ -320,8 +361,14 @@ impl Server {
         name = "consensus",
         description = "Runs N parallel samples of the prompt and returns the majority (or unanimous) answer with its agreement ratio and the cost. Uses the endpoint from EXECUTIONKIT_BASE_URL / EXECUTIONKIT_MODEL; with none configured, the embedded offline model (deterministic, not a real LLM)."
     )]
-    async fn consensus(&self, Parameters(p): Parameters<ConsensusParams>) -> CallToolResult {
-        self.answer(self.run_consensus(p).await)
+    async fn consensus(
+        &self,
+        Parameters(p): Parameters<ConsensusParams>,
+        request: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let ctx = self.ctx();
+        let r = until_cancelled(&request, &ctx, self.run_consensus(p, &ctx)).await;
+        self.answer(r)
     }
 
     /// `react_loop`: a ReAct tool loop over the built-in tools.
@@ -329,8 +376,14 @@ impl Server {
         name = "react_loop",
         description = "Runs a ReAct tool loop on the prompt over a fixed set of side-effect-free tools (calculator, utc_now, echo); callers cannot register tools. Returns the final answer and the cost. Uses the endpoint from EXECUTIONKIT_BASE_URL / EXECUTIONKIT_MODEL; with none configured, the embedded offline model, which answers without calling tools."
     )]
-    async fn react_loop(&self, Parameters(p): Parameters<ReactParams>) -> CallToolResult {
-        self.answer(self.run_react(p).await)
+    async fn react_loop(
+        &self,
+        Parameters(p): Parameters<ReactParams>,
+        request: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let ctx = self.ctx();
+        let r = until_cancelled(&request, &ctx, self.run_react(p, &ctx)).await;
+        self.answer(r)
     }
 
     /// `refine`: draft, judge, improve.
@@ -338,8 +391,14 @@ impl Server {
         name = "refine",
         description = "Drafts an answer, scores it with an LLM judge and improves it until target_score or max_iterations. Returns the best draft, its score and the cost. Uses the endpoint from EXECUTIONKIT_BASE_URL / EXECUTIONKIT_MODEL; with none configured, the embedded offline model."
     )]
-    async fn refine(&self, Parameters(p): Parameters<RefineParams>) -> CallToolResult {
-        self.answer(self.run_refine(p).await)
+    async fn refine(
+        &self,
+        Parameters(p): Parameters<RefineParams>,
+        request: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let ctx = self.ctx();
+        let r = until_cancelled(&request, &ctx, self.run_refine(p, &ctx)).await;
+        self.answer(r)
     }
 
     /// `structured`: JSON validated against a schema.
@@ -347,8 +406,14 @@ impl Server {
         name = "structured",
         description = "Asks for a JSON answer that validates against the given JSON Schema, repairing invalid answers up to max_repairs times. Returns the JSON value and the cost. Uses the endpoint from EXECUTIONKIT_BASE_URL / EXECUTIONKIT_MODEL; with none configured, the embedded offline model."
     )]
-    async fn structured(&self, Parameters(p): Parameters<StructuredParams>) -> CallToolResult {
-        self.answer(self.run_structured(p).await)
+    async fn structured(
+        &self,
+        Parameters(p): Parameters<StructuredParams>,
+        request: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let ctx = self.ctx();
+        let r = until_cancelled(&request, &ctx, self.run_structured(p, &ctx)).await;
+        self.answer(r)
     }
 
     /// `pipe`: steps under one budget.
@@ -356,8 +421,14 @@ impl Server {
         name = "pipe",
         description = "Chains consensus / refine steps (as `ek pipe --step` takes them) under one budget; each step's value is the next step's input. Returns the last value, every step's metadata and the cost. Uses the endpoint from EXECUTIONKIT_BASE_URL / EXECUTIONKIT_MODEL; with none configured, the embedded offline model."
     )]
-    async fn pipe(&self, Parameters(p): Parameters<PipeParams>) -> CallToolResult {
-        self.answer(self.run_pipe(p).await)
+    async fn pipe(
+        &self,
+        Parameters(p): Parameters<PipeParams>,
+        request: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let ctx = self.ctx();
+        let r = until_cancelled(&request, &ctx, self.run_pipe(p, &ctx)).await;
+        self.answer(r)
     }
 }
 

@@ -383,3 +383,61 @@ async fn requests_are_handled_concurrently() {
     assert_eq!(ids, [2, 3, 4]);
     assert_eq!(s.finish().await, 0);
 }
+
+/// Counts the requests it receives and answers each after 500 ms.
+struct SlowCounter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl wiremock::Respond for SlowCounter {
+    fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        wiremock::ResponseTemplate::new(200)
+            .set_delay(std::time::Duration::from_millis(500))
+            .set_body_json(json!({
+                "choices": [{"index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "a"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1}
+            }))
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_call_stops_its_pattern() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use wiremock::matchers::method;
+    let server = wiremock::MockServer::start().await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    wiremock::Mock::given(method("POST"))
+        .respond_with(SlowCounter(Arc::clone(&seen)))
+        .mount(&server)
+        .await;
+    let mut s = Session::start_env(&["--max-retries", "0"], &common::endpoint(&server)).await;
+    // Nine samples, five at a time: the first five are in flight when the call is cancelled.
+    s.send_line(
+        &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "consensus", "arguments": {"prompt": "q", "n": 9}}})
+        .to_string(),
+    )
+    .await;
+    // Wait until the server has the first requests, then cancel.
+    while seen.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    s.send_line(
+        &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": 7, "reason": "test"}})
+        .to_string(),
+    )
+    .await;
+    // Long enough for an uncancelled run to send all nine (each wave takes 500 ms).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let ping = s.request(8, "ping", json!({})).await;
+    assert!(ping.get("result").is_some(), "{ping}");
+    assert!(
+        seen.load(Ordering::SeqCst) <= 5,
+        "the cancelled pattern kept sampling: {} requests",
+        seen.load(Ordering::SeqCst)
+    );
+    // No reply to the cancelled request, and the server still exits cleanly at EOF.
+    assert_eq!(s.finish().await, 0);
+}
