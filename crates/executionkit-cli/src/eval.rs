@@ -5,7 +5,6 @@
 //! checked whole before any request: every bad line exits 2, naming the line. Exit 1 when the
 //! accuracy is below `--min-accuracy` (default 1.0: every case must pass).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write as _};
 use std::sync::Mutex;
@@ -286,31 +285,9 @@ fn parse(name: &str, text: &str) -> Result<Vec<Case>, Error> {
         Error::invalid_argument("file", format!("{name}, line {line}: {what}"))
     };
     let mut cases = Vec::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let v: Value =
-            serde_json::from_str(raw).map_err(|e| bad(line, format!("not valid JSON ({e})")))?;
-        let Value::Object(mut obj) = v else {
-            return Err(bad(
-                line,
-                "expected a JSON object like {\"prompt\": \"…\", \"contains\": \"…\"}".to_owned(),
-            ));
-        };
-        let prompt = match obj.remove("prompt") {
-            Some(Value::String(p)) if !p.trim().is_empty() => p,
-            Some(Value::String(_)) => return Err(bad(line, "\"prompt\" is empty".to_owned())),
-            Some(_) => return Err(bad(line, "\"prompt\" must be a string".to_owned())),
-            None => return Err(bad(line, "no \"prompt\"".to_owned())),
-        };
-        let id = match obj.remove("id") {
-            None => Value::from(line),
-            Some(id @ (Value::String(_) | Value::Number(_))) => id,
-            Some(_) => return Err(bad(line, "\"id\" must be a string or a number".to_owned())),
-        };
+    for l in crate::inputs::prompt_lines(text, "{\"prompt\": \"…\", \"contains\": \"…\"}", &bad)?
+    {
+        let (line, id, prompt, mut obj) = (l.line, l.id, l.prompt, l.rest);
         let text_of = |key: &str, v: Option<Value>| match v {
             None => Ok(None),
             Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s)),
@@ -330,12 +307,6 @@ fn parse(name: &str, text: &str) -> Result<Vec<Case>, Error> {
             (None, Some(c)) => Check::Contains(c),
             (None, None) => Check::Run,
         };
-        if let Some(first) = seen.insert(id.to_string(), line) {
-            return Err(bad(
-                line,
-                format!("id {id} was already used on line {first}"),
-            ));
-        }
         cases.push(Case { id, prompt, check });
     }
     if cases.is_empty() {

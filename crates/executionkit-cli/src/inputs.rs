@@ -121,6 +121,71 @@ fn read_file(f: &str) -> Result<String, Error> {
         .map_err(|_| Error::invalid_argument("files", format!("{} is not UTF-8 text", shown(f))))
 }
 
+/// One line of a JSON Lines file of prompts (`ek consensus --inputs`, `ek eval`).
+#[derive(Debug)]
+pub struct PromptLine {
+    /// The 1-based line number.
+    pub line: usize,
+    /// `id` (a string or a number), else the line number.
+    pub id: Value,
+    /// The non-empty `prompt`.
+    pub prompt: String,
+    /// The object's other keys.
+    pub rest: serde_json::Map<String, Value>,
+}
+
+/// The lines of a JSON Lines file of prompts: each non-blank line one JSON object with a
+/// non-empty string `prompt` and an optional `id` (a string or a number; default: the 1-based
+/// line number), unique across the file; blank lines are skipped (they still count for line
+/// numbers). `bad(line, what)` makes the error for a bad line; `example` is the object shown
+/// when a line is not one.
+///
+/// # Errors
+/// `bad`'s error for the first bad line.
+pub fn prompt_lines(
+    text: &str,
+    example: &str,
+    bad: &dyn Fn(usize, String) -> Error,
+) -> Result<Vec<PromptLine>, Error> {
+    let mut out = Vec::new();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let v: Value =
+            serde_json::from_str(raw).map_err(|e| bad(line, format!("not valid JSON ({e})")))?;
+        let Value::Object(mut rest) = v else {
+            return Err(bad(line, format!("expected a JSON object like {example}")));
+        };
+        let prompt = match rest.remove("prompt") {
+            Some(Value::String(p)) if !p.trim().is_empty() => p,
+            Some(Value::String(_)) => return Err(bad(line, "\"prompt\" is empty".to_owned())),
+            Some(_) => return Err(bad(line, "\"prompt\" must be a string".to_owned())),
+            None => return Err(bad(line, "no \"prompt\"".to_owned())),
+        };
+        let id = match rest.remove("id") {
+            None => Value::from(line),
+            Some(id @ (Value::String(_) | Value::Number(_))) => id,
+            Some(_) => return Err(bad(line, "\"id\" must be a string or a number".to_owned())),
+        };
+        if let Some(first) = seen.insert(id.to_string(), line) {
+            return Err(bad(
+                line,
+                format!("id {id} was already used on line {first}"),
+            ));
+        }
+        out.push(PromptLine {
+            line,
+            id,
+            prompt,
+            rest,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -4,7 +4,6 @@
 //! line. The file is read and checked whole before any request: every bad line exits 2,
 //! naming the line.
 
-use std::collections::HashMap;
 use std::io::Read;
 
 use executionkit::{
@@ -183,39 +182,9 @@ fn parse(name: &str, text: &str) -> Result<Vec<Input>, Error> {
     let bad = |line: usize, what: String| {
         Error::invalid_argument("inputs", format!("--inputs {name}, line {line}: {what}"))
     };
+    let lines = crate::inputs::prompt_lines(text, "{\"prompt\": \"…\", \"id\": \"…\"}", &bad)?;
     let mut inputs = Vec::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let v: Value =
-            serde_json::from_str(raw).map_err(|e| bad(line, format!("not valid JSON ({e})")))?;
-        let Value::Object(mut obj) = v else {
-            return Err(bad(
-                line,
-                "expected a JSON object like {\"prompt\": \"…\", \"id\": \"…\"}".to_owned(),
-            ));
-        };
-        let prompt = match obj.remove("prompt") {
-            Some(Value::String(p)) if !p.trim().is_empty() => p,
-            Some(Value::String(_)) => return Err(bad(line, "\"prompt\" is empty".to_owned())),
-            Some(_) => return Err(bad(line, "\"prompt\" must be a string".to_owned())),
-            None => return Err(bad(line, "no \"prompt\"".to_owned())),
-        };
-        let id = match obj.remove("id") {
-            None => Value::from(line),
-            Some(id @ (Value::String(_) | Value::Number(_))) => id,
-            Some(_) => return Err(bad(line, "\"id\" must be a string or a number".to_owned())),
-        };
-        let key = id.to_string();
-        if let Some(first) = seen.insert(key, line) {
-            return Err(bad(
-                line,
-                format!("id {id} was already used on line {first}"),
-            ));
-        }
+    for crate::inputs::PromptLine { id, prompt, .. } in lines {
         inputs.push(Input { id, prompt });
     }
     if inputs.is_empty() {
