@@ -588,20 +588,15 @@ impl Consensus {
         );
         plain.temperature = Some(USC_TEMPERATURE);
         plain.max_tokens = Some(USC_MAX_TOKENS);
-        let reply = if provider.response_format_refused() {
-            ctx.complete(provider, plain, tracker).await
-        } else {
-            let structured = plain
-                .clone()
-                .response_format(usc_response_format(texts.len()));
-            match ctx.complete(provider, structured, tracker).await {
-                Err(e) if e.is_permanent() && matches!(e.http_status(), Some(400 | 422)) => {
-                    provider.note_response_format_refused();
-                    ctx.complete(provider, plain, tracker).await
-                }
-                other => other,
-            }
-        };
+        let reply = super::judge::complete_with_format(
+            ctx,
+            provider,
+            plain,
+            usc_response_format(texts.len()),
+            tracker,
+            None,
+        )
+        .await;
         let mut value = result.value;
         let usc = match reply {
             Ok(resp) => match parse_usc_choice(resp.content(), texts.len()) {

@@ -20,8 +20,11 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::engine::{CostTracker, RunContext};
 use crate::error::{Error, ErrorKind, Result};
-use crate::provider::Message;
+use crate::provider::{ChatRequest, LlmProvider, LlmResponse, Message};
 
 /// The judge's system prompt.
 ///
@@ -281,6 +284,41 @@ fn excerpt(s: &str) -> String {
 
 fn excerpt_n(s: &str, n: usize) -> String {
     crate::text::prefix(s, n).to_owned()
+}
+
+/// One call that asks for `format` (a JSON-schema `response_format`) unless the endpoint refused
+/// one before, in this run (`refused_in_run`, when the caller keeps such a flag) or on this
+/// provider ([`LlmProvider::response_format_refused`]). A refusal (HTTP 400 or 422 to the
+/// request carrying it) is noted in both places and asked again once in plain text, a new
+/// counted call. Used by the refine judge and the consensus selection call.
+pub(crate) async fn complete_with_format(
+    ctx: &RunContext,
+    provider: &dyn LlmProvider,
+    plain: ChatRequest,
+    format: serde_json::Value,
+    tracker: &CostTracker,
+    refused_in_run: Option<&AtomicBool>,
+) -> Result<LlmResponse> {
+    let refused = refused_in_run.is_some_and(|r| r.load(Ordering::Relaxed))
+        || provider.response_format_refused();
+    if refused {
+        return ctx.complete(provider, plain, tracker).await;
+    }
+    let structured = plain.clone().response_format(format);
+    match ctx.complete(provider, structured, tracker).await {
+        Err(e) if e.is_permanent() && matches!(e.http_status(), Some(400 | 422)) => {
+            tracing::warn!(
+                target: "executionkit",
+                "the endpoint refused the response_format; asking in plain text"
+            );
+            if let Some(r) = refused_in_run {
+                r.store(true, Ordering::Relaxed);
+            }
+            provider.note_response_format_refused();
+            ctx.complete(provider, plain, tracker).await
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

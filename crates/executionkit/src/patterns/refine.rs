@@ -530,31 +530,19 @@ impl Run<'_> {
     /// new counted call, and remembered for the rest of the run and by the provider
     /// ([`LlmProvider::note_response_format_refused`]) for later runs.
     async fn ask_judge(&self, messages: Vec<Message>) -> Result<crate::provider::LlmResponse> {
-        use std::sync::atomic::Ordering;
         // The judge keeps the run's model and seed but its own temperature and length.
         let mut plain = self.cfg.call.request(messages, JUDGE_TEMPERATURE);
         plain.temperature = Some(JUDGE_TEMPERATURE);
         plain.max_tokens = Some(JUDGE_MAX_TOKENS);
-        if self.plain_judge.load(Ordering::Relaxed) || self.provider.response_format_refused() {
-            return self.ctx.complete(self.provider, plain, self.tracker).await;
-        }
-        let structured = plain.clone().response_format(judge_response_format());
-        match self
-            .ctx
-            .complete(self.provider, structured, self.tracker)
-            .await
-        {
-            Err(e) if e.is_permanent() && matches!(e.http_status(), Some(400 | 422)) => {
-                tracing::warn!(
-                    target: "executionkit",
-                    "the endpoint refused the judge's response_format; asking in plain text"
-                );
-                self.plain_judge.store(true, Ordering::Relaxed);
-                self.provider.note_response_format_refused();
-                self.ctx.complete(self.provider, plain, self.tracker).await
-            }
-            other => other,
-        }
+        super::judge::complete_with_format(
+            self.ctx,
+            self.provider,
+            plain,
+            judge_response_format(),
+            self.tracker,
+            Some(&self.plain_judge),
+        )
+        .await
     }
 
     fn checkpoint(&self, iteration: usize, text: &str, score: f64) {
