@@ -612,6 +612,29 @@ fn provider_def(
     })
 }
 
+/// The fuzz target `config` (fuzz/), also replayed on its corpus by the tests: checking a config
+/// file never panics, a refused file is an `invalid_argument`, and its message never quotes a
+/// value shaped like an API key (`sk-` and 8 or more letters, digits or dashes).
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_one(data: &[u8]) {
+    let src = String::from_utf8_lossy(data);
+    if let Err(e) = Config::parse("ek.toml", &src) {
+        assert_eq!(e.kind(), executionkit::ErrorKind::InvalidArgument, "{e}");
+        let msg = e.to_string();
+        let mut rest = src.as_ref();
+        while let Some(i) = rest.find("sk-") {
+            let key: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            if key.len() >= 11 {
+                assert!(!msg.contains(&key), "the message quotes {key:?}: {msg}");
+            }
+            rest = &rest[i + 3..];
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
