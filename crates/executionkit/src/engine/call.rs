@@ -710,11 +710,12 @@ impl Sent<'_> {
     }
 }
 
-/// `delay` raised to a rate-limited error's `Retry-After`, capped at the policy's `max_delay`.
+/// `delay` raised to the error's `Retry-After` (a 429's, or a 5xx's that sent one), capped at the
+/// policy's `max_delay`.
 fn cap_retry_after(policy: &RetryPolicy, e: &Error, delay: Duration) -> Duration {
     match e.retry_after() {
-        Some(ra) if e.is_rate_limited() => delay.max(ra).min(policy.max_delay_value()),
-        _ => delay,
+        Some(ra) => delay.max(ra).min(policy.max_delay_value()),
+        None => delay,
     }
 }
 
