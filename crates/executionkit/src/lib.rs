@@ -35,6 +35,7 @@ pub use engine::json::extract_json;
 pub use engine::parallel::{gather_resilient, gather_strict};
 pub use engine::stop::StopRule;
 pub use engine::stream::{StreamingResult, stream_completion};
+pub use engine::text_sink::TextEvent;
 pub use engine::{BudgetLedger, CostTracker, Reservation, RetryPolicy, RunContext};
 pub use error::{Error, ErrorKind, Result};
 pub use kit::Kit;

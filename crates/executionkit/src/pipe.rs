@@ -776,6 +776,8 @@ async fn run_stages(
         Some(b) => ctx.clone().nested_budget(b.clone()),
         None => ctx.clone(),
     };
+    // A pipe's value is made of its steps': no step's text goes to an `on_text` subscriber.
+    let ctx = ctx.without_text().into_owned();
     let mut total = TokenUsage::default();
     let mut total_usd: Option<f64> = None;
     let mut over_grant = UsageOverGrant::default();

@@ -843,8 +843,10 @@ impl Workflow {
         if let Some(cp) = resume {
             self.check_checkpoint(cp)?;
         }
+        // The value is every step's: no step's text goes to an `on_text` subscriber.
         let ctx = ctx
-            .clone()
+            .without_text()
+            .into_owned()
             .nested_budget(self.max_budget.clone().unwrap_or_default());
         let ledger = Arc::clone(ctx.ledger());
         let mut stats = WorkflowStats::default();

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::budget::{BudgetLedger, CostTracker, Reservation};
 use super::retry::{FullJitter, RetryPolicy};
+use super::text_sink::{TextEvent, TextSink};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventSink};
 use crate::provider::{
@@ -45,6 +46,7 @@ pub struct RunContext {
     ledger: Arc<BudgetLedger>,
     retry: RetryPolicy,
     events: Option<EventSink>,
+    text: Option<TextSink>,
 }
 
 impl Default for RunContext {
@@ -64,6 +66,7 @@ impl RunContext {
             ledger: Arc::new(BudgetLedger::unlimited()),
             retry: RetryPolicy::default(),
             events: None,
+            text: None,
         }
     }
 
@@ -130,6 +133,91 @@ impl RunContext {
     pub fn on_event(mut self, f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         self.events = Some(EventSink::new(f));
         self
+    }
+
+    /// Subscribes `f` to the text of the calls whose text may be the run's value, as the server
+    /// streams it ([`TextEvent`]; which calls: [`text_sink`](crate::engine::text_sink)). Those
+    /// calls then go through [`stream`](Self::stream) when the provider can stream
+    /// ([`LlmProvider::supports_streaming`]), else through [`complete`](Self::complete) with
+    /// nothing delivered. A streamed call is reserved, counted, settled and reported in events
+    /// exactly as a completed one; it is retried only before its first delta, so no text is
+    /// delivered twice. When a streamed call fails after some text was delivered, the run fails
+    /// with that error: the delivered text stays delivered.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use executionkit::{MapReduce, MockProvider, RunContext, TextEvent};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let text = Arc::new(Mutex::new(String::new()));
+    /// let t = Arc::clone(&text);
+    /// let ctx = RunContext::new().on_text(move |e| {
+    ///     if let TextEvent::Delta(d) = e {
+    ///         t.lock().unwrap().push_str(d);
+    ///     }
+    /// });
+    /// // Two map calls, then the reduce call: only the reduce call's text is delivered.
+    /// let p = MockProvider::new(["a", "b", "a and b"]);
+    /// let m = MapReduce::new().map_template("{item}").reduce_template("{mapped_outputs}");
+    /// let r = m.run(&p, &["x".into(), "y".into()], &ctx).await.unwrap();
+    /// assert_eq!((r.value.as_str(), text.lock().unwrap().as_str()), ("a and b", "a and b"));
+    /// # });
+    /// ```
+    pub fn on_text(mut self, f: impl Fn(TextEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.text = Some(TextSink::new(f));
+        self
+    }
+
+    /// This context without its [`on_text`](Self::on_text) subscriber (same ledger, retry
+    /// policy and events): for calls whose text is not the run's value.
+    pub(crate) fn without_text(&self) -> Cow<'_, Self> {
+        if self.text.is_none() {
+            return Cow::Borrowed(self);
+        }
+        let mut ctx = self.clone();
+        ctx.text = None;
+        Cow::Owned(ctx)
+    }
+
+    /// Sends `request` like [`complete`](Self::complete); with an [`on_text`](Self::on_text)
+    /// subscriber and a provider that streams, streams it instead and delivers its text deltas
+    /// until the first tool-call delta. Also returns whether any text was delivered.
+    pub(crate) async fn complete_forwarding(
+        &self,
+        provider: &dyn LlmProvider,
+        request: ChatRequest,
+        tracker: &CostTracker,
+    ) -> Result<(LlmResponse, bool)> {
+        let Some(sink) = self.text.as_ref().filter(|_| provider.supports_streaming()) else {
+            return Ok((self.complete(provider, request, tracker).await?, false));
+        };
+        let mut stream = self.stream(provider, request, tracker).await?;
+        let mut delivered = false;
+        let mut calls_tools = false;
+        while let Some(item) = stream.next().await {
+            match item? {
+                StreamEvent::TextDelta(t) if !calls_tools && !t.is_empty() => {
+                    sink.emit(TextEvent::Delta(&t));
+                    delivered = true;
+                }
+                StreamEvent::ToolCallDelta { .. } => calls_tools = true,
+                StreamEvent::Finished(resp) => return Ok((resp, delivered)),
+                _ => {}
+            }
+        }
+        // `stream` ends with `Finished` or an error; this is not reached.
+        let e = Error::new(
+            ErrorKind::Provider,
+            "the stream ended without a final response",
+        );
+        Err(self.spend_error(e, tracker))
+    }
+
+    /// Tells the [`on_text`](Self::on_text) subscriber that the text delivered so far is not
+    /// the value (when some was delivered).
+    pub(crate) fn supersede_text(&self, delivered: bool) {
+        if let (true, Some(sink)) = (delivered, &self.text) {
+            sink.emit(TextEvent::Superseded);
+        }
     }
 
     /// The shared ledger.

@@ -435,7 +435,9 @@ impl ReactLoop {
             if let (false, Some(c)) = (specs.is_empty(), choice) {
                 request = request.tool_choice(c.clone());
             }
-            let resp = ctx.complete(provider, request, tracker).await?;
+            // A turn that calls no tool is the answer: every turn's text is delivered to an
+            // `on_text` subscriber until its first tool-call delta, then superseded.
+            let (resp, delivered) = ctx.complete_forwarding(provider, request, tracker).await?;
             if resp.was_truncated() {
                 counters.truncated_responses += 1;
                 tracing::warn!(
@@ -453,6 +455,7 @@ impl ReactLoop {
                 let stats = Self::stats(&counters, ReactTermination::Natural, &history);
                 return Ok(PatternResult::with_stats((content, history), stats));
             }
+            ctx.supersede_text(delivered);
             history.push(Message::assistant_tool_calls(resp.content(), calls.clone()));
             let replies = self.run_round(&calls, &by_name, ctx).await?;
             for reply in replies {
