@@ -333,6 +333,9 @@ pub struct ReactArgs {
     /// Flags every command takes.
     #[command(flatten)]
     pub common: Common,
+    /// When the answer is printed as it is generated.
+    #[command(flatten)]
+    pub stream: StreamFlags,
     /// The most LLM rounds; with no answer after them the run fails (`max_iterations`).
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub max_rounds: usize,
@@ -363,6 +366,9 @@ pub struct StructuredArgs {
     /// Flags every command takes.
     #[command(flatten)]
     pub common: Common,
+    /// When the answer is printed as it is generated.
+    #[command(flatten)]
+    pub stream: StreamFlags,
     /// The JSON Schema the reply must match (a file holding one JSON object).
     #[arg(long, value_name = "FILE.json", required = true)]
     pub schema: std::path::PathBuf,
@@ -395,6 +401,9 @@ pub struct MapReduceArgs {
     /// Flags every command takes.
     #[command(flatten)]
     pub common: Common,
+    /// When the answer is printed as it is generated.
+    #[command(flatten)]
+    pub stream: StreamFlags,
     /// The prompt for each item; `{item}` is replaced by the item.
     #[arg(long, value_name = "T", required = true)]
     pub map_template: String,
@@ -420,6 +429,19 @@ pub struct MapReduceArgs {
     pub lines: bool,
 }
 
+// `--stream` / `--no-stream` of the commands whose value is one call's text (no doc comment:
+// see `ConsensusArgs`).
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct StreamFlags {
+    /// Print the answer as it is generated (the default when stdout is a terminal); no effect
+    /// with --json.
+    #[arg(long, conflicts_with = "no_stream")]
+    pub stream: bool,
+    /// Print the answer only once the run has finished, even on a terminal.
+    #[arg(long)]
+    pub no_stream: bool,
+}
+
 impl Command {
     /// The flags every command takes.
     pub fn common(&self) -> &Common {
@@ -432,6 +454,17 @@ impl Command {
             Self::MapReduce(a) => &a.common,
             Self::Eval(a) => &a.common,
             Self::Mcp(a) => &a.common,
+        }
+    }
+
+    /// `--stream` / `--no-stream`, for the commands that can print their answer as it is
+    /// generated.
+    pub fn stream_flags(&self) -> Option<StreamFlags> {
+        match self {
+            Self::React(a) => Some(a.stream),
+            Self::Structured(a) => Some(a.stream),
+            Self::MapReduce(a) => Some(a.stream),
+            _ => None,
         }
     }
 

@@ -15,6 +15,7 @@ mod output;
 mod progress;
 mod secrets;
 mod step;
+mod streaming;
 mod tools;
 
 use executionkit::{CallOptions, WithCallOptions as _};
@@ -140,6 +141,8 @@ struct Prepared {
     prompt: String,
     ctx: RunContext,
     progress: Option<Progress>,
+    /// Prints the answer as it is generated (`--stream`, or a terminal).
+    streamer: Option<streaming::Streamer>,
     /// The process's secrets and the keys the config file's providers were given.
     secrets: Secrets,
 }
@@ -165,6 +168,7 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
         prompt,
         ctx,
         progress,
+        streamer,
         secrets,
     } = prepared;
     let secrets = &secrets;
@@ -203,9 +207,13 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
     if let Some(p) = &progress {
         p.finish();
     }
+    // What was streamed is the value line (and, on a failure, stays on stdout).
+    let streamed = streamer.as_ref().is_some_and(streaming::Streamer::finish);
     match outcome {
         Ok(done) => {
             match &done {
+                Done::Text(r) if streamed => output::print_after_stream(r, shape, secrets),
+                Done::Json(r) if streamed => output::print_after_stream(r, shape, secrets),
                 Done::Text(r) => output::print_success(r, json, shape, secrets),
                 Done::Json(r) => output::print_success(r, json, shape, secrets),
                 Done::Many(o) => return many::print(o, secrets),
@@ -302,12 +310,18 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
         let p = p.clone();
         ctx = ctx.on_event(move |e| p.on_event(e));
     }
+    let streamer = streaming::wanted(command.stream_flags(), common.json)
+        .then(|| streaming::Streamer::stdout(secrets.clone(), progress.clone()));
+    if let Some(s) = &streamer {
+        ctx = s.attach(ctx);
+    }
     Ok(Prepared {
         job,
         provider,
         prompt,
         ctx,
         progress,
+        streamer,
         secrets,
     })
 }
