@@ -136,7 +136,7 @@ impl RunContext {
     }
 
     /// Subscribes `f` to the text of the calls whose text may be the run's value, as the server
-    /// streams it ([`TextEvent`]; which calls: [`text_sink`](crate::engine::text_sink)). Those
+    /// streams it (which calls: [`TextEvent`]). Those
     /// calls then go through [`stream`](Self::stream) when the provider can stream
     /// ([`LlmProvider::supports_streaming`]), else through [`complete`](Self::complete) with
     /// nothing delivered. A streamed call is reserved, counted, settled and reported in events

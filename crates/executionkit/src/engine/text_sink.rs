@@ -32,6 +32,14 @@ use std::sync::Arc;
 
 /// One piece of [`RunContext::on_text`](crate::RunContext::on_text)'s text.
 ///
+/// Which calls deliver text: [`ReactLoop`](crate::ReactLoop)'s turns (the answer is the turn
+/// that calls no tool; a turn's text is delivered until its first tool-call delta),
+/// [`MapReduce`](crate::MapReduce)'s last reduce call, and [`Structured`](crate::Structured)'s
+/// replies (the value is parsed from the reply no repair follows). Consensus, refine, pipes,
+/// workflows, plans and eval cases deliver nothing: their value is chosen among several calls,
+/// or made of several steps. A call whose text turned out not to be the answer is followed by
+/// [`Superseded`](Self::Superseded).
+///
 /// ```
 /// use executionkit::TextEvent;
 /// let e = TextEvent::Delta("Hel");
