@@ -1,7 +1,9 @@
 //! `ek react` printing its answer as it is generated: `--stream` against a scripted SSE server
 //! on 127.0.0.1 (the same bytes on stdout as without it, every request streamed), `--json`
 //! never streaming, a failure mid-stream (the partial text stays on stdout, the exit code and
-//! stderr tell the failure), and the default inside a pseudo-terminal (util-linux `script`).
+//! stderr tell the failure), text a model wrote before a tool call (printed, then the answer
+//! on its own line), `ek map-reduce --stream` (only the reduce call streams), and the default
+//! inside a pseudo-terminal (util-linux `script`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
@@ -23,6 +25,8 @@ enum Turn {
     Answer(&'static [&'static str]),
     /// A call of the calculator; 10 prompt and 4 completion tokens.
     Calculator(&'static str),
+    /// Some text, then a call of the calculator in the same turn; 10 and 4 tokens.
+    SayThenCalculate(&'static str, &'static str),
     /// The answer's first pieces, then the stream breaks off (a JSON reply: a 500).
     Cut(&'static [&'static str]),
 }
@@ -83,6 +87,22 @@ impl Turn {
                 "choices": [{"index": 0, "finish_reason": "tool_calls",
                     "message": {"role": "assistant", "content": null, "tool_calls": call(expr)}}],
                 "usage": usage(10, 4).1})),
+            (Self::SayThenCalculate(say, expr), true) => {
+                let mut b = chunk(&json!({"content": say}), None);
+                b.push_str(&chunk(&json!({"tool_calls": call(expr)}), None));
+                b.push_str(&chunk(&json!({}), Some("tool_calls")));
+                b.push_str(&usage(10, 4).0);
+                b.push_str("data: [DONE]\n\n");
+                sse(b)
+            }
+            (Self::SayThenCalculate(say, expr), false) => {
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "id": "c1", "model": "test-model",
+                    "choices": [{"index": 0, "finish_reason": "tool_calls",
+                        "message": {"role": "assistant", "content": say,
+                            "tool_calls": call(expr)}}],
+                    "usage": usage(10, 4).1}))
+            }
             (Self::Cut(pieces), true) => sse(pieces
                 .iter()
                 .map(|p| chunk(&json!({"content": p}), None))
@@ -152,6 +172,84 @@ async fn react_stream_prints_the_answer_from_a_scripted_sse_server() {
     assert_eq!(code(&o2), 0, "{}", stderr(&o2));
     assert_eq!(stdout(&o2), out);
     assert_eq!(streamed(&plain).await, (0, 2));
+}
+
+#[tokio::test]
+async fn text_before_a_tool_call_is_printed_then_the_answer_on_its_own_line() {
+    let turns = || {
+        vec![
+            Turn::SayThenCalculate("Let me compute that.", "17*83"),
+            Turn::Answer(&["1411."]),
+        ]
+    };
+    let s = server(turns()).await;
+    let o = ek_at(&s, &["react", "--stream", "What is 17*83?"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("Let me compute that.\n1411.\nTokenUsage("),
+        "{out}"
+    );
+    // Without streaming only the value is printed.
+    let s = server(turns()).await;
+    let o = ek_at(&s, &["react", "What is 17*83?"]).await;
+    assert!(
+        stdout(&o).starts_with("1411.\nTokenUsage("),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[tokio::test]
+async fn map_reduce_streams_only_its_reduce_call() {
+    let turns = || {
+        vec![
+            Turn::Answer(&["m"]),
+            Turn::Answer(&["m"]),
+            Turn::Answer(&["both", " items"]),
+        ]
+    };
+    let args = [
+        "map-reduce",
+        "--lines",
+        "--map-template",
+        "{item}",
+        "--reduce-template",
+        "{mapped_outputs}",
+        "--max-concurrency",
+        "1",
+        "-",
+    ];
+    let s = server(turns()).await;
+    let mut streamed_args = args.to_vec();
+    streamed_args.push("--stream");
+    let o = common::command(&streamed_args, &endpoint(&s))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = feed(o, "a\nb\n").await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("both items\n"), "{}", stdout(&o));
+    let b = bodies(&s).await;
+    let flags: Vec<bool> = b.iter().map(|b| b["stream"] == true).collect();
+    assert_eq!(flags, [false, false, true]);
+
+    let plain = server(turns()).await;
+    let o2 = common::command(&args, &endpoint(&plain))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o2 = feed(o2, "a\nb\n").await;
+    assert_eq!(stdout(&o2), stdout(&o));
+}
+
+/// Writes `text` on the child's stdin, closes it, and waits for the output.
+async fn feed(mut child: tokio::process::Child, text: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(text.as_bytes()).await.unwrap();
+    drop(pipe);
+    child.wait_with_output().await.unwrap()
 }
 
 #[tokio::test]
