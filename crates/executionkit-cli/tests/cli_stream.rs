@@ -342,3 +342,23 @@ async fn on_a_terminal_the_answer_streams_by_default() {
     assert!(out.contains("17 × 83 = 1411.\r\n"), "{out:?}");
     assert_eq!(streamed(&s).await, (0, 2));
 }
+
+#[tokio::test]
+async fn a_key_echoed_across_deltas_is_redacted_in_the_streamed_answer() {
+    const KEY: &str = "sk-test-0123456789abcdef";
+    let s = server(vec![Turn::Answer(&[
+        "Your key is sk-te",
+        "st-01234",
+        "56789abcdef, keep it safe.",
+    ])])
+    .await;
+    let o = ek_at(&s, &["react", "--stream", "--api-key", KEY, "q"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(!out.contains("0123456789"), "{out}");
+    assert!(
+        out.starts_with("Your key is [REDACTED], keep it safe.\n"),
+        "{out}"
+    );
+    assert_eq!(streamed(&s).await, (1, 1));
+}
