@@ -9,10 +9,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use executionkit::eval::{EvalCase, run_eval_suite};
 use executionkit::events::Event;
 use executionkit::{
-    Budget, Consensus, MapReduce, MockProvider, Pipe, ReactLoop, RunContext, StructuredValue,
-    TextEvent, TokenUsage, Tool,
+    Budget, Consensus, MapReduce, MockProvider, Pipe, ReactLoop, RunContext, Step, StructuredValue,
+    TextEvent, TokenUsage, Tool, Workflow,
 };
 use serde_json::{Map, Value, json};
 use wiremock::matchers::{method, path};
@@ -329,7 +330,7 @@ async fn structured_supersedes_a_reply_that_is_repaired() {
 }
 
 #[tokio::test]
-async fn consensus_and_pipes_deliver_no_text() {
+async fn consensus_pipes_workflows_and_eval_cases_deliver_no_text() {
     let p = MockProvider::new(["x"]);
     let (ctx, text) = watching(RunContext::new());
     let c = Consensus::new()
@@ -340,5 +341,51 @@ async fn consensus_and_pipes_deliver_no_text() {
     let pipe = Pipe::new().step(ReactLoop::new());
     let r = pipe.run(&p, "q", &ctx).await.unwrap();
     assert_eq!((c.value.as_str(), r.value.as_str()), ("x", "x"));
+    // A workflow's react step and an eval case's react run: their text is not shown either.
+    let wf = Workflow::new().step(Step::new("a", ReactLoop::new()));
+    let w = wf.run(&p, "q", &ctx).await.unwrap();
+    assert_eq!(w.value["a"], "x");
+    let q = p.clone();
+    let case = EvalCase::new(
+        "c",
+        move |ctx: RunContext| async move { ReactLoop::new().run(&q, "q", &ctx).await.map(|r| r.value) },
+        |v: &String| v == "x",
+    );
+    let report = run_eval_suite(vec![case], &ctx, None).await.unwrap();
+    assert!(report.accuracy_passed());
     assert!(seen(&text).is_empty(), "{:?}", seen(&text));
+    // The same context does deliver a react run's own text.
+    let own = ReactLoop::new().run(&p, "q", &ctx).await.unwrap();
+    assert_eq!(seen(&text), [own.value]);
+}
+
+/// A provider that answers but cannot stream.
+#[derive(Debug)]
+struct NoStream(MockProvider);
+
+#[async_trait::async_trait]
+impl executionkit::LlmProvider for NoStream {
+    fn model(&self) -> &str {
+        self.0.model()
+    }
+    async fn complete(
+        &self,
+        request: &executionkit::ChatRequest,
+    ) -> executionkit::Result<executionkit::LlmResponse> {
+        self.0.complete(request).await
+    }
+    fn supports_tools(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_provider_that_cannot_stream_is_called_as_usual_and_delivers_nothing() {
+    let p = NoStream(MockProvider::new(["plain answer"]));
+    let (ctx, text) = watching(RunContext::new());
+    let r = ReactLoop::new().run(&p, "q", &ctx).await.unwrap();
+    assert_eq!(r.value, "plain answer");
+    assert!(seen(&text).is_empty());
+    assert_eq!(p.0.call_count(), 1);
+    assert!(!p.0.last_call().unwrap().stream);
 }
