@@ -832,7 +832,7 @@ async fn run_stages(
         let span = tracing::info_span!(
             target: "executionkit",
             "pipe.step",
-            step = i,
+            step = crate::telemetry::int(i),
             pattern = step.step.name(),
         );
         match step.step.run(p, input, &ctx).instrument(span).await {
