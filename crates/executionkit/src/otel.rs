@@ -13,6 +13,9 @@
 //! `https://`, the proxy variables), batched on a thread of their own; [`Otlp::shutdown`]
 //! sends what is left. Only spans and events of the `executionkit` target are exported.
 //!
+//! The endpoint, protocol (protobuf), timeout and headers are the builder's: the
+//! `OTEL_EXPORTER_OTLP_*` variables are not used, and spans are sent uncompressed.
+//!
 //! ```no_run
 //! use executionkit::otel::Otlp;
 //! use executionkit::{Consensus, OfflineModel, Pattern, RunContext};
@@ -189,6 +192,7 @@ impl OtlpBuilder {
             .with_http()
             .with_http_client(TransportClient(Arc::new(transport)))
             .with_endpoint(url.as_str())
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_timeout(self.timeout)
             .build()
             .map_err(|e| {
