@@ -5,8 +5,8 @@
 //! (`gen_ai.operation.name`, `gen_ai.request.model`, `gen_ai.usage.input_tokens`,
 //! `gen_ai.usage.output_tokens`, `gen_ai.response.finish_reasons`, …) and, when the budget has
 //! prices for the model, [`EXECUTIONKIT_COST_USD`](crate::telemetry::EXECUTIONKIT_COST_USD).
-//! It is a child of its pattern's span (`pattern.consensus`, `pattern.refine`, `pipe.step`,
-//! `workflow.step`, …). Retries, budget exhaustion and approvals are span events. No span or
+//! It is a child of its pattern's span (`pattern.consensus`, `pattern.refine`, …), itself inside
+//! `pipe.step` and `pipe`, or `workflow.step` and `workflow`, when it is a step. Retries, budget exhaustion and approvals are span events. No span or
 //! event carries a key or the text of a message.
 //!
 //! Spans go through the crate's own HTTP transport (the one providers use: `http://` and

@@ -632,7 +632,13 @@ impl<Out> Pipe<Out> {
             )
             .await
         };
-        seal(run.await, provider)
+        // The parent of the steps' `pipe.step` spans: one trace per run.
+        let span = tracing::info_span!(
+            target: "executionkit",
+            "pipe",
+            steps = crate::telemetry::int(self.len()),
+        );
+        seal(run.instrument(span).await, provider)
     }
 }
 

@@ -305,3 +305,39 @@ fn endpoints_get_the_traces_path_once_and_bad_ones_are_refused() {
         .unwrap_err();
     assert!(e.is_invalid_argument());
 }
+
+#[tokio::test]
+async fn a_pipe_is_one_trace_its_steps_children_of_the_pipe_span() {
+    let collector = Collector::start().await;
+    let otlp = exporter(&collector);
+    let pipe = executionkit::Pipe::new()
+        .step(Consensus::new().samples(1))
+        .step(executionkit::RefineLoop::new().max_iterations(1));
+    let _ = pipe
+        .run(
+            &MockProvider::new(["draft", "0.9", "better", "1.0"]),
+            "write",
+            &RunContext::new(),
+        )
+        .with_subscriber(otlp.subscriber())
+        .await;
+    shutdown(otlp).await;
+    let spans = collector.spans();
+    let root = named(&spans, "pipe");
+    assert_eq!(root.len(), 1, "{spans:#?}");
+    assert!(root[0].parent_span_id.is_empty());
+    assert_eq!(root[0].attr("steps"), &json!(2));
+    let steps = named(&spans, "pipe.step");
+    assert_eq!(steps.len(), 2);
+    for s in &steps {
+        assert_eq!(s.parent_span_id, root[0].span_id);
+    }
+    assert!(
+        spans.iter().all(|s| s.trace_id == root[0].trace_id),
+        "one trace"
+    );
+    assert_eq!(
+        named(&spans, "pattern.refine")[0].parent_span_id,
+        steps[1].span_id
+    );
+}
