@@ -200,6 +200,11 @@ pub struct Common {
     /// Print exactly one JSON object on stdout (success or error).
     #[arg(long)]
     pub json: bool,
+
+    /// Export the run's spans to this OpenTelemetry collector over OTLP/HTTP (protobuf), e.g.
+    /// `http://localhost:4318` (`/v1/traces` is appended unless the URL ends with it).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 // `ek consensus`. No doc comment: clap would show it as the command's about, in place of the

@@ -17,6 +17,7 @@ mod secrets;
 mod step;
 mod streaming;
 mod tools;
+mod traces;
 
 use executionkit::{CallOptions, WithCallOptions as _};
 use std::ffi::OsString;
@@ -79,6 +80,13 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.command.common().json;
+    let otlp = match traces::start(cli.command.common().otlp_endpoint.as_deref()) {
+        Ok(o) => o,
+        Err(e) => {
+            output::print_error(&e, json, &secrets);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     // One thread: every pattern fans out inside its own task (samples, map items and tool
     // calls are polled together), so a work-stealing pool buys nothing here and costs CPU per
     // call (bench/RESULTS.md: 2.5x -> 1.8x wrk's CPU per request at 10,000 samples).
@@ -99,6 +107,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(run(cli.command, json, &env, &secrets));
     // In-flight requests of an interrupted run are dropped with the runtime, not awaited.
     runtime.shutdown_background();
+    traces::finish(otlp, &secrets);
     ExitCode::from(code)
 }
 

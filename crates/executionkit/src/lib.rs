@@ -18,6 +18,8 @@ pub mod eval;
 pub mod events;
 pub mod guide;
 mod kit;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod patterns;
 mod pipe;
 mod plan;

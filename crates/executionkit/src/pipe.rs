@@ -632,7 +632,13 @@ impl<Out> Pipe<Out> {
             )
             .await
         };
-        seal(run.await, provider)
+        // The parent of the steps' `pipe.step` spans: one trace per run.
+        let span = tracing::info_span!(
+            target: "executionkit",
+            "pipe",
+            steps = crate::telemetry::int(self.len()),
+        );
+        seal(run.instrument(span).await, provider)
     }
 }
 
@@ -834,7 +840,7 @@ async fn run_stages(
         let span = tracing::info_span!(
             target: "executionkit",
             "pipe.step",
-            step = i,
+            step = crate::telemetry::int(i),
             pattern = step.step.name(),
         );
         match step.step.run(p, input, &ctx).instrument(span).await {

@@ -26,9 +26,10 @@ use crate::provider::{
 use crate::redact::{redact_secret_json, redact_with};
 use crate::result::{PatternResult, RedactStats};
 use crate::telemetry::{
-    ERROR_TYPE, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,
-    GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS, GEN_AI_RESPONSE_ID,
-    GEN_AI_RESPONSE_MODEL, GEN_AI_USAGE_INPUT_TOKENS, GEN_AI_USAGE_OUTPUT_TOKENS, OPERATION_CHAT,
+    ERROR_TYPE, EXECUTIONKIT_COST_USD, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS,
+    GEN_AI_REQUEST_MODEL, GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS,
+    GEN_AI_RESPONSE_ID, GEN_AI_RESPONSE_MODEL, GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS, OPERATION_CHAT, int,
 };
 use crate::usage::{Budget, TokenUsage};
 
@@ -306,20 +307,7 @@ impl RunContext {
         .when(|(_, e)| self.retry.should_retry(e))
         .adjust(|(_, e), d| d.map(|d| cap_retry_after(&self.retry, e, d)))
         .notify(|(call, e), delay| {
-            tracing::debug!(
-                target: "executionkit",
-                call = *call,
-                attempt = attempt.load(Ordering::Relaxed),
-                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                kind = e.kind().as_str(),
-                "retrying LLM call"
-            );
-            self.emit(&Event::CallRetried {
-                call: *call,
-                attempt: attempt.load(Ordering::Relaxed),
-                delay,
-                kind: e.kind(),
-            });
+            self.retried(*call, attempt.load(Ordering::Relaxed), delay, e.kind());
         })
         .await;
         match result {
@@ -607,13 +595,32 @@ impl RunContext {
         )))
     }
 
-    fn emit(&self, event: &Event) {
+    pub(crate) fn emit(&self, event: &Event) {
         if let Some(sink) = &self.events {
             sink.emit(event);
         }
     }
 
-    /// The final form of a failure: event, redaction, spend.
+    /// A failed attempt that will be retried after `delay`: a `tracing` event (a span event
+    /// of the pattern's span in an exported trace) and [`Event::CallRetried`].
+    fn retried(&self, call: u64, attempt: u32, delay: Duration, kind: ErrorKind) {
+        tracing::debug!(
+            target: "executionkit",
+            call = int(call),
+            attempt = i64::from(attempt),
+            delay_ms = int(delay.as_millis()),
+            kind = kind.as_str(),
+            "retrying LLM call"
+        );
+        self.emit(&Event::CallRetried {
+            call,
+            attempt,
+            delay,
+            kind,
+        });
+    }
+
+    /// The final form of a failure: events, redaction, spend.
     fn fail(
         &self,
         e: Error,
@@ -621,6 +628,26 @@ impl RunContext {
         provider: &dyn LlmProvider,
         tracker: &CostTracker,
     ) -> Error {
+        if e.is_budget_exhausted() {
+            let exhausted = e
+                .metadata()
+                .get("exhausted")
+                .and_then(Value::as_str)
+                .unwrap_or("budget")
+                .to_owned();
+            tracing::info!(
+                target: "executionkit",
+                exhausted = exhausted.as_str(),
+                "budget exhausted"
+            );
+            if self.events.is_some() {
+                self.emit(&Event::BudgetExhausted {
+                    exhausted,
+                    spent: self.ledger.spent(),
+                    remaining: self.ledger.remaining(),
+                });
+            }
+        }
         self.emit(&Event::CallFailed {
             call,
             kind: e.kind(),
@@ -677,6 +704,7 @@ impl RunContext {
         span: &tracing::Span,
     ) {
         let call = reservation.call();
+        let priced = reservation.priced();
         // Recorded as reported, even past the grant (the spend is the truth); the excess is
         // flagged in the tracker (and so in the pattern's metadata) and in the event.
         let excess = resp
@@ -702,13 +730,16 @@ impl RunContext {
                 .map(|c| c.finish_reason.as_deref().unwrap_or(""))
                 .collect();
             span.record(GEN_AI_RESPONSE_FINISH_REASONS, format!("{reasons:?}"));
-            span.record(GEN_AI_USAGE_INPUT_TOKENS, resp.usage.input_tokens);
-            span.record(GEN_AI_USAGE_OUTPUT_TOKENS, resp.usage.output_tokens);
+            span.record(GEN_AI_USAGE_INPUT_TOKENS, int(resp.usage.input_tokens));
+            span.record(GEN_AI_USAGE_OUTPUT_TOKENS, int(resp.usage.output_tokens));
             if let Some(m) = &resp.model {
                 span.record(GEN_AI_RESPONSE_MODEL, m.as_str());
             }
             if let Some(id) = &resp.id {
                 span.record(GEN_AI_RESPONSE_ID, id.as_str());
+            }
+            if priced {
+                span.record(EXECUTIONKIT_COST_USD, usd);
             }
         }
         // Built only for a subscriber: the ledger snapshots take its lock twice.
@@ -765,6 +796,7 @@ impl RunContext {
             }
             Err(e) => {
                 span.record(ERROR_TYPE, e.kind().as_str());
+                span.record("otel.status_code", "ERROR");
                 Err((call, e))
             }
         }
@@ -812,17 +844,20 @@ fn llm_span(provider: &dyn LlmProvider, req: &ChatRequest, attempt: u32) -> trac
     tracing::info_span!(
         target: "executionkit",
         "llm.call",
+        otel.kind = "client",
         { GEN_AI_OPERATION_NAME } = OPERATION_CHAT,
         { GEN_AI_REQUEST_MODEL } = model,
         { GEN_AI_REQUEST_TEMPERATURE } = req.temperature,
-        { GEN_AI_REQUEST_MAX_TOKENS } = req.max_tokens,
+        { GEN_AI_REQUEST_MAX_TOKENS } = req.max_tokens.map(i64::from),
         { GEN_AI_RESPONSE_FINISH_REASONS } = tracing::field::Empty,
         { GEN_AI_RESPONSE_MODEL } = tracing::field::Empty,
         { GEN_AI_RESPONSE_ID } = tracing::field::Empty,
         { GEN_AI_USAGE_INPUT_TOKENS } = tracing::field::Empty,
         { GEN_AI_USAGE_OUTPUT_TOKENS } = tracing::field::Empty,
-        attempt = attempt,
+        { EXECUTIONKIT_COST_USD } = tracing::field::Empty,
+        attempt = i64::from(attempt),
         { ERROR_TYPE } = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     )
 }
 
@@ -974,6 +1009,7 @@ impl CheckedStream<'_> {
             };
             if let Some(a) = self.current.take() {
                 a.span.record(ERROR_TYPE, err.kind().as_str());
+                a.span.record("otel.status_code", "ERROR");
                 // Dropping the reservation returns its unused output tokens; the call counts.
                 drop(a);
             }
@@ -990,12 +1026,7 @@ impl CheckedStream<'_> {
                 let p = failed_on.as_deref().unwrap_or(self.provider);
                 return Some(Err(self.ctx.fail(err, call, p, self.tracker)));
             };
-            self.ctx.emit(&Event::CallRetried {
-                call,
-                attempt: self.attempt,
-                delay,
-                kind: err.kind(),
-            });
+            self.ctx.retried(call, self.attempt, delay, err.kind());
             tokio::time::sleep(delay).await;
             if let Err((call, e)) = self.open().await {
                 self.done = true;

@@ -267,9 +267,14 @@ impl MapReduce {
         ctx: &RunContext,
     ) -> Result<PatternResult<String, MapReduceStats>> {
         self.validate()?;
+        let span = tracing::info_span!(
+            target: "executionkit",
+            "pattern.map_reduce",
+            items = crate::telemetry::int(items.len()),
+        );
         let run =
             ctx.tracked(async |tracker| self.map_then_reduce(provider, items, ctx, tracker).await);
-        seal(run.await, provider)
+        seal(tracing::Instrument::instrument(run, span).await, provider)
     }
 
     async fn map_then_reduce(

@@ -595,10 +595,16 @@ async fn run_core<A>(
     ctx: &RunContext,
     accept: impl Fn(Value) -> std::result::Result<A, String>,
 ) -> Result<PatternResult<(A, Value), StructuredStats>> {
+    let span = tracing::info_span!(
+        target: "executionkit",
+        "pattern.structured",
+        max_repairs = crate::telemetry::int(opts.max_repairs),
+        schema = schema.is_some(),
+    );
     let run = ctx.tracked(async |tracker| {
         repair_loop(opts, schema, provider, prompt, ctx, tracker, &accept).await
     });
-    seal(run.await, provider)
+    seal(tracing::Instrument::instrument(run, span).await, provider)
 }
 
 async fn repair_loop<A>(

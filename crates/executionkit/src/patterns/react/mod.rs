@@ -378,8 +378,14 @@ impl ReactLoop {
         ctx: &RunContext,
     ) -> Result<(PatternResult<String, ReactStats>, Vec<Message>)> {
         self.validate(provider)?;
+        let span = tracing::info_span!(
+            target: "executionkit",
+            "pattern.react",
+            max_rounds = crate::telemetry::int(self.max_rounds),
+            tools = crate::telemetry::int(self.tools.len()),
+        );
         let run = ctx.tracked(async |tracker| self.rounds(provider, messages, ctx, tracker).await);
-        match run.await {
+        match tracing::Instrument::instrument(run, span).await {
             Ok(r) => {
                 let mut transcript = Vec::new();
                 let r = r.map(|(content, history)| {
