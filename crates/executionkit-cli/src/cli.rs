@@ -200,6 +200,11 @@ pub struct Common {
     /// Print exactly one JSON object on stdout (success or error).
     #[arg(long)]
     pub json: bool,
+
+    /// Export the run's spans to this OpenTelemetry collector over OTLP/HTTP (protobuf), e.g.
+    /// `http://localhost:4318` (`/v1/traces` is appended unless the URL ends with it).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 // `ek consensus`. No doc comment: clap would show it as the command's about, in place of the
@@ -333,6 +338,9 @@ pub struct ReactArgs {
     /// Flags every command takes.
     #[command(flatten)]
     pub common: Common,
+    /// When the answer is printed as it is generated.
+    #[command(flatten)]
+    pub stream: StreamFlags,
     /// The most LLM rounds; with no answer after them the run fails (`max_iterations`).
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub max_rounds: usize,
@@ -363,6 +371,9 @@ pub struct StructuredArgs {
     /// Flags every command takes.
     #[command(flatten)]
     pub common: Common,
+    /// When the answer is printed as it is generated.
+    #[command(flatten)]
+    pub stream: StreamFlags,
     /// The JSON Schema the reply must match (a file holding one JSON object).
     #[arg(long, value_name = "FILE.json", required = true)]
     pub schema: std::path::PathBuf,
@@ -395,6 +406,9 @@ pub struct MapReduceArgs {
     /// Flags every command takes.
     #[command(flatten)]
     pub common: Common,
+    /// When the answer is printed as it is generated.
+    #[command(flatten)]
+    pub stream: StreamFlags,
     /// The prompt for each item; `{item}` is replaced by the item.
     #[arg(long, value_name = "T", required = true)]
     pub map_template: String,
@@ -420,6 +434,19 @@ pub struct MapReduceArgs {
     pub lines: bool,
 }
 
+// `--stream` / `--no-stream` of the commands whose value is one call's text (no doc comment:
+// see `ConsensusArgs`).
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct StreamFlags {
+    /// Print the answer as it is generated (the default when stdout is a terminal); no effect
+    /// with --json.
+    #[arg(long, conflicts_with = "no_stream")]
+    pub stream: bool,
+    /// Print the answer only once the run has finished, even on a terminal.
+    #[arg(long)]
+    pub no_stream: bool,
+}
+
 impl Command {
     /// The flags every command takes.
     pub fn common(&self) -> &Common {
@@ -432,6 +459,17 @@ impl Command {
             Self::MapReduce(a) => &a.common,
             Self::Eval(a) => &a.common,
             Self::Mcp(a) => &a.common,
+        }
+    }
+
+    /// `--stream` / `--no-stream`, for the commands that can print their answer as it is
+    /// generated.
+    pub fn stream_flags(&self) -> Option<StreamFlags> {
+        match self {
+            Self::React(a) => Some(a.stream),
+            Self::Structured(a) => Some(a.stream),
+            Self::MapReduce(a) => Some(a.stream),
+            _ => None,
         }
     }
 

@@ -17,7 +17,9 @@ mod output;
 mod progress;
 mod secrets;
 mod step;
+mod streaming;
 mod tools;
+mod traces;
 
 use executionkit::{CallOptions, WithCallOptions as _};
 use std::ffi::OsString;
@@ -80,6 +82,13 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.command.common().json;
+    let otlp = match traces::start(cli.command.common().otlp_endpoint.as_deref()) {
+        Ok(o) => o,
+        Err(e) => {
+            output::print_error(&e, json, &secrets);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     // One thread: every pattern fans out inside its own task (samples, map items and tool
     // calls are polled together), so a work-stealing pool buys nothing here and costs CPU per
     // call (bench/RESULTS.md: 2.5x -> 1.8x wrk's CPU per request at 10,000 samples).
@@ -100,6 +109,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(run(cli.command, json, &env, &secrets));
     // In-flight requests of an interrupted run are dropped with the runtime, not awaited.
     runtime.shutdown_background();
+    traces::finish(otlp, &secrets);
     ExitCode::from(code)
 }
 
@@ -142,6 +152,8 @@ struct Prepared {
     prompt: String,
     ctx: RunContext,
     progress: Option<Progress>,
+    /// Prints the answer as it is generated (`--stream`, or a terminal).
+    streamer: Option<streaming::Streamer>,
     /// The process's secrets and the keys the config file's providers were given.
     secrets: Secrets,
 }
@@ -167,6 +179,7 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
         prompt,
         ctx,
         progress,
+        streamer,
         secrets,
     } = prepared;
     let secrets = &secrets;
@@ -205,9 +218,13 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
     if let Some(p) = &progress {
         p.finish();
     }
+    // What was streamed is the value line (and, on a failure, stays on stdout).
+    let streamed = streamer.as_ref().is_some_and(streaming::Streamer::finish);
     match outcome {
         Ok(done) => {
             match &done {
+                Done::Text(r) if streamed => output::print_after_stream(r, shape, secrets),
+                Done::Json(r) if streamed => output::print_after_stream(r, shape, secrets),
                 Done::Text(r) => output::print_success(r, json, shape, secrets),
                 Done::Json(r) => output::print_success(r, json, shape, secrets),
                 Done::Many(o) => return many::print(o, secrets),
@@ -304,12 +321,18 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
         let p = p.clone();
         ctx = ctx.on_event(move |e| p.on_event(e));
     }
+    let streamer = streaming::wanted(command.stream_flags(), common.json)
+        .then(|| streaming::Streamer::stdout(secrets.clone(), progress.clone()));
+    if let Some(s) = &streamer {
+        ctx = s.attach(ctx);
+    }
     Ok(Prepared {
         job,
         provider,
         prompt,
         ctx,
         progress,
+        streamer,
         secrets,
     })
 }

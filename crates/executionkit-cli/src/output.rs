@@ -57,6 +57,20 @@ pub fn print_success<T: Serialize + std::fmt::Display>(
     }
     let mut out = String::new();
     let _ = writeln!(out, "{}", result.value);
+    rest_lines(result, shape, secrets, &mut out);
+    write_redacted(&mut std::io::stdout().lock(), &out, secrets);
+}
+
+/// Prints a success whose value was printed as it was generated (`--stream`): the cost line
+/// and the metadata, as [`print_success`] prints them after the value.
+pub fn print_after_stream<T>(result: &PatternResult<T>, shape: Shape, secrets: &Secrets) {
+    let mut out = String::new();
+    rest_lines(result, shape, secrets, &mut out);
+    write_redacted(&mut std::io::stdout().lock(), &out, secrets);
+}
+
+/// The lines after the value: the cost, the usd and the metadata.
+fn rest_lines<T>(result: &PatternResult<T>, shape: Shape, secrets: &Secrets, out: &mut String) {
     let _ = writeln!(out, "{}", result.cost);
     if let Some(usd) = result.usd {
         let _ = writeln!(out, "usd={usd:.6}");
@@ -78,7 +92,6 @@ pub fn print_success<T: Serialize + std::fmt::Display>(
             }
         }
     }
-    write_redacted(&mut std::io::stdout().lock(), &out, secrets);
 }
 
 /// Prints a failure: the JSON object on stdout, or `ek: KIND: message` and the spend on stderr.

@@ -16,6 +16,8 @@ struct State {
     in_flight: u64,
     spent: TokenUsage,
     remaining: Remaining,
+    /// Cleared for good: the answer is being printed on the terminal.
+    hidden: bool,
 }
 
 /// A progress bar bound to one run. Its position is the number of calls made (every attempt is
@@ -51,6 +53,9 @@ impl Progress {
     /// Updates the bar from one event.
     pub fn on_event(&self, event: &Event) {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.hidden {
+            return;
+        }
         match event {
             Event::CallStarted { .. } => {
                 s.in_flight += 1;
@@ -71,6 +76,16 @@ impl Progress {
         // Numbers only today; redacted like every other line `ek` prints all the same.
         let line = describe(&s);
         self.bar.set_message(self.secrets.text(&line).into_owned());
+    }
+
+    /// Removes the bar for good: the answer is printed on the terminal as it is generated, and
+    /// later events no longer draw the bar.
+    pub fn hide(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .hidden = true;
+        self.bar.finish_and_clear();
     }
 
     /// Removes the bar from the terminal.
@@ -121,6 +136,7 @@ mod tests {
                 output_tokens: Some(9920),
                 ..Remaining::default()
             },
+            hidden: false,
         };
         assert_eq!(
             describe(&s),
@@ -153,5 +169,9 @@ mod tests {
         assert_eq!(p.bar.position(), 2);
         assert_eq!(p.state.lock().unwrap().in_flight, 1);
         assert_eq!(p.state.lock().unwrap().spent.input_tokens, 5);
+        // Hidden: events no longer move it.
+        p.hide();
+        p.on_event(&started);
+        assert_eq!(p.bar.position(), 2);
     }
 }

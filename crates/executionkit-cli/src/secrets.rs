@@ -82,6 +82,11 @@ impl Secrets {
         out
     }
 
+    /// The length in bytes of the longest secret (0: none).
+    pub fn longest(&self) -> usize {
+        self.0.first().map_or(0, String::len)
+    }
+
     /// Replaces every secret in every string of `value` (object keys included).
     pub fn json(&self, value: &mut Value) {
         for s in &self.0 {

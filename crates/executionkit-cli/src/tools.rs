@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use executionkit::{ChatRequest, LlmProvider, LlmResponse, Result, Tool};
+use executionkit::{ChatRequest, ChatStream, LlmProvider, LlmResponse, Result, Tool};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -122,6 +122,14 @@ impl LlmProvider for AnswersWithoutTools {
 
     async fn complete(&self, request: &ChatRequest) -> Result<LlmResponse> {
         self.0.complete(request).await
+    }
+
+    fn stream(&self, request: ChatRequest) -> ChatStream {
+        self.0.stream(request)
+    }
+
+    fn supports_streaming(&self) -> bool {
+        self.0.supports_streaming()
     }
 
     fn supports_tools(&self) -> bool {

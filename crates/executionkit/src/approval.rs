@@ -22,7 +22,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
+use crate::engine::RunContext;
 use crate::error::{Error, ErrorKind, Result};
+use crate::events::Event;
 
 /// What is asked: an action (`"tool_call"`, `"workflow_step"`), its subject (a tool name, a
 /// step name) and details as JSON.
@@ -361,14 +363,90 @@ impl ApprovalGate {
     pub async fn require(&self, req: ApprovalRequest) -> Result<()> {
         let (action, subject) = (req.action.clone(), req.subject.clone());
         let d = self.request(req).await?;
-        if d.approved {
-            return Ok(());
-        }
-        let mut msg = format!("Approval denied for {action} {subject}");
-        if !d.reason.is_empty() {
-            msg.push_str(": ");
-            msg.push_str(&d.reason);
-        }
-        Err(Error::new(ErrorKind::ApprovalDenied, msg))
+        required(&action, &subject, &d)
     }
+
+    /// [`ApprovalGate::require`] under a run: the request and its outcome are events of `ctx`
+    /// ([`observe_request`], [`observe_outcome`]).
+    pub(crate) async fn require_in(&self, req: ApprovalRequest, ctx: &RunContext) -> Result<()> {
+        let (action, subject) = (req.action.clone(), req.subject.clone());
+        observe_request(ctx, &action, &subject);
+        let r = self.request(req).await;
+        observe_outcome(ctx, &action, &subject, &r);
+        required(&action, &subject, &r?)
+    }
+}
+
+/// `Ok` when `d` approves, else the `approval_denied` error of [`ApprovalGate::require`].
+fn required(action: &str, subject: &str, d: &ApprovalDecision) -> Result<()> {
+    if d.approved {
+        return Ok(());
+    }
+    let mut msg = format!("Approval denied for {action} {subject}");
+    if !d.reason.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(&d.reason);
+    }
+    Err(Error::new(ErrorKind::ApprovalDenied, msg))
+}
+
+/// A gate is about to be asked: [`Event::ApprovalRequested`] and a `tracing` event (a span
+/// event in an exported trace). Neither carries the request's metadata (tool arguments).
+pub(crate) fn observe_request(ctx: &RunContext, action: &str, subject: &str) {
+    tracing::info!(
+        target: "executionkit",
+        action,
+        subject,
+        "approval requested"
+    );
+    if ctx.events().is_some() {
+        ctx.emit(&Event::ApprovalRequested {
+            action: action.to_owned(),
+            subject: subject.to_owned(),
+        });
+    }
+}
+
+/// What a gate answered: [`Event::ApprovalGranted`] or [`Event::ApprovalDenied`] (a denial, or
+/// a failure other than cancellation, whose kind is the reason), and a `tracing` event.
+pub(crate) fn observe_outcome(
+    ctx: &RunContext,
+    action: &str,
+    subject: &str,
+    outcome: &Result<ApprovalDecision>,
+) {
+    let (approved, reason) = match outcome {
+        Ok(d) => (d.approved, d.reason.clone()),
+        Err(e) if e.is_cancelled() => return,
+        Err(e) => (false, format!("the gate failed: {}", e.kind())),
+    };
+    if approved {
+        tracing::info!(
+            target: "executionkit",
+            action,
+            subject,
+            "approval granted"
+        );
+    } else {
+        tracing::info!(
+            target: "executionkit",
+            action,
+            subject,
+            reason = reason.as_str(),
+            "approval denied"
+        );
+    }
+    if ctx.events().is_none() {
+        return;
+    }
+    let (action, subject) = (action.to_owned(), subject.to_owned());
+    ctx.emit(&if approved {
+        Event::ApprovalGranted { action, subject }
+    } else {
+        Event::ApprovalDenied {
+            action,
+            subject,
+            reason,
+        }
+    });
 }

@@ -518,7 +518,10 @@ pub async fn run_eval_suite<T>(
             check,
             metadata,
         } = case;
-        let outcome = AssertUnwindSafe(run(ctx.clone())).catch_unwind().await;
+        // A case's text is checked, not shown: none goes to an `on_text` subscriber.
+        let outcome = AssertUnwindSafe(run(ctx.without_text().into_owned()))
+            .catch_unwind()
+            .await;
         let cost = ledger.spent().saturating_sub(before);
         let mut result = EvalResult {
             name,

@@ -1,5 +1,5 @@
 //! Typed events of a run: calls started, finished, retried and failed, with tokens and the
-//! budget left. Subscribe with [`RunContext::on_event`](crate::RunContext::on_event); the `ek`
+//! budget left; tool calls; the budget running out; approvals asked, granted and denied. Subscribe with [`RunContext::on_event`](crate::RunContext::on_event); the `ek`
 //! progress bar is one such subscriber. Events never carry a secret: no key, no message text.
 
 use std::fmt;
@@ -109,6 +109,39 @@ pub enum Event {
         tool_call_id: String,
         /// `true` when an approval gate denied it.
         blocked: bool,
+    },
+    /// The budget refused a call: one of its limits is reached. A [`Event::CallFailed`] with
+    /// kind `budget_exhausted` follows.
+    BudgetExhausted {
+        /// The limit reached: `"input_tokens"`, `"output_tokens"`, `"llm_calls"` or `"usd"`.
+        exhausted: String,
+        /// Everything the run spent so far.
+        spent: TokenUsage,
+        /// What the budget has left.
+        remaining: Remaining,
+    },
+    /// An approval gate is asked (a tool call of a ReAct loop, a workflow or plan step).
+    ApprovalRequested {
+        /// What is to be done (`"tool_call"`, `"workflow_step"`, …).
+        action: String,
+        /// On what (the tool's or the step's name).
+        subject: String,
+    },
+    /// The gate approved.
+    ApprovalGranted {
+        /// The request's action.
+        action: String,
+        /// The request's subject.
+        subject: String,
+    },
+    /// The gate denied, timed out under a denying policy, or failed.
+    ApprovalDenied {
+        /// The request's action.
+        action: String,
+        /// The request's subject.
+        subject: String,
+        /// The gate's reason (empty when it gave none), or why asking failed.
+        reason: String,
     },
 }
 

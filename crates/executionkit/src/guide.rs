@@ -26,3 +26,7 @@ pub mod workflow {}
 
 #[doc = include_str!("../../../docs/guide-evals.md")]
 pub mod evals {}
+
+#[cfg(feature = "otel")]
+#[doc = include_str!("../../../docs/guide-tracing.md")]
+pub mod traces {}

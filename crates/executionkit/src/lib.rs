@@ -20,6 +20,8 @@ pub mod events;
 mod fuzzing;
 pub mod guide;
 mod kit;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod patterns;
 mod pipe;
 mod plan;
@@ -37,6 +39,7 @@ pub use engine::json::extract_json;
 pub use engine::parallel::{gather_resilient, gather_strict};
 pub use engine::stop::StopRule;
 pub use engine::stream::{StreamingResult, stream_completion};
+pub use engine::text_sink::TextEvent;
 pub use engine::{BudgetLedger, CostTracker, Reservation, RetryPolicy, RunContext};
 pub use error::{Error, ErrorKind, Result};
 pub use kit::Kit;

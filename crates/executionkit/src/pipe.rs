@@ -632,7 +632,13 @@ impl<Out> Pipe<Out> {
             )
             .await
         };
-        seal(run.await, provider)
+        // The parent of the steps' `pipe.step` spans: one trace per run.
+        let span = tracing::info_span!(
+            target: "executionkit",
+            "pipe",
+            steps = crate::telemetry::int(self.len()),
+        );
+        seal(run.instrument(span).await, provider)
     }
 }
 
@@ -776,6 +782,8 @@ async fn run_stages(
         Some(b) => ctx.clone().nested_budget(b.clone()),
         None => ctx.clone(),
     };
+    // A pipe's value is made of its steps': no step's text goes to an `on_text` subscriber.
+    let ctx = ctx.without_text().into_owned();
     let mut total = TokenUsage::default();
     let mut total_usd: Option<f64> = None;
     let mut over_grant = UsageOverGrant::default();
@@ -832,7 +840,7 @@ async fn run_stages(
         let span = tracing::info_span!(
             target: "executionkit",
             "pipe.step",
-            step = i,
+            step = crate::telemetry::int(i),
             pattern = step.step.name(),
         );
         match step.step.run(p, input, &ctx).instrument(span).await {

@@ -783,8 +783,10 @@ impl Planner {
         task: &str,
         ctx: &RunContext,
     ) -> Result<PatternResult<BTreeMap<String, String>, PlannerStats>> {
+        // The value is every step's: no text goes to an `on_text` subscriber.
         let ctx = ctx
-            .clone()
+            .without_text()
+            .into_owned()
             .nested_budget(self.max_budget.clone().unwrap_or_default());
         let ledger = Arc::clone(ctx.ledger());
         let whole = |e: Error| e.with_cost(ledger.spent()).with_usd(ledger.spent_usd());

@@ -78,3 +78,16 @@ pub const ERROR_TYPE: &str = "error.type";
 /// assert_eq!(executionkit::telemetry::OPERATION_CHAT, "chat");
 /// ```
 pub const OPERATION_CHAT: &str = "chat";
+/// `executionkit.cost.usd`: what one call cost in US dollars, recorded on its `llm.call` span
+/// when the budget has prices for the model (absent otherwise).
+///
+/// ```
+/// assert_eq!(executionkit::telemetry::EXECUTIONKIT_COST_USD, "executionkit.cost.usd");
+/// ```
+pub const EXECUTIONKIT_COST_USD: &str = "executionkit.cost.usd";
+
+/// A count as a span field: `i64`, which an OpenTelemetry exporter sends as an integer
+/// attribute (`tracing-opentelemetry` sends a `u64` field as text). Saturates.
+pub(crate) fn int<T: TryInto<i64>>(n: T) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}

@@ -832,7 +832,26 @@ impl Workflow {
         Ok(())
     }
 
+    /// The run in a `workflow` span, the parent of its steps' spans (and approvals' events).
     async fn execute(
+        &self,
+        provider: &dyn LlmProvider,
+        task: &str,
+        ctx: &RunContext,
+        resume: Option<&WorkflowCheckpoint>,
+    ) -> Result<PatternResult<BTreeMap<String, String>, WorkflowStats>> {
+        let span = tracing::info_span!(
+            target: "executionkit",
+            "workflow",
+            steps = crate::telemetry::int(self.steps.len()),
+            resumed = resume.is_some(),
+        );
+        self.execute_steps(provider, task, ctx, resume)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_steps(
         &self,
         provider: &dyn LlmProvider,
         task: &str,
@@ -843,8 +862,10 @@ impl Workflow {
         if let Some(cp) = resume {
             self.check_checkpoint(cp)?;
         }
+        // The value is every step's: no step's text goes to an `on_text` subscriber.
         let ctx = ctx
-            .clone()
+            .without_text()
+            .into_owned()
             .nested_budget(self.max_budget.clone().unwrap_or_default());
         let ledger = Arc::clone(ctx.ledger());
         let mut stats = WorkflowStats::default();
@@ -955,7 +976,7 @@ impl Workflow {
                 for (k, v) in &step.metadata {
                     req = req.with_metadata(k, v.clone());
                 }
-                gate.require(req).await?;
+                gate.require_in(req, ctx).await?;
             }
             let p: &dyn LlmProvider = match &step.provider {
                 Some(p) => p.as_ref(),

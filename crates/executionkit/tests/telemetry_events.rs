@@ -396,3 +396,167 @@ async fn no_api_key_in_any_event_field_or_log_line() {
     let m = MockProvider::new(["x"]).with_secret(KEY);
     assert!(!format!("{m:?}").contains("SECRET"));
 }
+
+#[tokio::test]
+async fn a_budget_refusal_is_budget_exhausted_then_call_failed() {
+    let (ctx, events) =
+        recording(RunContext::new().budget(executionkit::Budget::new().max_calls(1)));
+    let p = MockProvider::new(["a", "b"]);
+    let t = CostTracker::new();
+    ctx.complete(&p, ChatRequest::new(vec![Message::user("q")]), &t)
+        .await
+        .unwrap();
+    let e = ctx
+        .complete(&p, ChatRequest::new(vec![Message::user("q")]), &t)
+        .await
+        .unwrap_err();
+    assert!(e.is_budget_exhausted());
+    let ev = events.lock().unwrap().clone();
+    assert_eq!(ev.len(), 4, "{ev:?}");
+    match &ev[2] {
+        Event::BudgetExhausted {
+            exhausted,
+            spent,
+            remaining,
+        } => {
+            assert_eq!(exhausted, "llm_calls");
+            assert_eq!(spent.llm_calls, 1);
+            assert_eq!(remaining.llm_calls, Some(0));
+        }
+        other => panic!("expected BudgetExhausted, got {other:?}"),
+    }
+    assert!(matches!(
+        ev[3],
+        Event::CallFailed {
+            call: 0,
+            kind: ErrorKind::BudgetExhausted
+        }
+    ));
+}
+
+#[tokio::test]
+async fn a_failed_call_that_is_not_the_budget_gives_no_budget_event() {
+    let (ctx, events) = recording(RunContext::new().retry(RetryPolicy::none()));
+    let p = Flaky {
+        errors: Mutex::new([Error::new(ErrorKind::Permanent, "no")].into()),
+        ..Flaky::default()
+    };
+    let _ = ctx
+        .complete(
+            &p,
+            ChatRequest::new(vec![Message::user("q")]),
+            &CostTracker::new(),
+        )
+        .await
+        .unwrap_err();
+    let ev = events.lock().unwrap().clone();
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, Event::BudgetExhausted { .. })),
+        "{ev:?}"
+    );
+}
+
+fn approvals(ev: &[Event]) -> Vec<String> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::ApprovalRequested { action, subject } => Some(format!("? {action} {subject}")),
+            Event::ApprovalGranted { action, subject } => Some(format!("+ {action} {subject}")),
+            Event::ApprovalDenied {
+                action,
+                subject,
+                reason,
+            } => Some(format!("- {action} {subject}: {reason}")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn react_tool_approvals_are_requested_granted_and_denied_events() {
+    use executionkit::{ApprovalDecision, ApprovalGate, ApprovalRequest, Choice, ToolCall};
+    use serde_json::{Value, json};
+    let round = |name: &str, id: &str| LlmResponse {
+        choices: vec![Choice {
+            content: String::new(),
+            tool_calls: vec![ToolCall::new(id, name, json!({"text": "x"}))],
+            finish_reason: Some("tool_calls".into()),
+            logprobs: None,
+        }],
+        ..LlmResponse::default()
+    };
+    let tool = |name: &str| {
+        executionkit::Tool::new(
+            name,
+            "a tool",
+            json!({"type": "object"}),
+            |_args: serde_json::Map<String, Value>| async move { Ok("done".to_owned()) },
+        )
+    };
+    let gate = ApprovalGate::new(|req: ApprovalRequest| async move {
+        match req.subject.as_str() {
+            "ls" => Ok(ApprovalDecision::approve()),
+            "rm" => Ok(ApprovalDecision::deny("destructive")),
+            _ => Err(Error::new(ErrorKind::Provider, "gate broke")),
+        }
+    });
+    let p = MockProvider::new([
+        round("ls", "t1"),
+        round("rm", "t2"),
+        round("cp", "t3"),
+        LlmResponse::text("fine"),
+    ]);
+    let (ctx, events) = recording(RunContext::new());
+    let _ = executionkit::ReactLoop::new()
+        .tools(vec![tool("ls"), tool("rm"), tool("cp")])
+        .approval_gate(gate)
+        .run(&p, "go", &ctx)
+        .await
+        .unwrap();
+    let ev = events.lock().unwrap().clone();
+    assert_eq!(
+        approvals(&ev),
+        [
+            "? tool_call ls",
+            "+ tool_call ls",
+            "? tool_call rm",
+            "- tool_call rm: destructive",
+            "? tool_call cp",
+            "- tool_call cp: the gate failed: provider",
+        ]
+    );
+    // Each approval sits between its tool call's start and finish.
+    let at = |f: &dyn Fn(&Event) -> bool| ev.iter().position(f).unwrap();
+    let started =
+        at(&|e| matches!(e, Event::ToolCallStarted { tool_name, .. } if tool_name == "rm"));
+    let denied = at(&|e| matches!(e, Event::ApprovalDenied { subject, .. } if subject == "rm"));
+    let finished = at(
+        &|e| matches!(e, Event::ToolCallFinished { tool_name, blocked: true, .. } if tool_name == "rm"),
+    );
+    assert!(started < denied && denied < finished, "{ev:?}");
+}
+
+#[tokio::test]
+async fn workflow_step_approvals_are_events() {
+    use executionkit::{ApprovalGate, ApprovalRequest, Consensus, Step, Workflow};
+    let gate = ApprovalGate::new(|req: ApprovalRequest| async move { Ok(req.subject == "a") });
+    let wf = Workflow::new()
+        .step(Step::new("a", Consensus::new().samples(1)))
+        .step(Step::new("b", Consensus::new().samples(1)).after(["a"]))
+        .approval(gate);
+    let (ctx, events) = recording(RunContext::new());
+    let e = wf
+        .run(&MockProvider::new(["x"]), "t", &ctx)
+        .await
+        .unwrap_err();
+    assert!(e.is_approval_denied());
+    assert_eq!(
+        approvals(&events.lock().unwrap()),
+        [
+            "? workflow_step a",
+            "+ workflow_step a",
+            "? workflow_step b",
+            "- workflow_step b: ",
+        ]
+    );
+}

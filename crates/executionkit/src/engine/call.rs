@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::budget::{BudgetLedger, CostTracker, Reservation};
 use super::retry::{FullJitter, RetryPolicy};
+use super::text_sink::{TextEvent, TextSink};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventSink};
 use crate::provider::{
@@ -25,9 +26,10 @@ use crate::provider::{
 use crate::redact::{redact_secret_json, redact_with};
 use crate::result::{PatternResult, RedactStats};
 use crate::telemetry::{
-    ERROR_TYPE, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS, GEN_AI_REQUEST_MODEL,
-    GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS, GEN_AI_RESPONSE_ID,
-    GEN_AI_RESPONSE_MODEL, GEN_AI_USAGE_INPUT_TOKENS, GEN_AI_USAGE_OUTPUT_TOKENS, OPERATION_CHAT,
+    ERROR_TYPE, EXECUTIONKIT_COST_USD, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MAX_TOKENS,
+    GEN_AI_REQUEST_MODEL, GEN_AI_REQUEST_TEMPERATURE, GEN_AI_RESPONSE_FINISH_REASONS,
+    GEN_AI_RESPONSE_ID, GEN_AI_RESPONSE_MODEL, GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS, OPERATION_CHAT, int,
 };
 use crate::usage::{Budget, TokenUsage};
 
@@ -45,6 +47,7 @@ pub struct RunContext {
     ledger: Arc<BudgetLedger>,
     retry: RetryPolicy,
     events: Option<EventSink>,
+    text: Option<TextSink>,
 }
 
 impl Default for RunContext {
@@ -64,6 +67,7 @@ impl RunContext {
             ledger: Arc::new(BudgetLedger::unlimited()),
             retry: RetryPolicy::default(),
             events: None,
+            text: None,
         }
     }
 
@@ -130,6 +134,91 @@ impl RunContext {
     pub fn on_event(mut self, f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         self.events = Some(EventSink::new(f));
         self
+    }
+
+    /// Subscribes `f` to the text of the calls whose text may be the run's value, as the server
+    /// streams it (which calls: [`TextEvent`]). Those
+    /// calls then go through [`stream`](Self::stream) when the provider can stream
+    /// ([`LlmProvider::supports_streaming`]), else through [`complete`](Self::complete) with
+    /// nothing delivered. A streamed call is reserved, counted, settled and reported in events
+    /// exactly as a completed one; it is retried only before its first delta, so no text is
+    /// delivered twice. When a streamed call fails after some text was delivered, the run fails
+    /// with that error: the delivered text stays delivered.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use executionkit::{MapReduce, MockProvider, RunContext, TextEvent};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let text = Arc::new(Mutex::new(String::new()));
+    /// let t = Arc::clone(&text);
+    /// let ctx = RunContext::new().on_text(move |e| {
+    ///     if let TextEvent::Delta(d) = e {
+    ///         t.lock().unwrap().push_str(d);
+    ///     }
+    /// });
+    /// // Two map calls, then the reduce call: only the reduce call's text is delivered.
+    /// let p = MockProvider::new(["a", "b", "a and b"]);
+    /// let m = MapReduce::new().map_template("{item}").reduce_template("{mapped_outputs}");
+    /// let r = m.run(&p, &["x".into(), "y".into()], &ctx).await.unwrap();
+    /// assert_eq!((r.value.as_str(), text.lock().unwrap().as_str()), ("a and b", "a and b"));
+    /// # });
+    /// ```
+    pub fn on_text(mut self, f: impl Fn(TextEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.text = Some(TextSink::new(f));
+        self
+    }
+
+    /// This context without its [`on_text`](Self::on_text) subscriber (same ledger, retry
+    /// policy and events): for calls whose text is not the run's value.
+    pub(crate) fn without_text(&self) -> Cow<'_, Self> {
+        if self.text.is_none() {
+            return Cow::Borrowed(self);
+        }
+        let mut ctx = self.clone();
+        ctx.text = None;
+        Cow::Owned(ctx)
+    }
+
+    /// Sends `request` like [`complete`](Self::complete); with an [`on_text`](Self::on_text)
+    /// subscriber and a provider that streams, streams it instead and delivers its text deltas
+    /// until the first tool-call delta. Also returns whether any text was delivered.
+    pub(crate) async fn complete_forwarding(
+        &self,
+        provider: &dyn LlmProvider,
+        request: ChatRequest,
+        tracker: &CostTracker,
+    ) -> Result<(LlmResponse, bool)> {
+        let Some(sink) = self.text.as_ref().filter(|_| provider.supports_streaming()) else {
+            return Ok((self.complete(provider, request, tracker).await?, false));
+        };
+        let mut stream = self.stream(provider, request, tracker).await?;
+        let mut delivered = false;
+        let mut calls_tools = false;
+        while let Some(item) = stream.next().await {
+            match item? {
+                StreamEvent::TextDelta(t) if !calls_tools && !t.is_empty() => {
+                    sink.emit(TextEvent::Delta(&t));
+                    delivered = true;
+                }
+                StreamEvent::ToolCallDelta { .. } => calls_tools = true,
+                StreamEvent::Finished(resp) => return Ok((resp, delivered)),
+                _ => {}
+            }
+        }
+        // `stream` ends with `Finished` or an error; this is not reached.
+        let e = Error::new(
+            ErrorKind::Provider,
+            "the stream ended without a final response",
+        );
+        Err(self.spend_error(e, tracker))
+    }
+
+    /// Tells the [`on_text`](Self::on_text) subscriber that the text delivered so far is not
+    /// the value (when some was delivered).
+    pub(crate) fn supersede_text(&self, delivered: bool) {
+        if let (true, Some(sink)) = (delivered, &self.text) {
+            sink.emit(TextEvent::Superseded);
+        }
     }
 
     /// The shared ledger.
@@ -218,20 +307,7 @@ impl RunContext {
         .when(|(_, e)| self.retry.should_retry(e))
         .adjust(|(_, e), d| d.map(|d| cap_retry_after(&self.retry, e, d)))
         .notify(|(call, e), delay| {
-            tracing::debug!(
-                target: "executionkit",
-                call = *call,
-                attempt = attempt.load(Ordering::Relaxed),
-                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                kind = e.kind().as_str(),
-                "retrying LLM call"
-            );
-            self.emit(&Event::CallRetried {
-                call: *call,
-                attempt: attempt.load(Ordering::Relaxed),
-                delay,
-                kind: e.kind(),
-            });
+            self.retried(*call, attempt.load(Ordering::Relaxed), delay, e.kind());
         })
         .await;
         match result {
@@ -519,13 +595,32 @@ impl RunContext {
         )))
     }
 
-    fn emit(&self, event: &Event) {
+    pub(crate) fn emit(&self, event: &Event) {
         if let Some(sink) = &self.events {
             sink.emit(event);
         }
     }
 
-    /// The final form of a failure: event, redaction, spend.
+    /// A failed attempt that will be retried after `delay`: a `tracing` event (a span event
+    /// of the pattern's span in an exported trace) and [`Event::CallRetried`].
+    fn retried(&self, call: u64, attempt: u32, delay: Duration, kind: ErrorKind) {
+        tracing::debug!(
+            target: "executionkit",
+            call = int(call),
+            attempt = i64::from(attempt),
+            delay_ms = int(delay.as_millis()),
+            kind = kind.as_str(),
+            "retrying LLM call"
+        );
+        self.emit(&Event::CallRetried {
+            call,
+            attempt,
+            delay,
+            kind,
+        });
+    }
+
+    /// The final form of a failure: events, redaction, spend.
     fn fail(
         &self,
         e: Error,
@@ -533,6 +628,26 @@ impl RunContext {
         provider: &dyn LlmProvider,
         tracker: &CostTracker,
     ) -> Error {
+        if e.is_budget_exhausted() {
+            let exhausted = e
+                .metadata()
+                .get("exhausted")
+                .and_then(Value::as_str)
+                .unwrap_or("budget")
+                .to_owned();
+            tracing::info!(
+                target: "executionkit",
+                exhausted = exhausted.as_str(),
+                "budget exhausted"
+            );
+            if self.events.is_some() {
+                self.emit(&Event::BudgetExhausted {
+                    exhausted,
+                    spent: self.ledger.spent(),
+                    remaining: self.ledger.remaining(),
+                });
+            }
+        }
         self.emit(&Event::CallFailed {
             call,
             kind: e.kind(),
@@ -589,6 +704,7 @@ impl RunContext {
         span: &tracing::Span,
     ) {
         let call = reservation.call();
+        let priced = reservation.priced();
         // Recorded as reported, even past the grant (the spend is the truth); the excess is
         // flagged in the tracker (and so in the pattern's metadata) and in the event.
         let excess = resp
@@ -614,13 +730,16 @@ impl RunContext {
                 .map(|c| c.finish_reason.as_deref().unwrap_or(""))
                 .collect();
             span.record(GEN_AI_RESPONSE_FINISH_REASONS, format!("{reasons:?}"));
-            span.record(GEN_AI_USAGE_INPUT_TOKENS, resp.usage.input_tokens);
-            span.record(GEN_AI_USAGE_OUTPUT_TOKENS, resp.usage.output_tokens);
+            span.record(GEN_AI_USAGE_INPUT_TOKENS, int(resp.usage.input_tokens));
+            span.record(GEN_AI_USAGE_OUTPUT_TOKENS, int(resp.usage.output_tokens));
             if let Some(m) = &resp.model {
                 span.record(GEN_AI_RESPONSE_MODEL, m.as_str());
             }
             if let Some(id) = &resp.id {
                 span.record(GEN_AI_RESPONSE_ID, id.as_str());
+            }
+            if priced {
+                span.record(EXECUTIONKIT_COST_USD, usd);
             }
         }
         // Built only for a subscriber: the ledger snapshots take its lock twice.
@@ -677,6 +796,7 @@ impl RunContext {
             }
             Err(e) => {
                 span.record(ERROR_TYPE, e.kind().as_str());
+                span.record("otel.status_code", "ERROR");
                 Err((call, e))
             }
         }
@@ -725,17 +845,20 @@ fn llm_span(provider: &dyn LlmProvider, req: &ChatRequest, attempt: u32) -> trac
     tracing::info_span!(
         target: "executionkit",
         "llm.call",
+        otel.kind = "client",
         { GEN_AI_OPERATION_NAME } = OPERATION_CHAT,
         { GEN_AI_REQUEST_MODEL } = model,
         { GEN_AI_REQUEST_TEMPERATURE } = req.temperature,
-        { GEN_AI_REQUEST_MAX_TOKENS } = req.max_tokens,
+        { GEN_AI_REQUEST_MAX_TOKENS } = req.max_tokens.map(i64::from),
         { GEN_AI_RESPONSE_FINISH_REASONS } = tracing::field::Empty,
         { GEN_AI_RESPONSE_MODEL } = tracing::field::Empty,
         { GEN_AI_RESPONSE_ID } = tracing::field::Empty,
         { GEN_AI_USAGE_INPUT_TOKENS } = tracing::field::Empty,
         { GEN_AI_USAGE_OUTPUT_TOKENS } = tracing::field::Empty,
-        attempt = attempt,
+        { EXECUTIONKIT_COST_USD } = tracing::field::Empty,
+        attempt = i64::from(attempt),
         { ERROR_TYPE } = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     )
 }
 
@@ -887,6 +1010,7 @@ impl CheckedStream<'_> {
             };
             if let Some(a) = self.current.take() {
                 a.span.record(ERROR_TYPE, err.kind().as_str());
+                a.span.record("otel.status_code", "ERROR");
                 // Dropping the reservation returns its unused output tokens; the call counts.
                 drop(a);
             }
@@ -903,12 +1027,7 @@ impl CheckedStream<'_> {
                 let p = failed_on.as_deref().unwrap_or(self.provider);
                 return Some(Err(self.ctx.fail(err, call, p, self.tracker)));
             };
-            self.ctx.emit(&Event::CallRetried {
-                call,
-                attempt: self.attempt,
-                delay,
-                kind: err.kind(),
-            });
+            self.ctx.retried(call, self.attempt, delay, err.kind());
             tokio::time::sleep(delay).await;
             if let Err((call, e)) = self.open().await {
                 self.done = true;

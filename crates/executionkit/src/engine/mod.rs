@@ -10,6 +10,7 @@ pub mod retry;
 pub(crate) mod schema;
 pub mod stop;
 pub mod stream;
+pub mod text_sink;
 pub(crate) mod voting;
 
 pub use budget::{BudgetLedger, CostTracker, Reservation};

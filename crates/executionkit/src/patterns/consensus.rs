@@ -525,7 +525,7 @@ impl Consensus {
         let span = tracing::info_span!(
             target: "executionkit",
             "pattern.consensus",
-            samples = self.samples,
+            samples = crate::telemetry::int(self.samples),
             strategy = self.strategy.as_str(),
         );
         let vote = ctx.tracked(async |tracker| self.vote(provider, prompt, ctx, tracker).await);

@@ -267,9 +267,14 @@ impl MapReduce {
         ctx: &RunContext,
     ) -> Result<PatternResult<String, MapReduceStats>> {
         self.validate()?;
+        let span = tracing::info_span!(
+            target: "executionkit",
+            "pattern.map_reduce",
+            items = crate::telemetry::int(items.len()),
+        );
         let run =
             ctx.tracked(async |tracker| self.map_then_reduce(provider, items, ctx, tracker).await);
-        seal(run.await, provider)
+        seal(tracing::Instrument::instrument(run, span).await, provider)
     }
 
     async fn map_then_reduce(
@@ -280,7 +285,7 @@ impl MapReduce {
         tracker: &CostTracker,
     ) -> Result<PatternResult<String, MapReduceStats>> {
         let prompts: Vec<String> = items.iter().map(|it| self.map_prompt(it)).collect();
-        let mut outputs = self.fan_out(provider, prompts, ctx, tracker).await?;
+        let mut outputs = self.fan_out(provider, prompts, ctx, tracker, false).await?;
         let mut reduce_calls = 0usize;
         let mut levels = 0usize;
         let value = loop {
@@ -291,7 +296,9 @@ impl MapReduce {
                 .map(|g| self.reduce_prompt(&outputs[g.clone()]))
                 .collect();
             reduce_calls += prompts.len();
-            let mut reduced = self.fan_out(provider, prompts, ctx, tracker).await?;
+            // One group: this is the last reduce call, whose text is the value.
+            let last = prompts.len() == 1;
+            let mut reduced = self.fan_out(provider, prompts, ctx, tracker, last).await?;
             if reduced.len() == 1 {
                 break reduced.pop().unwrap_or_default();
             }
@@ -350,18 +357,25 @@ impl MapReduce {
 
     /// One call per prompt, at most `max_concurrency` in flight, outputs in prompt order. The
     /// first failure drops (cancels) the rest and returns (the run's tracker, which counted
-    /// them, gives the error its whole spend).
+    /// them, gives the error its whole spend). `last`: the text of these calls (one) is the
+    /// value, delivered to an `on_text` subscriber.
     async fn fan_out(
         &self,
         provider: &dyn LlmProvider,
         prompts: Vec<String>,
         ctx: &RunContext,
         tracker: &CostTracker,
+        last: bool,
     ) -> Result<Vec<String>> {
         let mut out = vec![String::new(); prompts.len()];
+        let quiet = ctx.without_text();
+        let ctx: &RunContext = if last { ctx } else { &quiet };
         let mut calls = futures::stream::iter(prompts.into_iter().enumerate().map(|(i, p)| {
             let req = self.request(p);
-            async move { (i, ctx.complete(provider, req, tracker).await) }
+            async move {
+                let r = ctx.complete_forwarding(provider, req, tracker).await;
+                (i, r.map(|(resp, _)| resp))
+            }
         }))
         .buffer_unordered(self.max_concurrency);
         while let Some((i, r)) = calls.next().await {

@@ -385,7 +385,7 @@ impl RefineLoop {
         let span = tracing::info_span!(
             target: "executionkit",
             "pattern.refine",
-            max_iterations = self.max_iterations,
+            max_iterations = crate::telemetry::int(self.max_iterations),
             target_score = self.target_score,
             from_draft = draft.is_some(),
         );

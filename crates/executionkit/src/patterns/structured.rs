@@ -595,10 +595,16 @@ async fn run_core<A>(
     ctx: &RunContext,
     accept: impl Fn(Value) -> std::result::Result<A, String>,
 ) -> Result<PatternResult<(A, Value), StructuredStats>> {
+    let span = tracing::info_span!(
+        target: "executionkit",
+        "pattern.structured",
+        max_repairs = crate::telemetry::int(opts.max_repairs),
+        schema = schema.is_some(),
+    );
     let run = ctx.tracked(async |tracker| {
         repair_loop(opts, schema, provider, prompt, ctx, tracker, &accept).await
     });
-    seal(run.await, provider)
+    seal(tracing::Instrument::instrument(run, span).await, provider)
 }
 
 async fn repair_loop<A>(
@@ -626,16 +632,17 @@ async fn repair_loop<A>(
             .into_iter()
             .fold(e, |e, (k, v)| e.with_metadata(&k, v))
     };
-    let mut text = ctx
-        .complete(
+    // Each reply's text is delivered to an `on_text` subscriber, superseded when a repair
+    // follows.
+    let (resp, mut delivered) = ctx
+        .complete_forwarding(
             provider,
             opts.request(first, response_format.as_ref()),
             tracker,
         )
         .await
-        .map_err(|e| with_counts(e, 0, 0))?
-        .content()
-        .to_owned();
+        .map_err(|e| with_counts(e, 0, 0))?;
+    let mut text = resp.into_content();
     let mut last_error;
     loop {
         parse_attempts += 1;
@@ -660,16 +667,16 @@ async fn repair_loop<A>(
             break;
         }
         repair_attempts += 1;
+        ctx.supersede_text(delivered);
         let req = opts.request(
             repair_prompt(&last_error, prompt, &text),
             response_format.as_ref(),
         );
-        text = ctx
-            .complete(provider, req, tracker)
+        let (resp, d) = ctx
+            .complete_forwarding(provider, req, tracker)
             .await
-            .map_err(|e| with_counts(e, parse_attempts, repair_attempts))?
-            .content()
-            .to_owned();
+            .map_err(|e| with_counts(e, parse_attempts, repair_attempts))?;
+        (text, delivered) = (resp.into_content(), d);
     }
     Err(with_counts(
         Error::new(ErrorKind::Parse, last_error),

@@ -27,6 +27,8 @@ mod rate_limit;
 mod router;
 pub(crate) mod sse;
 mod transport;
+#[cfg(feature = "otel")]
+pub(crate) use transport::{Settings, Transport, TransportError};
 
 #[cfg_attr(not(feature = "testing"), allow(unused_imports))] // reached through `internals`
 pub use anthropic::{ANTHROPIC_BASE_URL, ANTHROPIC_VERSION};

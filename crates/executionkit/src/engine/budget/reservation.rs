@@ -36,6 +36,12 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// `true` when the budget has prices for this call's model, so that what
+    /// [`Reservation::settle`] returns is its cost (not an unknown 0).
+    pub(crate) fn priced(&self) -> bool {
+        self.own.rates.is_some()
+    }
+
     /// The output tokens this call may use in total (all choices together).
     ///
     /// ```

@@ -310,9 +310,9 @@ impl ConsensusSet {
         let span = tracing::info_span!(
             target: "executionkit",
             "pattern.consensus_set",
-            questions = prompts.len(),
-            samples = self.consensus.samples,
-            total_samples = self.total_for(prompts.len()),
+            questions = crate::telemetry::int(prompts.len()),
+            samples = crate::telemetry::int(self.consensus.samples),
+            total_samples = crate::telemetry::int(self.total_for(prompts.len())),
         );
         Ok(self.allocate(provider, prompts, ctx).instrument(span).await)
     }

@@ -378,8 +378,14 @@ impl ReactLoop {
         ctx: &RunContext,
     ) -> Result<(PatternResult<String, ReactStats>, Vec<Message>)> {
         self.validate(provider)?;
+        let span = tracing::info_span!(
+            target: "executionkit",
+            "pattern.react",
+            max_rounds = crate::telemetry::int(self.max_rounds),
+            tools = crate::telemetry::int(self.tools.len()),
+        );
         let run = ctx.tracked(async |tracker| self.rounds(provider, messages, ctx, tracker).await);
-        match run.await {
+        match tracing::Instrument::instrument(run, span).await {
             Ok(r) => {
                 let mut transcript = Vec::new();
                 let r = r.map(|(content, history)| {
@@ -435,7 +441,9 @@ impl ReactLoop {
             if let (false, Some(c)) = (specs.is_empty(), choice) {
                 request = request.tool_choice(c.clone());
             }
-            let resp = ctx.complete(provider, request, tracker).await?;
+            // A turn that calls no tool is the answer: every turn's text is delivered to an
+            // `on_text` subscriber until its first tool-call delta, then superseded.
+            let (resp, delivered) = ctx.complete_forwarding(provider, request, tracker).await?;
             if resp.was_truncated() {
                 counters.truncated_responses += 1;
                 tracing::warn!(
@@ -453,6 +461,7 @@ impl ReactLoop {
                 let stats = Self::stats(&counters, ReactTermination::Natural, &history);
                 return Ok(PatternResult::with_stats((content, history), stats));
             }
+            ctx.supersede_text(delivered);
             history.push(Message::assistant_tool_calls(resp.content(), calls.clone()));
             let replies = self.run_round(&calls, &by_name, ctx).await?;
             for reply in replies {

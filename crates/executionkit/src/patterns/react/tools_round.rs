@@ -103,7 +103,7 @@ impl ReactLoop {
             _ => None,
         };
         if obs.is_none() {
-            if let Some(o) = self.ask_gate(call, &name).await? {
+            if let Some(o) = self.ask_gate(call, &name, ctx).await? {
                 blocked = o.kind == ObservationKind::Blocked;
                 obs = Some(o);
             }
@@ -135,10 +135,16 @@ impl ReactLoop {
 
     /// Asks the approval gate, if any: `None` when the call may run, else what the model is
     /// told instead. Fails only when cancelled.
-    async fn ask_gate(&self, call: &ToolCall, name: &str) -> Result<Option<Observation>> {
+    async fn ask_gate(
+        &self,
+        call: &ToolCall,
+        name: &str,
+        ctx: &RunContext,
+    ) -> Result<Option<Observation>> {
         let Some(gate) = &self.approval_gate else {
             return Ok(None);
         };
+        crate::approval::observe_request(ctx, "tool_call", &call.name);
         let req = ApprovalRequest::new("tool_call", call.name.clone())
             .with_metadata("tool_call_id", call.id.clone())
             .with_metadata("arguments", Value::Object(call.arguments.clone()));
@@ -152,6 +158,7 @@ impl ReactLoop {
                     "the approval callback panicked",
                 ))
             });
+        crate::approval::observe_outcome(ctx, "tool_call", &call.name, &asked);
         match asked {
             Ok(d) if d.approved => Ok(None),
             Ok(d) => {
