@@ -510,6 +510,13 @@ fn provider_def(
             let text = u.get_ref();
             let shown = executionkit::redact::redact(text);
             let url = url::Url::parse(text).map_err(|e| {
+                // Text with an `@` that is not a URL may hold credentials in a form the redaction
+                // cannot see (found by the fuzzer: `…xsk-…@host` with no scheme): not shown.
+                let shown = if text.contains('@') {
+                    "(not shown: it contains `@`)"
+                } else {
+                    &shown
+                };
                 at(
                     u.span(),
                     format!("{ctx}: base_url is not a valid URL ({e}): {shown}"),
@@ -809,5 +816,18 @@ weighted = [{ use = "primary", weight = 3 }, { use = "backup", weight = 1 }]
             .get("--provider", "f")
             .unwrap_err();
         assert!(e.message().contains("other prices"), "{}", e.message());
+    }
+
+    /// Found by the fuzzer (fuzz/corpus/config/crash-a508…): an invalid base_url holding a
+    /// key-shaped run after other letters was quoted whole in the message.
+    #[test]
+    fn an_invalid_base_url_with_an_at_sign_is_not_quoted() {
+        let src = "[providers.a]\nbase_url = \"pxsk-abcdefghijklmnop@host\"\nmodel = \"m\"\n";
+        let e = Config::parse("ek.toml", src).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("not a valid URL"), "{e}");
+        assert!(!e.contains("abcdefghijklmnop"), "{e}");
+        let src = "[providers.a]\nbase_url = \"not a url\"\nmodel = \"m\"\n";
+        let e = Config::parse("ek.toml", src).unwrap_err().to_string();
+        assert!(e.contains("not a url"), "{e}");
     }
 }

@@ -19,16 +19,19 @@
 mod common;
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::counting::CountingRelay;
+use common::tls::addr_of;
 use executionkit::WithCallOptions as _;
+use executionkit::events::Event;
 use executionkit::{
     ChatRequest, ChatStream, Consensus, Error, LlmProvider, LlmResponse, OpenAiProvider, Pipe,
     ReactLoop, RefineLoop, Result, RetryPolicy, RunContext, StreamEvent, TokenUsage, Tool,
 };
-use common::counting::CountingRelay;
-use common::tls::addr_of;
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
@@ -58,6 +61,21 @@ impl LlmProvider for Streamed {
     fn stream(&self, request: ChatRequest) -> ChatStream {
         self.0.stream(request)
     }
+    fn supports_tools(&self) -> bool {
+        self.0.supports_tools()
+    }
+    fn supports_streaming(&self) -> bool {
+        self.0.supports_streaming()
+    }
+    fn secret(&self) -> Option<&str> {
+        self.0.secret()
+    }
+    fn response_format_refused(&self) -> bool {
+        self.0.response_format_refused()
+    }
+    fn note_response_format_refused(&self) {
+        self.0.note_response_format_refused();
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,9 +102,7 @@ struct Fault {
 
 fn faults() -> Vec<Fault> {
     let fail = |status: u16| json!({"type": "fail", "status": status, "times": 1});
-    let stream = |kind: &str| {
-        json!({"type": "stream_fault", "kind": kind, "after_chunks": 1, "stall_seconds": 2, "times": 1})
-    };
+    let stream = |kind: &str| json!({"type": "stream_fault", "kind": kind, "after_chunks": 1, "stall_seconds": 2, "times": 1});
     let f = |name, behavior, stream_only, tools_only| Fault {
         name,
         behavior,
@@ -105,7 +121,12 @@ fn faults() -> Vec<Fault> {
         f("503", fail(503), false, false),
         f("400", fail(400), false, false),
         f("401", fail(401), false, false),
-        f("delay", json!({"type": "delay", "seconds": 0.3, "times": 1}), false, false),
+        f(
+            "delay",
+            json!({"type": "delay", "seconds": 0.3, "times": 1}),
+            false,
+            false,
+        ),
         f(
             "slow first token",
             json!({"type": "slow_first_token", "seconds": 0.2, "times": 1}),
@@ -184,16 +205,37 @@ fn echo_tool() -> Tool {
     )
 }
 
-/// Runs `shape` on `provider`: the spend, and the value or the error. Consensus samples carry
-/// seeds (sample i sends seed 7 + i), so that their bodies differ: llmock groups requests with
-/// equal bodies as retries of one call.
-async fn run(shape: Shape, provider: &dyn LlmProvider) -> (TokenUsage, std::result::Result<String, Error>) {
-    let ctx = RunContext::new().retry(
-        RetryPolicy::new()
-            .max_retries_count(2)
-            .base_delay(Duration::from_millis(20))
-            .max_delay(Duration::from_secs(2)),
-    );
+/// What a run gave: its spend, the value or the error, and how many of its calls were cancelled
+/// in flight (started, and neither finished, retried nor failed: a fan-out stops its other
+/// samples when one fails for good).
+struct Outcome {
+    cost: TokenUsage,
+    result: std::result::Result<String, Error>,
+    cancelled: u64,
+}
+
+/// Runs `shape` on `provider`. Consensus samples carry seeds (sample i sends seed 7 + i), so
+/// that their bodies differ: llmock groups requests with equal bodies as retries of one call.
+async fn run(shape: Shape, provider: &dyn LlmProvider) -> Outcome {
+    let started = Arc::new(AtomicU64::new(0));
+    let ended = Arc::new(AtomicU64::new(0));
+    let (s, e) = (Arc::clone(&started), Arc::clone(&ended));
+    let ctx = RunContext::new()
+        .retry(
+            RetryPolicy::new()
+                .max_retries_count(2)
+                .base_delay(Duration::from_millis(20))
+                .max_delay(Duration::from_secs(2)),
+        )
+        .on_event(move |ev| match ev {
+            Event::CallStarted { .. } => {
+                s.fetch_add(1, Ordering::SeqCst);
+            }
+            Event::CallFinished { .. } | Event::CallRetried { .. } | Event::CallFailed { .. } => {
+                e.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
+        });
     let prompt = "What is 3 + 4? Answer with the number.";
     let refine = || RefineLoop::new().target_score(0.9).max_iterations(2);
     let out = match shape {
@@ -220,9 +262,17 @@ async fn run(shape: Shape, provider: &dyn LlmProvider) -> (TokenUsage, std::resu
             .await
             .map(|r| (r.cost, r.value)),
     };
-    match out {
+    let cancelled = started
+        .load(Ordering::SeqCst)
+        .saturating_sub(ended.load(Ordering::SeqCst));
+    let (cost, result) = match out {
         Ok((cost, v)) => (cost, Ok(v)),
         Err(e) => (e.cost(), Err(e)),
+    };
+    Outcome {
+        cost,
+        result,
+        cancelled,
     }
 }
 
@@ -236,9 +286,10 @@ async fn every_fault_every_mode_every_pattern() {
         http: reqwest::Client::new(),
     };
     let mut table = String::from(
-        "| pattern | mode | fault | outcome | requests at llmock | calls reported |\n|---|---|---|---|---:|---:|\n",
+        "| pattern | mode | fault | outcome | requests at llmock | calls reported | cancelled in flight |\n|---|---|---|---|---:|---:|---:|\n",
     );
     let mut cells = 0;
+    let mut unsent = 0;
     for shape in [Shape::Consensus, Shape::Refine, Shape::React, Shape::Pipe] {
         for mode in [Mode::Complete, Mode::Stream] {
             for fault in faults() {
@@ -260,7 +311,8 @@ async fn every_fault_every_mode_every_pattern() {
                     ], "times": 1, "match": {"tools": true}}));
                 }
                 behaviors.push(json!({"type": "reply", "text": "7", "times": null}));
-                m.post("/_llmock/scenario", json!({ "behaviors": behaviors })).await;
+                m.post("/_llmock/scenario", json!({ "behaviors": behaviors }))
+                    .await;
 
                 let relay = CountingRelay::start(addr_of(&m.url)).await;
                 let provider = m.provider(&relay);
@@ -270,44 +322,87 @@ async fn every_fault_every_mode_every_pattern() {
                     Mode::Stream => &streamed,
                 };
                 let cell = format!("{shape:?} / {mode:?} / {}", fault.name);
-                let (cost, outcome) = tokio::time::timeout(Duration::from_secs(60), run(shape, p))
+                let Outcome {
+                    cost,
+                    result: outcome,
+                    cancelled,
+                } = tokio::time::timeout(Duration::from_secs(60), run(shape, p))
                     .await
                     .unwrap_or_else(|_| panic!("{cell}: no outcome within 60 s"));
 
-                let requests = m.get("/_llmock/requests").await["requests"]
-                    .as_array()
-                    .unwrap()
-                    .len() as u64;
-                println!(
-                    "{cell}: heads {} bodies {} journal {requests} calls {}",
-                    relay.heads(),
-                    relay.requests(),
-                    cost.llm_calls
-                );
+                let journal = m.get("/_llmock/requests").await;
+                let journal = journal["requests"].as_array().unwrap();
+                let requests = journal.len() as u64;
+                // Every request that reached llmock is a counted call, and every counted call
+                // reached it, but for calls cancelled in flight before they were written (a
+                // cancelled call still counts: docs/reliability.md).
                 assert_eq!(
-                    requests, cost.llm_calls,
-                    "{cell}: llmock received {requests} requests, {} calls reported ({outcome:?})",
+                    relay.heads() as u64,
+                    requests,
+                    "{cell}: the relay saw {} requests, llmock {requests}",
+                    relay.heads()
+                );
+                assert!(
+                    requests <= cost.llm_calls && cost.llm_calls - requests <= cancelled,
+                    "{cell}: llmock received {requests} requests, {} calls reported, {cancelled} \
+                     cancelled ({outcome:?})",
                     cost.llm_calls
                 );
+                unsent += cost.llm_calls - requests;
+                // Retryable faults end in the value; a 4xx ends in a `permanent` error.
+                let permanent = matches!(fault.name, "400" | "401");
+                match &outcome {
+                    Ok(v) => assert!(!permanent && v == "7", "{cell}: {v:?}"),
+                    Err(e) => assert!(permanent && e.is_permanent(), "{cell}: {e}"),
+                }
                 let shown = match &outcome {
                     Ok(v) => format!("value {:?}", v.chars().take(20).collect::<String>()),
                     Err(e) => {
-                        assert!(!e.to_string().contains(API_KEY), "{cell}: the key leaked: {e}");
+                        assert!(
+                            !e.to_string().contains(API_KEY),
+                            "{cell}: the key leaked: {e}"
+                        );
                         format!("error `{}`", e.kind().as_str())
                     }
                 };
                 let verdict = m.get("/_llmock/verdict").await;
-                assert_eq!(verdict["passed"], true, "{cell}: llmock's verdict: {verdict:#}");
-                assert_eq!(verdict["errors"], 0, "{cell}: llmock's verdict: {verdict:#}");
+                assert_eq!(
+                    verdict["passed"], true,
+                    "{cell}: llmock's verdict: {verdict:#}"
+                );
+                assert_eq!(
+                    verdict["errors"], 0,
+                    "{cell}: llmock's verdict: {verdict:#}"
+                );
+                // The fault fired: llmock counts its failures and stream faults; a broken tool
+                // call shows as the observation the loop sent back (not the echo of "7").
+                let injected = verdict["faults_injected"].as_u64().unwrap_or(0);
+                if fault.behavior["type"] == "fail" || fault.behavior["type"] == "stream_fault" {
+                    assert!(injected >= 1, "{cell}: the fault did not fire: {verdict:#}");
+                }
+                if fault.tools_only {
+                    let tool_said: Vec<&str> = journal
+                        .iter()
+                        .flat_map(|r| r["body"]["messages"].as_array().into_iter().flatten())
+                        .filter(|m| m["role"] == "tool")
+                        .filter_map(|m| m["content"].as_str())
+                        .collect();
+                    assert!(
+                        !tool_said.is_empty() && tool_said.iter().all(|c| *c != "7"),
+                        "{cell}: the broken tool call was not reported back: {tool_said:?}"
+                    );
+                }
                 writeln!(
                     table,
-                    "| {shape:?} | {mode:?} | {} | {shown} | {requests} | {} |",
+                    "| {shape:?} | {mode:?} | {} | {shown} | {requests} | {} | {cancelled} |",
                     fault.name, cost.llm_calls
                 )
                 .unwrap();
             }
         }
     }
-    println!("{cells} cells\n{table}");
+    println!(
+        "{cells} cells; {unsent} calls counted that were cancelled before they were written\n{table}"
+    );
     assert!(cells >= 60, "{cells} cells");
 }

@@ -452,7 +452,10 @@ mod tests {
         assert!(e.is_provider());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
         assert_eq!(classify_status(500, b"{}", None, id).retry_after(), None);
-        assert_eq!(classify_status(404, b"{}", Some(Duration::from_secs(2)), id).retry_after(), None);
+        assert_eq!(
+            classify_status(404, b"{}", Some(Duration::from_secs(2)), id).retry_after(),
+            None
+        );
     }
 
     #[test]
@@ -460,9 +463,9 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(explicit_retry_after(&h), None);
         assert_eq!(retry_after_of(&h), Duration::from_secs(1));
-        h.insert(RETRY_AFTER, "2.5".parse().unwrap());
+        h.insert(RETRY_AFTER, HeaderValue::from_static("2.5"));
         assert_eq!(explicit_retry_after(&h), Some(Duration::from_millis(2500)));
-        h.insert("retry-after-ms", "300".parse().unwrap());
+        h.insert("retry-after-ms", HeaderValue::from_static("300"));
         assert_eq!(explicit_retry_after(&h), Some(Duration::from_millis(300)));
     }
 }
