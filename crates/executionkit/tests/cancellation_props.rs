@@ -14,8 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use executionkit::WithCallOptions as _;
 use executionkit::{
-    Budget, ChatRequest, Consensus, LlmProvider, LlmResponse, Pipe, Result, RetryPolicy,
-    RunContext,
+    Budget, ChatRequest, Consensus, LlmProvider, LlmResponse, Pipe, Result, RetryPolicy, RunContext,
 };
 use proptest::prelude::*;
 
@@ -53,16 +52,24 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (1_usize..=12, 1_usize..=3, 1_u64..=40, 0_u64..=60, 1_u64..=40, any::<u64>()).prop_map(
-        |(samples, steps, spread, cancel_after_ms, max_calls, seed)| Case {
-            samples,
-            steps,
-            spread,
-            cancel_after_ms,
-            max_calls,
-            seed: seed % 1_000_000,
-        },
+    (
+        1_usize..=12,
+        1_usize..=3,
+        1_u64..=40,
+        0_u64..=60,
+        1_u64..=40,
+        any::<u64>(),
     )
+        .prop_map(
+            |(samples, steps, spread, cancel_after_ms, max_calls, seed)| Case {
+                samples,
+                steps,
+                spread,
+                cancel_after_ms,
+                max_calls,
+                seed: seed % 1_000_000,
+            },
+        )
 }
 
 fn check(c: &Case) {
@@ -97,7 +104,11 @@ fn check(c: &Case) {
         let spent = ledger.spent();
         let entered = provider.entered.load(Ordering::SeqCst);
         let finished = provider.finished.load(Ordering::SeqCst);
-        assert_eq!(ledger.reserved_output_tokens(), 0, "{c:?}: tokens left reserved");
+        assert_eq!(
+            ledger.reserved_output_tokens(),
+            0,
+            "{c:?}: tokens left reserved"
+        );
         assert!(
             entered <= spent.llm_calls,
             "{c:?}: the provider got {entered} calls, {} counted",
@@ -149,11 +160,9 @@ fn a_thousand_cancelled_fan_outs_leave_nothing_outstanding() {
         let ctx = RunContext::new().retry(RetryPolicy::none());
         for i in 0..1_000_u64 {
             let c = Consensus::new().samples(8).seed(i * 8);
-            let _ = tokio::time::timeout(
-                Duration::from_millis(i % 23),
-                c.run(&provider, "q", &ctx),
-            )
-            .await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(i % 23), c.run(&provider, "q", &ctx))
+                    .await;
             assert_eq!(ctx.ledger().reserved_output_tokens(), 0, "fan-out {i}");
         }
         let spent = ctx.ledger().spent();
@@ -162,7 +171,10 @@ fn a_thousand_cancelled_fan_outs_leave_nothing_outstanding() {
             provider.finished.load(Ordering::SeqCst),
         );
         // The cancellations did land mid-flight: calls were cut off after they were sent.
-        assert!(finished > 0 && entered > finished, "{entered} entered, {finished} finished");
+        assert!(
+            finished > 0 && entered > finished,
+            "{entered} entered, {finished} finished"
+        );
         assert!(entered <= spent.llm_calls);
         assert_eq!(
             spent.output_tokens,
