@@ -45,3 +45,18 @@ fn stream_deltas_corpus() {
 fn extract_json_corpus() {
     replay("extract_json", fuzz::extract_json);
 }
+
+/// Found by `sse_chunked` (fuzz/corpus/sse_chunked/crash-ba29…): a complete event before a
+/// line over the limit. Given in one chunk, the limit's error came first and the event was never
+/// parsed; in small chunks, the event was parsed (and failed) first. Now the whole lines before
+/// the byte that passes a limit always go on first.
+#[test]
+fn a_complete_event_before_an_over_long_line_is_decoded_the_same_however_cut() {
+    let mut data = b"\x05data: {\"not json\r\n\r\ndata: ".to_vec();
+    data.extend(std::iter::repeat_n(b'a', 600));
+    fuzz::sse_chunked(&data);
+    let mut data =
+        b"\x09data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n".to_vec();
+    data.extend(std::iter::repeat_n(b'b', 600));
+    fuzz::sse_chunked(&data);
+}
