@@ -32,7 +32,7 @@ use http::header::{
     CONTENT_ENCODING, CONTENT_LENGTH, HOST, PROXY_AUTHORIZATION, TRANSFER_ENCODING,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -54,7 +54,8 @@ const INITIAL_H2_STREAMS: usize = 16;
 /// Raw bytes allowed beyond the body cap for the head and chunk framing.
 const FRAMING_ALLOWANCE: u64 = MAX_BUF as u64;
 
-type Body = Full<Bytes>;
+/// The request body: marks the attempt's wire probe when hyper reads it (`provider::wire`).
+type Body = crate::provider::wire::WireBody;
 
 /// What went wrong below HTTP semantics. The provider maps it to an [`crate::Error`].
 #[derive(Debug, thiserror::Error)]
@@ -261,7 +262,7 @@ impl Transport {
     }
 
     fn request_with(&self, body: Bytes, uri: &Uri, headers: &HeaderMap) -> Request<Body> {
-        let mut req = Request::new(Full::new(body));
+        let mut req = Request::new(Body::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers.clone();
@@ -274,6 +275,7 @@ impl Transport {
     /// Boxed here, one layout per protocol, so an HTTP/1.1 call does not carry the larger
     /// HTTP/2 states (keeps the call future small: docs/architecture.md, "Future sizes").
     pub(crate) fn send(self: &Arc<Self>, body: Bytes) -> SendFuture<'_> {
+        crate::provider::wire::begun();
         if self.proto.load(Ordering::Acquire) == PROTO_H1 {
             return Box::pin(self.send_h1(body));
         }
