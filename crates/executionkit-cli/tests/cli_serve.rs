@@ -682,3 +682,86 @@ async fn sigterm_drains_the_requests_in_flight() {
     let err = s.stderr.lock().unwrap().join("\n");
     assert!(err.contains("shutting down"), "{err}");
 }
+
+/// Answers a streamed request with SSE ("42" and usage), any other with JSON.
+struct JsonOrSse;
+
+impl Respond for JsonOrSse {
+    fn respond(&self, r: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        if body["stream"] == true {
+            let sse = [
+                json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "4"}}]}),
+                json!({"choices": [{"index": 0, "delta": {"content": "2"}, "finish_reason": "stop"}]}),
+                json!({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}),
+            ]
+            .iter()
+            .map(|c| format!("data: {c}\n\n"))
+            .collect::<String>()
+                + "data: [DONE]\n\n";
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "text/event-stream")
+                .set_body_string(sse)
+        } else {
+            ResponseTemplate::new(200).set_body_json(completion("42"))
+        }
+    }
+}
+
+#[tokio::test]
+async fn openai_python_sdk_is_a_client() {
+    let Some(python) = common::server_url("EK_OPENAI_PY", "scripts/setup-openai-sdk.sh") else {
+        return;
+    };
+    let up = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(JsonOrSse)
+        .mount(&up)
+        .await;
+    let f = keys_file(10);
+    let s = Serve::at(&up, &["--keys", f.to_str().unwrap()]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_client.py");
+    let o = tokio::process::Command::new(&python)
+        .args([
+            script,
+            &format!("{}/v1", s.base),
+            "sk-client-alice",
+            "test-model",
+        ])
+        .env("NO_PROXY", "127.0.0.1")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        v["models"],
+        json!([
+            "test-model",
+            "ek:consensus:3:test-model",
+            "ek:refine:test-model"
+        ])
+    );
+    assert_eq!(v["plain"], json!({"content": "42", "total_tokens": 7}));
+    assert_eq!(v["stream"], json!({"content": "42", "total_tokens": 7}));
+    assert_eq!(
+        v["consensus"],
+        json!({"content": "42", "total_tokens": 21, "llm_calls": 3})
+    );
+    assert_eq!(
+        v["consensus_stream"],
+        json!({"content": "42", "total_tokens": 21})
+    );
+    assert_eq!(v["wrong_key"], 401);
+    assert_eq!(v["exhausted"]["status"], 429, "{v}");
+    assert_eq!(v["exhausted"]["code"], "budget_exhausted", "{v}");
+    // 1 + 1 + 3 + 3 calls, then two more until the key's ten were spent.
+    assert_eq!(up.received_requests().await.unwrap().len(), 10);
+    std::fs::remove_dir_all(f.parent().unwrap()).unwrap();
+}
