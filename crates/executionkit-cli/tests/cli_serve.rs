@@ -292,6 +292,31 @@ impl Respond for EchoKey {
 #[tokio::test]
 async fn the_upstream_key_never_reaches_a_client() {
     let up = MockServer::start().await;
+    // Streamed, the key comes back split across three deltas.
+    let (a, rest) = UPSTREAM_KEY.split_at(6);
+    let (b, c) = rest.split_at(10);
+    let sse: String = [format!("echo: {a}"), b.to_owned(), format!("{c} (done)")]
+        .iter()
+        .map(|t| {
+            format!(
+                "data: {}\n\n",
+                json!({"choices": [{"index": 0, "delta": {"content": t}}]})
+            )
+        })
+        .collect::<String>()
+        + "data: [DONE]\n\n";
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(wiremock::matchers::body_partial_json(
+            json!({"stream": true, "model": "test-model"}),
+        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "text/event-stream")
+                .set_body_string(sse),
+        )
+        .mount(&up)
+        .await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
         .and(wiremock::matchers::body_partial_json(
@@ -324,6 +349,19 @@ async fn the_upstream_key_never_reaches_a_client() {
     body["stream"] = json!(true);
     let (_, text) = s.sse(&body).await;
     assert!(!text.contains(UPSTREAM_KEY), "{text}");
+    let (status, text) = s.sse(&json!({"model": "test-model", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(status, 200);
+    let content: String = events(&text)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(content, "echo: [REDACTED] (done)", "{text}");
+    assert!(!text.contains(a) || !text.contains(b), "{text}");
     // The upstream did get it.
     let got = up.received_requests().await.unwrap();
     assert!(

@@ -729,6 +729,8 @@ impl App {
             key: key.map(str::to_owned),
             started: false,
             finished: false,
+            pending: String::new(),
+            hold: 2 * self.secrets.longest(),
         };
         let head = enc.encode(Ok(first));
         let rest = futures::stream::unfold((rx, enc), |(mut rx, mut enc)| async move {
@@ -738,9 +740,14 @@ impl App {
             let text = match rx.recv().await {
                 Some(item) => enc.encode(item),
                 None => {
-                    enc.finished = true;
                     // The stream ended without its `Finished` event: close it anyway.
-                    wire::SSE_DONE.to_owned()
+                    enc.finished = true;
+                    let mut out = enc
+                        .release(true)
+                        .map(|t| enc.text_delta(&t))
+                        .unwrap_or_default();
+                    out.push_str(wire::SSE_DONE);
+                    out
                 }
             };
             Some((Ok::<_, Infallible>(Bytes::from(text)), (rx, enc)))
@@ -821,9 +828,35 @@ struct ChunkEncoder {
     key: Option<String>,
     started: bool,
     finished: bool,
+    /// Text received but not sent yet: the last `hold` bytes are held back, so that a secret
+    /// split across deltas is still redacted whole.
+    pending: String,
+    /// Twice the longest secret's length (0 without secrets: nothing is held back).
+    hold: usize,
 }
 
 impl ChunkEncoder {
+    /// The text that can go out now (redacted); with `all`, everything held back too.
+    fn release(&mut self, all: bool) -> Option<String> {
+        let text = self.app.secrets.text(&self.pending).into_owned();
+        let mut cut = if all {
+            text.len()
+        } else {
+            text.len().saturating_sub(self.hold)
+        };
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.pending = text[cut..].to_owned();
+        let mut out = text;
+        out.truncate(cut);
+        (!out.is_empty()).then_some(out)
+    }
+
+    fn text_delta(&self, text: &str) -> String {
+        self.data(wire::delta(json!({"content": text}), None), None)
+    }
+
     fn data(&self, choices: Value, usage: Option<Value>) -> String {
         let mut v = wire::chunk(&self.id, &self.model, self.created, choices, usage);
         self.app.secrets.json(&mut v);
@@ -839,10 +872,17 @@ impl ChunkEncoder {
                 None,
             ));
         }
-        match item {
-            Ok(StreamEvent::TextDelta(t)) => {
-                out.push_str(&self.data(wire::delta(json!({"content": t}), None), None));
+        if let Ok(StreamEvent::TextDelta(t)) = &item {
+            self.pending.push_str(t);
+            if let Some(text) = self.release(false) {
+                out.push_str(&self.text_delta(&text));
             }
+            return out;
+        }
+        if let Some(text) = self.release(true) {
+            out.push_str(&self.text_delta(&text));
+        }
+        match item {
             Ok(StreamEvent::ToolCallDelta {
                 index,
                 id,
