@@ -458,6 +458,20 @@ async fn raw_post(base: &str, length: usize, part: &[u8]) -> (u16, String) {
 }
 
 #[tokio::test]
+async fn the_budget_flags_apply_to_each_request() {
+    let up = upstream_saying("42").await;
+    let s = Serve::at(&up, &["--max-calls", "2"]).await;
+    let (status, v) = s.chat(&ask("ek:consensus:3:test-model")).await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["code"], "budget_exhausted", "{v}");
+    // Each request has its own two calls.
+    for _ in 0..3 {
+        let (status, v) = s.chat(&ask("ek:consensus:2:test-model")).await;
+        assert_eq!(status, 200, "{v}");
+    }
+}
+
+#[tokio::test]
 async fn a_non_loopback_address_needs_keys() {
     let o = common::ek(&["serve", "--listen", "0.0.0.0:0"]).await;
     assert_eq!(common::code(&o), 2, "{}", common::stderr(&o));
@@ -473,7 +487,8 @@ async fn a_non_loopback_address_needs_keys() {
 #[tokio::test]
 async fn a_consensus_model_runs_the_pattern_and_reports_its_total() {
     let up = upstream_saying("42").await;
-    let s = Serve::at(&up, &[]).await;
+    // $1 and $2 per million input / output tokens.
+    let s = Serve::at(&up, &["--price-in", "1", "--price-out", "2"]).await;
     let (status, v) = s.chat(&ask("ek:consensus:3:org/model:q4")).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["object"], "chat.completion");
@@ -484,6 +499,8 @@ async fn a_consensus_model_runs_the_pattern_and_reports_its_total() {
     assert_eq!(v["executionkit"]["pattern"], "consensus");
     assert_eq!(v["executionkit"]["cost"]["llm_calls"], 3);
     assert_eq!(v["executionkit"]["metadata"]["agreement_ratio"], 1.0);
+    let usd = v["executionkit"]["usd"].as_f64().unwrap();
+    assert!((usd - 27e-6).abs() < 1e-12, "{v}");
     let sent = common::bodies(&up).await;
     assert_eq!(sent.len(), 3);
     assert!(

@@ -186,7 +186,11 @@ impl Key {
     /// The ledger of the key's current window (a child of `root`), renewed when the window
     /// has ended.
     pub fn ledger(&self, root: &Arc<BudgetLedger>) -> Arc<BudgetLedger> {
-        let now = Instant::now();
+        self.ledger_at(root, Instant::now())
+    }
+
+    /// [`Key::ledger`] at `now`.
+    fn ledger_at(&self, root: &Arc<BudgetLedger>, now: Instant) -> Arc<BudgetLedger> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         match &*current {
             Some((start, l)) if self.window.is_none_or(|w| now.duration_since(*start) < w) => {
@@ -325,6 +329,26 @@ mod tests {
         );
         // Same window (none): the same ledger.
         assert!(Arc::ptr_eq(&l, &key.ledger(&root)));
+        assert_eq!(root.spent().llm_calls, 2);
+    }
+
+    #[test]
+    fn a_window_renews_the_budget() {
+        let keys =
+            Keys::parse("keys.toml", &file("window_seconds = 60\n"), &Budget::new()).unwrap();
+        let key = keys.by_hash.values().next().unwrap().clone();
+        let root = Arc::new(BudgetLedger::unlimited());
+        let t0 = Instant::now();
+        let l = key.ledger_at(&root, t0);
+        l.charge(executionkit::TokenUsage::new(1, 1, 2), None);
+        let e = key.check(&l).unwrap_err();
+        assert!(e.message.contains("60-second window"), "{}", e.message);
+        let same = key.ledger_at(&root, t0 + Duration::from_secs(59));
+        assert!(Arc::ptr_eq(&l, &same));
+        let next = key.ledger_at(&root, t0 + Duration::from_secs(60));
+        assert!(!Arc::ptr_eq(&l, &next));
+        assert!(key.check(&next).is_ok());
+        // The server's ledger keeps the whole spend.
         assert_eq!(root.spent().llm_calls, 2);
     }
 }

@@ -58,6 +58,8 @@ const EXIT_USAGE: u8 = 2;
 const MAX_BODY: usize = 8 * 1024 * 1024;
 /// How often a streamed virtual model sends `: keep-alive` while its pattern runs.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// The routes, as `ek_requests_total` labels them.
+const ROUTES: &[&str] = &["/health", "/metrics", "/v1/models", "/v1/chat/completions"];
 /// The N `/v1/models` lists for `ek:consensus:N:MODEL`.
 const LISTED_SAMPLES: usize = 3;
 
@@ -200,15 +202,12 @@ async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
             }
         }
     }
-    let route = match req.uri().path() {
-        p @ ("/health" | "/metrics" | "/v1/models" | "/v1/chat/completions") => match p {
-            "/health" => "/health",
-            "/metrics" => "/metrics",
-            "/v1/models" => "/v1/models",
-            _ => "/v1/chat/completions",
-        },
-        _ => "other",
-    };
+    // A fixed set of labels: an unknown path counts as `other`.
+    let route = ROUTES
+        .iter()
+        .find(|r| **r == req.uri().path())
+        .copied()
+        .unwrap_or("other");
     let start = Instant::now();
     app.metrics.started();
     let mut guard = Guard(&app.metrics, false);
