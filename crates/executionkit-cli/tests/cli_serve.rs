@@ -697,6 +697,42 @@ async fn a_client_that_goes_away_cancels_its_pattern_and_its_spend_stays_counted
 }
 
 #[tokio::test]
+async fn a_streaming_client_that_goes_away_cancels_its_pattern_too() {
+    let up = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(completion("42"))
+                .set_delay(Duration::from_secs(2)),
+        )
+        .mount(&up)
+        .await;
+    let s = Serve::at(&up, &[]).await;
+    let mut body = ask("ek:consensus:9:test-model");
+    body["stream"] = json!(true);
+    let mut r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b": keep-alive\n\n");
+    for _ in 0..200 {
+        if up.received_requests().await.unwrap().len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(r);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(up.received_requests().await.unwrap().len(), 5);
+    let m = s.metrics().await;
+    assert_eq!(metric(&m, "ek_upstream_calls_total"), Some(5.0), "{m}");
+}
+
+#[tokio::test]
 async fn sigterm_drains_the_requests_in_flight() {
     let up = MockServer::start().await;
     Mock::given(method("POST"))
