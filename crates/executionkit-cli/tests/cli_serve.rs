@@ -856,3 +856,48 @@ async fn openai_python_sdk_is_a_client() {
     assert_eq!(up.received_requests().await.unwrap().len(), 10);
     std::fs::remove_dir_all(f.parent().unwrap()).unwrap();
 }
+
+#[tokio::test]
+async fn openai_python_sdk_against_llama_server() {
+    let Some(python) = common::server_url("EK_OPENAI_PY", "scripts/setup-openai-sdk.sh") else {
+        return;
+    };
+    let Some(url) = common::server_url("EK_LLAMA_URL", "scripts/start-llama.sh") else {
+        return;
+    };
+    let key = common::llama_key();
+    let env = [
+        ("EXECUTIONKIT_BASE_URL", url),
+        ("EXECUTIONKIT_MODEL", "smollm2".to_owned()),
+        ("EXECUTIONKIT_API_KEY", key.clone()),
+    ];
+    let s = Serve::start(&[], &env).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_client.py");
+    let o = tokio::process::Command::new(&python)
+        .args([script, &format!("{}/v1", s.base), "any", "smollm2", "real"])
+        .env("NO_PROXY", "127.0.0.1")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!stdout.contains(&key), "{stdout}");
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["models"][0], "smollm2");
+    for part in ["plain", "stream", "consensus", "consensus_stream"] {
+        let text = v[part]["content"].as_str().unwrap_or_default();
+        assert!(!text.trim().is_empty(), "{part}: {v}");
+        assert!(
+            v[part]["total_tokens"].as_u64().unwrap_or(0) > 0,
+            "{part}: {v}"
+        );
+    }
+    // Same question, temperature 0: the plain and streamed answers agree.
+    assert_eq!(v["plain"]["content"], v["stream"]["content"], "{v}");
+    assert_eq!(v["consensus"]["llm_calls"], 3, "{v}");
+}
