@@ -8,6 +8,7 @@
 //! name = "alice"
 //! sha256 = "<64 hex digits: sha256 of the key>"
 //! calls = 100            # LLM calls per window (optional)
+//! tokens = 250000        # input + output tokens per window, checked before each request
 //! input_tokens = 200000  # optional
 //! output_tokens = 50000  # optional
 //! usd = 1.50             # optional; needs prices (--price-in/--price-out or the config file)
@@ -16,7 +17,8 @@
 //!
 //! Each key's budget is a [`BudgetLedger`] (a child of the server's), renewed when its window
 //! ends: every upstream call a request makes reserves in it before it is sent, so a spent
-//! budget refuses the call (429) instead of noticing afterwards.
+//! budget refuses the call (429) instead of noticing afterwards. `tokens` (a total the ledger
+//! has no limit for) is checked when a request starts: one that starts under it may end over.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,6 +44,7 @@ struct RawKey {
     name: String,
     sha256: String,
     calls: Option<u64>,
+    tokens: Option<u64>,
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
     usd: Option<f64>,
@@ -54,6 +57,8 @@ pub struct Key {
     /// The name (in logs and error messages; never the key).
     pub name: String,
     budget: Budget,
+    /// Input + output tokens per window, checked when a request starts.
+    tokens: Option<u64>,
     window: Option<Duration>,
     /// The current window's start and ledger.
     current: Mutex<Option<(Instant, Arc<BudgetLedger>)>>,
@@ -141,6 +146,7 @@ impl Keys {
             let key = Arc::new(Key {
                 name: k.name.clone(),
                 budget,
+                tokens: k.tokens,
                 window,
                 current: Mutex::new(None),
             });
@@ -210,8 +216,11 @@ impl Key {
     /// A 429 naming the key, the limit and when the window ends.
     pub fn check(&self, ledger: &BudgetLedger) -> Result<(), ApiError> {
         let left = ledger.remaining();
+        let used = ledger.spent();
+        let total = used.input_tokens.saturating_add(used.output_tokens);
         let spent = [
             ("calls", left.llm_calls == Some(0)),
+            ("tokens", self.tokens.is_some_and(|t| total >= t)),
             ("input tokens", left.input_tokens == Some(0)),
             ("output tokens", left.output_tokens == Some(0)),
             ("usd", left.usd.is_some_and(|u| u <= 0.0)),
@@ -350,5 +359,22 @@ mod tests {
         assert!(key.check(&next).is_ok());
         // The server's ledger keeps the whole spend.
         assert_eq!(root.spent().llm_calls, 2);
+    }
+
+    #[test]
+    fn a_tokens_budget_counts_input_and_output() {
+        let keys = Keys::parse(
+            "keys.toml",
+            &file("tokens = 10\n").replace("calls = 2\n", ""),
+            &Budget::new(),
+        )
+        .unwrap();
+        let key = keys.by_hash.values().next().unwrap().clone();
+        let l = key.ledger(&Arc::new(BudgetLedger::unlimited()));
+        l.charge(executionkit::TokenUsage::new(6, 3, 1), None);
+        assert!(key.check(&l).is_ok());
+        l.charge(executionkit::TokenUsage::new(0, 1, 0), None);
+        let e = key.check(&l).unwrap_err();
+        assert!(e.message.contains("(tokens)"), "{}", e.message);
     }
 }
