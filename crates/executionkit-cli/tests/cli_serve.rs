@@ -374,6 +374,19 @@ async fn the_upstream_key_never_reaches_a_client() {
 #[tokio::test]
 async fn errors_are_openai_shaped_with_sensible_statuses() {
     let up = MockServer::start().await;
+    for (model, status) in [("limited", 429), ("unkeyed", 401), ("missing", 404)] {
+        Mock::given(method("POST"))
+            .and(wiremock::matchers::body_partial_json(
+                json!({"model": model}),
+            ))
+            .respond_with(
+                ResponseTemplate::new(status)
+                    .insert_header("retry-after", "7")
+                    .set_body_json(json!({"error": {"message": format!("{model} says no")}})),
+            )
+            .mount(&up)
+            .await;
+    }
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(503).set_body_string("down"))
         .mount(&up)
@@ -401,6 +414,28 @@ async fn errors_are_openai_shaped_with_sensible_statuses() {
     assert_eq!((status, shaped(&v).as_str()), (404, "model_not_found"));
     let (status, v) = s.chat(&ask("test-model")).await;
     assert_eq!((status, shaped(&v).as_str()), (502, "provider"));
+    // The upstream's 429 keeps its Retry-After; its 401 (the gateway's key) is the gateway's
+    // problem (502); its 404 (an unknown model) is the client's.
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&ask("limited"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "7");
+    assert_eq!(shaped(&r.json().await.unwrap()), "rate_limited");
+    let (status, v) = s.chat(&ask("unkeyed")).await;
+    assert_eq!((status, shaped(&v).as_str()), (502, "permanent"));
+    let (status, v) = s.chat(&ask("missing")).await;
+    assert_eq!((status, shaped(&v).as_str()), (404, "permanent"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing says no"),
+        "{v}"
+    );
     // A body declared over 8 MiB is refused from its headers, before it is sent.
     let (status, body) = raw_post(&s.base, 8 * 1024 * 1024 + 1, b"{").await;
     assert_eq!(status, 413, "{body}");
@@ -430,8 +465,8 @@ async fn errors_are_openai_shaped_with_sensible_statuses() {
         Some(1.0),
         "{m}"
     );
-    // One upstream call (the 503), no retry.
-    assert_eq!(up.received_requests().await.unwrap().len(), 1);
+    // One upstream call each (the 503, 429, 401, 404), no retry.
+    assert_eq!(up.received_requests().await.unwrap().len(), 4);
 }
 
 /// A POST declaring `length` bytes of body but sending only `part`; the status and body of
