@@ -269,6 +269,7 @@ impl Decoder {
                 return Step::Item(ev);
             }
             if self.acc.stopped {
+                crate::provider::sse::drain_ready(&mut self.events);
                 return Step::Last(self.finish());
             }
             match self.events.next().await {

@@ -68,6 +68,24 @@ mod tool_calls;
 pub use accumulator::StreamAccumulator;
 pub(crate) use byte_limits::{ByteLimitError, ByteLimits};
 pub(crate) use idle::{IdleError, IdleTimeout};
+
+/// Events read past a stream's end marker at most, by [`drain_ready`].
+const MAX_TAIL_EVENTS: usize = 16;
+
+/// Reads, without waiting, what is left of a stream whose end marker (`[DONE]`,
+/// `message_stop`) was seen: when the end of the body has already arrived, the transport sees
+/// it and the connection goes back to the pool instead of being closed (found by
+/// `tests/chaos.rs`: each streamed call opened a new connection). Nothing here waits: a body
+/// whose end has not arrived yet, or that goes on, is dropped (its connection closed) as before.
+pub(crate) fn drain_ready<S: futures::Stream + Unpin>(events: &mut S) {
+    use futures::{FutureExt, StreamExt};
+    for _ in 0..MAX_TAIL_EVENTS {
+        match events.next().now_or_never() {
+            Some(Some(_)) => {}
+            Some(None) | None => return,
+        }
+    }
+}
 pub use limits::{
     DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_STREAM_BYTES,
     DEFAULT_MAX_TEXT_BYTES, DEFAULT_MAX_TOOL_CALL_BYTES, StreamLimits,

@@ -1,0 +1,586 @@
+//! Chaos between us and the server (issue #15, item 3): an [`OpenAiProvider`] over plain http
+//! through a fault-injecting TCP proxy (`tests/common/chaos.rs`) in front of a raw-TCP server
+//! (`tests/common/hostile.rs`), all on 127.0.0.1. Faults: latency, a bandwidth cap, a reset
+//! mid-body, a stall mid-body, half-open connections, a server that never replies, and a black
+//! hole (a listener whose accept queue is full: connects hang).
+//!
+//! What each test checks:
+//! * a slow or narrow path still gives the whole answer (complete and stream);
+//! * a reset mid-body is a typed `transport`/`provider` error, each retry a counted call;
+//! * half-open, stalls, silence and black holes end in a `timeout` error (never a hang);
+//! * dropping a call, a stream or a fan-out (cancelled by a budget trip) closes every connection
+//!   at the proxy and returns every reservation;
+//! * after resets and black-holed attempts the same provider works again once the path is
+//!   clean, opening a bounded number of new connections;
+//! * every request that reached the server is a counted call (server requests ≤ calls).
+//!
+//! Every call runs under an outer `tokio::time::timeout` ([`OUTER`]) far above the configured
+//! timeouts: passing it is the only time a test asserts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::chaos::{Chaos, Fault};
+use common::hostile::{self, Conn, Hostile, Request};
+use executionkit::{
+    Budget, ChatRequest, Consensus, CostTracker, Error, ErrorKind, LlmProvider, Message,
+    OpenAiProvider, RetryPolicy, RunContext, TokenUsage, stream_completion,
+};
+use futures::StreamExt;
+
+/// No call may take this long: a hang fails the test (the configured timeouts are ≤ 2 s).
+const OUTER: Duration = Duration::from_secs(60);
+/// How long connections get to close after a call ends or is dropped.
+const SETTLE: Duration = Duration::from_secs(10);
+/// The request timeout of the providers here.
+const TIMEOUT: Duration = Duration::from_millis(1500);
+/// The stream idle timeout.
+const IDLE: Duration = Duration::from_millis(400);
+/// The connect timeout of the providers that set one.
+const CONNECT: Duration = Duration::from_millis(400);
+/// Words in the answer.
+const WORDS: usize = 60;
+
+/// The answer every request gets: long enough that a reply spans many chunks and bytes.
+fn answer() -> String {
+    (0..WORDS)
+        .map(|i| format!("chaos-{i:02}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// An SSE reply streaming [`answer`] one word per event, then usage and `[DONE]`.
+fn sse_reply() -> Vec<u8> {
+    let text = answer();
+    let mut body = String::new();
+    for (i, word) in text.split(' ').enumerate() {
+        let piece = if i == 0 {
+            word.to_owned()
+        } else {
+            format!(" {word}")
+        };
+        let frame = serde_json::json!({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+        body.push_str(&format!("data: {frame}\n\n"));
+    }
+    let stop = serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+    let usage = serde_json::json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}});
+    body.push_str(&format!(
+        "data: {stop}\n\ndata: {usage}\n\ndata: [DONE]\n\n"
+    ));
+    hostile::response("200 OK", &[("Content-Type", "text/event-stream")], &body)
+}
+
+/// The reply to `req`: SSE when it asks for a stream, else JSON.
+fn reply(req: &Request) -> Vec<u8> {
+    if req.json()["stream"] == true {
+        sse_reply()
+    } else {
+        hostile::ok_json(&hostile::completion(&answer()))
+    }
+}
+
+/// A keep-alive upstream answering every request with [`reply`], behind a clean proxy.
+async fn setup() -> (Hostile, Chaos) {
+    let upstream = hostile::serve_each(reply).await;
+    let proxy = Chaos::start(upstream.addr).await;
+    (upstream, proxy)
+}
+
+fn provider(proxy: &Chaos) -> OpenAiProvider {
+    OpenAiProvider::builder(proxy.url(), "m")
+        .timeout(TIMEOUT)
+        .stream_idle_timeout(IDLE)
+        .connect_timeout(CONNECT)
+        .supports_n(false)
+        .build()
+        .unwrap()
+}
+
+/// One attempt, no retry; limits on calls and output tokens so reservations show.
+fn ctx() -> RunContext {
+    RunContext::new()
+        .retry(RetryPolicy::none())
+        .budget(Budget::new().max_calls(1000).max_output_tokens(1_000_000))
+}
+
+/// `retries` retries 1 to 5 ms apart.
+fn retrying(retries: u32) -> RunContext {
+    ctx().retry(
+        RetryPolicy::new()
+            .max_retries_count(retries)
+            .base_delay(Duration::from_millis(1))
+            .max_delay(Duration::from_millis(5)),
+    )
+}
+
+fn request() -> ChatRequest {
+    ChatRequest::new(vec![Message::user("q")])
+}
+
+async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(OUTER, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still running after {OUTER:?} (a hang)"))
+}
+
+/// One `complete` through the engine: its result and the calls it reported.
+async fn complete(p: &OpenAiProvider, ctx: &RunContext) -> (Result<String, Error>, u64) {
+    let tracker = CostTracker::new();
+    let r = bounded("complete", ctx.complete(p, request(), &tracker)).await;
+    (r.map(|r| r.content().to_owned()), tracker.usage().llm_calls)
+}
+
+/// One stream through the engine, drained: its text (or the error that ended it), the calls it
+/// reported, and how many deltas arrived before the end.
+async fn stream(p: &OpenAiProvider, ctx: &RunContext) -> (Result<String, Error>, u64, usize) {
+    let p: Arc<dyn LlmProvider> = Arc::new(p.clone());
+    bounded("stream", async {
+        let mut s = match stream_completion(p, request(), ctx).await {
+            Ok(s) => s,
+            Err(e) => {
+                let calls = e.cost().llm_calls;
+                return (Err(e), calls, 0);
+            }
+        };
+        let mut text = String::new();
+        let mut deltas = 0;
+        while let Some(d) = s.next().await {
+            match d {
+                Ok(d) => {
+                    text.push_str(&d);
+                    deltas += 1;
+                }
+                Err(e) => return (Err(e), s.cost().llm_calls, deltas),
+            }
+        }
+        (Ok(text), s.cost().llm_calls, deltas)
+    })
+    .await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Complete,
+    Stream,
+}
+
+const MODES: [Mode; 2] = [Mode::Complete, Mode::Stream];
+
+async fn call(mode: Mode, p: &OpenAiProvider, ctx: &RunContext) -> (Result<String, Error>, u64) {
+    match mode {
+        Mode::Complete => complete(p, ctx).await,
+        Mode::Stream => {
+            let (r, calls, _) = stream(p, ctx).await;
+            (r, calls)
+        }
+    }
+}
+
+/// Requests received by the server ≤ calls reported; returns whether they were equal.
+fn check_counted(upstream: &Hostile, calls: u64, what: &str) -> bool {
+    let seen = upstream.requests() as u64;
+    assert!(
+        seen <= calls,
+        "{what}: the server received {seen} requests but only {calls} calls were reported"
+    );
+    if seen != calls {
+        eprintln!("{what}: the server received {seen} requests for {calls} reported calls");
+    }
+    seen == calls
+}
+
+/// No connection stays open at the proxy, and the ledger holds no reservation.
+async fn check_freed(proxy: &Chaos, ctx: &RunContext, what: &str) {
+    let open = proxy.wait_closed(SETTLE).await;
+    assert_eq!(
+        open, 0,
+        "{what}: {open} connections still open at the proxy"
+    );
+    assert_eq!(
+        ctx.ledger().reserved_output_tokens(),
+        0,
+        "{what}: output tokens still reserved"
+    );
+}
+
+fn assert_kind(r: &Result<String, Error>, kinds: &[ErrorKind], what: &str) {
+    match r {
+        Ok(t) => panic!(
+            "{what}: expected {kinds:?}, got an answer of {} chars",
+            t.len()
+        ),
+        Err(e) => assert!(
+            kinds.contains(&e.kind()),
+            "{what}: expected {kinds:?}, got {:?}: {e}",
+            e.kind()
+        ),
+    }
+}
+
+// ---- a slow or narrow path ----
+
+#[tokio::test]
+async fn latency_and_a_bandwidth_cap_still_give_the_whole_answer() {
+    for fault in [
+        Fault::Latency(Duration::from_millis(20)),
+        Fault::Bandwidth(16 * 1024),
+    ] {
+        for mode in MODES {
+            let what = format!("{fault:?} {mode:?}");
+            let (upstream, proxy) = setup().await;
+            proxy.set(fault);
+            let p = provider(&proxy);
+            let ctx = ctx();
+            let (r, calls) = call(mode, &p, &ctx).await;
+            assert_eq!(r.unwrap(), answer(), "{what}");
+            assert_eq!(calls, 1, "{what}");
+            assert!(check_counted(&upstream, calls, &what));
+            assert!(proxy.bytes_down() > answer().len() as u64, "{what}");
+            // The connection is pooled (one idle), nothing is reserved.
+            assert_eq!(proxy.open(), 1, "{what}");
+            assert_eq!(ctx.ledger().reserved_output_tokens(), 0, "{what}");
+            drop(p);
+            check_freed(&proxy, &ctx, &what).await;
+        }
+    }
+}
+
+// ---- resets mid-body ----
+
+#[tokio::test]
+async fn a_reset_mid_body_is_a_typed_error() {
+    for mode in MODES {
+        let what = format!("reset {mode:?}");
+        let (upstream, proxy) = setup().await;
+        proxy.set(Fault::ResetAfter(40));
+        let p = provider(&proxy);
+        let ctx = ctx();
+        let (r, calls) = call(mode, &p, &ctx).await;
+        assert_kind(&r, &[ErrorKind::Transport, ErrorKind::Provider], &what);
+        assert_eq!(calls, 1, "{what}");
+        assert_eq!(proxy.resets(), 1, "{what}");
+        assert!(check_counted(&upstream, calls, &what));
+        check_freed(&proxy, &ctx, &what).await;
+    }
+}
+
+#[tokio::test]
+async fn each_retry_after_a_reset_is_a_counted_call() {
+    for mode in MODES {
+        // Every attempt reset: 1 + 2 retries, all counted, all at the server.
+        let what = format!("reset ×3 {mode:?}");
+        let (upstream, proxy) = setup().await;
+        proxy.set(Fault::ResetAfter(40));
+        let p = provider(&proxy);
+        let ctx = retrying(2);
+        let (r, calls) = call(mode, &p, &ctx).await;
+        assert_kind(&r, &[ErrorKind::Transport, ErrorKind::Provider], &what);
+        assert_eq!(calls, 3, "{what}");
+        assert_eq!(proxy.resets(), 3, "{what}");
+        assert_eq!(ctx.ledger().spent().llm_calls, 3, "{what}");
+        assert!(check_counted(&upstream, calls, &what));
+        check_freed(&proxy, &ctx, &what).await;
+
+        // The first attempt reset, the retry clean: the answer, two calls.
+        let what = format!("reset then clean {mode:?}");
+        let (upstream, proxy) = setup().await;
+        proxy.push_next(Fault::ResetAfter(40));
+        let p = provider(&proxy);
+        let ctx = retrying(2);
+        let (r, calls) = call(mode, &p, &ctx).await;
+        assert_eq!(r.unwrap(), answer(), "{what}");
+        assert_eq!(calls, 2, "{what}");
+        assert_eq!(proxy.resets(), 1, "{what}");
+        assert!(check_counted(&upstream, calls, &what));
+    }
+}
+
+#[tokio::test]
+async fn a_reset_after_the_first_delta_ends_the_stream_without_a_retry() {
+    let (upstream, proxy) = setup().await;
+    // Well past the first events (each is ~100 bytes), well before the end (~6 KB).
+    proxy.set(Fault::ResetAfter(1000));
+    let p = provider(&proxy);
+    let ctx = retrying(2);
+    let (r, calls, deltas) = stream(&p, &ctx).await;
+    assert_kind(
+        &r,
+        &[ErrorKind::Transport, ErrorKind::Provider],
+        "reset mid-stream",
+    );
+    assert!(deltas > 0 && deltas < WORDS, "{deltas} deltas");
+    assert_eq!(calls, 1, "no retry once a delta was delivered");
+    assert!(check_counted(&upstream, calls, "reset mid-stream"));
+    check_freed(&proxy, &ctx, "reset mid-stream").await;
+}
+
+// ---- half-open, stalls, silence: timeouts ----
+
+#[tokio::test]
+async fn half_open_stalled_and_silent_paths_end_in_a_timeout() {
+    for fault in [
+        Fault::HalfOpen,
+        Fault::StallAfter(0),
+        Fault::StallAfter(300),
+        Fault::Silent,
+    ] {
+        for mode in MODES {
+            let what = format!("{fault:?} {mode:?}");
+            let (upstream, proxy) = setup().await;
+            proxy.set(fault);
+            let p = provider(&proxy);
+            let ctx = ctx();
+            let (r, calls) = call(mode, &p, &ctx).await;
+            assert_kind(&r, &[ErrorKind::Timeout], &what);
+            assert_eq!(calls, 1, "{what}");
+            check_counted(&upstream, calls, &what);
+            if fault == Fault::Silent {
+                assert_eq!(upstream.requests(), 0, "{what}: nothing reached the server");
+            }
+            // The timed-out connection is closed, not pooled.
+            check_freed(&proxy, &ctx, &what).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_black_hole_ends_in_a_timeout() {
+    for mode in MODES {
+        for connect_timeout in [true, false] {
+            let what = format!("black hole {mode:?} connect_timeout={connect_timeout}");
+            let (upstream, proxy) = setup().await;
+            let filled = proxy.black_hole().await;
+            assert!(filled > 0, "{what}: the accept queue took no connection");
+            let mut b = OpenAiProvider::builder(proxy.url(), "m")
+                .timeout(TIMEOUT)
+                .stream_idle_timeout(IDLE);
+            if connect_timeout {
+                b = b.connect_timeout(CONNECT);
+            }
+            let p = b.build().unwrap();
+            let ctx = ctx();
+            let (r, calls) = call(mode, &p, &ctx).await;
+            assert_kind(&r, &[ErrorKind::Timeout], &what);
+            assert_eq!(calls, 1, "{what}");
+            assert_eq!(proxy.connections(), 0, "{what}: nothing was accepted");
+            assert_eq!(upstream.requests(), 0, "{what}");
+            assert_eq!(ctx.ledger().reserved_output_tokens(), 0, "{what}");
+        }
+    }
+}
+
+// ---- cancellation ----
+
+/// Polls until the server has received `n` requests (bounded).
+async fn until_requests(upstream: &Hostile, n: usize) {
+    bounded("waiting for requests at the server", async {
+        while upstream.requests() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropping_a_call_mid_request_frees_its_connection_and_reservation() {
+    for fault in [Fault::HalfOpen, Fault::StallAfter(100)] {
+        let what = format!("dropped complete {fault:?}");
+        let (upstream, proxy) = setup().await;
+        proxy.set(fault);
+        // A long timeout: only the drop can end the call.
+        let p = OpenAiProvider::builder(proxy.url(), "m")
+            .timeout(OUTER * 10)
+            .build()
+            .unwrap();
+        let ctx = ctx();
+        let tracker = CostTracker::new();
+        {
+            let call = ctx.complete(&p, request(), &tracker);
+            tokio::pin!(call);
+            tokio::select! {
+                r = &mut call => panic!("{what}: the call ended: {r:?}"),
+                () = until_requests(&upstream, 1) => {}
+            }
+            assert!(ctx.ledger().reserved_output_tokens() > 0, "{what}");
+            assert_eq!(proxy.open(), 1, "{what}");
+        } // dropped here
+        assert_eq!(tracker.usage().llm_calls, 1, "{what}");
+        assert_eq!(ctx.ledger().spent().llm_calls, 1, "{what}");
+        assert!(check_counted(&upstream, 1, &what));
+        check_freed(&proxy, &ctx, &what).await;
+        assert_eq!(
+            ctx.ledger().remaining().output_tokens,
+            Some(1_000_000),
+            "{what}: every reserved token came back"
+        );
+    }
+}
+
+#[tokio::test]
+async fn dropping_a_stream_mid_body_frees_its_connection_and_reservation() {
+    let (upstream, proxy) = setup().await;
+    proxy.set(Fault::StallAfter(1000));
+    let p: Arc<dyn LlmProvider> = Arc::new(
+        OpenAiProvider::builder(proxy.url(), "m")
+            .timeout(OUTER * 10)
+            .stream_idle_timeout(OUTER * 10)
+            .build()
+            .unwrap(),
+    );
+    let ctx = ctx();
+    let mut s = bounded("stream start", stream_completion(p, request(), &ctx))
+        .await
+        .unwrap();
+    let first = bounded("first delta", s.next()).await.unwrap().unwrap();
+    assert_eq!(first, "chaos-00");
+    assert!(ctx.ledger().reserved_output_tokens() > 0);
+    drop(s);
+    assert_eq!(ctx.ledger().spent().llm_calls, 1);
+    assert!(check_counted(&upstream, 1, "dropped stream"));
+    check_freed(&proxy, &ctx, "dropped stream").await;
+    assert_eq!(ctx.ledger().remaining().output_tokens, Some(1_000_000));
+}
+
+/// An upstream that holds every request but the third, which it answers (and closes): with
+/// three samples in flight, the fourth sample's reservation trips a `max_calls(3)` budget
+/// while two requests are still held.
+async fn third_answers() -> Hostile {
+    let arrived = Arc::new(AtomicUsize::new(0));
+    Hostile::start(move |mut conn: Conn| {
+        let arrived = Arc::clone(&arrived);
+        async move {
+            let _req = conn.read_request().await?;
+            if arrived.fetch_add(1, Ordering::SeqCst) + 1 == 3 {
+                let body = hostile::completion("Paris");
+                conn.write_all(&hostile::response(
+                    "200 OK",
+                    &[
+                        ("Content-Type", "application/json"),
+                        ("Connection", "close"),
+                    ],
+                    &body,
+                ))
+                .await?;
+                return conn.close().await;
+            }
+            conn.drain_until_closed(Duration::from_secs(3600)).await;
+            Ok(())
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_fanout_cancelled_by_a_budget_trip_frees_every_connection() {
+    let upstream = third_answers().await;
+    let proxy = Chaos::start(upstream.addr).await;
+    let p = OpenAiProvider::builder(proxy.url(), "m")
+        .timeout(OUTER * 10)
+        .supports_n(false)
+        .build()
+        .unwrap();
+    let ctx = RunContext::new()
+        .retry(RetryPolicy::none())
+        .budget(Budget::new().max_calls(3).max_output_tokens(1_000_000));
+    let e = bounded(
+        "consensus",
+        Consensus::new()
+            .samples(5)
+            .max_concurrency(3)
+            .run(&p, "q", &ctx),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.is_budget_exhausted(), "{e}");
+    assert_eq!(e.cost().llm_calls, 3);
+    assert_eq!(ctx.ledger().spent().llm_calls, 3);
+    assert_eq!(proxy.connections(), 3);
+    assert!(check_counted(&upstream, 3, "budget trip"));
+    check_freed(&proxy, &ctx, "budget trip").await;
+    assert_eq!(
+        ctx.ledger().spent(),
+        TokenUsage::new(3, 2, 3),
+        "the answered sample's tokens"
+    );
+    assert_eq!(
+        ctx.ledger().remaining().output_tokens,
+        Some(1_000_000 - 2),
+        "only what was spent is gone"
+    );
+}
+
+// ---- the pool recovers ----
+
+#[tokio::test]
+async fn the_pool_recovers_after_resets_and_a_black_hole() {
+    for mode in MODES {
+        let (upstream, proxy) = setup().await;
+        let p = provider(&proxy);
+        let ctx = ctx();
+        let mut calls = 0;
+
+        // Clean: one connection, pooled.
+        let (r, c) = call(mode, &p, &ctx).await;
+        assert_eq!(r.unwrap(), answer());
+        calls += c;
+
+        // Resets (the pooled connection meets them too).
+        proxy.set(Fault::ResetAfter(40));
+        for _ in 0..3 {
+            let (r, c) = call(mode, &p, &ctx).await;
+            assert_kind(&r, &[ErrorKind::Transport, ErrorKind::Provider], "reset");
+            calls += c;
+        }
+        assert_eq!(proxy.resets(), 3, "{mode:?}");
+
+        // A black hole: connects hang until the connect timeout.
+        proxy.black_hole().await;
+        for _ in 0..2 {
+            let (r, c) = call(mode, &p, &ctx).await;
+            assert_kind(&r, &[ErrorKind::Timeout], "black hole");
+            calls += c;
+        }
+
+        // Clean again: the same provider answers, over one new connection for sequential
+        // calls and at most three for three concurrent ones.
+        proxy.clear().await;
+        let before = proxy.connections();
+        for _ in 0..5 {
+            let (r, c) = call(mode, &p, &ctx).await;
+            assert_eq!(r.unwrap(), answer(), "{mode:?} after recovery");
+            calls += c;
+        }
+        let sequential = proxy.connections() - before;
+        assert_eq!(
+            sequential, 1,
+            "{mode:?}: sequential calls share one connection"
+        );
+        let (a, b, c) = tokio::join!(
+            call(mode, &p, &ctx),
+            call(mode, &p, &ctx),
+            call(mode, &p, &ctx)
+        );
+        for (r, n) in [a, b, c] {
+            assert_eq!(r.unwrap(), answer());
+            calls += n;
+        }
+        let opened = proxy.connections() - before;
+        assert!(
+            opened <= 3,
+            "{mode:?}: {opened} connections for at most 3 in flight"
+        );
+        assert_eq!(calls, 1 + 3 + 2 + 5 + 3, "{mode:?}");
+        assert_eq!(ctx.ledger().spent().llm_calls, calls, "{mode:?}");
+        // Every request that reached the server is a call; the black-holed ones never did.
+        assert_eq!(upstream.requests() as u64, calls - 2, "{mode:?}");
+        assert_eq!(ctx.ledger().reserved_output_tokens(), 0);
+        drop(p);
+        check_freed(&proxy, &ctx, "recovered").await;
+    }
+}
