@@ -45,7 +45,7 @@ use super::tls::AbortOnDrop;
 /// The proxy listener's backlog: small, so that a black hole fills quickly.
 pub const BACKLOG: u32 = 8;
 /// How long a probe connect may take before the accept queue counts as full.
-const PROBE: Duration = Duration::from_millis(300);
+const PROBE: Duration = Duration::from_millis(500);
 /// The most connections a black hole opens to fill the queue.
 const MAX_FILLERS: usize = 64;
 

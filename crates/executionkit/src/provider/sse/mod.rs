@@ -69,22 +69,27 @@ pub use accumulator::StreamAccumulator;
 pub(crate) use byte_limits::{ByteLimitError, ByteLimits};
 pub(crate) use idle::{IdleError, IdleTimeout};
 
-/// Events read past a stream's end marker at most, by [`drain_ready`].
+/// Events read past a stream's end marker at most, by [`drain_tail`].
 const MAX_TAIL_EVENTS: usize = 16;
+/// How long [`drain_tail`] waits for the end of a body after its end marker.
+const TAIL_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Reads, without waiting, what is left of a stream whose end marker (`[DONE]`,
-/// `message_stop`) was seen: when the end of the body has already arrived, the transport sees
-/// it and the connection goes back to the pool instead of being closed (found by
-/// `tests/chaos.rs`: each streamed call opened a new connection). Nothing here waits: a body
-/// whose end has not arrived yet, or that goes on, is dropped (its connection closed) as before.
-pub(crate) fn drain_ready<S: futures::Stream + Unpin>(events: &mut S) {
-    use futures::{FutureExt, StreamExt};
-    for _ in 0..MAX_TAIL_EVENTS {
-        match events.next().now_or_never() {
-            Some(Some(_)) => {}
-            Some(None) | None => return,
+/// Reads what is left of a stream whose end marker (`[DONE]`, `message_stop`) was seen, for
+/// at most [`TAIL_GRACE`] and [`MAX_TAIL_EVENTS`] events: when the body ends (a server sends
+/// its end right after the marker), the transport sees it and the connection goes back to the
+/// pool instead of being closed (found by `tests/chaos.rs`: each streamed call opened a new
+/// connection). A body that goes on, or ends later, is dropped (its connection closed) as
+/// before; what is read here is ignored.
+pub(crate) async fn drain_tail<S: futures::Stream + Unpin>(events: &mut S) {
+    use futures::StreamExt;
+    let _ = tokio::time::timeout(TAIL_GRACE, async {
+        for _ in 0..MAX_TAIL_EVENTS {
+            if events.next().await.is_none() {
+                return;
+            }
         }
-    }
+    })
+    .await;
 }
 pub use limits::{
     DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_STREAM_BYTES,
