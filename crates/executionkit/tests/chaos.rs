@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::chaos::{Chaos, Fault};
+use common::chaos::{BACKLOG, Chaos, Fault};
 use common::hostile::{self, Conn, Hostile, Request};
 use executionkit::{
     AnthropicProvider, Budget, ChatRequest, Consensus, CostTracker, Error, ErrorKind, LlmProvider,
@@ -44,6 +44,8 @@ const TIMEOUT: Duration = Duration::from_millis(1500);
 const IDLE: Duration = Duration::from_millis(400);
 /// The connect timeout of the providers that set one.
 const CONNECT: Duration = Duration::from_millis(400);
+/// The stream deadline.
+const DEADLINE: Duration = Duration::from_secs(3);
 /// Words in the answer.
 const WORDS: usize = 60;
 
@@ -97,6 +99,7 @@ fn provider(proxy: &Chaos) -> OpenAiProvider {
         .timeout(TIMEOUT)
         .stream_idle_timeout(IDLE)
         .connect_timeout(CONNECT)
+        .stream_deadline(DEADLINE)
         .supports_n(false)
         .build()
         .unwrap()
@@ -323,12 +326,17 @@ async fn a_reset_after_the_first_delta_ends_the_stream_without_a_retry() {
 // ---- half-open, stalls, silence: timeouts ----
 
 #[tokio::test]
-async fn half_open_stalled_and_silent_paths_end_in_a_timeout() {
+async fn half_open_stalled_silent_and_slow_paths_end_in_a_timeout() {
     for fault in [
         Fault::HalfOpen,
         Fault::StallAfter(0),
         Fault::StallAfter(300),
         Fault::Silent,
+        // Slower than the request timeout (complete) and the idle timeout (stream).
+        Fault::Latency(Duration::from_secs(2)),
+        // A drip: 5 bytes every 50 ms never trips the idle timeout; the request timeout
+        // (complete) or the stream deadline (stream) ends it.
+        Fault::Bandwidth(100),
     ] {
         for mode in MODES {
             let what = format!("{fault:?} {mode:?}");
@@ -357,6 +365,7 @@ async fn a_black_hole_ends_in_a_timeout() {
             let (upstream, proxy) = setup().await;
             let filled = proxy.black_hole().await;
             assert!(filled > 0, "{what}: the accept queue took no connection");
+            eprintln!("{what}: the accept queue (backlog {BACKLOG}) took {filled} connections");
             let mut b = OpenAiProvider::builder(proxy.url(), "m")
                 .timeout(TIMEOUT)
                 .stream_idle_timeout(IDLE);

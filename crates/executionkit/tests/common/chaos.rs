@@ -56,7 +56,8 @@ pub enum Fault {
     Clean,
     /// Waits this long before relaying each chunk read (either direction).
     Latency(Duration),
-    /// Relays at most this many bytes per second (either direction), in small slices.
+    /// Relays replies at no more than this many bytes per second, in slices of 1/20 s (requests
+    /// pass at full speed).
     Bandwidth(u64),
     /// Relays the reply head and this many bytes of the reply body, then resets both sides
     /// (RST: `SO_LINGER` 0, then close).
@@ -355,6 +356,12 @@ async fn pump_up(
             continue;
         }
         new_request.store(true, Ordering::SeqCst);
+        // The bandwidth cap is on replies only (requests go up at full speed).
+        let fault = if let Fault::Bandwidth(_) = fault {
+            Fault::Clean
+        } else {
+            fault
+        };
         if write_shaped(to, &buf[..n], fault, &shared.bytes_up)
             .await
             .is_err()
