@@ -358,6 +358,23 @@ async fn half_open_stalled_silent_and_slow_paths_end_in_a_timeout() {
 }
 
 #[tokio::test]
+async fn each_retry_after_a_timeout_is_a_counted_call_and_closes_its_connection() {
+    for mode in MODES {
+        let what = format!("half-open ×2 {mode:?}");
+        let (upstream, proxy) = setup().await;
+        proxy.set(Fault::HalfOpen);
+        let p = provider(&proxy);
+        let ctx = retrying(1);
+        let (r, calls) = call(mode, &p, &ctx).await;
+        assert_kind(&r, &[ErrorKind::Timeout], &what);
+        assert_eq!(calls, 2, "{what}");
+        assert_eq!(proxy.connections(), 2, "{what}: a timed-out connection is not reused");
+        assert!(check_counted(&upstream, calls, &what));
+        check_freed(&proxy, &ctx, &what).await;
+    }
+}
+
+#[tokio::test]
 async fn a_black_hole_ends_in_a_timeout() {
     for mode in MODES {
         for connect_timeout in [true, false] {
