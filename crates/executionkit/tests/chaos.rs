@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::chaos::{BACKLOG, Chaos, Fault};
+use common::h2::{H2Options, H2Reply, H2Server};
 use common::hostile::{self, Conn, Hostile, Request};
 use executionkit::{
     AnthropicProvider, Budget, ChatRequest, Consensus, CostTracker, Error, ErrorKind, LlmProvider,
@@ -721,4 +722,65 @@ async fn sequential_streams_share_one_connection() {
             assert_eq!(proxy.open(), 1, "{what}: and it is pooled");
         }
     }
+}
+
+// ---- HTTP/2: one shared connection ----
+
+/// Over HTTP/2 every call shares one connection, so a connection whose path went half-open
+/// (requests pass, nothing comes back, TCP stays up) must be noticed and replaced, or every
+/// later call of the provider times out on it. Regression (found by this suite): the
+/// transport sent no PING, so the dead connection was used forever; it now pings while
+/// streams are open and closes a connection whose PING goes unanswered (10 s + 10 s).
+#[tokio::test]
+async fn http2_recovers_after_its_connection_goes_half_open() {
+    let server = H2Server::start(H2Options::default(), |_req| {
+        H2Reply::json(hostile::completion(&answer()))
+    })
+    .await;
+    let proxy = Chaos::start(server.addr).await;
+    let p = OpenAiProvider::builder(format!("https://{}/v1", proxy.addr), "m")
+        .root_certificate_pem(&server.ca_pem)
+        .timeout(TIMEOUT)
+        .connect_timeout(CONNECT)
+        .build()
+        .unwrap();
+    let ctx = ctx();
+    let (r, _) = complete(&p, &ctx).await;
+    assert_eq!(r.unwrap(), answer());
+    assert_eq!(proxy.connections(), 1);
+
+    // The path of the (one, pooled) connection goes half-open.
+    proxy.set(Fault::HalfOpen);
+    let (r, _) = complete(&p, &ctx).await;
+    assert_kind(&r, &[ErrorKind::Timeout], "half-open h2");
+
+    // The path is clean again for new connections, but the old one stays dead: the provider
+    // must stop using it. Calls until one succeeds, within the outer bound.
+    proxy.clear().await;
+    let mut failed = 0;
+    bounded("h2 recovery", async {
+        loop {
+            let (r, _) = complete(&p, &ctx).await;
+            match r {
+                Ok(text) => {
+                    assert_eq!(text, answer());
+                    break;
+                }
+                Err(e) => {
+                    // Timeouts, then the call in flight when the unanswered PING closes the
+                    // connection: "http2 error: keep-alive timed out" (transport).
+                    assert!(
+                        matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Transport),
+                        "{e}"
+                    );
+                    eprintln!("h2 recovery: {:?}: {e}", e.kind());
+                    failed += 1;
+                }
+            }
+        }
+    })
+    .await;
+    eprintln!("h2 recovery: {failed} calls timed out before a new connection answered");
+    assert_eq!(proxy.connections(), 2, "one new connection");
+    assert!(server.requests() as u64 <= ctx.ledger().spent().llm_calls);
 }
