@@ -784,3 +784,54 @@ async fn http2_recovers_after_its_connection_goes_half_open() {
     assert_eq!(proxy.connections(), 2, "one new connection");
     assert!(server.requests() as u64 <= ctx.ledger().spent().llm_calls);
 }
+
+/// Concurrent first calls over HTTP/2 wait for one handshake: when that handshake cannot happen
+/// (a black hole: the connect hangs; silent: TCP is accepted, TLS never answered), every call
+/// ends in a timeout, and once the path is clean the same provider connects and answers.
+#[tokio::test]
+async fn http2_first_calls_through_a_black_hole_or_a_silent_handshake_then_recover() {
+    for black_hole in [true, false] {
+        let what = if black_hole { "black hole" } else { "silent" };
+        let server = H2Server::start(H2Options::default(), |_req| {
+            H2Reply::json(hostile::completion(&answer()))
+        })
+        .await;
+        let proxy = Chaos::start(server.addr).await;
+        if black_hole {
+            proxy.black_hole().await;
+        } else {
+            proxy.set(Fault::Silent);
+        }
+        let p = OpenAiProvider::builder(format!("https://{}/v1", proxy.addr), "m")
+            .root_certificate_pem(&server.ca_pem)
+            .timeout(TIMEOUT)
+            .connect_timeout(CONNECT)
+            .build()
+            .unwrap();
+        let ctx = ctx();
+        let (a, b, c) = tokio::join!(complete(&p, &ctx), complete(&p, &ctx), complete(&p, &ctx));
+        for (r, calls) in [a, b, c] {
+            assert_kind(&r, &[ErrorKind::Timeout], what);
+            assert_eq!(calls, 1, "{what}");
+        }
+        assert_eq!(server.requests(), 0, "{what}");
+        let during = proxy.connections();
+        proxy.clear().await;
+        let before = proxy.connections();
+        let (a, b, c) = tokio::join!(complete(&p, &ctx), complete(&p, &ctx), complete(&p, &ctx));
+        for (r, _) in [a, b, c] {
+            assert_eq!(r.unwrap(), answer(), "{what}: after recovery");
+        }
+        eprintln!("{what}: {during} connections during the fault");
+        assert_eq!(
+            proxy.connections() - before,
+            1,
+            "{what}: the three calls share one new connection"
+        );
+        assert_eq!(server.requests(), 3, "{what}");
+        assert_eq!(ctx.ledger().spent().llm_calls, 6, "{what}");
+        assert_eq!(ctx.ledger().reserved_output_tokens(), 0, "{what}");
+        drop(p);
+        check_freed(&proxy, &ctx, what).await;
+    }
+}
