@@ -8,10 +8,11 @@
 #   2. starts llama-server + SmolLM2-135M (a real model, TESTING.md §1) via scripts/start-llama.sh
 #      (the first run builds llama.cpp: ~7 minutes on 2 cores; later runs reuse .cache/ek), and
 #      llama-cpp-python's server for real tool calls via scripts/start-llama-tools.sh (first run
-#      ~10 minutes) — in the background while cargo compiles the tests,
+#      ~10 minutes), and the OpenAI Python SDK in a venv (scripts/setup-openai-sdk.sh, the client
+#      of the `ek serve` tests) — in the background while cargo compiles the tests,
 #   3. `cargo test --workspace --all-targets` and `cargo test --workspace --doc` with
 #      EK_LLMOCK_URL, EK_LLAMA_URL, EK_LLAMA_KEY, EK_LLAMA_TOOLS_URL, EK_PROXY_URL,
-#      EK_PROXY_AUTH_URL and EK_REQUIRE_SERVERS=1
+#      EK_PROXY_AUTH_URL, EK_OPENAI_PY and EK_REQUIRE_SERVERS=1
 #      exported (so tests that need a server fail instead of skipping),
 #   4. runs every example and the README's first command on the embedded offline model,
 # and stops the servers it started, whatever happens.
@@ -77,6 +78,8 @@ servers=(
   "scripts/start-llama.sh $EK_CACHE/llama-server.pid"
 )
 [ -x scripts/start-llama-tools.sh ] && servers+=("scripts/start-llama-tools.sh $EK_CACHE/llama-tools.pid")
+# Not a server: the OpenAI Python SDK in a venv, the client of the `ek serve` tests (EK_OPENAI_PY).
+servers+=("scripts/setup-openai-sdk.sh")
 
 if [ "${EK_NO_SERVERS:-0}" != 1 ]; then
   # Start (and on the first run build) the servers in the background, one after another, while

@@ -39,6 +39,24 @@ pub enum Command {
     /// An MCP server over stdio (newline-delimited JSON-RPC): tools `consensus` and
     /// `react_loop`; the budget flags apply to each tool call.
     Mcp(Deferred<McpArgs>),
+    /// An OpenAI-compatible HTTP gateway: upstream models pass through, virtual models
+    /// (`ek:consensus:N:MODEL`, `ek:refine:MODEL`, `ek:pipe:NAME`) run a pattern.
+    Serve(Deferred<ServeArgs>),
+}
+
+// `ek serve` (no doc comment: see `ConsensusArgs`).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Flags every command takes (the budget flags apply to each request).
+    #[command(flatten)]
+    pub common: Common,
+    /// The address to listen on; port 0 picks a free port. Not loopback: needs --keys.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// The gateway's API keys (TOML or JSON): SHA-256 hashes, names and per-key budgets.
+    /// Without it, no client authentication (and loopback only).
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<String>,
 }
 
 // `ek mcp` (no doc comment: see `ConsensusArgs`).
@@ -459,6 +477,7 @@ impl Command {
             Self::MapReduce(a) => &a.common,
             Self::Eval(a) => &a.common,
             Self::Mcp(a) => &a.common,
+            Self::Serve(a) => &a.common,
         }
     }
 
@@ -482,7 +501,7 @@ impl Command {
             Self::Pipe(a) => Some(&a.prompt),
             Self::React(a) => Some(&a.prompt),
             Self::Structured(a) => Some(&a.prompt),
-            Self::MapReduce(_) | Self::Eval(_) | Self::Mcp(_) => None,
+            Self::MapReduce(_) | Self::Eval(_) | Self::Mcp(_) | Self::Serve(_) => None,
         }
     }
 }

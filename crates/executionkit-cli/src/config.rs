@@ -38,6 +38,9 @@ struct RawFile {
     failover: BTreeMap<Spanned<String>, Spanned<RawFailover>>,
     #[serde(default)]
     routers: BTreeMap<Spanned<String>, Spanned<RawRouter>>,
+    /// `ek serve`'s named pipes: NAME = ["consensus samples=3", "refine …"] (`--step` strings).
+    #[serde(default)]
+    pipes: BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +145,8 @@ pub struct Config {
     providers: BTreeMap<String, ProviderDef>,
     failovers: BTreeMap<String, FailoverDef>,
     routers: BTreeMap<String, RouterDef>,
+    /// `[pipes]`: name → its `--step` strings, each checked.
+    pipes: BTreeMap<String, Vec<String>>,
 }
 
 /// What a run's providers are built with.
@@ -392,12 +397,58 @@ impl Config {
             routers.insert(name.clone(), def);
         }
 
+        let defined = |n: &str| {
+            providers.contains_key(n) || failovers.contains_key(n) || routers.contains_key(n)
+        };
+        let mut pipes = BTreeMap::new();
+        for (key, value) in &raw.pipes {
+            let name = key.get_ref();
+            if name.trim().is_empty() || name.chars().any(char::is_whitespace) {
+                return Err(at(
+                    key.span(),
+                    "[pipes]: a pipe's name must be non-empty, without spaces".to_owned(),
+                ));
+            }
+            let steps = value.get_ref();
+            if steps.is_empty() {
+                return Err(at(
+                    value.span(),
+                    format!("[pipes] {name}: the list of steps is empty; give at least one"),
+                ));
+            }
+            for (i, step) in steps.iter().enumerate() {
+                let spec = step.get_ref();
+                let parsed =
+                    crate::step::parse_step(i + 1, spec, &executionkit::CallOptions::new())
+                        .map_err(|e| at(step.span(), format!("[pipes] {name}: {}", e.message())))?;
+                if let Some(p) = parsed.provider.as_deref().filter(|p| !defined(p)) {
+                    return Err(at(
+                        step.span(),
+                        format!(
+                            "[pipes] {name}: step {} names provider `{p}`, which is not defined in this file",
+                            i + 1
+                        ),
+                    ));
+                }
+            }
+            pipes.insert(
+                name.clone(),
+                steps.iter().map(|s| s.get_ref().clone()).collect(),
+            );
+        }
+
         Ok(Self {
             path: path.to_owned(),
             providers,
             failovers,
             routers,
+            pipes,
         })
+    }
+
+    /// `[pipes]`: each named pipe's `--step` strings (checked), by name.
+    pub fn pipes(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.pipes
     }
 
     /// Every name the file defines, by table, for messages.
@@ -740,6 +791,30 @@ weighted = [{ use = "primary", weight = 3 }, { use = "backup", weight = 1 }]
         );
         let e = err("[providers.a\nmodel = \"m\"\n");
         assert!(e.starts_with("ek.toml, line 1:"), "{e}");
+    }
+
+    #[test]
+    fn pipes_are_checked_step_by_step() {
+        let src = "[providers.a]\nmodel = \"m\"\n[pipes]\nvote = [\"consensus samples=3\", \"refine provider=a\"]\n";
+        let c = Config::parse("ek.toml", src).unwrap();
+        assert_eq!(
+            c.pipes()["vote"],
+            vec![
+                "consensus samples=3".to_owned(),
+                "refine provider=a".to_owned()
+            ]
+        );
+        let e = err("[pipes]\nvote = [\"consensus samplez=3\"]\n");
+        assert!(
+            e.contains("line 2") && e.contains("[pipes] vote") && e.contains("samplez"),
+            "{e}"
+        );
+        let e = err("[pipes]\nvote = []\n");
+        assert!(e.contains("line 2") && e.contains("empty"), "{e}");
+        let e = err("[pipes]\nvote = [\"refine provider=nope\"]\n");
+        assert!(e.contains("`nope`") && e.contains("not defined"), "{e}");
+        let e = err("[pipes]\nvote = \"consensus\"\n");
+        assert!(e.contains("line 2"), "{e}");
     }
 
     #[test]

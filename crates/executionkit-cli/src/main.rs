@@ -16,6 +16,7 @@ mod mcp;
 mod output;
 mod progress;
 mod secrets;
+mod serve;
 mod step;
 mod streaming;
 mod tools;
@@ -162,6 +163,9 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
     if let Command::Mcp(a) = &command {
         return mcp::serve(&a.common, env, secrets).await;
     }
+    if let Command::Serve(a) = &command {
+        return serve::run(a, env, secrets).await;
+    }
     let shape = match command {
         Command::Pipe(_) => Shape::Pipe,
         _ => Shape::Single,
@@ -294,6 +298,12 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
             return Err(Error::invalid_argument(
                 "command",
                 "ek mcp is served by `mcp::serve`",
+            ));
+        }
+        Command::Serve(_) => {
+            return Err(Error::invalid_argument(
+                "command",
+                "ek serve is served by `serve::run`",
             ));
         }
         Command::MapReduce(a) => {

@@ -82,7 +82,8 @@ impl Secrets {
         out
     }
 
-    /// The length in bytes of the longest secret (0: none).
+    /// The length in bytes of the longest secret (0 without any): how much of a stream of text
+    /// to hold back so that a secret split across pieces is still caught whole.
     pub fn longest(&self) -> usize {
         self.0.first().map_or(0, String::len)
     }
@@ -152,6 +153,8 @@ mod tests {
             "[REDACTED] [REDACTED] [REDACTED] [REDACTED] [REDACTED] [REDACTED] bot u"
         );
         assert_eq!(format!("{s:?}"), "Secrets(6 known)");
+        assert_eq!(s.longest(), KEY.len());
+        assert_eq!(Secrets::default().longest(), 0);
         assert!(!format!("{s:?}").contains("flagpass1"));
     }
 

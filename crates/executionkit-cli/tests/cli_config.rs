@@ -661,7 +661,13 @@ async fn config_mistakes_exit_2_naming_the_line() {
             "[providers.a]\nmodel = \"m\"\ntpm = 0\n",
             &["line 3", "tpm must be >= 1"],
         ),
-        ("[pipes]\nx = 1\n", &["line 1", "unknown field `pipes`"]),
+        ("[plugins]\nx = 1\n", &["line 1", "unknown field `plugins`"]),
+        // `[pipes]` (ek serve's named pipes) is checked whole too.
+        ("[pipes]\nx = 1\n", &["line 2", "expected a sequence"]),
+        (
+            "[pipes]\nx = [\"consensus samplez=2\"]\n",
+            &["line 2", "[pipes] x", "samplez"],
+        ),
         ("[providers.a\n", &["line 1"]),
     ];
     for (text, needles) in cases {

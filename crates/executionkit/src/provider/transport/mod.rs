@@ -16,7 +16,8 @@
 //!   flow-control windows bound the rest); hyper caps heads, chunk extensions and trailers.
 //! * **Never more HTTP/1.1 connections than calls in flight**: a connection is opened only when
 //!   no idle one is left. HTTP/2 (chosen by ALPN) multiplexes every call over one connection
-//!   per provider, replaced when it closes.
+//!   per provider, replaced when it closes; while streams are open, a connection that goes
+//!   silent is pinged and closed when no PONG comes (a half-open path is not kept forever).
 
 mod connect;
 
@@ -35,7 +36,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
 
 pub(crate) use connect::pem_certificates;
@@ -49,6 +50,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const MAX_BUF: usize = 128 * 1024;
 /// Header fields in one response head.
 const MAX_HEADERS: usize = 128;
+/// An HTTP/2 connection with streams open that received nothing for this long is pinged.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// An HTTP/2 connection whose PING is not answered within this is closed (and replaced).
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 streams opened before the server's SETTINGS say how many it allows.
 const INITIAL_H2_STREAMS: usize = 16;
 /// Raw bytes allowed beyond the body cap for the head and chunk framing.
@@ -504,7 +509,14 @@ impl Transport {
         if h2 {
             // Until the server's SETTINGS arrive, open few streams: a burst beyond its
             // max_concurrent_streams would be refused (REFUSED_STREAM) and cost retries.
+            // While streams are open, a connection silent for H2_PING_INTERVAL is pinged and
+            // closed when no PONG comes within H2_PING_TIMEOUT: a dead path (half-open, black
+            // holed) is then replaced instead of timing out every later call.
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                .keep_alive_while_idle(false)
                 .initial_max_send_streams(INITIAL_H2_STREAMS)
                 .max_header_list_size(MAX_BUF as u32)
                 .handshake::<_, Body>(io)
