@@ -163,12 +163,13 @@ async fn cancelled_fan_outs_leave_nothing_outstanding() {
     assert_eq!(first.value, "Paris");
     // A fan-out on the warm pool, for the time.
     let timer = Instant::now();
-    Consensus::new()
+    let warm = Consensus::new()
         .samples(8)
         .run(&p, "q", &ctx)
         .await
         .unwrap();
     let full = timer.elapsed();
+    assert_eq!(warm.value, "Paris");
     let before = held();
     let mut cut_short = 0_u64;
     for i in 0..fan_outs {
