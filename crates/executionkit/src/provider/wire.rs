@@ -126,6 +126,7 @@ impl<S: Stream> Stream for Probed<S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
