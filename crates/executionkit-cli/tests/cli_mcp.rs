@@ -178,12 +178,16 @@ async fn lists_calls_rejects_and_survives_malformed_lines() {
     );
 
     // Malformed lines: JSON that is not a message gets Invalid Request (id null); a line that is
-    // not JSON is skipped without a reply (rmcp, like the other official SDKs). The server goes on.
+    // not JSON gets a Parse error (id null); a blank line is skipped. The server goes on.
     s.send_line("[1, 2, 3]").await;
     let reply = s.read().await;
     assert_eq!(reply["error"]["code"], -32600, "{reply}");
     assert!(reply["id"].is_null());
     s.send_line("this is not json {").await;
+    let reply = s.read().await;
+    assert_eq!(reply["error"]["code"], -32700, "{reply}");
+    assert_eq!(reply["error"]["message"], "Parse error", "{reply}");
+    assert!(reply.as_object().unwrap().contains_key("id") && reply["id"].is_null());
     s.send_line("").await;
 
     // react_loop on the offline model answers without tools.
@@ -439,5 +443,150 @@ async fn a_cancelled_call_stops_its_pattern() {
         seen.load(Ordering::SeqCst)
     );
     // No reply to the cancelled request, and the server still exits cleanly at EOF.
+    assert_eq!(s.finish().await, 0);
+}
+
+#[tokio::test]
+async fn a_garbage_line_gets_a_parse_error_and_the_connection_goes_on() {
+    let mut s = Session::start(&[]).await;
+    for garbage in [
+        "garbage",
+        "{\"jsonrpc\": \"2.0\", \"id\": 5,",
+        "\u{fffd}\u{1}",
+    ] {
+        s.send_line(garbage).await;
+        let reply = s.read().await;
+        assert_eq!(
+            reply,
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "Parse error"}})
+        );
+    }
+    // Not valid UTF-8 either.
+    let w = s.stdin.as_mut().unwrap();
+    w.write_all(b"\xff\xfe{}\n").await.unwrap();
+    w.flush().await.unwrap();
+    assert_eq!(s.read().await["error"]["code"], -32700);
+    // The same connection still serves requests.
+    let list = s.request(2, "tools/list", json!({})).await;
+    assert_eq!(
+        list["result"]["tools"].as_array().unwrap().len(),
+        5,
+        "{list}"
+    );
+    // A CRLF line and a UTF-8 byte-order mark are fine.
+    s.send_line("\u{feff}{\"jsonrpc\": \"2.0\", \"id\": 3, \"method\": \"ping\"}\r")
+        .await;
+    let ping = s.read().await;
+    assert_eq!(ping["id"], 3, "{ping}");
+    assert!(ping["result"].is_object(), "{ping}");
+    assert_eq!(s.finish().await, 0);
+}
+
+#[tokio::test]
+async fn unknown_methods_get_an_error_reply() {
+    // Before initialize: the Python SDK's 2.x client first sends `server/discover` and falls back
+    // to `initialize` only on an error reply.
+    let mut c = common::command(&["mcp"], &[] as &[(&str, &str)]);
+    c.stdin(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let discover = json!({"jsonrpc": "2.0", "id": 0, "method": "server/discover", "params": {}});
+    stdin
+        .write_all(format!("{discover}\n").as_bytes())
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(reply["id"], 0, "{reply}");
+    assert!(reply["error"]["code"].is_i64(), "{reply}");
+    // The fallback: `initialize` on the same connection works.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "cli_mcp", "version": "0"}}});
+    stdin
+        .write_all(format!("{init}\n").as_bytes())
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(reply["id"], 1, "{reply}");
+    assert_eq!(
+        reply["result"]["serverInfo"]["name"], "executionkit",
+        "{reply}"
+    );
+    drop(stdin);
+    assert!(lines.next_line().await.unwrap().is_none());
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+
+    // After initialize: Method not found.
+    let mut s = Session::start(&[]).await;
+    let r = s.request(2, "foo/bar", json!({})).await;
+    assert_eq!(r["error"]["code"], -32601, "{r}");
+    assert_eq!(s.finish().await, 0);
+}
+
+#[tokio::test]
+async fn a_progress_token_gets_progress_notifications_before_the_result() {
+    let mut s = Session::start(&[]).await;
+    s.send_line(
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "consensus", "arguments": {"prompt": "q", "n": 5},
+                "_meta": {"progressToken": "tok-1"}}})
+        .to_string(),
+    )
+    .await;
+    let mut progress = Vec::new();
+    let result = loop {
+        let m = s.read().await;
+        if m["method"] == "notifications/progress" {
+            progress.push(m["params"].clone());
+        } else {
+            break m;
+        }
+    };
+    assert_eq!(result["id"], 2, "{result}");
+    assert_eq!(result["result"]["isError"], false, "{result}");
+    assert_eq!(progress.len(), 5, "{progress:?}");
+    for (i, p) in progress.iter().enumerate() {
+        assert_eq!(p["progressToken"], "tok-1", "{p}");
+        assert_eq!(p["progress"].as_f64().unwrap(), (i + 1) as f64, "{p}");
+        assert_eq!(p["total"].as_f64().unwrap(), 5.0, "{p}");
+        assert!(p["message"].as_str().unwrap().contains("consensus"), "{p}");
+    }
+
+    // A numeric token, a budget as the total of a pattern without a planned count.
+    let mut s2 = Session::start(&["--max-calls", "4"]).await;
+    s2.send_line(
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "refine", "arguments": {"prompt": "q", "max_iterations": 1},
+                "_meta": {"progressToken": 77}}})
+        .to_string(),
+    )
+    .await;
+    let mut seen = 0.0;
+    let result = loop {
+        let m = s2.read().await;
+        if m["method"] != "notifications/progress" {
+            break m;
+        }
+        assert_eq!(m["params"]["progressToken"], 77, "{m}");
+        assert_eq!(m["params"]["total"], 4.0, "{m}");
+        let p = m["params"]["progress"].as_f64().unwrap();
+        assert!(p > seen, "not monotone: {m}");
+        seen = p;
+    };
+    assert_eq!(result["id"], 2, "{result}");
+    assert!(seen >= 1.0, "no progress for refine");
+    assert_eq!(s2.finish().await, 0);
+
+    // Without a token: no notifications, the reply comes first.
+    let r = s
+        .request(
+            3,
+            "tools/call",
+            json!({"name": "consensus",
+        "arguments": {"prompt": "q", "n": 2}}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], false, "{r}");
     assert_eq!(s.finish().await, 0);
 }
