@@ -49,17 +49,37 @@ const EXIT_FAILURE: u8 = 1;
 /// Exit code: invalid flags, before the server starts.
 const EXIT_USAGE: u8 = 2;
 
+/// An optional argument's schema says its type alone (`"integer"`, not `["integer", "null"]`):
+/// clients that convert command-line values by the schema's type (the MCP Inspector's `--cli`)
+/// understand nothing else. `null` is still accepted, as absent.
+fn plain_types(schema: &mut schemars::Schema) {
+    let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for p in properties.values_mut() {
+        let Some(t) = p.get_mut("type") else { continue };
+        let kept: Vec<Value> = t
+            .as_array()
+            .map(|a| a.iter().filter(|v| *v != "null").cloned().collect())
+            .unwrap_or_default();
+        if let [only] = kept.as_slice() {
+            *t = only.clone();
+        }
+    }
+}
+
 /// `consensus` arguments.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = plain_types)]
 pub struct ConsensusParams {
     /// The question; must not be blank.
     pub prompt: String,
     /// Number of samples (1 to 9, default 3).
-    #[schemars(range(min = 1, max = 9))]
+    #[schemars(range(min = 1, max = 9), extend("default" = 3))]
     pub n: Option<i64>,
     /// `majority` (default) or `unanimous`.
-    #[schemars(regex(pattern = r"^(majority|unanimous)$"))]
+    #[schemars(extend("enum" = ["majority", "unanimous"], "default" = "majority"))]
     pub strategy: Option<String>,
     /// Sampling temperature (0 to 2).
     #[schemars(range(min = 0.0, max = 2.0))]
@@ -69,44 +89,48 @@ pub struct ConsensusParams {
 /// `react_loop` arguments.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = plain_types)]
 pub struct ReactParams {
     /// The task; must not be blank.
     pub prompt: String,
     /// The most LLM rounds (1 to 8, default 5).
-    #[schemars(range(min = 1, max = 8))]
+    #[schemars(range(min = 1, max = 8), extend("default" = 5))]
     pub max_rounds: Option<i64>,
 }
 
 /// `refine` arguments.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = plain_types)]
 pub struct RefineParams {
     /// The task; must not be blank.
     pub prompt: String,
     /// Stop once a draft scores at least this (0 to 1, default 0.9).
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = 0.0, max = 1.0), extend("default" = 0.9))]
     pub target_score: Option<f64>,
     /// Improvement rounds after the first draft (1 to 10, default 5).
-    #[schemars(range(min = 1, max = 10))]
+    #[schemars(range(min = 1, max = 10), extend("default" = 5))]
     pub max_iterations: Option<i64>,
 }
 
 /// `structured` arguments.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = plain_types)]
 pub struct StructuredParams {
     /// The request; must not be blank.
     pub prompt: String,
     /// The JSON Schema the answer must validate against (an object).
     pub schema: serde_json::Map<String, serde_json::Value>,
     /// Repair attempts after an invalid answer (0 to 5, default 3).
-    #[schemars(range(min = 0, max = 5))]
+    #[schemars(range(min = 0, max = 5), extend("default" = 3))]
     pub max_repairs: Option<i64>,
 }
 
 /// `pipe` arguments.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = plain_types)]
 pub struct PipeParams {
     /// The input of the first step; must not be blank.
     pub prompt: String,
