@@ -18,6 +18,7 @@
 //! (-32700, id null) from the line filter in front of `rmcp` ([`serve`]); well-formed JSON that is
 //! not a JSON-RPC message gets `rmcp`'s Invalid Request error (-32600, id null); an unknown method
 //! gets an error (-32601, or `rmcp`'s -32602 for `server/discover`); none stops the server.
+//! At EOF the requests still in flight are answered (with their progress) before the server ends.
 
 use std::sync::Arc;
 
@@ -168,8 +169,19 @@ pub async fn serve(common: &Common, env: &endpoint::Env, secrets: &Secrets) -> u
     let (to_rmcp, rmcp_in) = tokio::io::duplex(PIPE_BUFFER);
     let (rmcp_out, from_rmcp) = tokio::io::duplex(PIPE_BUFFER);
     let (errors, error_lines) = mpsc::unbounded_channel();
-    let filter = tokio::spawn(filter_lines(tokio::io::stdin(), to_rmcp, errors));
-    let writer = tokio::spawn(write_lines(from_rmcp, error_lines, tokio::io::stdout()));
+    let pending = Pending::default();
+    let filter = tokio::spawn(filter_lines(
+        tokio::io::stdin(),
+        to_rmcp,
+        errors,
+        pending.clone(),
+    ));
+    let writer = tokio::spawn(write_lines(
+        from_rmcp,
+        error_lines,
+        tokio::io::stdout(),
+        pending,
+    ));
     let code = match server.serve((rmcp_in, rmcp_out)).await {
         Ok(running) => match running.waiting().await {
             Ok(_) => 0,
@@ -203,13 +215,99 @@ const PARSE_ERROR: &str =
 /// The reply to a line over [`MAX_LINE`].
 const TOO_LONG: &str = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid Request: line too long"}}"#;
 
+/// The ids of the requests passed on to rmcp and not answered yet. At EOF, rmcp's input is
+/// closed only once they are all answered (or cancelled): rmcp stops relaying notifications when
+/// its input ends, so a call's progress notifications would hold up its result.
+#[derive(Clone)]
+struct Pending {
+    ids: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    count: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Self {
+            ids: Arc::default(),
+            count: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+}
+
+impl Pending {
+    fn update(&self, f: impl FnOnce(&mut std::collections::HashSet<String>)) {
+        let n = match self.ids.lock() {
+            Ok(mut ids) => {
+                f(&mut ids);
+                ids.len()
+            }
+            Err(_) => 0,
+        };
+        self.count.send_replace(n);
+    }
+
+    /// Notes a line passed on to rmcp: a request (one rmcp will parse too) is pending until its
+    /// answer; a cancellation ends its request (rmcp does not answer a cancelled one).
+    fn inbound(&self, line: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            return;
+        };
+        let method = v.get("method").and_then(Value::as_str);
+        if method == Some("notifications/cancelled") {
+            if let Some(id) = v.pointer("/params/requestId") {
+                let id = id.to_string();
+                self.update(|ids| {
+                    ids.remove(&id);
+                });
+            }
+            return;
+        }
+        let Some(id) = v.get("id").filter(|id| !id.is_null()) else {
+            return;
+        };
+        if method.is_some()
+            && serde_json::from_value::<rmcp::model::ClientJsonRpcMessage>(v.clone()).is_ok()
+        {
+            let id = id.to_string();
+            self.update(|ids| {
+                ids.insert(id);
+            });
+        }
+    }
+
+    /// Notes a line rmcp wrote: an answer ends its request.
+    fn outbound(&self, line: &[u8]) {
+        #[derive(Deserialize)]
+        struct Head {
+            id: Option<Value>,
+            method: Option<serde::de::IgnoredAny>,
+        }
+        if let Ok(Head {
+            id: Some(id),
+            method: None,
+        }) = serde_json::from_slice::<Head>(line)
+        {
+            let id = id.to_string();
+            self.update(|ids| {
+                ids.remove(&id);
+            });
+        }
+    }
+
+    /// Waits until no request is pending (or the writer has ended).
+    async fn drained(&self) {
+        let mut rx = self.count.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
 /// Reads `input` line by line (at most [`MAX_LINE`] bytes each): a JSON line goes on to rmcp, a
-/// blank one is skipped, anything else is answered through `errors`. Ends at EOF, which closes
-/// rmcp's input and so ends the server.
+/// blank one is skipped, anything else is answered through `errors`. At EOF, once every request
+/// has been answered, closes rmcp's input, which ends the server.
 async fn filter_lines(
     input: impl AsyncRead + Unpin,
     mut to_rmcp: impl AsyncWrite + Unpin,
     errors: mpsc::UnboundedSender<&'static str>,
+    pending: Pending,
 ) -> std::io::Result<()> {
     let mut input = tokio::io::BufReader::new(input);
     let mut line = Vec::new();
@@ -245,6 +343,7 @@ async fn filter_lines(
             let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
             if !text.iter().all(u8::is_ascii_whitespace) {
                 if serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok() {
+                    pending.inbound(text);
                     to_rmcp.write_all(text).await?;
                     to_rmcp.write_all(b"\n").await?;
                     to_rmcp.flush().await?;
@@ -254,6 +353,7 @@ async fn filter_lines(
             }
         }
         if eof {
+            pending.drained().await;
             return to_rmcp.shutdown().await;
         }
     }
@@ -265,6 +365,7 @@ async fn write_lines(
     from_rmcp: impl AsyncRead + Unpin,
     mut errors: mpsc::UnboundedReceiver<&'static str>,
     mut out: impl AsyncWrite + Unpin,
+    pending: Pending,
 ) -> std::io::Result<()> {
     let mut from_rmcp = tokio::io::BufReader::new(from_rmcp);
     let mut line = Vec::new();
@@ -279,6 +380,7 @@ async fn write_lines(
                     break;
                 }
                 out.write_all(&line).await?;
+                pending.outbound(&line);
                 line.clear();
             }
             e = errors.recv(), if errors_open => match e {

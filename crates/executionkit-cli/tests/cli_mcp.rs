@@ -779,3 +779,34 @@ async fn mcp_inspector_cli_lists_and_calls_every_tool() {
         "{r}"
     );
 }
+
+#[tokio::test]
+async fn requests_in_flight_at_eof_are_answered_with_their_progress() {
+    let mut s = Session::start(&[]).await;
+    for id in [2, 3] {
+        s.send_line(
+            &json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": "consensus", "arguments": {"prompt": "q", "n": 3},
+                    "_meta": {"progressToken": id}}})
+            .to_string(),
+        )
+        .await;
+    }
+    // A request rmcp cannot parse: its Invalid Request reply has no id, and EOF does not wait on it.
+    s.send_line(r#"{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": "bad"}"#)
+        .await;
+    drop(s.stdin.take());
+    let (mut progress, mut results) = (0, Vec::new());
+    while let Some(line) = s.lines.next_line().await.unwrap() {
+        let m: Value = serde_json::from_str(&line).unwrap();
+        if m["method"] == "notifications/progress" {
+            progress += 1;
+        } else if m["result"].is_object() {
+            results.push(m["id"].as_u64().unwrap());
+        }
+    }
+    results.sort_unstable();
+    assert_eq!(results, [2, 3]);
+    assert_eq!(progress, 6);
+    assert_eq!(s.child.wait().await.unwrap().code(), Some(0));
+}
