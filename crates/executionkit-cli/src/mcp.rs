@@ -805,3 +805,95 @@ impl ServerHandler for Server {
             )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Runs the filter over `input`: what reached rmcp, and the error replies.
+    async fn filter(input: &[u8]) -> (String, Vec<&'static str>) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut out = Vec::new();
+        filter_lines(input, &mut out, tx, Pending::default())
+            .await
+            .unwrap();
+        let mut errors = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            errors.push(e);
+        }
+        (String::from_utf8(out).unwrap(), errors)
+    }
+
+    #[tokio::test]
+    async fn json_lines_pass_and_garbage_is_answered() {
+        let input = b"{\"a\":1}\r\n\n   \n\xEF\xBB\xBF[1,2]\nnot json\n\xff\xfe\n{\"b\":2}";
+        let (passed, errors) = filter(input).await;
+        assert_eq!(passed, "{\"a\":1}\n[1,2]\n{\"b\":2}\n");
+        assert_eq!(errors, [PARSE_ERROR, PARSE_ERROR]);
+        let e: Value = serde_json::from_str(PARSE_ERROR).unwrap();
+        assert_eq!(e["error"]["code"], -32700);
+        assert!(e["id"].is_null());
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_limit_is_discarded_and_answered() {
+        let mut input = vec![b'1'; MAX_LINE + 1];
+        input.extend_from_slice(b"\n{\"ok\":true}\n");
+        let (passed, errors) = filter(&input).await;
+        assert_eq!(passed, "{\"ok\":true}\n");
+        assert_eq!(errors, [TOO_LONG]);
+    }
+
+    #[tokio::test]
+    async fn eof_waits_for_the_pending_requests() {
+        let pending = Pending::default();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let input: &'static [u8] = concat!(
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2}}"#,
+            "\n"
+        )
+        .as_bytes();
+        let task = tokio::spawn(filter_lines(input, tokio::io::sink(), tx, pending.clone()));
+        while *pending.count.borrow() != 1 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!task.is_finished(), "EOF did not wait for request 1");
+        // A notification with the same id is no answer; the response is.
+        pending.outbound(br#"{"jsonrpc":"2.0","id":1,"method":"x"}"#);
+        assert_eq!(*pending.count.borrow(), 1);
+        pending.outbound(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_writer_writes_whole_lines_from_both_sources() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(PARSE_ERROR).unwrap();
+        drop(tx);
+        let rmcp: &[u8] = b"{\"id\":1,\"result\":{}}\n{\"id\":2,\"result\":{}}";
+        let mut out = Vec::new();
+        write_lines(rmcp, rx, &mut out, Pending::default())
+            .await
+            .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let mut lines: Vec<&str> = out.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                "{\"id\":1,\"result\":{}}",
+                "{\"id\":2,\"result\":{}}",
+                PARSE_ERROR
+            ]
+        );
+    }
+}
