@@ -3,7 +3,8 @@
 # default sizes, inside scripts/test.sh):
 #   2. the fault matrix against llmock (tests/fault_matrix.rs),
 #   3. chaos between us and the server (tests/chaos.rs, a fault-injecting TCP proxy),
-#   4. the soak against nginx, in release: 1,000,000 calls and 10,000 cancelled fan-outs
+#   4. the soak against nginx, optimised (profile `reliability`: release without LTO): 1,000,000
+#      calls and 10,000 cancelled fan-outs
 #      (tests/soak.rs with EK_SOAK_CALLS / EK_SOAK_FANOUTS),
 #   5. the properties, with 8x their usual cases (PROPTEST_CASES),
 # then writes a dated report between the markers of docs/reliability.md, with the last fuzz
@@ -59,7 +60,7 @@ if [ -f crates/executionkit/tests/chaos.rs ]; then
   step chaos cargo test -p executionkit --test chaos -- --nocapture
 fi
 EK_SOAK_CALLS=${EK_SOAK_CALLS:-1000000} EK_SOAK_FANOUTS=${EK_SOAK_FANOUTS:-10000} \
-  step soak cargo test --release -p executionkit --test soak -- --nocapture --test-threads 1
+  step soak cargo test --profile reliability -p executionkit --test soak -- --nocapture --test-threads 1
 PROPTEST_CASES=${PROPTEST_CASES:-2048} step properties cargo test -p executionkit \
   --test cancellation_props --test ledger_props --test nested_budgets --test failover_props \
   --test fuzz_corpus
@@ -85,7 +86,7 @@ report=$out/report.md
   echo
   grep -h -E '^\|' "$out/fault-matrix.log" || true
   echo
-  echo "**Soak** (release build, one process):"
+  echo "**Soak** (profile \`reliability\`: release without LTO; one process):"
   echo
   grep -h -E '^soak:' "$out/soak.log" | sed 's/^soak: /- /' || true
   if [ -f "$out/chaos.log" ]; then

@@ -10,4 +10,8 @@ mod cli {
     pub mod config;
 }
 
+// The config checks `[pipes]` steps with ek's `--step` grammar (`crate::step`).
+#[path = "../../crates/executionkit-cli/src/step.rs"]
+mod step;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| cli::config::fuzz_one(data));

@@ -165,12 +165,25 @@ fn line_of(src: &str, at: usize) -> usize {
 }
 
 /// A serde message without the value it quotes (`invalid type: string "…"`): a value in the
-/// wrong place could be a key.
+/// wrong place could be a key. A name it quotes in backticks (`unknown field `…``) is kept,
+/// unless it holds `sk-` or `sk_`: a key pasted where a name goes (found by the fuzzer).
 fn unquoted(msg: &str) -> String {
-    match (msg.find('"'), msg.rfind('"')) {
+    let msg = match (msg.find('"'), msg.rfind('"')) {
         (Some(a), Some(b)) if b > a => format!("{}…{}", &msg[..a], &msg[b + 1..]),
         _ => msg.to_owned(),
-    }
+    };
+    msg.split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            let lower = part.to_ascii_lowercase();
+            if i % 2 == 1 && (lower.contains("sk-") || lower.contains("sk_")) {
+                "[REDACTED]"
+            } else {
+                part
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`")
 }
 
 impl Config {
@@ -905,5 +918,21 @@ weighted = [{ use = "primary", weight = 3 }, { use = "backup", weight = 1 }]
             assert!(e.contains("line 2") && e.contains("not a valid URL"), "{e}");
             assert!(!e.contains(url), "{e}");
         }
+    }
+
+    /// Found by the fuzzer (fuzz/corpus/config/crash-92a5…): a key-shaped name where a field
+    /// name goes was quoted in the "unknown field" message.
+    #[test]
+    fn an_unknown_key_shaped_field_is_not_quoted() {
+        let src = "[providers.a]\nhtsk-abcdefghijk_url = \"x\"\nmodel = \"m\"\n";
+        let e = Config::parse("ek.toml", src).unwrap_err().to_string();
+        assert!(
+            e.contains("line 2") && e.contains("unknown field `[REDACTED]`"),
+            "{e}"
+        );
+        assert!(!e.contains("abcdefghijk"), "{e}");
+        let src = "[providers.a]\nbase_ur = \"x\"\nmodel = \"m\"\n";
+        let e = Config::parse("ek.toml", src).unwrap_err().to_string();
+        assert!(e.contains("unknown field `base_ur`"), "{e}");
     }
 }
