@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, ErrorKind, Result};
 
 mod anthropic;
+pub(crate) mod batch_http;
 mod failover;
 mod http;
 #[cfg(any(test, feature = "testing"))]

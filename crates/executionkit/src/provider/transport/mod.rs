@@ -19,6 +19,7 @@
 //!   per provider, replaced when it closes.
 
 mod connect;
+mod get;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -1,0 +1,154 @@
+//! Whole runs over a batch: [`run_job`], and the patterns [`consensus_batch`] and
+//! [`map_batch`].
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{BatchEntry, BatchFiles, BatchJob, BatchResults, OpenAiBatch};
+use crate::engine::BudgetLedger;
+use crate::engine::voting::{VotingStrategy, tally};
+use crate::error::{Error, Result};
+use crate::provider::{ChatRequest, Message};
+use crate::result::PatternResult;
+
+/// Submits `job` (or, when `files.state` names an existing state file, resumes the batch it
+/// names without submitting again), waits for it, downloads its results to `files.results`
+/// and collects them. The state file is removed once the results are collected; it stays
+/// when anything fails, so that the next run resumes.
+pub async fn run_job(
+    client: &OpenAiBatch,
+    job: &BatchJob,
+    files: &BatchFiles,
+    ledger: &Arc<BudgetLedger>,
+) -> Result<BatchResults> {
+    let mut run = match files.state.as_deref().filter(|p| p.exists()) {
+        Some(path) => {
+            let run = client.resume(path)?;
+            let same = run.state().entries.len() == job.entries().len()
+                && run
+                    .state()
+                    .entries
+                    .iter()
+                    .zip(job.entries())
+                    .all(|(a, b)| a.custom_id == b.custom_id);
+            if !same {
+                return Err(Error::invalid_argument(
+                    "state",
+                    format!(
+                        "{} belongs to another batch job (its entries differ)",
+                        path.display()
+                    ),
+                ));
+            }
+            run
+        }
+        None => client.submit(job, ledger, files.state.as_deref()).await?,
+    };
+    client.wait(&mut run).await?;
+    client.download(&run, &files.results).await?;
+    let results = client.collect(run, &files.results, ledger).await?;
+    if let Some(p) = &files.state {
+        // Best effort: a state left behind only makes the next run re-collect this batch.
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(results)
+}
+
+/// `n` samples of `prompt` in one batch (`consensus-0` … `consensus-<n-1>`, temperature 0.9,
+/// the client's default `max_tokens`), voted on exactly as [`Consensus`](crate::Consensus)
+/// votes: value = the winner, score = the agreement ratio, cost = the batch's usage, metadata
+/// `agreement_ratio`, `unique_responses`, `tie_count`, `batch_id`. Every failure carries the
+/// batch's spend.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use executionkit::{BudgetLedger, VotingStrategy, batch::{BatchFiles, OpenAiBatch, consensus_batch}};
+/// # async fn demo(client: OpenAiBatch) -> executionkit::Result<()> {
+/// let ledger = Arc::new(BudgetLedger::unlimited());
+/// let r = consensus_batch(&client, "2+2?", 3, VotingStrategy::Majority,
+///     &BatchFiles::new("out.jsonl"), &ledger).await?;
+/// assert_eq!(r.metadata["batch_id"].as_str().is_some(), true);
+/// # Ok(()) }
+/// ```
+pub async fn consensus_batch(
+    client: &OpenAiBatch,
+    prompt: &str,
+    samples: usize,
+    strategy: VotingStrategy,
+    files: &BatchFiles,
+    ledger: &Arc<BudgetLedger>,
+) -> Result<PatternResult<String>> {
+    if samples < 1 {
+        return Err(Error::invalid_argument(
+            "num_samples",
+            "num_samples must be >= 1, got 0",
+        ));
+    }
+    let entries = (0..samples)
+        .map(|i| {
+            let mut request = ChatRequest::new(vec![Message::user(prompt)]);
+            request.temperature = Some(0.9);
+            BatchEntry::new(format!("consensus-{i}"), request)
+        })
+        .collect();
+    let job = BatchJob::new(entries)?;
+    let results = run_job(client, &job, files, ledger).await?;
+    let texts = results.texts();
+    let t = tally(&texts, strategy).map_err(|e| {
+        e.with_cost(results.cost)
+            .with_usd(results.usd)
+            .with_metadata("batch_id", results.batch_id.clone())
+    })?;
+    Ok(PatternResult::new(texts[t.winner_index].to_owned())
+        .with_score(t.agreement_ratio)
+        .with_cost(results.cost)
+        .with_metadata("agreement_ratio", t.agreement_ratio)
+        .with_metadata("unique_responses", t.unique_responses)
+        .with_metadata("tie_count", t.tie_count)
+        .with_metadata("batch_id", results.batch_id.clone()))
+}
+
+/// One request per prompt (`map-0` …), in one batch; the value is the texts in prompt order
+/// (whatever the order of the results file). `temperature` is sent only when given. Metadata
+/// `batch_id`, `num_requests`.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use executionkit::{BudgetLedger, batch::{BatchFiles, OpenAiBatch, map_batch}};
+/// # async fn demo(client: OpenAiBatch) -> executionkit::Result<()> {
+/// let ledger = Arc::new(BudgetLedger::unlimited());
+/// let r = map_batch(&client, &["a?", "b?"], None, &BatchFiles::new("out.jsonl"), &ledger).await?;
+/// assert_eq!(r.value.len(), 2);
+/// # Ok(()) }
+/// ```
+pub async fn map_batch<S: AsRef<str>>(
+    client: &OpenAiBatch,
+    prompts: &[S],
+    temperature: Option<f64>,
+    files: &BatchFiles,
+    ledger: &Arc<BudgetLedger>,
+) -> Result<PatternResult<Vec<String>>> {
+    if prompts.is_empty() {
+        return Err(Error::invalid_argument(
+            "prompts",
+            "prompts must be a non-empty list",
+        ));
+    }
+    let entries = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut request = ChatRequest::new(vec![Message::user(p.as_ref())]);
+            request.temperature = temperature;
+            BatchEntry::new(format!("map-{i}"), request)
+        })
+        .collect();
+    let job = BatchJob::new(entries)?;
+    let results = run_job(client, &job, files, ledger).await?;
+    let texts = results.texts().into_iter().map(str::to_owned).collect();
+    Ok(PatternResult::new(texts)
+        .with_cost(results.cost)
+        .with_metadata("batch_id", results.batch_id)
+        .with_metadata("num_requests", Value::from(prompts.len())))
+}
