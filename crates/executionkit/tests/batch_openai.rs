@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use executionkit::batch::{
-    BatchEntry, BatchFiles, BatchJob, OpenAiBatch, consensus_batch, map_batch, run_job,
+    BatchClient, BatchEntry, BatchFiles, BatchJob, consensus_batch, map_batch, run_job,
 };
 use executionkit::{Budget, BudgetLedger, ChatRequest, Message, TokenUsage, VotingStrategy};
 use serde_json::{Value, json};
@@ -44,8 +44,8 @@ impl Drop for Dir {
     }
 }
 
-fn client(server: &MockServer) -> OpenAiBatch {
-    OpenAiBatch::builder(format!("{}/v1", server.uri()), "gpt-test")
+fn client(server: &MockServer) -> BatchClient {
+    BatchClient::openai(format!("{}/v1", server.uri()), "gpt-test")
         .api_key(KEY)
         .poll_interval(Duration::from_millis(5))
         .max_poll_interval(Duration::from_millis(20))
@@ -468,7 +468,7 @@ async fn too_many_failed_polls_in_a_row_give_up_with_the_last_error() {
         .await;
     fake(&server, 0, "completed", None, None).await;
     let dir = Dir::new();
-    let c = OpenAiBatch::builder(format!("{}/v1", server.uri()), "gpt-test")
+    let c = BatchClient::openai(format!("{}/v1", server.uri()), "gpt-test")
         .api_key(KEY)
         .poll_interval(Duration::from_millis(1))
         .max_poll_interval(Duration::from_millis(2))
@@ -497,7 +497,7 @@ async fn a_batch_that_never_ends_times_out_naming_its_last_status() {
     let server = MockServer::start().await;
     fake(&server, 0, "in_progress", None, None).await;
     let dir = Dir::new();
-    let c = OpenAiBatch::builder(format!("{}/v1", server.uri()), "gpt-test")
+    let c = BatchClient::openai(format!("{}/v1", server.uri()), "gpt-test")
         .poll_interval(Duration::from_millis(2))
         .wait_timeout(Duration::from_millis(30))
         .api_key(KEY)
@@ -630,7 +630,7 @@ async fn a_line_longer_than_the_cap_fails_the_download() {
     )
     .await;
     let dir = Dir::new();
-    let c = OpenAiBatch::builder(format!("{}/v1", server.uri()), "gpt-test")
+    let c = BatchClient::openai(format!("{}/v1", server.uri()), "gpt-test")
         .api_key(KEY)
         .poll_interval(Duration::from_millis(2))
         .max_line_bytes(1000)

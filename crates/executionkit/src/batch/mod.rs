@@ -1,7 +1,7 @@
 //! The providers' batch APIs: many chat requests submitted at once, run by the provider within
 //! its completion window (at a discount), and collected later.
 //!
-//! This first slice speaks the **OpenAI Batch API** ([`OpenAiBatch`]): the requests go up as a
+//! This first slice speaks the **OpenAI Batch API** ([`BatchClient`]): the requests go up as a
 //! JSONL file (`POST /files`, purpose `batch`), the batch is created (`POST /batches`), polled
 //! (`GET /batches/{id}`) with backoff, and its output and error files are streamed to a file on
 //! disk line by line (`GET /files/{id}/content`), never held whole in memory.
@@ -15,10 +15,10 @@
 //!   every entry's status and spend (the reference's behaviour, with the spend added).
 //! * **Resumable**: a [`BatchState`] file (JSON) is written when the batch is created and on
 //!   every status change; a killed run picks the same batch up again by id
-//!   ([`OpenAiBatch::resume`], or [`run_job`] with the same state path) without resubmitting.
+//!   ([`BatchClient::resume`], or [`run_job`] with the same state path) without resubmitting.
 //! * **Polls are retried**: a rate-limited (honouring `Retry-After`, capped by the longest poll
 //!   interval), timed-out, broken or 5xx poll is tried again, up to
-//!   [`OpenAiBatchBuilder::max_poll_failures`] in a row.
+//!   [`BatchClientBuilder::max_poll_failures`] in a row.
 //! * **The key stays home**: every request goes to the base URL's origin; a file URL on another
 //!   host is refused before anything is sent.
 //!
@@ -27,10 +27,10 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use executionkit::batch::{BatchFiles, OpenAiBatch, consensus_batch};
+//! use executionkit::batch::{BatchFiles, BatchClient, consensus_batch};
 //! use executionkit::{Budget, BudgetLedger, VotingStrategy};
 //! # async fn demo() -> executionkit::Result<()> {
-//! let client = OpenAiBatch::builder("https://api.openai.com/v1", "gpt-4o-mini")
+//! let client = BatchClient::openai("https://api.openai.com/v1", "gpt-4o-mini")
 //!     .api_key(std::env::var("OPENAI_API_KEY").unwrap_or_default())
 //!     .build()?;
 //! let ledger = Arc::new(BudgetLedger::new(Budget::new().max_calls(10)));
@@ -41,14 +41,14 @@
 //! # Ok(()) }
 //! ```
 
-mod openai;
+mod client;
 mod patterns;
 mod results;
 mod state;
 #[cfg(test)]
 mod tests;
 
-pub use openai::{OpenAiBatch, OpenAiBatchBuilder};
+pub use client::{BatchClient, BatchClientBuilder, BatchProvider};
 pub use patterns::{consensus_batch, map_batch, run_job};
 pub use results::{BatchResults, EntryReport, EntryStatus};
 pub use state::{BatchFiles, BatchRun, BatchState, PlannedEntry};

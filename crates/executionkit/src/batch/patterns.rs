@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{BatchEntry, BatchFiles, BatchJob, BatchResults, OpenAiBatch};
+use super::{BatchClient, BatchEntry, BatchFiles, BatchJob, BatchResults};
 use crate::engine::BudgetLedger;
 use crate::engine::voting::{VotingStrategy, tally};
 use crate::error::{Error, Result};
@@ -17,7 +17,7 @@ use crate::result::PatternResult;
 /// and collects them. The state file is removed once the results are collected; it stays
 /// when anything fails, so that the next run resumes.
 pub async fn run_job(
-    client: &OpenAiBatch,
+    client: &BatchClient,
     job: &BatchJob,
     files: &BatchFiles,
     ledger: &Arc<BudgetLedger>,
@@ -63,8 +63,8 @@ pub async fn run_job(
 ///
 /// ```no_run
 /// # use std::sync::Arc;
-/// # use executionkit::{BudgetLedger, VotingStrategy, batch::{BatchFiles, OpenAiBatch, consensus_batch}};
-/// # async fn demo(client: OpenAiBatch) -> executionkit::Result<()> {
+/// # use executionkit::{BudgetLedger, VotingStrategy, batch::{BatchFiles, BatchClient, consensus_batch}};
+/// # async fn demo(client: BatchClient) -> executionkit::Result<()> {
 /// let ledger = Arc::new(BudgetLedger::unlimited());
 /// let r = consensus_batch(&client, "2+2?", 3, VotingStrategy::Majority,
 ///     &BatchFiles::new("out.jsonl"), &ledger).await?;
@@ -72,7 +72,7 @@ pub async fn run_job(
 /// # Ok(()) }
 /// ```
 pub async fn consensus_batch(
-    client: &OpenAiBatch,
+    client: &BatchClient,
     prompt: &str,
     samples: usize,
     strategy: VotingStrategy,
@@ -115,15 +115,15 @@ pub async fn consensus_batch(
 ///
 /// ```no_run
 /// # use std::sync::Arc;
-/// # use executionkit::{BudgetLedger, batch::{BatchFiles, OpenAiBatch, map_batch}};
-/// # async fn demo(client: OpenAiBatch) -> executionkit::Result<()> {
+/// # use executionkit::{BudgetLedger, batch::{BatchFiles, BatchClient, map_batch}};
+/// # async fn demo(client: BatchClient) -> executionkit::Result<()> {
 /// let ledger = Arc::new(BudgetLedger::unlimited());
 /// let r = map_batch(&client, &["a?", "b?"], None, &BatchFiles::new("out.jsonl"), &ledger).await?;
 /// assert_eq!(r.value.len(), 2);
 /// # Ok(()) }
 /// ```
 pub async fn map_batch<S: AsRef<str>>(
-    client: &OpenAiBatch,
+    client: &BatchClient,
     prompts: &[S],
     temperature: Option<f64>,
     files: &BatchFiles,

@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::client::BatchProvider;
 use super::state::{BatchRun, file_error};
 use crate::engine::BudgetLedger;
 use crate::error::{Error, ErrorKind, Result};
-use crate::provider::Usage;
 use crate::provider::parse::parse_completion_value;
+use crate::provider::{Usage, parse_anthropic_message};
 use crate::usage::TokenUsage;
 
 /// How one entry of a batch ended.
@@ -23,7 +24,7 @@ use crate::usage::TokenUsage;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryStatus {
-    /// A 200 reply with a parsable completion.
+    /// A 200 reply (or Anthropic's `succeeded`) with a parsable completion.
     Succeeded,
     /// The provider answered the entry with an error (a non-200 status or an `error`).
     Errored,
@@ -234,6 +235,64 @@ fn read_openai_line(v: Value) -> (Option<String>, Line) {
     }
 }
 
+/// Reads one Anthropic result line (`{custom_id, result: {type, message | error}}`).
+fn read_anthropic_line(v: Value) -> (Option<String>, Line) {
+    let Value::Object(mut obj) = v else {
+        return (None, malformed("the line is not a JSON object"));
+    };
+    let id = match obj.remove("custom_id") {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let Some(Value::Object(mut result)) = obj.remove("result") else {
+        return (id, malformed("malformed_result"));
+    };
+    let kind = result.get("type").and_then(Value::as_str).unwrap_or("");
+    let status = match kind {
+        "succeeded" => EntryStatus::Succeeded,
+        "errored" => EntryStatus::Errored,
+        "canceled" => EntryStatus::Cancelled,
+        "expired" => EntryStatus::Expired,
+        _ => return (id, malformed("unknown result type")),
+    };
+    if status != EntryStatus::Succeeded {
+        let detail = result
+            .get("error")
+            .and_then(|e| e.get("error").or(Some(e)))
+            .and_then(|e| e.get("type"))
+            .and_then(Value::as_str)
+            .map(|d| crate::text::prefix(&crate::redact::redact(d), 200).to_owned());
+        return (
+            id,
+            Line {
+                status,
+                usage: Usage::default(),
+                text: None,
+                detail,
+            },
+        );
+    }
+    let Some(message @ Value::Object(_)) = result.remove("message") else {
+        return (id, malformed("malformed_message"));
+    };
+    let bytes = serde_json::to_vec(&message).unwrap_or_default();
+    match parse_anthropic_message(&bytes) {
+        Ok(r) => {
+            let text = r.content().to_owned();
+            (
+                id,
+                Line {
+                    status: EntryStatus::Succeeded,
+                    usage: r.usage,
+                    text: Some(text),
+                    detail: None,
+                },
+            )
+        }
+        Err(e) => (id, malformed(e.message())),
+    }
+}
+
 fn malformed(why: &str) -> Line {
     Line {
         status: EntryStatus::Malformed,
@@ -249,6 +308,7 @@ pub(crate) fn collect_file(
     run: BatchRun,
     path: &Path,
     max_line: usize,
+    provider: BatchProvider,
     ledger: &Arc<BudgetLedger>,
 ) -> Result<BatchResults> {
     let BatchRun {
@@ -292,7 +352,10 @@ pub(crate) fn collect_file(
                 continue;
             }
             let (id, line) = match serde_json::from_slice::<Value>(&buf) {
-                Ok(v) => read_openai_line(v),
+                Ok(v) => match provider {
+                    BatchProvider::OpenAi => read_openai_line(v),
+                    BatchProvider::Anthropic => read_anthropic_line(v),
+                },
                 Err(_) => (None, malformed("not JSON")),
             };
             let slot = id.as_deref().and_then(|id| index.get(id).copied());

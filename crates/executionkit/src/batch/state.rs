@@ -30,7 +30,7 @@ pub struct PlannedEntry {
 /// let s = BatchState {
 ///     provider: "openai".into(), model: "m".into(), batch_id: "batch_1".into(),
 ///     input_file_id: Some("file_1".into()), status: "in_progress".into(),
-///     output_file_id: None, error_file_id: None,
+///     output_file_id: None, error_file_id: None, results_url: None,
 ///     entries: vec![PlannedEntry { custom_id: "a".into(), max_tokens: 8 }],
 /// };
 /// assert!(!s.is_ended());
@@ -39,7 +39,7 @@ pub struct PlannedEntry {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchState {
-    /// `"openai"`.
+    /// `"openai"` or `"anthropic"`.
     pub provider: String,
     /// The default model of the entries.
     pub model: String,
@@ -48,8 +48,9 @@ pub struct BatchState {
     /// The uploaded input file.
     #[serde(default)]
     pub input_file_id: Option<String>,
-    /// The last status seen (`validating`, `in_progress`, `finalizing`, `completed`, `failed`,
-    /// `expired`, `cancelling`, `cancelled`).
+    /// The last status seen (OpenAI: `validating`, `in_progress`, `finalizing`, `completed`,
+    /// `failed`, `expired`, `cancelling`, `cancelled`; Anthropic: `in_progress`, `canceling`,
+    /// `ended`).
     pub status: String,
     /// The output file, once the batch ended.
     #[serde(default)]
@@ -57,19 +58,22 @@ pub struct BatchState {
     /// The error file, once the batch ended.
     #[serde(default)]
     pub error_file_id: Option<String>,
+    /// Where the results are (Anthropic), once the batch ended.
+    #[serde(default)]
+    pub results_url: Option<String>,
     /// The entries, in submission order.
     pub entries: Vec<PlannedEntry>,
 }
 
 impl BatchState {
-    /// `true` once the provider will change nothing more (`completed`, `failed`, `expired`,
-    /// `cancelled`).
+    /// `true` once the provider will change nothing more (OpenAI's `completed`, `failed`,
+    /// `expired`, `cancelled`; Anthropic's `ended`).
     ///
     /// ```
     /// # use executionkit::batch::BatchState;
     /// let mut s = BatchState { provider: "openai".into(), model: "m".into(), batch_id: "b".into(),
     ///     input_file_id: None, status: "completed".into(), output_file_id: None,
-    ///     error_file_id: None, entries: vec![] };
+    ///     error_file_id: None, results_url: None, entries: vec![] };
     /// assert!(s.is_ended());
     /// s.status = "finalizing".into();
     /// assert!(!s.is_ended());
@@ -78,7 +82,7 @@ impl BatchState {
     pub fn is_ended(&self) -> bool {
         matches!(
             self.status.as_str(),
-            "completed" | "failed" | "expired" | "cancelled"
+            "completed" | "failed" | "expired" | "cancelled" | "ended"
         )
     }
 
@@ -89,7 +93,7 @@ impl BatchState {
     /// # use executionkit::batch::BatchState;
     /// let s = BatchState { provider: "openai".into(), model: "m".into(), batch_id: "b".into(),
     ///     input_file_id: None, status: "validating".into(), output_file_id: None,
-    ///     error_file_id: None, entries: vec![] };
+    ///     error_file_id: None, results_url: None, entries: vec![] };
     /// let path = std::env::temp_dir().join(format!("ek-doc-state-{}.json", std::process::id()));
     /// s.save(&path).unwrap();
     /// assert_eq!(BatchState::load(&path).unwrap(), s);
@@ -180,7 +184,7 @@ impl BatchFiles {
 /// # use executionkit::batch::{BatchRun, BatchState};
 /// let s = BatchState { provider: "openai".into(), model: "m".into(), batch_id: "b".into(),
 ///     input_file_id: None, status: "in_progress".into(), output_file_id: None,
-///     error_file_id: None, entries: vec![] };
+///     error_file_id: None, results_url: None, entries: vec![] };
 /// let run = BatchRun::from_state(s, None);
 /// assert_eq!(run.state().batch_id, "b");
 /// assert!(!run.has_reservations());
@@ -199,7 +203,7 @@ impl BatchRun {
     /// # use executionkit::batch::{BatchRun, BatchState};
     /// # let s = BatchState { provider: "openai".into(), model: "m".into(), batch_id: "b".into(),
     /// #     input_file_id: None, status: "in_progress".into(), output_file_id: None,
-    /// #     error_file_id: None, entries: vec![] };
+    /// #     error_file_id: None, results_url: None, entries: vec![] };
     /// let run = BatchRun::from_state(s, Some("state.json".into()));
     /// assert_eq!(run.state().status, "in_progress");
     /// ```
@@ -218,7 +222,7 @@ impl BatchRun {
     /// # use executionkit::batch::{BatchRun, BatchState};
     /// # let s = BatchState { provider: "openai".into(), model: "m".into(), batch_id: "b".into(),
     /// #     input_file_id: None, status: "completed".into(), output_file_id: None,
-    /// #     error_file_id: None, entries: vec![] };
+    /// #     error_file_id: None, results_url: None, entries: vec![] };
     /// assert!(BatchRun::from_state(s, None).state().is_ended());
     /// ```
     #[must_use]
@@ -233,7 +237,7 @@ impl BatchRun {
     /// # use executionkit::batch::{BatchRun, BatchState};
     /// # let s = BatchState { provider: "openai".into(), model: "m".into(), batch_id: "b".into(),
     /// #     input_file_id: None, status: "completed".into(), output_file_id: None,
-    /// #     error_file_id: None, entries: vec![] };
+    /// #     error_file_id: None, results_url: None, entries: vec![] };
     /// assert!(!BatchRun::from_state(s, None).has_reservations());
     /// ```
     #[must_use]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::openai::{batch_share, path_segment, retry_delay};
+use super::client::{batch_share, path_segment, retry_delay};
 use crate::engine::BudgetLedger;
 use crate::error::{Error, ErrorKind};
 use crate::provider::batch_http::BatchHttp;

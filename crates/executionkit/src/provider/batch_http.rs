@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use url::Url;
@@ -18,8 +18,19 @@ use super::http::{ConnectOptions, Endpoint, endpoint_url, secret_header};
 use super::transport::DEFAULT_MAX_RESPONSE_BYTES;
 use crate::error::{Error, ErrorKind, Result};
 
+/// How the key is sent.
+#[derive(Debug, Clone)]
+pub(crate) enum Auth {
+    /// `Authorization: Bearer <key>` (OpenAI).
+    Bearer,
+    /// `x-api-key: <key>` and `anthropic-version` (Anthropic).
+    Anthropic { version: String },
+}
+
 /// One provider's batch endpoint: its base URL, key and limits.
 pub(crate) struct BatchHttp {
+    /// How the key is sent.
+    pub(crate) auth: Auth,
     base_url: String,
     origin: url::Origin,
     api_key: String,
@@ -40,6 +51,7 @@ impl BatchHttp {
     pub(crate) fn new(base_url: &str, api_key: String, timeout: Duration) -> Result<Self> {
         let url = endpoint_url(base_url, "")?;
         Ok(Self {
+            auth: Auth::Bearer,
             base_url: base_url.trim().to_owned(),
             origin: url.origin(),
             api_key,
@@ -77,11 +89,26 @@ impl BatchHttp {
                 .map_err(|_| Error::invalid_argument("content_type", "bad content type"))?;
             headers.insert(CONTENT_TYPE, v);
         }
-        if !self.api_key.is_empty() {
-            headers.insert(
-                AUTHORIZATION,
-                secret_header(&format!("Bearer {}", self.api_key), "api_key")?,
-            );
+        match &self.auth {
+            Auth::Bearer if !self.api_key.is_empty() => {
+                headers.insert(
+                    AUTHORIZATION,
+                    secret_header(&format!("Bearer {}", self.api_key), "api_key")?,
+                );
+            }
+            Auth::Bearer => {}
+            Auth::Anthropic { version } => {
+                let v = HeaderValue::from_str(version).map_err(|_| {
+                    Error::invalid_argument("anthropic_version", "bad anthropic-version")
+                })?;
+                headers.insert(HeaderName::from_static("anthropic-version"), v);
+                if !self.api_key.is_empty() {
+                    headers.insert(
+                        HeaderName::from_static("x-api-key"),
+                        secret_header(&self.api_key, "api_key")?,
+                    );
+                }
+            }
         }
         let transport = ConnectOptions {
             connect_timeout: None,

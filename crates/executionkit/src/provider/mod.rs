@@ -31,6 +31,7 @@ mod transport;
 #[cfg(feature = "otel")]
 pub(crate) use transport::{Settings, Transport, TransportError};
 
+pub(crate) use anthropic::parse_message as parse_anthropic_message;
 #[cfg_attr(not(feature = "testing"), allow(unused_imports))] // reached through `internals`
 pub use anthropic::{ANTHROPIC_BASE_URL, ANTHROPIC_VERSION};
 pub use anthropic::{AnthropicProvider, AnthropicProviderBuilder};

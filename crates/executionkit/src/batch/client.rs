@@ -1,4 +1,4 @@
-//! The OpenAI Batch API client.
+//! The batch client: OpenAI's Batch API and Anthropic's Message Batches.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,17 +13,18 @@ use super::state::{BatchRun, BatchState, PlannedEntry, file_error, tmp_path};
 use super::{BatchJob, BatchResults};
 use crate::engine::BudgetLedger;
 use crate::error::{Error, ErrorKind, Result};
-use crate::provider::OpenAiProvider;
-use crate::provider::batch_http::{BatchHttp, io_error};
+use crate::provider::ChatRequest;
+use crate::provider::batch_http::{Auth, BatchHttp, io_error};
+use crate::provider::{ANTHROPIC_VERSION, AnthropicProvider, OpenAiProvider};
 
 /// The `max_tokens` an entry asks for when its request sets none.
 pub const DEFAULT_BATCH_MAX_TOKENS: u32 = 4096;
 
-/// Builds an [`OpenAiBatch`].
+/// Builds an [`BatchClient`].
 ///
 /// ```
 /// use std::time::Duration;
-/// let c = executionkit::batch::OpenAiBatch::builder("http://127.0.0.1:9/v1", "m")
+/// let c = executionkit::batch::BatchClient::openai("http://127.0.0.1:9/v1", "m")
 ///     .api_key("sk-test")
 ///     .poll_interval(Duration::from_millis(10))
 ///     .max_poll_interval(Duration::from_secs(1))
@@ -32,7 +33,9 @@ pub const DEFAULT_BATCH_MAX_TOKENS: u32 = 4096;
 /// assert!(!format!("{c:?}").contains("sk-test"));
 /// ```
 #[must_use]
-pub struct OpenAiBatchBuilder {
+pub struct BatchClientBuilder {
+    provider: BatchProvider,
+    anthropic_version: String,
     base_url: String,
     model: String,
     api_key: String,
@@ -47,20 +50,20 @@ pub struct OpenAiBatchBuilder {
     use_env_proxy: bool,
 }
 
-impl fmt::Debug for OpenAiBatchBuilder {
+impl fmt::Debug for BatchClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenAiBatchBuilder")
+        f.debug_struct("BatchClientBuilder")
             .field("base_url", &crate::redact::redact(&self.base_url))
             .field("model", &self.model)
             .finish_non_exhaustive()
     }
 }
 
-impl OpenAiBatchBuilder {
+impl BatchClientBuilder {
     /// The API key (sent as `Authorization: Bearer`, only to the base URL's origin).
     ///
     /// ```
-    /// let b = executionkit::batch::OpenAiBatch::builder("http://127.0.0.1:9/v1", "m").api_key("k");
+    /// let b = executionkit::batch::BatchClient::openai("http://127.0.0.1:9/v1", "m").api_key("k");
     /// assert!(b.build().is_ok());
     /// ```
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
@@ -72,7 +75,7 @@ impl OpenAiBatchBuilder {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let b = executionkit::batch::OpenAiBatch::builder("http://127.0.0.1:9/v1", "m");
+    /// let b = executionkit::batch::BatchClient::openai("http://127.0.0.1:9/v1", "m");
     /// assert!(b.timeout(Duration::ZERO).build().is_err());
     /// ```
     pub fn timeout(mut self, t: Duration) -> Self {
@@ -85,7 +88,7 @@ impl OpenAiBatchBuilder {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let b = executionkit::batch::OpenAiBatch::builder("http://127.0.0.1:9/v1", "m");
+    /// let b = executionkit::batch::BatchClient::openai("http://127.0.0.1:9/v1", "m");
     /// assert!(b.poll_interval(Duration::from_millis(1)).build().is_ok());
     /// ```
     pub fn poll_interval(mut self, d: Duration) -> Self {
@@ -97,7 +100,7 @@ impl OpenAiBatchBuilder {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let b = executionkit::batch::OpenAiBatch::builder("http://127.0.0.1:9/v1", "m");
+    /// let b = executionkit::batch::BatchClient::openai("http://127.0.0.1:9/v1", "m");
     /// assert!(b.max_poll_interval(Duration::from_secs(30)).build().is_ok());
     /// ```
     pub fn max_poll_interval(mut self, d: Duration) -> Self {
@@ -105,12 +108,12 @@ impl OpenAiBatchBuilder {
         self
     }
 
-    /// How long [`OpenAiBatch::wait`] waits for the batch to end (default 25 h: the 24 h
+    /// How long [`BatchClient::wait`] waits for the batch to end (default 25 h: the 24 h
     /// window and the provider's finalising).
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let b = executionkit::batch::OpenAiBatch::builder("http://127.0.0.1:9/v1", "m");
+    /// let b = executionkit::batch::BatchClient::openai("http://127.0.0.1:9/v1", "m");
     /// assert!(b.wait_timeout(Duration::from_secs(60)).build().is_ok());
     /// ```
     pub fn wait_timeout(mut self, d: Duration) -> Self {
@@ -119,10 +122,10 @@ impl OpenAiBatchBuilder {
     }
 
     /// Failed polls in a row (rate limited, timed out, broken, 5xx) tolerated before
-    /// [`OpenAiBatch::wait`] gives up (default 10; a permanent error stops at once).
+    /// [`BatchClient::wait`] gives up (default 10; a permanent error stops at once).
     ///
     /// ```
-    /// let b = executionkit::batch::OpenAiBatch::builder("http://127.0.0.1:9/v1", "m");
+    /// let b = executionkit::batch::BatchClient::openai("http://127.0.0.1:9/v1", "m");
     /// assert!(b.max_poll_failures(0).build().is_ok());
     /// ```
     pub fn max_poll_failures(mut self, n: u32) -> Self {
@@ -133,7 +136,7 @@ impl OpenAiBatchBuilder {
     /// The longest line accepted in a results file (default 1 MiB).
     ///
     /// ```
-    /// let b = executionkit::batch::OpenAiBatch::builder("http://127.0.0.1:9/v1", "m");
+    /// let b = executionkit::batch::BatchClient::openai("http://127.0.0.1:9/v1", "m");
     /// assert!(b.max_line_bytes(0).build().is_err());
     /// ```
     pub fn max_line_bytes(mut self, n: usize) -> Self {
@@ -144,7 +147,7 @@ impl OpenAiBatchBuilder {
     /// The largest results file downloaded (default 1 GiB).
     ///
     /// ```
-    /// let b = executionkit::batch::OpenAiBatch::builder("http://127.0.0.1:9/v1", "m");
+    /// let b = executionkit::batch::BatchClient::openai("http://127.0.0.1:9/v1", "m");
     /// assert!(b.max_download_bytes(1 << 20).build().is_ok());
     /// ```
     pub fn max_download_bytes(mut self, n: usize) -> Self {
@@ -155,7 +158,7 @@ impl OpenAiBatchBuilder {
     /// The `max_tokens` of an entry whose request sets none (default 4096).
     ///
     /// ```
-    /// let b = executionkit::batch::OpenAiBatch::builder("http://127.0.0.1:9/v1", "m");
+    /// let b = executionkit::batch::BatchClient::openai("http://127.0.0.1:9/v1", "m");
     /// assert!(b.default_max_tokens(0).build().is_err());
     /// ```
     pub fn default_max_tokens(mut self, n: u32) -> Self {
@@ -163,10 +166,21 @@ impl OpenAiBatchBuilder {
         self
     }
 
+    /// The `anthropic-version` header of an Anthropic client (default `2023-06-01`).
+    ///
+    /// ```
+    /// let b = executionkit::batch::BatchClient::anthropic("http://127.0.0.1:9", "claude-x");
+    /// assert!(b.anthropic_version("2023-06-01").build().is_ok());
+    /// ```
+    pub fn anthropic_version(mut self, v: impl Into<String>) -> Self {
+        self.anthropic_version = v.into();
+        self
+    }
+
     /// Ignores the proxy variables.
     ///
     /// ```
-    /// let b = executionkit::batch::OpenAiBatch::builder("http://127.0.0.1:9/v1", "m");
+    /// let b = executionkit::batch::BatchClient::openai("http://127.0.0.1:9/v1", "m");
     /// assert!(b.no_proxy().build().is_ok());
     /// ```
     pub fn no_proxy(mut self) -> Self {
@@ -178,9 +192,9 @@ impl OpenAiBatchBuilder {
     /// limit.
     ///
     /// ```
-    /// assert!(executionkit::batch::OpenAiBatch::builder("ftp://x", "m").build().is_err());
+    /// assert!(executionkit::batch::BatchClient::openai("ftp://x", "m").build().is_err());
     /// ```
-    pub fn build(self) -> Result<OpenAiBatch> {
+    pub fn build(self) -> Result<BatchClient> {
         if self.model.trim().is_empty() {
             return Err(Error::invalid_argument("model", "model must not be empty"));
         }
@@ -210,15 +224,31 @@ impl OpenAiBatchBuilder {
             }
         }
         let mut http = BatchHttp::new(&self.base_url, self.api_key, self.timeout)?;
+        if self.provider == BatchProvider::Anthropic {
+            http.auth = Auth::Anthropic {
+                version: self.anthropic_version,
+            };
+        }
         http.max_line_bytes = self.max_line_bytes;
         http.max_download_bytes = self.max_download_bytes;
         http.use_env_proxy = self.use_env_proxy;
         // Serialises each entry's body exactly as a live call would send it (no key).
-        let bodies = OpenAiProvider::builder(self.base_url.clone(), self.model.clone())
-            .default_max_tokens(self.default_max_tokens)
-            .no_proxy()
-            .build()?;
-        Ok(OpenAiBatch {
+        let bodies = match self.provider {
+            BatchProvider::OpenAi => Bodies::OpenAi(
+                OpenAiProvider::builder(self.base_url.clone(), self.model.clone())
+                    .default_max_tokens(self.default_max_tokens)
+                    .no_proxy()
+                    .build()?,
+            ),
+            BatchProvider::Anthropic => Bodies::Anthropic(
+                AnthropicProvider::builder(self.base_url.clone(), self.model.clone())
+                    .default_max_tokens(self.default_max_tokens)
+                    .no_proxy()
+                    .build()?,
+            ),
+        };
+        Ok(BatchClient {
+            provider: self.provider,
             http,
             bodies,
             base_url: self.base_url,
@@ -232,16 +262,51 @@ impl OpenAiBatchBuilder {
     }
 }
 
-/// A client of the OpenAI Batch API (`<base_url>/files`, `<base_url>/batches`), for entries
-/// sent to `/v1/chat/completions`.
+/// Which batch API a [`BatchClient`] speaks.
 ///
 /// ```
-/// let c = executionkit::batch::OpenAiBatch::new("http://127.0.0.1:9/v1", "gpt-4o-mini").unwrap();
+/// assert_eq!(executionkit::batch::BatchProvider::Anthropic.as_str(), "anthropic");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchProvider {
+    /// OpenAI's Batch API: `<base_url>/files`, `<base_url>/batches` (base URL with `/v1`).
+    OpenAi,
+    /// Anthropic's Message Batches: `<base_url>/v1/messages/batches` (base URL without `/v1`).
+    Anthropic,
+}
+
+impl BatchProvider {
+    /// `"openai"` or `"anthropic"` (as in a [`BatchState`]).
+    ///
+    /// ```
+    /// assert_eq!(executionkit::batch::BatchProvider::OpenAi.as_str(), "openai");
+    /// ```
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// Serialises each entry's body exactly as a live call of that dialect would send it.
+enum Bodies {
+    OpenAi(OpenAiProvider),
+    Anthropic(AnthropicProvider),
+}
+
+/// A client of a provider's batch API: OpenAI's Batch API (entries sent to
+/// `/v1/chat/completions`) or Anthropic's Message Batches.
+///
+/// ```
+/// let c = executionkit::batch::BatchClient::new("http://127.0.0.1:9/v1", "gpt-4o-mini").unwrap();
 /// assert_eq!(c.model(), "gpt-4o-mini");
 /// ```
-pub struct OpenAiBatch {
+pub struct BatchClient {
+    provider: BatchProvider,
     http: BatchHttp,
-    bodies: OpenAiProvider,
+    bodies: Bodies,
     base_url: String,
     model: String,
     poll_interval: Duration,
@@ -251,13 +316,90 @@ pub struct OpenAiBatch {
     default_max_tokens: u32,
 }
 
-impl fmt::Debug for OpenAiBatch {
+impl fmt::Debug for BatchClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenAiBatch")
+        f.debug_struct("BatchClient")
             .field("base_url", &crate::redact::redact(&self.base_url))
             .field("model", &self.model)
             .field("api_key", &"***")
             .finish_non_exhaustive()
+    }
+}
+
+impl BatchClient {
+    /// OpenAI: uploads the JSONL file and creates the batch; the file id and the batch object.
+    async fn create_openai(&self, lines: &[Value]) -> Result<(Option<String>, Value)> {
+        let mut jsonl = Vec::new();
+        for line in lines {
+            serde_json::to_writer(&mut jsonl, line).map_err(|e| {
+                Error::new(ErrorKind::InvalidArgument, format!("request body: {e}"))
+            })?;
+            jsonl.push(b'\n');
+        }
+        let boundary = format!("ek-batch-{:032x}", rand::random::<u128>());
+        let file = self
+            .http
+            .post(
+                "/files",
+                &format!("multipart/form-data; boundary={boundary}"),
+                multipart(&boundary, &jsonl),
+            )
+            .await?;
+        let file_id = id_of(&file, "file upload")?;
+        let create = json!({
+            "input_file_id": file_id,
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        });
+        let batch = self
+            .http
+            .post(
+                "/batches",
+                "application/json",
+                serde_json::to_vec(&create).unwrap_or_default(),
+            )
+            .await?;
+        Ok((Some(file_id), batch))
+    }
+
+    /// The URLs holding an ended batch's results, in reading order.
+    fn result_urls(&self, run: &BatchRun) -> Result<Vec<url::Url>> {
+        let s = &run.state;
+        match self.provider {
+            BatchProvider::OpenAi => [&s.output_file_id, &s.error_file_id]
+                .into_iter()
+                .flatten()
+                .map(|id| {
+                    self.http
+                        .url(&format!("/files/{}/content", path_segment(id)))
+                })
+                .collect(),
+            BatchProvider::Anthropic => {
+                let Some(u) = s.results_url.as_deref().filter(|u| !u.trim().is_empty()) else {
+                    return Err(Error::new(
+                        ErrorKind::Provider,
+                        format!("batch {} ended without a results_url", s.batch_id),
+                    ));
+                };
+                let url = url::Url::parse(u).map_err(|_| {
+                    Error::new(
+                        ErrorKind::Provider,
+                        format!("batch {}: its results_url is not a URL", s.batch_id),
+                    )
+                })?;
+                if url.scheme() != "http" && url.scheme() != "https" {
+                    return Err(Error::new(
+                        ErrorKind::Provider,
+                        format!(
+                            "batch {}: its results_url has an unexpected scheme '{}'",
+                            s.batch_id,
+                            url.scheme()
+                        ),
+                    ));
+                }
+                Ok(vec![url])
+            }
+        }
     }
 }
 
@@ -267,24 +409,52 @@ pub(crate) fn retry_delay(error: &Error, interval: Duration, max: Duration) -> D
     error.retry_after().unwrap_or(interval).min(max)
 }
 
-impl OpenAiBatch {
-    /// A client with every default and no key.
+impl BatchClient {
+    /// An OpenAI client with every default and no key.
     ///
     /// ```
-    /// assert!(executionkit::batch::OpenAiBatch::new("http://127.0.0.1:9/v1", " ").is_err());
+    /// assert!(executionkit::batch::BatchClient::new("http://127.0.0.1:9/v1", " ").is_err());
     /// ```
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Result<Self> {
-        Self::builder(base_url, model).build()
+        Self::openai(base_url, model).build()
     }
 
-    /// A builder.
+    /// A builder of an OpenAI Batch API client (`base_url` ends with `/v1`).
     ///
     /// ```
-    /// let c = executionkit::batch::OpenAiBatch::builder("http://127.0.0.1:9/v1", "m").build();
+    /// let c = executionkit::batch::BatchClient::openai("http://127.0.0.1:9/v1", "m").build();
     /// assert!(c.is_ok());
     /// ```
-    pub fn builder(base_url: impl Into<String>, model: impl Into<String>) -> OpenAiBatchBuilder {
-        OpenAiBatchBuilder {
+    pub fn openai(base_url: impl Into<String>, model: impl Into<String>) -> BatchClientBuilder {
+        Self::builder(BatchProvider::OpenAi, base_url, model)
+    }
+
+    /// A builder of an Anthropic Message Batches client (`base_url` without `/v1`, e.g.
+    /// `https://api.anthropic.com`).
+    ///
+    /// ```
+    /// let c = executionkit::batch::BatchClient::anthropic("https://api.anthropic.com", "claude-x").build();
+    /// assert!(c.is_ok());
+    /// ```
+    pub fn anthropic(base_url: impl Into<String>, model: impl Into<String>) -> BatchClientBuilder {
+        Self::builder(BatchProvider::Anthropic, base_url, model)
+    }
+
+    /// A builder for `provider`.
+    ///
+    /// ```
+    /// use executionkit::batch::{BatchClient, BatchProvider};
+    /// let c = BatchClient::builder(BatchProvider::OpenAi, "http://127.0.0.1:9/v1", "m").build().unwrap();
+    /// assert_eq!(c.provider(), BatchProvider::OpenAi);
+    /// ```
+    pub fn builder(
+        provider: BatchProvider,
+        base_url: impl Into<String>,
+        model: impl Into<String>,
+    ) -> BatchClientBuilder {
+        BatchClientBuilder {
+            provider,
+            anthropic_version: ANTHROPIC_VERSION.to_owned(),
             base_url: base_url.into(),
             model: model.into(),
             api_key: String::new(),
@@ -303,12 +473,48 @@ impl OpenAiBatch {
     /// The default model of the entries.
     ///
     /// ```
-    /// # let c = executionkit::batch::OpenAiBatch::new("http://127.0.0.1:9/v1", "m").unwrap();
+    /// # let c = executionkit::batch::BatchClient::new("http://127.0.0.1:9/v1", "m").unwrap();
     /// assert_eq!(c.model(), "m");
     /// ```
     #[must_use]
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// The batch API this client speaks.
+    ///
+    /// ```
+    /// # let c = executionkit::batch::BatchClient::anthropic("http://127.0.0.1:9", "m").build().unwrap();
+    /// assert_eq!(c.provider(), executionkit::batch::BatchProvider::Anthropic);
+    /// ```
+    #[must_use]
+    pub fn provider(&self) -> BatchProvider {
+        self.provider
+    }
+
+    /// The body of one entry, as a live call would send it (no `temperature` unless set).
+    fn entry_body(&self, request: &ChatRequest) -> Result<Value> {
+        let bytes = match &self.bodies {
+            Bodies::OpenAi(p) => p.request_body(request, false)?,
+            Bodies::Anthropic(p) => p.request_body(request, false)?,
+        };
+        let mut body: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("request body: {e}")))?;
+        if let Value::Object(m) = &mut body {
+            if request.temperature.is_none() {
+                m.remove("temperature");
+            }
+            m.remove("stream");
+        }
+        Ok(body)
+    }
+
+    /// The path of the batch object.
+    fn batch_path(&self, id: &str) -> String {
+        match self.provider {
+            BatchProvider::OpenAi => format!("/batches/{}", path_segment(id)),
+            BatchProvider::Anthropic => format!("/v1/messages/batches/{}", path_segment(id)),
+        }
     }
 
     /// Reserves one call and `max_tokens` output tokens per entry, uploads the entries as a
@@ -324,7 +530,7 @@ impl OpenAiBatch {
         let share = batch_share(job.entries().len(), ledger)?;
         let mut reservations = HashMap::with_capacity(job.entries().len());
         let mut planned = Vec::with_capacity(job.entries().len());
-        let mut jsonl = Vec::new();
+        let mut lines = Vec::with_capacity(job.entries().len());
         for entry in job.entries() {
             let mut request = entry.request.clone();
             let model = request.model.clone().unwrap_or_else(|| self.model.clone());
@@ -334,62 +540,45 @@ impl OpenAiBatch {
                 .min(share);
             let r = ledger.reserve(&model, u64::from(wanted), false).await?;
             request.max_tokens = Some(u32::try_from(r.max_tokens()).unwrap_or(wanted));
-            let had_temperature = request.temperature.is_some();
-            let mut body: Value = serde_json::from_slice(
-                &self.bodies.request_body(&request, false)?,
-            )
-            .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("request body: {e}")))?;
-            if let (false, Value::Object(m)) = (had_temperature, &mut body) {
-                m.remove("temperature");
-            }
-            let line = json!({
-                "custom_id": entry.custom_id,
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": body,
+            let body = self.entry_body(&request)?;
+            lines.push(match self.provider {
+                BatchProvider::OpenAi => json!({
+                    "custom_id": entry.custom_id,
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": body,
+                }),
+                BatchProvider::Anthropic => json!({"custom_id": entry.custom_id, "params": body}),
             });
-            serde_json::to_writer(&mut jsonl, &line).map_err(|e| {
-                Error::new(ErrorKind::InvalidArgument, format!("request body: {e}"))
-            })?;
-            jsonl.push(b'\n');
             planned.push(PlannedEntry {
                 custom_id: entry.custom_id.clone(),
                 max_tokens: r.max_tokens(),
             });
             reservations.insert(entry.custom_id.clone(), r);
         }
-        let boundary = format!("ek-batch-{:032x}", rand::random::<u128>());
-        let file = self
-            .http
-            .post(
-                "/files",
-                &format!("multipart/form-data; boundary={boundary}"),
-                multipart(&boundary, &jsonl),
-            )
-            .await?;
-        let file_id = id_of(&file, "file upload")?;
-        let batch = self
-            .http
-            .post(
-                "/batches",
-                "application/json",
-                serde_json::to_vec(&json!({
-                    "input_file_id": file_id,
-                    "endpoint": "/v1/chat/completions",
-                    "completion_window": "24h",
-                }))
-                .unwrap_or_default(),
-            )
-            .await?;
+        let (file_id, batch) = match self.provider {
+            BatchProvider::OpenAi => self.create_openai(&lines).await?,
+            BatchProvider::Anthropic => {
+                let body = serde_json::to_vec(&json!({ "requests": lines })).map_err(|e| {
+                    Error::new(ErrorKind::InvalidArgument, format!("request body: {e}"))
+                })?;
+                let batch = self
+                    .http
+                    .post("/v1/messages/batches", "application/json", body)
+                    .await?;
+                (None, batch)
+            }
+        };
         let batch_id = id_of(&batch, "batch creation")?;
         let mut state = BatchState {
-            provider: "openai".into(),
+            provider: self.provider.as_str().into(),
             model: self.model.clone(),
             batch_id,
-            input_file_id: Some(file_id),
+            input_file_id: file_id,
             status: String::new(),
             output_file_id: None,
             error_file_id: None,
+            results_url: None,
             entries: planned,
         };
         update_state(&mut state, &batch);
@@ -406,7 +595,7 @@ impl OpenAiBatch {
     /// [`submit`](Self::submit)); nothing is sent.
     ///
     /// ```
-    /// let c = executionkit::batch::OpenAiBatch::new("http://127.0.0.1:9/v1", "m").unwrap();
+    /// let c = executionkit::batch::BatchClient::new("http://127.0.0.1:9/v1", "m").unwrap();
     /// assert!(c.resume("/nonexistent/state.json".as_ref()).unwrap_err().is_invalid_argument());
     /// ```
     pub fn resume(&self, path: &Path) -> Result<BatchRun> {
@@ -429,7 +618,7 @@ impl OpenAiBatch {
         let id = &run.state.batch_id;
         let v = self
             .http
-            .get(&format!("/batches/{}", path_segment(id)))
+            .get(&self.batch_path(id))
             .await
             .map_err(|e| e.with_metadata("batch_id", id.clone()))?;
         let before = run.state.clone();
@@ -499,13 +688,7 @@ impl OpenAiBatch {
             .await
             .map_err(|e| file_error(&tmp, &e))?;
         let mut written = 0;
-        for id in [&run.state.output_file_id, &run.state.error_file_id]
-            .into_iter()
-            .flatten()
-        {
-            let url = self
-                .http
-                .url(&format!("/files/{}/content", path_segment(id)))?;
+        for url in self.result_urls(run)? {
             written += self.http.download(&url, &mut out).await?;
         }
         tokio::io::AsyncWriteExt::flush(&mut out)
@@ -531,7 +714,8 @@ impl OpenAiBatch {
         let path = path.to_path_buf();
         let max = self.http.max_line_bytes;
         let ledger = Arc::clone(ledger);
-        tokio::task::spawn_blocking(move || collect_file(run, &path, max, &ledger))
+        let provider = self.provider;
+        tokio::task::spawn_blocking(move || collect_file(run, &path, max, provider, &ledger))
             .await
             .map_err(|e| Error::new(ErrorKind::Provider, format!("batch collection: {e}")))?
     }
@@ -603,8 +787,19 @@ pub(crate) fn path_segment(id: &str) -> String {
 
 /// Copies the status and file ids of a batch object into the state.
 fn update_state(state: &mut BatchState, v: &Value) {
-    if let Some(s) = v.get("status").and_then(Value::as_str) {
+    let status = v
+        .get("status")
+        .or_else(|| v.get("processing_status"))
+        .and_then(Value::as_str);
+    if let Some(s) = status {
         s.clone_into(&mut state.status);
+    }
+    if let Some(u) = v
+        .get("results_url")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        state.results_url = Some(u.to_owned());
     }
     for (key, slot) in [
         ("output_file_id", &mut state.output_file_id),
