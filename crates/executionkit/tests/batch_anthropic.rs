@@ -4,7 +4,11 @@
 //! JSONL `{custom_id, result: {type, message | error}}`. Reference section 22, scenarios
 //! 181–184, with the spend on every error and the key kept to the provider's own origin.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_pass_by_value)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::needless_pass_by_value
+)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -49,7 +49,9 @@ mod state;
 mod tests;
 
 pub use client::{BatchClient, BatchClientBuilder, BatchProvider};
-pub use patterns::{consensus_batch, map_batch, run_job};
+pub use patterns::{
+    consensus_batch, consensus_job, consensus_vote, map_batch, map_job, map_values, run_job,
+};
 pub use results::{BatchResults, EntryReport, EntryStatus};
 pub use state::{BatchFiles, BatchRun, BatchState, PlannedEntry};
 

@@ -79,34 +79,9 @@ pub async fn consensus_batch(
     files: &BatchFiles,
     ledger: &Arc<BudgetLedger>,
 ) -> Result<PatternResult<String>> {
-    if samples < 1 {
-        return Err(Error::invalid_argument(
-            "num_samples",
-            "num_samples must be >= 1, got 0",
-        ));
-    }
-    let entries = (0..samples)
-        .map(|i| {
-            let mut request = ChatRequest::new(vec![Message::user(prompt)]);
-            request.temperature = Some(0.9);
-            BatchEntry::new(format!("consensus-{i}"), request)
-        })
-        .collect();
-    let job = BatchJob::new(entries)?;
+    let job = consensus_job(prompt, samples)?;
     let results = run_job(client, &job, files, ledger).await?;
-    let texts = results.texts();
-    let t = tally(&texts, strategy).map_err(|e| {
-        e.with_cost(results.cost)
-            .with_usd(results.usd)
-            .with_metadata("batch_id", results.batch_id.clone())
-    })?;
-    Ok(PatternResult::new(texts[t.winner_index].to_owned())
-        .with_score(t.agreement_ratio)
-        .with_cost(results.cost)
-        .with_metadata("agreement_ratio", t.agreement_ratio)
-        .with_metadata("unique_responses", t.unique_responses)
-        .with_metadata("tie_count", t.tie_count)
-        .with_metadata("batch_id", results.batch_id.clone()))
+    consensus_vote(&results, strategy)
 }
 
 /// One request per prompt (`map-0` …), in one batch; the value is the texts in prompt order
@@ -129,6 +104,82 @@ pub async fn map_batch<S: AsRef<str>>(
     files: &BatchFiles,
     ledger: &Arc<BudgetLedger>,
 ) -> Result<PatternResult<Vec<String>>> {
+    let job = map_job(prompts, temperature)?;
+    let results = run_job(client, &job, files, ledger).await?;
+    Ok(map_values(&results))
+}
+
+/// The job [`consensus_batch`] submits: `samples` entries `consensus-<i>`, each the user
+/// message `prompt` at temperature 0.9. `invalid_argument` for 0 samples.
+///
+/// ```
+/// let job = executionkit::batch::consensus_job("2+2?", 3).unwrap();
+/// assert_eq!(job.entries()[2].custom_id, "consensus-2");
+/// assert_eq!(job.entries()[0].request.temperature, Some(0.9));
+/// assert!(executionkit::batch::consensus_job("q", 0).unwrap_err().is_invalid_argument());
+/// ```
+pub fn consensus_job(prompt: &str, samples: usize) -> Result<BatchJob> {
+    if samples < 1 {
+        return Err(Error::invalid_argument(
+            "num_samples",
+            "num_samples must be >= 1, got 0",
+        ));
+    }
+    let entries = (0..samples)
+        .map(|i| {
+            let mut request = ChatRequest::new(vec![Message::user(prompt)]);
+            request.temperature = Some(0.9);
+            BatchEntry::new(format!("consensus-{i}"), request)
+        })
+        .collect();
+    BatchJob::new(entries)
+}
+
+/// The vote over a collected batch, with the tally [`Consensus`](crate::Consensus) uses:
+/// value = the winner, score = the agreement ratio, cost = the batch's usage, metadata
+/// `agreement_ratio`, `unique_responses`, `tie_count`, `batch_id`. A failed vote carries the
+/// batch's spend.
+///
+/// ```
+/// use executionkit::{TokenUsage, VotingStrategy};
+/// use executionkit::batch::{BatchResults, EntryReport, EntryStatus, consensus_vote};
+/// let entry = |t: &str| EntryReport { custom_id: t.into(), status: EntryStatus::Succeeded,
+///     usage: TokenUsage::new(1, 1, 1), text: Some(t.into()), detail: None };
+/// let r = BatchResults { batch_id: "b".into(), entries: vec![entry("Paris"), entry("Paris"), entry("Rome")],
+///     cost: TokenUsage::new(3, 3, 3), usd: None };
+/// let v = consensus_vote(&r, VotingStrategy::Majority).unwrap();
+/// assert_eq!((v.value.as_str(), v.metadata["unique_responses"].as_u64()), ("Paris", Some(2)));
+/// let e = consensus_vote(&r, VotingStrategy::Unanimous).unwrap_err();
+/// assert_eq!(e.cost(), TokenUsage::new(3, 3, 3));
+/// ```
+pub fn consensus_vote(
+    results: &BatchResults,
+    strategy: VotingStrategy,
+) -> Result<PatternResult<String>> {
+    let texts = results.texts();
+    let t = tally(&texts, strategy).map_err(|e| {
+        e.with_cost(results.cost)
+            .with_usd(results.usd)
+            .with_metadata("batch_id", results.batch_id.clone())
+    })?;
+    Ok(PatternResult::new(texts[t.winner_index].to_owned())
+        .with_score(t.agreement_ratio)
+        .with_cost(results.cost)
+        .with_metadata("agreement_ratio", t.agreement_ratio)
+        .with_metadata("unique_responses", t.unique_responses)
+        .with_metadata("tie_count", t.tie_count)
+        .with_metadata("batch_id", results.batch_id.clone()))
+}
+
+/// The job [`map_batch`] submits: one entry `map-<i>` per prompt; `temperature` only when
+/// given. `invalid_argument` for no prompts.
+///
+/// ```
+/// let job = executionkit::batch::map_job(&["a", "b"], None).unwrap();
+/// assert_eq!(job.entries()[1].custom_id, "map-1");
+/// assert!(executionkit::batch::map_job::<&str>(&[], None).unwrap_err().message().contains("non-empty"));
+/// ```
+pub fn map_job<S: AsRef<str>>(prompts: &[S], temperature: Option<f64>) -> Result<BatchJob> {
     if prompts.is_empty() {
         return Err(Error::invalid_argument(
             "prompts",
@@ -144,11 +195,22 @@ pub async fn map_batch<S: AsRef<str>>(
             BatchEntry::new(format!("map-{i}"), request)
         })
         .collect();
-    let job = BatchJob::new(entries)?;
-    let results = run_job(client, &job, files, ledger).await?;
+    BatchJob::new(entries)
+}
+
+/// The texts of a collected batch in submission order, with metadata `batch_id` and
+/// `num_requests`.
+///
+/// ```
+/// use executionkit::TokenUsage;
+/// use executionkit::batch::{BatchResults, map_values};
+/// let r = BatchResults { batch_id: "b".into(), entries: vec![], cost: TokenUsage::default(), usd: None };
+/// assert_eq!(map_values(&r).metadata["num_requests"], 0);
+/// ```
+pub fn map_values(results: &BatchResults) -> PatternResult<Vec<String>> {
     let texts = results.texts().into_iter().map(str::to_owned).collect();
-    Ok(PatternResult::new(texts)
+    PatternResult::new(texts)
         .with_cost(results.cost)
-        .with_metadata("batch_id", results.batch_id)
-        .with_metadata("num_requests", Value::from(prompts.len())))
+        .with_metadata("batch_id", results.batch_id.clone())
+        .with_metadata("num_requests", Value::from(results.entries.len()))
 }
