@@ -450,6 +450,7 @@ async fn a_rate_limited_or_broken_poll_is_retried_and_a_permanent_one_is_not() {
         .unwrap_err();
     assert!(e.is_permanent(), "{e}");
     assert_eq!(e.metadata()["batch_id"], "batch_1");
+    assert_eq!(e.cost(), TokenUsage::new(0, 0, 1));
     assert_eq!(
         requests(&server, "GET", "/v1/batches/batch_1").await.len(),
         1
@@ -514,6 +515,8 @@ async fn a_batch_that_never_ends_times_out_naming_its_last_status() {
     .await
     .unwrap_err();
     assert!(e.is_timeout(), "{e}");
+    // The call it reserved counts: every error carries the spend.
+    assert_eq!(e.cost(), TokenUsage::new(0, 0, 1));
     assert!(
         e.message().contains("did not end within") && e.message().contains("in_progress"),
         "{e}"

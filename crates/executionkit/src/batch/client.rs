@@ -527,7 +527,7 @@ impl BatchClient {
         ledger: &Arc<BudgetLedger>,
         state_path: Option<&Path>,
     ) -> Result<BatchRun> {
-        let share = batch_share(job.entries().len(), ledger)?;
+        let share = batch_share(job.entries().len(), &self.model, ledger)?;
         let mut reservations = HashMap::with_capacity(job.entries().len());
         let mut planned = Vec::with_capacity(job.entries().len());
         let mut lines = Vec::with_capacity(job.entries().len());
@@ -655,7 +655,8 @@ impl BatchClient {
                 }
                 Err(e) => return Err(e),
             };
-            if tokio::time::Instant::now() + delay > deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
@@ -667,7 +668,7 @@ impl BatchClient {
                 )
                 .with_metadata("batch_id", run.state.batch_id.clone()));
             }
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(delay.min(deadline - now)).await;
         }
     }
 
@@ -725,7 +726,7 @@ impl BatchClient {
 /// entries' reservations are held together until the batch ends, so one entry must never wait
 /// for another's return); `budget_exhausted` when the calls or the output tokens left cannot
 /// cover `n` entries. Nothing is reserved here.
-pub(crate) fn batch_share(n: usize, ledger: &BudgetLedger) -> Result<u32> {
+pub(crate) fn batch_share(n: usize, model: &str, ledger: &BudgetLedger) -> Result<u32> {
     let left = ledger.remaining();
     let n64 = n as u64;
     let exhausted = |field: &str, what: String| {
@@ -743,14 +744,38 @@ pub(crate) fn batch_share(n: usize, ledger: &BudgetLedger) -> Result<u32> {
             format!("{n} entries need {n} calls, {calls} left"),
         ));
     }
-    match left.output_tokens {
-        Some(tokens) if tokens / n64.max(1) == 0 => Err(exhausted(
-            "output_tokens",
-            format!("{n} entries need at least {n} output tokens, {tokens} left"),
-        )),
-        Some(tokens) => Ok(u32::try_from(tokens / n64.max(1)).unwrap_or(u32::MAX)),
-        None => Ok(u32::MAX),
+    let mut share = u64::from(u32::MAX);
+    if let Some(tokens) = left.output_tokens {
+        if tokens / n64.max(1) == 0 {
+            return Err(exhausted(
+                "output_tokens",
+                format!("{n} entries need at least {n} output tokens, {tokens} left"),
+            ));
+        }
+        share = share.min(tokens / n64.max(1));
     }
+    // Dollars are reserved for the output part too: every entry's part must fit at once.
+    let per_million = ledger
+        .budget()
+        .rates_for(model)
+        .map(|r| r.output_usd(1_000_000))
+        .filter(|p| *p > 0.0);
+    if let (Some(usd), Some(per_million)) = (left.usd, per_million) {
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let tokens = (usd * 1e6 / n as f64 / per_million).floor().max(0.0) as u64;
+        if tokens == 0 {
+            return Err(exhausted(
+                "usd",
+                format!("{n} entries need more than the ${usd:.6} left"),
+            ));
+        }
+        share = share.min(tokens);
+    }
+    Ok(u32::try_from(share).unwrap_or(u32::MAX))
 }
 
 /// The body of `POST /files`: `purpose=batch` and the JSONL as `file`.

@@ -11,6 +11,7 @@ use crate::engine::voting::{VotingStrategy, tally};
 use crate::error::{Error, Result};
 use crate::provider::{ChatRequest, Message};
 use crate::result::PatternResult;
+use crate::usage::TokenUsage;
 
 /// Submits `job` (or, when `files.state` names an existing state file, resumes the batch it
 /// names without submitting again), waits for it, downloads its results to `files.results`
@@ -45,8 +46,21 @@ pub async fn run_job(
         }
         None => client.submit(job, ledger, files.state.as_deref()).await?,
     };
-    client.wait(&mut run).await?;
-    client.download(&run, &files.results).await?;
+    // Until collected, the spend this run knows of is the calls it reserved.
+    let calls = if run.has_reservations() {
+        run.state().entries.len() as u64
+    } else {
+        0
+    };
+    let spent = |e: Error| {
+        if e.cost() == TokenUsage::default() {
+            e.with_cost(TokenUsage::new(0, 0, calls))
+        } else {
+            e
+        }
+    };
+    client.wait(&mut run).await.map_err(spent)?;
+    client.download(&run, &files.results).await.map_err(spent)?;
     let results = client.collect(run, &files.results, ledger).await?;
     if let Some(p) = &files.state {
         // Best effort: a state left behind only makes the next run re-collect this batch.

@@ -28,16 +28,32 @@ fn retry_after_is_honoured_up_to_the_longest_interval() {
 #[test]
 fn the_share_of_each_entry_fits_all_entries_at_once() {
     let l = BudgetLedger::new(Budget::new().max_output_tokens(100));
-    assert_eq!(batch_share(3, &l).unwrap(), 33);
-    let e = batch_share(101, &l).unwrap_err();
+    assert_eq!(batch_share(3, "m", &l).unwrap(), 33);
+    let e = batch_share(101, "m", &l).unwrap_err();
     assert!(e.is_budget_exhausted() && e.metadata()["exhausted"] == "output_tokens");
     assert_eq!(
-        batch_share(5, &BudgetLedger::unlimited()).unwrap(),
+        batch_share(5, "m", &BudgetLedger::unlimited()).unwrap(),
         u32::MAX
     );
     let calls = BudgetLedger::new(Budget::new().max_calls(4));
-    assert!(batch_share(4, &calls).is_ok());
-    assert!(batch_share(5, &calls).unwrap_err().is_budget_exhausted());
+    assert!(batch_share(4, "m", &calls).is_ok());
+    assert!(
+        batch_share(5, "m", &calls)
+            .unwrap_err()
+            .is_budget_exhausted()
+    );
+    // $1 at $10 per million output tokens: 100_000 tokens, 25_000 for each of 4 entries.
+    let priced = BudgetLedger::new(
+        Budget::new()
+            .max_usd(1.0)
+            .default_price(crate::usage::CostRates::new(0.0, 10.0).unwrap()),
+    );
+    assert_eq!(batch_share(4, "m", &priced).unwrap(), 25_000);
+    let e = batch_share(200_000, "m", &priced).unwrap_err();
+    assert!(
+        e.is_budget_exhausted() && e.metadata()["exhausted"] == "usd",
+        "{e}"
+    );
 }
 
 #[tokio::test]
