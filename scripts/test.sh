@@ -9,10 +9,12 @@
 #      (the first run builds llama.cpp: ~7 minutes on 2 cores; later runs reuse .cache/ek), and
 #      llama-cpp-python's server for real tool calls via scripts/start-llama-tools.sh (first run
 #      ~10 minutes), and the OpenAI Python SDK in a venv (scripts/setup-openai-sdk.sh, the client
-#      of the `ek serve` tests) — in the background while cargo compiles the tests,
+#      of the `ek serve` tests), and the MCP clients (scripts/setup-mcp-clients.sh: the Python
+#      `mcp` SDK in a venv and the MCP Inspector from npm, the clients of the `ek mcp` tests) —
+#      in the background while cargo compiles the tests,
 #   3. `cargo test --workspace --all-targets` and `cargo test --workspace --doc` with
 #      EK_LLMOCK_URL, EK_LLAMA_URL, EK_LLAMA_KEY, EK_LLAMA_TOOLS_URL, EK_PROXY_URL,
-#      EK_PROXY_AUTH_URL, EK_OPENAI_PY and EK_REQUIRE_SERVERS=1
+#      EK_PROXY_AUTH_URL, EK_OPENAI_PY, EK_MCP_PY, EK_MCP_INSPECTOR and EK_REQUIRE_SERVERS=1
 #      exported (so tests that need a server fail instead of skipping),
 #   4. runs every example and the README's first command on the embedded offline model,
 # and stops the servers it started, whatever happens.
@@ -80,6 +82,9 @@ servers=(
 [ -x scripts/start-llama-tools.sh ] && servers+=("scripts/start-llama-tools.sh $EK_CACHE/llama-tools.pid")
 # Not a server: the OpenAI Python SDK in a venv, the client of the `ek serve` tests (EK_OPENAI_PY).
 servers+=("scripts/setup-openai-sdk.sh")
+# Nor these: the official Python MCP SDK and the MCP Inspector, the clients of the `ek mcp` tests
+# (EK_MCP_PY, EK_MCP_INSPECTOR).
+servers+=("scripts/setup-mcp-clients.sh")
 
 if [ "${EK_NO_SERVERS:-0}" != 1 ]; then
   # Start (and on the first run build) the servers in the background, one after another, while

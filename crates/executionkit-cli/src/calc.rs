@@ -334,6 +334,17 @@ fn finite(v: f64) -> Result<f64, CalcError> {
     }
 }
 
+/// The fuzz target `calc` (fuzz/), also replayed on its corpus by the tests: never panics, and a
+/// result is a finite number that formats.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_one(data: &[u8]) {
+    let expr = String::from_utf8_lossy(data);
+    if let Ok(v) = evaluate(&expr) {
+        assert!(v.is_finite(), "{expr:?} gave {v}");
+        assert!(!format_number(v).is_empty());
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -559,11 +559,13 @@ fn provider_def(
     let base_url = match &p.base_url {
         Some(u) => {
             let text = u.get_ref();
-            let shown = executionkit::redact::redact(text);
+            // An invalid URL is not quoted: the line says where it is, and text that is not a
+            // URL may hold a key in a form the redaction cannot see (found by the fuzzer:
+            // `…xsk-…@host`, `…Ghsk-…` with no scheme).
             let url = url::Url::parse(text).map_err(|e| {
                 at(
                     u.span(),
-                    format!("{ctx}: base_url is not a valid URL ({e}): {shown}"),
+                    format!("{ctx}: base_url is not a valid URL ({e})"),
                 )
             })?;
             if !matches!(url.scheme(), "http" | "https") {
@@ -578,7 +580,10 @@ fn provider_def(
             if url.password().is_some() || !url.username().is_empty() {
                 return Err(at(
                     u.span(),
-                    format!("{ctx}: base_url must not hold credentials ({shown}); use api_key_env"),
+                    format!(
+                        "{ctx}: base_url must not hold credentials (a user or password before \
+                         `@`); use api_key_env"
+                    ),
                 ));
             }
             text.clone()
@@ -661,6 +666,29 @@ fn provider_def(
         rpm: per_minute(&p.rpm, "rpm")?,
         tpm: per_minute(&p.tpm, "tpm")?,
     })
+}
+
+/// The fuzz target `config` (fuzz/), also replayed on its corpus by the tests: checking a config
+/// file never panics, a refused file is an `invalid_argument`, and its message never quotes a
+/// value shaped like an API key (`sk-` and 8 or more letters, digits or dashes).
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_one(data: &[u8]) {
+    let src = String::from_utf8_lossy(data);
+    if let Err(e) = Config::parse("ek.toml", &src) {
+        assert_eq!(e.kind(), executionkit::ErrorKind::InvalidArgument, "{e}");
+        let msg = e.to_string();
+        let mut rest = src.as_ref();
+        while let Some(i) = rest.find("sk-") {
+            let key: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            if key.len() >= 11 {
+                assert!(!msg.contains(&key), "the message quotes {key:?}: {msg}");
+            }
+            rest = &rest[i + 3..];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -861,5 +889,21 @@ weighted = [{ use = "primary", weight = 3 }, { use = "backup", weight = 1 }]
             .get("--provider", "f")
             .unwrap_err();
         assert!(e.message().contains("other prices"), "{}", e.message());
+    }
+
+    /// Found by the fuzzer (fuzz/corpus/config/crash-a508…, crash-30cd…): an invalid base_url
+    /// holding a key-shaped run after other letters was quoted whole in the message.
+    #[test]
+    fn an_invalid_base_url_is_not_quoted() {
+        for url in [
+            "pxsk-abcdefghijklmnop@host",
+            "hxxEGhsk-abcdefghijk",
+            "not a url",
+        ] {
+            let src = format!("[providers.a]\nbase_url = \"{url}\"\nmodel = \"m\"\n");
+            let e = Config::parse("ek.toml", &src).unwrap_err().to_string();
+            assert!(e.contains("line 2") && e.contains("not a valid URL"), "{e}");
+            assert!(!e.contains(url), "{e}");
+        }
     }
 }

@@ -9,6 +9,8 @@ mod cli;
 mod config;
 mod endpoint;
 mod eval;
+#[cfg(test)]
+mod fuzz_replay;
 mod inputs;
 mod many;
 mod mcp;

@@ -247,6 +247,16 @@ fn parse_f64(v: &str) -> Option<f64> {
     v.parse::<f64>().ok().filter(|x| x.is_finite())
 }
 
+/// The fuzz target `step` (fuzz/), also replayed on its corpus by the tests: the `--step`
+/// grammar never panics, and a refused step is an `invalid_argument`.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_one(data: &[u8]) {
+    let spec = String::from_utf8_lossy(data);
+    if let Err(e) = parse_step(1, &spec, &CallOptions::default()) {
+        assert_eq!(e.kind(), executionkit::ErrorKind::InvalidArgument, "{e}");
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

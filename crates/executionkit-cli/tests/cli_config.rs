@@ -259,9 +259,9 @@ async fn twenty_samples_under_max_calls_20_with_a_failing_first_provider() {
     assert_eq!(code(&o), 1, "{v}");
     let err = &v["error"];
     assert_eq!(err["kind"], "budget_exhausted", "{v}");
-    // A call is counted when it is reserved, so one cancelled in flight when the budget ran out
-    // (at most the 4 in flight) is counted whether or not it reached its server: every request
-    // a server received is counted, and the counts add up.
+    // A call cancelled in flight when the budget ran out (at most the 4 in flight) counts once
+    // its request was written, and is given back if it was not: every request a server received
+    // is counted, and the counts add up.
     let by = &err["metadata"]["cost_by_provider"];
     let (cp, cb) = (calls(&by["primary"]), calls(&by["backup"]));
     assert!(
@@ -270,7 +270,7 @@ async fn twenty_samples_under_max_calls_20_with_a_failing_first_provider() {
     );
     assert!(b as u64 <= cb && cb <= b as u64 + 4, "{by}: backup got {b}");
     assert_eq!(calls(&err["cost"]), cp + cb);
-    assert_eq!(calls(&err["cost"]), 20);
+    assert!(calls(&err["cost"]) <= 20, "{v}");
 }
 
 #[tokio::test]

@@ -112,8 +112,13 @@ async fn lists_calls_rejects_and_survives_malformed_lines() {
     assert_eq!(consensus["additionalProperties"], false);
     assert_eq!(consensus["properties"]["n"]["minimum"], 1);
     assert_eq!(consensus["properties"]["n"]["maximum"], 9);
-    assert!(consensus["properties"]["temperature"].is_object());
-    assert!(consensus["properties"]["strategy"].is_object());
+    assert_eq!(consensus["properties"]["n"]["type"], "integer");
+    assert_eq!(consensus["properties"]["n"]["default"], 3);
+    assert_eq!(consensus["properties"]["temperature"]["type"], "number");
+    assert_eq!(
+        consensus["properties"]["strategy"]["enum"],
+        json!(["majority", "unanimous"])
+    );
     let react = &tools[2]["inputSchema"];
     assert_eq!(react["properties"]["max_rounds"]["maximum"], 8);
     assert_eq!(
@@ -178,12 +183,16 @@ async fn lists_calls_rejects_and_survives_malformed_lines() {
     );
 
     // Malformed lines: JSON that is not a message gets Invalid Request (id null); a line that is
-    // not JSON is skipped without a reply (rmcp, like the other official SDKs). The server goes on.
+    // not JSON gets a Parse error (id null); a blank line is skipped. The server goes on.
     s.send_line("[1, 2, 3]").await;
     let reply = s.read().await;
     assert_eq!(reply["error"]["code"], -32600, "{reply}");
     assert!(reply["id"].is_null());
     s.send_line("this is not json {").await;
+    let reply = s.read().await;
+    assert_eq!(reply["error"]["code"], -32700, "{reply}");
+    assert_eq!(reply["error"]["message"], "Parse error", "{reply}");
+    assert!(reply.as_object().unwrap().contains_key("id") && reply["id"].is_null());
     s.send_line("").await;
 
     // react_loop on the offline model answers without tools.
@@ -384,14 +393,14 @@ async fn requests_are_handled_concurrently() {
     assert_eq!(s.finish().await, 0);
 }
 
-/// Counts the requests it receives and answers each after 500 ms.
-struct SlowCounter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+/// Counts the requests it receives and answers each after the delay (ms).
+struct SlowCounter(std::sync::Arc<std::sync::atomic::AtomicUsize>, u64);
 
 impl wiremock::Respond for SlowCounter {
     fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         wiremock::ResponseTemplate::new(200)
-            .set_delay(std::time::Duration::from_millis(500))
+            .set_delay(std::time::Duration::from_millis(self.1))
             .set_body_json(json!({
                 "choices": [{"index": 0, "finish_reason": "stop",
                     "message": {"role": "assistant", "content": "a"}}],
@@ -408,7 +417,7 @@ async fn a_cancelled_call_stops_its_pattern() {
     let server = wiremock::MockServer::start().await;
     let seen = Arc::new(AtomicUsize::new(0));
     wiremock::Mock::given(method("POST"))
-        .respond_with(SlowCounter(Arc::clone(&seen)))
+        .respond_with(SlowCounter(Arc::clone(&seen), 500))
         .mount(&server)
         .await;
     let mut s = Session::start_env(&["--max-retries", "0"], &common::endpoint(&server)).await;
@@ -440,4 +449,364 @@ async fn a_cancelled_call_stops_its_pattern() {
     );
     // No reply to the cancelled request, and the server still exits cleanly at EOF.
     assert_eq!(s.finish().await, 0);
+}
+
+#[tokio::test]
+async fn a_garbage_line_gets_a_parse_error_and_the_connection_goes_on() {
+    let mut s = Session::start(&[]).await;
+    for garbage in [
+        "garbage",
+        "{\"jsonrpc\": \"2.0\", \"id\": 5,",
+        "\u{fffd}\u{1}",
+    ] {
+        s.send_line(garbage).await;
+        let reply = s.read().await;
+        assert_eq!(
+            reply,
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "Parse error"}})
+        );
+    }
+    // Not valid UTF-8 either.
+    let w = s.stdin.as_mut().unwrap();
+    w.write_all(b"\xff\xfe{}\n").await.unwrap();
+    w.flush().await.unwrap();
+    assert_eq!(s.read().await["error"]["code"], -32700);
+    // The same connection still serves requests.
+    let list = s.request(2, "tools/list", json!({})).await;
+    assert_eq!(
+        list["result"]["tools"].as_array().unwrap().len(),
+        5,
+        "{list}"
+    );
+    // A CRLF line and a UTF-8 byte-order mark are fine.
+    s.send_line("\u{feff}{\"jsonrpc\": \"2.0\", \"id\": 3, \"method\": \"ping\"}\r")
+        .await;
+    let ping = s.read().await;
+    assert_eq!(ping["id"], 3, "{ping}");
+    assert!(ping["result"].is_object(), "{ping}");
+    assert_eq!(s.finish().await, 0);
+}
+
+#[tokio::test]
+async fn unknown_methods_get_an_error_reply() {
+    // Before initialize: the Python SDK's 2.x client first sends `server/discover` and falls back
+    // to `initialize` only on an error reply.
+    let mut c = common::command(&["mcp"], &[] as &[(&str, &str)]);
+    c.stdin(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let discover = json!({"jsonrpc": "2.0", "id": 0, "method": "server/discover", "params": {}});
+    stdin
+        .write_all(format!("{discover}\n").as_bytes())
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(reply["id"], 0, "{reply}");
+    assert!(reply["error"]["code"].is_i64(), "{reply}");
+    // The fallback: `initialize` on the same connection works.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "cli_mcp", "version": "0"}}});
+    stdin
+        .write_all(format!("{init}\n").as_bytes())
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(reply["id"], 1, "{reply}");
+    assert_eq!(
+        reply["result"]["serverInfo"]["name"], "executionkit",
+        "{reply}"
+    );
+    drop(stdin);
+    assert!(lines.next_line().await.unwrap().is_none());
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+
+    // After initialize: Method not found.
+    let mut s = Session::start(&[]).await;
+    let r = s.request(2, "foo/bar", json!({})).await;
+    assert_eq!(r["error"]["code"], -32601, "{r}");
+    assert_eq!(s.finish().await, 0);
+}
+
+#[tokio::test]
+async fn a_progress_token_gets_progress_notifications_before_the_result() {
+    let mut s = Session::start(&[]).await;
+    s.send_line(
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "consensus", "arguments": {"prompt": "q", "n": 5},
+                "_meta": {"progressToken": "tok-1"}}})
+        .to_string(),
+    )
+    .await;
+    let mut progress = Vec::new();
+    let result = loop {
+        let m = s.read().await;
+        if m["method"] == "notifications/progress" {
+            progress.push(m["params"].clone());
+        } else {
+            break m;
+        }
+    };
+    assert_eq!(result["id"], 2, "{result}");
+    assert_eq!(result["result"]["isError"], false, "{result}");
+    assert_eq!(progress.len(), 5, "{progress:?}");
+    for (i, p) in progress.iter().enumerate() {
+        assert_eq!(p["progressToken"], "tok-1", "{p}");
+        assert_eq!(p["progress"].as_f64().unwrap(), (i + 1) as f64, "{p}");
+        assert_eq!(p["total"].as_f64().unwrap(), 5.0, "{p}");
+        assert!(p["message"].as_str().unwrap().contains("consensus"), "{p}");
+    }
+
+    // A numeric token, a budget as the total of a pattern without a planned count.
+    let mut s2 = Session::start(&["--max-calls", "4"]).await;
+    s2.send_line(
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "refine", "arguments": {"prompt": "q", "max_iterations": 1},
+                "_meta": {"progressToken": 77}}})
+        .to_string(),
+    )
+    .await;
+    let mut seen = 0.0;
+    let result = loop {
+        let m = s2.read().await;
+        if m["method"] != "notifications/progress" {
+            break m;
+        }
+        assert_eq!(m["params"]["progressToken"], 77, "{m}");
+        assert_eq!(m["params"]["total"], 4.0, "{m}");
+        let p = m["params"]["progress"].as_f64().unwrap();
+        assert!(p > seen, "not monotone: {m}");
+        seen = p;
+    };
+    assert_eq!(result["id"], 2, "{result}");
+    assert!(seen >= 1.0, "no progress for refine");
+    assert_eq!(s2.finish().await, 0);
+
+    // Without a token: no notifications, the reply comes first.
+    let r = s
+        .request(
+            3,
+            "tools/call",
+            json!({"name": "consensus",
+        "arguments": {"prompt": "q", "n": 2}}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], false, "{r}");
+    assert_eq!(s.finish().await, 0);
+}
+
+/// The client script of the real-client tests.
+const PY_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/python_client.py");
+
+/// Runs the Python client script in `mode` against the built `ek`, with `env`; its JSON line.
+async fn python_client(python: &str, mode: &str, env: &[(&str, String)]) -> Value {
+    let mut c = tokio::process::Command::new(python);
+    c.args([PY_CLIENT, env!("CARGO_BIN_EXE_ek"), mode])
+        .env_remove("EXECUTIONKIT_BASE_URL")
+        .env_remove("EXECUTIONKIT_MODEL")
+        .env_remove("EXECUTIONKIT_API_KEY")
+        .env("NO_PROXY", "127.0.0.1")
+        .kill_on_drop(true);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "python client ({mode}) failed: {}\n{stdout}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+#[tokio::test]
+async fn python_mcp_client_lists_and_calls_every_tool() {
+    let Some(python) = common::server_url("EK_MCP_PY", "scripts/setup-mcp-clients.sh") else {
+        return;
+    };
+    let seen = python_client(&python, "tools", &[]).await;
+    assert_eq!(seen["server"], "executionkit", "{seen}");
+    assert_eq!(
+        seen["tools"],
+        json!(["consensus", "pipe", "react_loop", "refine", "structured"])
+    );
+    for tool in ["consensus", "react_loop", "refine", "structured", "pipe"] {
+        assert!(seen["calls"][tool].as_u64().unwrap() >= 1, "{seen}");
+    }
+    assert_eq!(seen["concurrent"], 4, "{seen}");
+    assert_eq!(seen["progress"].as_array().unwrap().len(), 5, "{seen}");
+    assert_eq!(seen["error"], "invalid_argument", "{seen}");
+    assert_eq!(seen["client"], "ok", "{seen}");
+}
+
+#[tokio::test]
+async fn python_mcp_client_cancels_a_call() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use wiremock::matchers::method;
+    let Some(python) = common::server_url("EK_MCP_PY", "scripts/setup-mcp-clients.sh") else {
+        return;
+    };
+    let server = wiremock::MockServer::start().await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    // Each reply takes 2 s: the client cancels after 1 s, while the first five are in flight.
+    wiremock::Mock::given(method("POST"))
+        .respond_with(SlowCounter(Arc::clone(&seen), 2000))
+        .mount(&server)
+        .await;
+    let out = python_client(&python, "cancel", &common::endpoint(&server)).await;
+    assert_eq!(out["cancelled"], true, "{out}");
+    assert_eq!(out["ping"], "ok", "{out}");
+    // The client waited 3 s after cancelling: an uncancelled run would have sent its second wave.
+    assert!(
+        seen.load(Ordering::SeqCst) <= 5,
+        "the cancelled pattern kept sampling: {} requests",
+        seen.load(Ordering::SeqCst)
+    );
+}
+
+/// Runs the MCP Inspector's CLI (`--cli`) against `ek mcp` with `args`; its JSON output.
+async fn inspector(cli_js: &str, args: &[&str]) -> Value {
+    let o = tokio::process::Command::new("node")
+        .args([cli_js, "--cli", env!("CARGO_BIN_EXE_ek"), "mcp"])
+        .args(args)
+        .env_remove("EXECUTIONKIT_BASE_URL")
+        .env_remove("EXECUTIONKIT_MODEL")
+        .env_remove("EXECUTIONKIT_API_KEY")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "inspector {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[tokio::test]
+async fn mcp_inspector_cli_lists_and_calls_every_tool() {
+    let Some(cli) = common::server_url("EK_MCP_INSPECTOR", "scripts/setup-mcp-clients.sh") else {
+        return;
+    };
+    let list = inspector(&cli, &["--method", "tools/list"]).await;
+    let names: Vec<&str> = list["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["consensus", "pipe", "react_loop", "refine", "structured"]
+    );
+    // The inspector passes every --tool-arg as a string and converts it by the schema's type
+    // (numbers, arrays and objects), so these exercise the schemas too.
+    let schema = r#"{"type":"object","properties":{"name":{"type":"string"}},"required":["name"]}"#;
+    let steps = r#"["consensus samples=2","refine max_iterations=1"]"#;
+    let calls: [(&str, Vec<String>); 5] = [
+        (
+            "consensus",
+            vec![
+                "prompt=What is 2+2?".into(),
+                "n=3".into(),
+                "strategy=majority".into(),
+                "temperature=0.5".into(),
+            ],
+        ),
+        (
+            "react_loop",
+            vec!["prompt=What is 17 * 83?".into(), "max_rounds=2".into()],
+        ),
+        (
+            "refine",
+            vec![
+                "prompt=Explain tides".into(),
+                "max_iterations=1".into(),
+                "target_score=0.5".into(),
+            ],
+        ),
+        (
+            "structured",
+            vec![
+                "prompt=A city".into(),
+                format!("schema={schema}"),
+                "max_repairs=1".into(),
+            ],
+        ),
+        (
+            "pipe",
+            vec!["prompt=Explain tides".into(), format!("steps={steps}")],
+        ),
+    ];
+    for (tool, args) in calls {
+        let mut a = vec!["--method", "tools/call", "--tool-name", tool];
+        for arg in &args {
+            a.extend(["--tool-arg", arg.as_str()]);
+        }
+        let r = inspector(&cli, &a).await;
+        assert_ne!(r["isError"], true, "{tool}: {r}");
+        assert!(
+            r["structuredContent"]["cost"]["llm_calls"]
+                .as_u64()
+                .unwrap()
+                >= 1,
+            "{tool}: {r}"
+        );
+    }
+    // A tool error: the inspector exits 0 and shows isError with the error's JSON.
+    let r = inspector(
+        &cli,
+        &[
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "consensus",
+            "--tool-arg",
+            "prompt=q",
+            "--tool-arg",
+            "n=20",
+        ],
+    )
+    .await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(
+        r["structuredContent"]["error"]["kind"], "invalid_argument",
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn requests_in_flight_at_eof_are_answered_with_their_progress() {
+    let mut s = Session::start(&[]).await;
+    for id in [2, 3] {
+        s.send_line(
+            &json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": "consensus", "arguments": {"prompt": "q", "n": 3},
+                    "_meta": {"progressToken": id}}})
+            .to_string(),
+        )
+        .await;
+    }
+    // A request rmcp cannot parse: its Invalid Request reply has no id, and EOF does not wait on it.
+    s.send_line(r#"{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": "bad"}"#)
+        .await;
+    drop(s.stdin.take());
+    let (mut progress, mut results) = (0, Vec::new());
+    while let Some(line) = s.lines.next_line().await.unwrap() {
+        let m: Value = serde_json::from_str(&line).unwrap();
+        if m["method"] == "notifications/progress" {
+            progress += 1;
+        } else if m["result"].is_object() {
+            results.push(m["id"].as_u64().unwrap());
+        }
+    }
+    results.sort_unstable();
+    assert_eq!(results, [2, 3]);
+    assert_eq!(progress, 6);
+    assert_eq!(s.child.wait().await.unwrap().code(), Some(0));
 }

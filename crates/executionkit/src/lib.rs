@@ -17,6 +17,8 @@ mod engine;
 mod error;
 pub mod eval;
 pub mod events;
+#[cfg(feature = "testing")]
+mod fuzzing;
 pub mod guide;
 mod kit;
 #[cfg(feature = "otel")]
@@ -121,6 +123,10 @@ pub mod internals {
     /// Output schemas.
     pub mod schema {
         pub use crate::engine::schema::*;
+    }
+    /// The bodies of the fuzz targets (`fuzz/`), replayed on the committed corpus by the tests.
+    pub mod fuzz {
+        pub use crate::fuzzing::*;
     }
     /// Server-sent events.
     pub mod sse {

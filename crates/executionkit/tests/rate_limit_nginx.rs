@@ -22,16 +22,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{TcpListener, TcpStream};
+mod common;
+
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use executionkit::prelude::*;
 use executionkit::{ChatRequest, CostTracker, Message, OpenAiProvider, RateLimited};
 use governor::Quota;
+
+use common::nginx::{Nginx, nginx_binary};
 
 /// Slack added to every window's span. nginx's `$msec` and `$request_time` are rounded to the
 /// millisecond (2 ms), and between the limiter granting a permit and nginx reading the request
@@ -52,196 +52,22 @@ const TOKENS_PER_REQUEST: u64 = 100;
 
 const REPLY: &str = r#"{"id":"chatcmpl-nginx","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Paris"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":95,"total_tokens":100}}"#;
 
-/// The nginx binary, or `None` (after saying so) to skip.
-fn nginx_binary() -> Option<PathBuf> {
-    let (path, missing) = match std::env::var_os("EK_NGINX") {
-        Some(p) => {
-            let p = PathBuf::from(p);
-            let missing = format!("EK_NGINX={} is not a file", p.display());
-            (p, missing)
-        }
-        None => {
-            let on_path = std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("nginx"))
-                    .find(|p| p.is_file())
-            });
-            let p = on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"));
-            (p, "nginx is not installed".to_owned())
-        }
-    };
-    let found = Some(path).filter(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("EK_REQUIRE_SERVERS").as_deref() != Ok("1"),
-            "EK_REQUIRE_SERVERS=1 but {missing}: apt-get install nginx-light (or set EK_NGINX \
-             to its path)"
-        );
-        eprintln!("skipping: {missing} (apt-get install nginx-light, or set EK_NGINX)");
-    }
-    found
-}
-
-/// A private nginx on 127.0.0.1 (one process: `master_process off`), in a fresh directory
-/// under the system's temp dir. Dropping it kills nginx and removes the directory.
-struct Nginx {
-    bin: PathBuf,
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Nginx {
-    /// Starts nginx answering `POST /v1/chat/completions` with `reply` and logging each
-    /// request's `$msec $request_time $status`.
-    fn start(bin: &Path, reply: &str) -> Self {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ek-rate-limit-nginx-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::create_dir(dir.join("tmp")).unwrap();
-        // A port that was free a moment ago; another process may take it first, so a failed
-        // bind is retried on a new one.
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let conf = dir.join("nginx.conf");
-            std::fs::write(&conf, config(&dir, port, reply)).unwrap();
-            let mut child = Command::new(bin)
-                .arg("-p")
-                .arg(&dir)
-                .arg("-c")
-                .arg(&conf)
-                .arg("-e")
-                .arg(dir.join("error.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            if wait_ready(&mut child, port) {
-                return Nginx {
-                    bin: bin.to_owned(),
-                    child,
-                    dir,
-                    port,
-                };
-            }
-            let _ = child.wait();
-            let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-            assert!(
-                log.contains("Address already in use"),
-                "nginx did not start: {log}"
-            );
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        panic!("no free port for nginx after 5 tries");
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}/v1", self.port)
-    }
-
-    /// Stops nginx gracefully (`nginx -s quit`) and waits for it: it writes a request's log
-    /// line after sending the reply, so only then is the log complete.
-    fn stop(&mut self) {
-        let status = Command::new(&self.bin)
-            .arg("-p")
-            .arg(&self.dir)
-            .arg("-c")
-            .arg(self.dir.join("nginx.conf"))
-            .arg("-e")
-            .arg(self.dir.join("error.log"))
-            .args(["-s", "quit"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "nginx -s quit: {status}");
-        self.child.wait().unwrap();
-    }
-
-    /// Stops nginx, then reads when it saw each request arrive, in milliseconds
-    /// (`$msec - $request_time`), sorted.
-    fn request_starts_ms(&mut self) -> Vec<u64> {
-        self.stop();
-        let log = std::fs::read_to_string(self.dir.join("access.log")).unwrap();
-        let mut starts: Vec<u64> = log
-            .lines()
-            .map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                assert_eq!(fields.len(), 3, "log line {line:?}");
-                assert_eq!(fields[2], "200", "log line {line:?}");
-                millis(fields[0]) - millis(fields[1])
-            })
-            .collect();
-        starts.sort_unstable();
-        starts
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Waits until nginx accepts connections on `port` (`true`) or has exited (`false`); kills it
-/// and fails if it does neither within ten seconds.
-fn wait_ready(child: &mut Child, port: u16) -> bool {
-    for _ in 0..500 {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("nginx did not listen on 127.0.0.1:{port}");
-}
-
-/// nginx's configuration: one process in the foreground, everything under `dir`.
-fn config(dir: &Path, port: u16, reply: &str) -> String {
-    let d = dir.display();
-    format!(
-        r"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    keepalive_timeout 60s;
-    log_format ek_times '$msec $request_time $status';
-    access_log {d}/access.log ek_times;
-    server {{
-        listen 127.0.0.1:{port};
-        location = /v1/chat/completions {{
-            default_type application/json;
-            return 200 '{reply}';
-        }}
-        location / {{ return 404; }}
-    }}
-}}
-"
-    )
+/// Stops nginx, then reads when it saw each request arrive, in milliseconds
+/// (`$msec - $request_time`), sorted.
+fn request_starts_ms(nginx: &mut Nginx) -> Vec<u64> {
+    nginx.stop();
+    let log = std::fs::read_to_string(nginx.dir.join("access.log")).unwrap();
+    let mut starts: Vec<u64> = log
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields.len(), 3, "log line {line:?}");
+            assert_eq!(fields[2], "200", "log line {line:?}");
+            millis(fields[0]) - millis(fields[1])
+        })
+        .collect();
+    starts.sort_unstable();
+    starts
 }
 
 /// `"1700000000.123"` (seconds with milliseconds, as nginx logs them) in milliseconds.
@@ -307,7 +133,7 @@ async fn requests_per_period_hold_at_nginx() {
     let Some(bin) = nginx_binary() else {
         return;
     };
-    let mut nginx = Nginx::start(&bin, REPLY);
+    let mut nginx = Nginx::start(&bin, REPLY, true);
     let limit = Limit {
         burst: 3,
         period: Duration::from_millis(100),
@@ -326,7 +152,7 @@ async fn requests_per_period_hold_at_nginx() {
     assert_eq!(r.cost.llm_calls, REQUESTS as u64);
     assert_eq!(provider.permits_taken(), REQUESTS as u64);
 
-    let starts = nginx.request_starts_ms();
+    let starts = request_starts_ms(&mut nginx);
     assert_eq!(starts.len(), REQUESTS, "requests in nginx's log");
     let worst = check_windows(&starts, 1, limit).unwrap();
     eprintln!(
@@ -344,7 +170,7 @@ async fn tokens_per_period_hold_at_nginx() {
     let Some(bin) = nginx_binary() else {
         return;
     };
-    let mut nginx = Nginx::start(&bin, REPLY);
+    let mut nginx = Nginx::start(&bin, REPLY, true);
     let tokens = Limit {
         burst: 3 * TOKENS_PER_REQUEST,
         period: Duration::from_millis(1),
@@ -367,7 +193,7 @@ async fn tokens_per_period_hold_at_nginx() {
     assert_eq!(provider.tokens_charged(), Some(reported));
     assert_eq!(provider.token_balance(), Some(0));
 
-    let starts = nginx.request_starts_ms();
+    let starts = request_starts_ms(&mut nginx);
     assert_eq!(starts.len(), REQUESTS, "requests in nginx's log");
     let worst = check_windows(&starts, TOKENS_PER_REQUEST, tokens).unwrap();
     eprintln!(

@@ -19,6 +19,7 @@ use super::retry::{FullJitter, RetryPolicy};
 use super::text_sink::{TextEvent, TextSink};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventSink};
+use crate::provider::wire::{self, Probed, WireProbe};
 use crate::provider::{
     ChatRequest, ChatStream, DEFAULT_MAX_TOKENS, LlmProvider, LlmResponse, Route, RouteEntry,
     StreamEvent, moves_on,
@@ -780,24 +781,76 @@ impl RunContext {
             .await
             .map_err(|e| (0, e))?;
         // A failover entry's share is counted when its call is reserved, so a call cancelled
-        // in flight is in it too.
+        // in flight is in it too (unless it never reached the wire: `InFlight`).
         if let Some(name) = entry {
             tracker.add_provider_cost(name, TokenUsage::new(0, 0, 1));
         }
         let call = reservation.call();
         let span = llm_span(provider, &req, attempt);
-        match provider.complete(&req).instrument(span.clone()).await {
+        let in_flight = InFlight::new(reservation, tracker, entry);
+        let sent = wire::scope(Arc::clone(&in_flight.probe), provider.complete(&req));
+        match sent.instrument(span.clone()).await {
             Ok(resp) => {
-                self.finish(reservation, &resp, tracker, &span);
+                if let Some(reservation) = in_flight.done() {
+                    self.finish(reservation, &resp, tracker, &span);
+                }
                 if let Some(name) = entry {
                     tracker.add_provider_cost(name, TokenUsage::from(resp.usage));
                 }
                 Ok((call, resp))
             }
             Err(e) => {
+                // A failed call counts, sent or not (as every attempt does).
+                drop(in_flight.done());
                 span.record(ERROR_TYPE, e.kind().as_str());
                 span.record("otel.status_code", "ERROR");
                 Err((call, e))
+            }
+        }
+    }
+}
+
+/// A reserved call in flight. Dropped before [`done`](Self::done) (its future was cancelled)
+/// after the transport began its request but before any connection was given it
+/// ([`WireProbe::never_sent`]), the call never reached a server: it is given back to the ledger
+/// and taken out of the tracker and the entry's share, so that the calls counted are the
+/// requests the servers received. A call cancelled later, or on a provider off the transport,
+/// counts.
+struct InFlight<'t> {
+    reservation: Option<Reservation>,
+    probe: Arc<WireProbe>,
+    tracker: &'t CostTracker,
+    entry: Option<Arc<str>>,
+}
+
+impl<'t> InFlight<'t> {
+    fn new(reservation: Reservation, tracker: &'t CostTracker, entry: Option<&Arc<str>>) -> Self {
+        Self {
+            reservation: Some(reservation),
+            probe: Arc::new(WireProbe::default()),
+            tracker,
+            entry: entry.cloned(),
+        }
+    }
+
+    /// The call's number.
+    fn call(&self) -> u64 {
+        self.reservation.as_ref().map_or(0, Reservation::call)
+    }
+
+    /// The call ended (answered or failed): its reservation, to settle or drop as usual
+    /// (always there: `new` holds one and `done` consumes the guard).
+    fn done(mut self) -> Option<Reservation> {
+        self.reservation.take()
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            if self.probe.never_sent() {
+                r.unsent();
+                self.tracker.remove_call(self.entry.as_ref());
             }
         }
     }
@@ -830,11 +883,12 @@ impl Sent<'_> {
     }
 }
 
-/// `delay` raised to a rate-limited error's `Retry-After`, capped at the policy's `max_delay`.
+/// `delay` raised to the error's `Retry-After` (a 429's, or a 5xx's that sent one), capped at the
+/// policy's `max_delay`.
 fn cap_retry_after(policy: &RetryPolicy, e: &Error, delay: Duration) -> Duration {
     match e.retry_after() {
-        Some(ra) if e.is_rate_limited() => delay.max(ra).min(policy.max_delay_value()),
-        _ => delay,
+        Some(ra) => delay.max(ra).min(policy.max_delay_value()),
+        None => delay,
     }
 }
 
@@ -862,10 +916,10 @@ fn llm_span(provider: &dyn LlmProvider, req: &ChatRequest, attempt: u32) -> trac
 }
 
 /// One attempt of a checked stream in progress.
-struct Attempt {
+struct Attempt<'t> {
     call: u64,
-    reservation: Reservation,
-    inner: ChatStream,
+    in_flight: InFlight<'t>,
+    inner: Probed<ChatStream>,
     span: tracing::Span,
 }
 
@@ -911,7 +965,7 @@ struct CheckedStream<'a> {
     request: ChatRequest,
     backoff: FullJitter,
     attempt: u32,
-    current: Option<Attempt>,
+    current: Option<Attempt<'a>>,
     delivered: bool,
     done: bool,
     route: Option<StreamRoute>,
@@ -944,10 +998,14 @@ impl CheckedStream<'_> {
                 .add_provider_cost(&e.name, TokenUsage::new(0, 0, 1));
         }
         let span = llm_span(provider, &req, self.attempt);
-        let inner = provider.stream(req.into_owned());
+        let in_flight = InFlight::new(reservation, self.tracker, entry.as_ref().map(|e| &e.name));
+        let inner = Probed::new(
+            provider.stream(req.into_owned()),
+            Arc::clone(&in_flight.probe),
+        );
         self.current = Some(Attempt {
-            call: reservation.call(),
-            reservation,
+            call: in_flight.call(),
+            in_flight,
             inner,
             span,
         });
@@ -989,7 +1047,9 @@ impl CheckedStream<'_> {
                 Some(Ok(StreamEvent::Finished(resp))) => {
                     self.done = true;
                     if let Some(a) = self.current.take() {
-                        self.ctx.finish(a.reservation, &resp, self.tracker, &a.span);
+                        if let Some(reservation) = a.in_flight.done() {
+                            self.ctx.finish(reservation, &resp, self.tracker, &a.span);
+                        }
                     }
                     if let Some(e) = self.route.as_ref().and_then(StreamRoute::current) {
                         self.tracker
@@ -1011,7 +1071,7 @@ impl CheckedStream<'_> {
                 a.span.record(ERROR_TYPE, err.kind().as_str());
                 a.span.record("otel.status_code", "ERROR");
                 // Dropping the reservation returns its unused output tokens; the call counts.
-                drop(a);
+                drop(a.in_flight.done());
             }
             let failed_on = self.entry_provider();
             let delay = if self.delivered {

@@ -214,7 +214,8 @@ impl RetryPolicy {
     }
 
     /// The wait before the next attempt after `err` failed attempt `attempt`: the jittered
-    /// delay, raised to the server's `Retry-After` but capped at `max_delay`.
+    /// delay, raised to the server's `Retry-After` (of a 429, or of a 5xx that sent one) but
+    /// capped at `max_delay`.
     ///
     /// ```
     /// use std::time::Duration;
@@ -227,8 +228,8 @@ impl RetryPolicy {
     pub fn wait_after(&self, err: &Error, attempt: u32) -> Duration {
         let d = self.delay(attempt);
         match err.retry_after() {
-            Some(ra) if err.is_rate_limited() => d.max(ra).min(self.max_delay),
-            _ => d,
+            Some(ra) => d.max(ra).min(self.max_delay),
+            None => d,
         }
     }
 

@@ -170,9 +170,9 @@ pub(super) fn is_json(headers: &HeaderMap) -> bool {
         })
 }
 
-/// The wait a 429 asks for: `retry-after-ms` when present and valid, else `Retry-After`
-/// (§3.2; an absent header counts as "1").
-pub(super) fn retry_after_of(headers: &HeaderMap) -> Duration {
+/// The wait a reply's headers ask for, when they ask: `retry-after-ms` when present and valid,
+/// else `Retry-After` (§3.2).
+pub(super) fn explicit_retry_after(headers: &HeaderMap) -> Option<Duration> {
     let ms = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
@@ -180,18 +180,24 @@ pub(super) fn retry_after_of(headers: &HeaderMap) -> Duration {
         .filter(|x| x.is_finite());
     let secs = match ms {
         Some(ms) => (ms / 1000.0).max(0.0),
-        None => match headers.get(RETRY_AFTER) {
-            Some(v) => parse_retry_after(v.to_str().unwrap_or(""), 1.0),
-            None => 1.0,
-        },
+        None => parse_retry_after(headers.get(RETRY_AFTER)?.to_str().unwrap_or(""), 1.0),
     };
-    Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(u64::from(u32::MAX)))
+    Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(u64::from(u32::MAX))))
+}
+
+/// The wait a 429 asks for: [`explicit_retry_after`], and an absent header counts as "1"
+/// (§3.2).
+pub(super) fn retry_after_of(headers: &HeaderMap) -> Duration {
+    explicit_retry_after(headers).unwrap_or(Duration::from_secs(1))
 }
 
 /// Classifies a non-2xx reply (reference §3.1 and OVERRIDES): 429 → `rate_limited` (unless
 /// the body says `insufficient_quota`, then `permanent`); 400, 401, 403, 404, 405, 413, 422 →
 /// `permanent`; anything else (5xx, Anthropic's 529 "overloaded" among them) → `provider`,
-/// which the default retry policy retries. `clean` redacts the server's detail.
+/// which the default retry policy retries. `retry_after` is kept on a 429 (1 s when absent) and
+/// on a 5xx that sent one (beyond the reference, which reads it on 429 only: a 503 with
+/// `Retry-After` says when the service expects to be back, and the retry waits for it, within
+/// the policy's `max_delay`). `clean` redacts the server's detail.
 pub(super) fn classify_status(
     status: u16,
     body: &[u8],
@@ -219,10 +225,16 @@ pub(super) fn classify_status(
             ErrorKind::Permanent,
             with_detail(format!("Provider request failed with HTTP {status}")),
         ),
-        _ => Error::new(
-            ErrorKind::Provider,
-            with_detail(format!("Provider request failed with HTTP {status}")),
-        ),
+        _ => {
+            let e = Error::new(
+                ErrorKind::Provider,
+                with_detail(format!("Provider request failed with HTTP {status}")),
+            );
+            match retry_after {
+                Some(d) if status >= 500 => e.with_retry_after(d),
+                _ => e,
+            }
+        }
     };
     e.with_http_status(status)
 }
@@ -306,7 +318,11 @@ impl Endpoint {
     /// Reads (a bounded prefix of) a failed reply and classifies it (§3.1).
     pub(super) async fn status_error(&self, reply: Box<Reply>) -> Error {
         let status = reply.status.as_u16();
-        let retry_after = (status == 429).then(|| retry_after_of(&reply.headers));
+        let retry_after = match status {
+            429 => Some(retry_after_of(&reply.headers)),
+            500..=599 => explicit_retry_after(&reply.headers),
+            _ => None,
+        };
         // An unreadable or slow error body is treated as `{}`.
         let body = tokio::time::timeout(self.timeout, Box::pin((*reply).prefix(MAX_ERROR_BODY)))
             .await
@@ -431,5 +447,25 @@ mod tests {
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
         let q = br#"{"error":{"code":"insufficient_quota","message":"out of credit"}}"#;
         assert!(classify_status(429, q, None, id).is_permanent());
+        // A 5xx keeps a Retry-After it sent (the retry waits for it); other statuses do not.
+        let e = classify_status(503, b"{}", Some(Duration::from_secs(2)), id);
+        assert!(e.is_provider());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+        assert_eq!(classify_status(500, b"{}", None, id).retry_after(), None);
+        assert_eq!(
+            classify_status(404, b"{}", Some(Duration::from_secs(2)), id).retry_after(),
+            None
+        );
+    }
+
+    #[test]
+    fn retry_after_is_explicit_or_absent() {
+        let mut h = HeaderMap::new();
+        assert_eq!(explicit_retry_after(&h), None);
+        assert_eq!(retry_after_of(&h), Duration::from_secs(1));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("2.5"));
+        assert_eq!(explicit_retry_after(&h), Some(Duration::from_millis(2500)));
+        h.insert("retry-after-ms", HeaderValue::from_static("300"));
+        assert_eq!(explicit_retry_after(&h), Some(Duration::from_millis(300)));
     }
 }

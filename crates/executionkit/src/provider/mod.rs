@@ -28,6 +28,7 @@ mod rate_limit;
 mod router;
 pub(crate) mod sse;
 mod transport;
+pub(crate) mod wire;
 #[cfg(feature = "otel")]
 pub(crate) use transport::{Settings, Transport, TransportError};
 

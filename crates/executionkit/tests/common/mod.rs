@@ -4,17 +4,21 @@
 //! terminating reverse proxy before a plain-http/1.1 server), [`wire`] (the three wires a suite
 //! runs over: http/1.1, https/1.1, https/2, and `over_wires!`), [`hostile`] (a raw-TCP
 //! server that misbehaves at the byte level) and [`counting`] (a relay that counts each test's
-//! requests to a shared server); [`attacks`] holds the hostile-server suites' attacks.
+//! requests to a shared server), [`chaos`] (a fault-injecting TCP proxy: latency, bandwidth,
+//! resets, stalls, black holes), [`nginx`] (a private fixed-reply nginx); [`attacks`] holds the
+//! hostile-server suites' attacks.
 //! `tests/harness_selftest.rs` tests the servers.
 
 #![allow(dead_code)] // each test file uses part of this
 
 pub mod attacks;
+pub mod chaos;
 pub mod chat;
 pub mod counting;
 pub mod h2;
 pub mod h2relay;
 pub mod hostile;
+pub mod nginx;
 pub mod tls;
 pub mod wire;
 

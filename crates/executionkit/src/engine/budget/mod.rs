@@ -604,11 +604,17 @@ impl BudgetLedger {
     /// Returns `r` at this level and every level above, recording `usage` at each; wakes
     /// waiters once every level is updated. Returns the call's cost at this level's prices.
     fn release(&self, r: &Reservation, usage: Option<Usage>) -> f64 {
-        let usd = self.release_level(r.max_tokens, r.own, usage);
+        self.release_as(r, usage, false)
+    }
+
+    /// [`release`](Self::release); with `unsent`, the call is given back too (it never reached
+    /// a server: [`Reservation::unsent`]).
+    fn release_as(&self, r: &Reservation, usage: Option<Usage>, unsent: bool) -> f64 {
+        let usd = self.release_level(r.max_tokens, r.own, usage, unsent);
         let mut level = self.parent.as_deref();
         for grant in &r.ancestors {
             let Some(l) = level else { break };
-            l.release_level(r.max_tokens, *grant, usage);
+            l.release_level(r.max_tokens, *grant, usage, unsent);
             level = l.parent.as_deref();
         }
         // Read after the locks are released: a waiter counts itself before it reads the state.
@@ -619,9 +625,18 @@ impl BudgetLedger {
         usd
     }
 
-    fn release_level(&self, granted: u64, grant: LevelGrant, usage: Option<Usage>) -> f64 {
+    fn release_level(
+        &self,
+        granted: u64,
+        grant: LevelGrant,
+        usage: Option<Usage>,
+        unsent: bool,
+    ) -> f64 {
         let mut s = self.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
+        if unsent {
+            s.spent.llm_calls = s.spent.llm_calls.saturating_sub(1);
+        }
         s.reserved_output = s.reserved_output.saturating_sub(granted);
         s.reserved_usd = (s.reserved_usd - grant.usd_reserved).max(0.0);
         let mut usd = 0.0;

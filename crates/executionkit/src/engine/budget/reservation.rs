@@ -106,6 +106,15 @@ impl Reservation {
     }
 }
 
+impl Reservation {
+    /// Returns the reservation and the call: the call never reached a server (it was cancelled
+    /// before its request was handed to a connection), so it is not counted.
+    pub(crate) fn unsent(mut self) {
+        self.settled = true;
+        self.ledger.release_as(&self, None, true);
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.settled {

@@ -76,6 +76,25 @@ impl CostTracker {
         Some(serde_json::Value::Object(map))
     }
 
+    /// Takes back a call counted by [`add_call`](Self::add_call) (and its entry's share) that
+    /// never reached a server.
+    pub(crate) fn remove_call(&self, entry: Option<&Arc<str>>) {
+        let _ = self
+            .0
+            .calls
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1));
+        if let Some(name) = entry {
+            let mut all = self
+                .0
+                .by_provider
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((_, u)) = all.iter_mut().find(|(n, _)| n == name) {
+                u.llm_calls = u.llm_calls.saturating_sub(1);
+            }
+        }
+    }
+
     /// Counts one call.
     ///
     /// ```

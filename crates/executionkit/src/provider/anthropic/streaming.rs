@@ -269,6 +269,7 @@ impl Decoder {
                 return Step::Item(ev);
             }
             if self.acc.stopped {
+                crate::provider::sse::drain_tail(&mut self.events).await;
                 return Step::Last(self.finish());
             }
             match self.events.next().await {

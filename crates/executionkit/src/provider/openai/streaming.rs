@@ -36,6 +36,7 @@ impl Decoder {
                 return Step::Item(ev);
             }
             if self.acc.saw_done() {
+                crate::provider::sse::drain_tail(&mut self.events).await;
                 return Step::Last(self.finish());
             }
             match self.events.next().await {

@@ -38,6 +38,25 @@ impl<E> ByteLimitError<E> {
     }
 }
 
+/// A raw-byte limit passed (the error without its inner stream's type, so that it can wait in
+/// [`ByteLimits`] while the lines before it go on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    Line(usize),
+    Event(usize),
+    Stream(u64),
+}
+
+impl Limit {
+    fn error<E>(self) -> ByteLimitError<E> {
+        match self {
+            Self::Line(n) => ByteLimitError::Line(n),
+            Self::Event(n) => ByteLimitError::Event(n),
+            Self::Stream(n) => ByteLimitError::Stream(n),
+        }
+    }
+}
+
 impl<E: std::fmt::Display> std::fmt::Display for ByteLimitError<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -84,27 +103,32 @@ enum AfterCr {
 
 impl Framing {
     /// Counts `bytes`; the first limit passed, in byte order (a line before an event when both
-    /// pass at the same byte), is the error.
-    fn scan<E>(
+    /// pass at the same byte), is the error, with the offset in `bytes` of the byte that passed
+    /// it.
+    fn scan(
         &mut self,
-        mut bytes: &[u8],
+        bytes: &[u8],
         max_line: usize,
         max_event: usize,
-    ) -> std::result::Result<(), ByteLimitError<E>> {
+    ) -> Result<(), (Limit, usize)> {
+        let mut at = 0;
         loop {
-            let (run, ending) = match memchr::memchr2(b'\n', b'\r', bytes) {
-                Some(i) => (i, bytes.get(i).copied()),
-                None => (bytes.len(), None),
+            let rest = bytes.get(at..).unwrap_or_default();
+            let (run, ending) = match memchr::memchr2(b'\n', b'\r', rest) {
+                Some(i) => (i, rest.get(i).copied()),
+                None => (rest.len(), None),
             };
             if run > 0 {
                 let line_room = max_line.saturating_sub(self.line);
                 let event_room = max_event.saturating_sub(self.event);
-                if run > line_room.min(event_room) {
-                    return Err(if line_room <= event_room {
-                        ByteLimitError::Line(max_line)
+                let room = line_room.min(event_room);
+                if run > room {
+                    let limit = if line_room <= event_room {
+                        Limit::Line(max_line)
                     } else {
-                        ByteLimitError::Event(max_event)
-                    });
+                        Limit::Event(max_event)
+                    };
+                    return Err((limit, at + room));
                 }
                 self.line += run;
                 self.event += run;
@@ -133,9 +157,9 @@ impl Framing {
                 (true, false) => AfterCr::Line,
             };
             if self.event > max_event {
-                return Err(ByteLimitError::Event(max_event));
+                return Err((Limit::Event(max_event), at + run));
             }
-            bytes = bytes.get(run + 1..).unwrap_or_default();
+            at += run + 1;
         }
     }
 }
@@ -146,9 +170,10 @@ pub(super) const LINES_PER_PIECE: usize = 16;
 pin_project_lite::pin_project! {
     /// A byte stream held to the raw-byte limits of [`StreamLimits`] (line, event and stream
     /// size), put in front of the SSE parser: `eventsource-stream` buffers an unfinished line
-    /// or event without bound. The verdict does not depend on how the bytes are split into
-    /// chunks; the chunk in which a limit is passed is not passed on: the stream yields the
-    /// error and ends.
+    /// or event without bound. Nothing depends on how the bytes are split into chunks: when a
+    /// limit is passed, the whole lines before the byte that passed it go on (so the parser
+    /// sees the same events however the bytes came: found by the `sse_chunked` fuzz target),
+    /// then the stream yields the error and ends.
     ///
     /// The bytes are passed on re-cut at line endings, in pieces of whole lines (at most
     /// [`LINES_PER_PIECE`] line endings each), and an unfinished line is held here (at most
@@ -175,6 +200,8 @@ pin_project_lite::pin_project! {
         // The unfinished last line.
         partial: BytesMut,
         finished: bool,
+        // A limit passed, yielded once the lines before it are passed on.
+        pending: Option<Limit>,
     }
 }
 
@@ -191,6 +218,7 @@ impl<S> ByteLimits<S> {
             ready: Bytes::new(),
             partial: BytesMut::new(),
             finished: false,
+            pending: None,
         }
     }
 }
@@ -217,7 +245,7 @@ where
                 return Poll::Ready(Some(Ok(next_piece(this.ready))));
             }
             if *this.finished {
-                return Poll::Ready(None);
+                return Poll::Ready(this.pending.take().map(|l| Err(l.error())));
             }
             let chunk = match this.inner.as_mut().poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -246,15 +274,27 @@ where
                 )
                 .and_then(|()| {
                     if allowed < chunk.len() {
-                        Err(ByteLimitError::Stream(*this.max_stream))
+                        Err((Limit::Stream(*this.max_stream), allowed))
                     } else {
                         Ok(())
                     }
                 });
-            if let Err(e) = verdict {
-                *this.finished = true;
+            if let Err((limit, at)) = verdict {
+                // The whole lines before the byte that passed the limit go on, then the error.
+                let before = chunk.get(..at).unwrap_or_default();
+                if let Some(last) = memchr::memrchr2(b'\n', b'\r', before) {
+                    let lines = chunk.slice(..=last);
+                    *this.ready = if this.partial.is_empty() {
+                        lines
+                    } else {
+                        this.partial.extend_from_slice(&lines);
+                        this.partial.split().freeze()
+                    };
+                }
                 this.partial.clear();
-                return Poll::Ready(Some(Err(e)));
+                *this.pending = Some(limit);
+                *this.finished = true;
+                continue;
             }
             *this.total += chunk.len() as u64;
             match memchr::memrchr2(b'\n', b'\r', &chunk) {

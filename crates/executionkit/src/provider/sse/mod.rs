@@ -68,6 +68,29 @@ mod tool_calls;
 pub use accumulator::StreamAccumulator;
 pub(crate) use byte_limits::{ByteLimitError, ByteLimits};
 pub(crate) use idle::{IdleError, IdleTimeout};
+
+/// Events read past a stream's end marker at most, by [`drain_tail`].
+const MAX_TAIL_EVENTS: usize = 16;
+/// How long [`drain_tail`] waits for the end of a body after its end marker.
+const TAIL_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Reads what is left of a stream whose end marker (`[DONE]`, `message_stop`) was seen, for
+/// at most [`TAIL_GRACE`] and [`MAX_TAIL_EVENTS`] events: when the body ends (a server sends
+/// its end right after the marker), the transport sees it and the connection goes back to the
+/// pool instead of being closed (found by `tests/chaos.rs`: each streamed call opened a new
+/// connection). A body that goes on, or ends later, is dropped (its connection closed) as
+/// before; what is read here is ignored.
+pub(crate) async fn drain_tail<S: futures::Stream + Unpin>(events: &mut S) {
+    use futures::StreamExt;
+    let _ = tokio::time::timeout(TAIL_GRACE, async {
+        for _ in 0..MAX_TAIL_EVENTS {
+            if events.next().await.is_none() {
+                return;
+            }
+        }
+    })
+    .await;
+}
 pub use limits::{
     DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_STREAM_BYTES,
     DEFAULT_MAX_TEXT_BYTES, DEFAULT_MAX_TOOL_CALL_BYTES, StreamLimits,

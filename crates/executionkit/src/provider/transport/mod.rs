@@ -16,7 +16,8 @@
 //!   flow-control windows bound the rest); hyper caps heads, chunk extensions and trailers.
 //! * **Never more HTTP/1.1 connections than calls in flight**: a connection is opened only when
 //!   no idle one is left. HTTP/2 (chosen by ALPN) multiplexes every call over one connection
-//!   per provider, replaced when it closes.
+//!   per provider, replaced when it closes; while streams are open, a connection that goes
+//!   silent is pinged and closed when no PONG comes (a half-open path is not kept forever).
 
 mod connect;
 mod get;
@@ -33,10 +34,10 @@ use http::header::{
     CONTENT_ENCODING, CONTENT_LENGTH, HOST, PROXY_AUTHORIZATION, TRANSFER_ENCODING,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
 
 pub(crate) use connect::pem_certificates;
@@ -50,12 +51,17 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const MAX_BUF: usize = 128 * 1024;
 /// Header fields in one response head.
 const MAX_HEADERS: usize = 128;
+/// An HTTP/2 connection with streams open that received nothing for this long is pinged.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// An HTTP/2 connection whose PING is not answered within this is closed (and replaced).
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 streams opened before the server's SETTINGS say how many it allows.
 const INITIAL_H2_STREAMS: usize = 16;
 /// Raw bytes allowed beyond the body cap for the head and chunk framing.
 const FRAMING_ALLOWANCE: u64 = MAX_BUF as u64;
 
-type Body = Full<Bytes>;
+/// The request body: marks the attempt's wire probe when hyper reads it (`provider::wire`).
+type Body = crate::provider::wire::WireBody;
 
 /// What went wrong below HTTP semantics. The provider maps it to an [`crate::Error`].
 #[derive(Debug, thiserror::Error)]
@@ -262,7 +268,7 @@ impl Transport {
     }
 
     fn request_with(&self, body: Bytes, uri: &Uri, headers: &HeaderMap) -> Request<Body> {
-        let mut req = Request::new(Full::new(body));
+        let mut req = Request::new(Body::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers.clone();
@@ -275,6 +281,7 @@ impl Transport {
     /// Boxed here, one layout per protocol, so an HTTP/1.1 call does not carry the larger
     /// HTTP/2 states (keeps the call future small: docs/architecture.md, "Future sizes").
     pub(crate) fn send(self: &Arc<Self>, body: Bytes) -> SendFuture<'_> {
+        crate::provider::wire::begun();
         if self.proto.load(Ordering::Acquire) == PROTO_H1 {
             return Box::pin(self.send_h1(body));
         }
@@ -503,7 +510,14 @@ impl Transport {
         if h2 {
             // Until the server's SETTINGS arrive, open few streams: a burst beyond its
             // max_concurrent_streams would be refused (REFUSED_STREAM) and cost retries.
+            // While streams are open, a connection silent for H2_PING_INTERVAL is pinged and
+            // closed when no PONG comes within H2_PING_TIMEOUT: a dead path (half-open, black
+            // holed) is then replaced instead of timing out every later call.
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                .keep_alive_while_idle(false)
                 .initial_max_send_streams(INITIAL_H2_STREAMS)
                 .max_header_list_size(MAX_BUF as u32)
                 .handshake::<_, Body>(io)
