@@ -42,6 +42,103 @@ pub enum Command {
     /// An OpenAI-compatible HTTP gateway: upstream models pass through, virtual models
     /// (`ek:consensus:N:MODEL`, `ek:refine:MODEL`, `ek:pipe:NAME`) run a pattern.
     Serve(Deferred<ServeArgs>),
+    /// The providers' batch APIs (OpenAI Batch, Anthropic Message Batches): `submit` prompts,
+    /// `status`, `results` (waits, streams the results to a file, prints the vote or texts).
+    Batch(Deferred<BatchArgs>),
+}
+
+// `ek batch` (no doc comment: see `ConsensusArgs`).
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: BatchAction,
+}
+
+/// An `ek batch` action.
+#[derive(Debug, Subcommand)]
+pub enum BatchAction {
+    /// Submit the prompts as one batch (one request each), or with --samples N, N samples of
+    /// one prompt (a consensus); writes the state file.
+    Submit(BatchSubmitArgs),
+    /// Poll the batch named by the state file once and print its status.
+    Status(BatchStatusArgs),
+    /// Wait for the batch, stream its results to --out, print the vote or the texts; run it
+    /// again after a kill: the state file names the batch.
+    Results(BatchResultsArgs),
+}
+
+impl BatchAction {
+    /// The common flags of the action.
+    pub fn common(&self) -> &Common {
+        match self {
+            Self::Submit(a) => &a.common,
+            Self::Status(a) => &a.common,
+            Self::Results(a) => &a.common,
+        }
+    }
+}
+
+/// The batch an action works on.
+#[derive(Debug, Args)]
+pub struct BatchTarget {
+    /// The state file (JSON: provider, batch id, entries, status; no secret).
+    #[arg(long, value_name = "FILE")]
+    pub state: String,
+    /// The batch API.
+    #[arg(long, default_value = "openai", value_parser = ["openai", "anthropic"])]
+    pub api: String,
+}
+
+// `ek batch submit` (no doc comment: see `ConsensusArgs`).
+#[derive(Debug, Args)]
+pub struct BatchSubmitArgs {
+    /// The prompts.
+    #[arg(value_name = "PROMPT", required = true)]
+    pub prompts: Vec<String>,
+    /// N samples of the one prompt, voted on by `ek batch results`.
+    #[arg(long, value_name = "N")]
+    pub samples: Option<usize>,
+    /// max_tokens of each request (the budget may grant less).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_tokens: u32,
+    /// The batch.
+    #[command(flatten)]
+    pub target: BatchTarget,
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub common: Common,
+}
+
+// `ek batch status` (no doc comment: see `ConsensusArgs`).
+#[derive(Debug, Args)]
+pub struct BatchStatusArgs {
+    /// The batch.
+    #[command(flatten)]
+    pub target: BatchTarget,
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub common: Common,
+}
+
+// `ek batch results` (no doc comment: see `ConsensusArgs`).
+#[derive(Debug, Args)]
+pub struct BatchResultsArgs {
+    /// Where the results (JSONL, as the provider sent them) are written.
+    #[arg(long, value_name = "FILE")]
+    pub out: String,
+    /// The vote of a consensus batch.
+    #[arg(long, default_value = "majority", value_parser = ["majority", "unanimous"])]
+    pub strategy: String,
+    /// The first wait between polls in seconds (it doubles up to 60 s).
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub poll_interval: f64,
+    /// The batch.
+    #[command(flatten)]
+    pub target: BatchTarget,
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub common: Common,
 }
 
 // `ek serve` (no doc comment: see `ConsensusArgs`).
@@ -478,6 +575,7 @@ impl Command {
             Self::Eval(a) => &a.common,
             Self::Mcp(a) => &a.common,
             Self::Serve(a) => &a.common,
+            Self::Batch(a) => a.action.common(),
         }
     }
 
@@ -501,7 +599,9 @@ impl Command {
             Self::Pipe(a) => Some(&a.prompt),
             Self::React(a) => Some(&a.prompt),
             Self::Structured(a) => Some(&a.prompt),
-            Self::MapReduce(_) | Self::Eval(_) | Self::Mcp(_) | Self::Serve(_) => None,
+            Self::MapReduce(_) | Self::Eval(_) | Self::Mcp(_) | Self::Serve(_) | Self::Batch(_) => {
+                None
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! shapes and exit codes 0 (success), 1 (failure after the run started), 2 (invalid usage, before
 //! any request) and 130 (interrupted).
 
+mod batch;
 mod calc;
 mod cli;
 mod config;
@@ -166,6 +167,9 @@ async fn run(command: Command, json: bool, env: &endpoint::Env, secrets: &Secret
     if let Command::Serve(a) = &command {
         return serve::run(a, env, secrets).await;
     }
+    if let Command::Batch(a) = &command {
+        return batch::run(a, env, secrets).await;
+    }
     let shape = match command {
         Command::Pipe(_) => Shape::Pipe,
         _ => Shape::Single,
@@ -304,6 +308,12 @@ fn prepare(command: &Command, env: &endpoint::Env, secrets: &Secrets) -> Result<
             return Err(Error::invalid_argument(
                 "command",
                 "ek serve is served by `serve::run`",
+            ));
+        }
+        Command::Batch(_) => {
+            return Err(Error::invalid_argument(
+                "command",
+                "ek batch is served by `batch::run`",
             ));
         }
         Command::MapReduce(a) => {

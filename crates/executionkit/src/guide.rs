@@ -27,6 +27,9 @@ pub mod workflow {}
 #[doc = include_str!("../../../docs/guide-evals.md")]
 pub mod evals {}
 
+#[doc = include_str!("../../../docs/guide-batch.md")]
+pub mod batch {}
+
 #[cfg(feature = "otel")]
 #[doc = include_str!("../../../docs/guide-tracing.md")]
 pub mod traces {}

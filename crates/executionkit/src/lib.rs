@@ -11,6 +11,7 @@
 //! ```
 
 mod approval;
+pub mod batch;
 pub mod blocking;
 mod engine;
 mod error;

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, ErrorKind, Result};
 
 mod anthropic;
+pub(crate) mod batch_http;
 mod failover;
 mod http;
 #[cfg(any(test, feature = "testing"))]
@@ -31,6 +32,7 @@ pub(crate) mod wire;
 #[cfg(feature = "otel")]
 pub(crate) use transport::{Settings, Transport, TransportError};
 
+pub(crate) use anthropic::parse_message as parse_anthropic_message;
 #[cfg_attr(not(feature = "testing"), allow(unused_imports))] // reached through `internals`
 pub use anthropic::{ANTHROPIC_BASE_URL, ANTHROPIC_VERSION};
 pub use anthropic::{AnthropicProvider, AnthropicProviderBuilder};

@@ -58,7 +58,7 @@ mod streaming;
 mod tests;
 
 pub use builder::AnthropicProviderBuilder;
-use reply::parse_message;
+pub(crate) use reply::parse_message;
 
 /// The API root of Anthropic's service.
 #[cfg_attr(not(feature = "testing"), allow(dead_code))] // documents the default; tests use it

@@ -91,7 +91,7 @@ pub(super) fn error_event(error: Option<&Value>) -> Error {
 }
 
 /// Parses a 2xx Messages reply (a `message` object).
-pub(super) fn parse_message(body: &[u8]) -> Result<LlmResponse> {
+pub(crate) fn parse_message(body: &[u8]) -> Result<LlmResponse> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         provider_err(format!(
             "Provider returned a response body that is not JSON: {e}"

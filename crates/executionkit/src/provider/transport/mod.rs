@@ -20,6 +20,7 @@
 //!   silent is pinged and closed when no PONG comes (a half-open path is not kept forever).
 
 mod connect;
+mod get;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
