@@ -31,8 +31,14 @@ struct Add {
     b: i64,
 }
 
+/// The two tests take turns at the one small server: under a loaded machine, a call queued
+/// behind the other test's could time out, and the streaming test's budget leaves no call for a
+/// retry.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn real_model_calls_a_tool_through_the_loop() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(url) = common::server_url("EK_LLAMA_TOOLS_URL", "scripts/start-llama-tools.sh") else {
         return;
     };
@@ -82,6 +88,7 @@ async fn real_model_calls_a_tool_through_the_loop() {
 
 #[tokio::test]
 async fn real_server_streams_through_the_budget() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(url) = common::server_url("EK_LLAMA_URL", "scripts/start-llama.sh") else {
         return;
     };
